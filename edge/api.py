@@ -1,0 +1,275 @@
+"""REST and WebSocket API (``/api/v1``, ``/ws``) and the operator console (``/``).
+
+Errors are JSON ``{"detail": "..."}`` with a reason a person can act on: 404 for an unknown
+device, point or command; 422 for a command the profile refuses (out of range, wrong type,
+missing argument); 503 when the device cannot take it now.
+
+WebSocket ``/ws``: on connect the server sends ``{"type": "snapshot", ...}`` with every device,
+its health and the latest value of every point, then ``{"type": "readings", ...}`` diffs at most
+10 times a second, conflated per point, so a slow client receives fewer, newer messages and
+never holds up anything else. A client may send ``{"type": "subscribe", "devices": [...]}``
+to narrow the feed; anything malformed gets an ``error`` message and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Body, FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from drivers.model import CommandError, Device, Reading
+from drivers.modbus.driver import DeviceUnavailable
+from edge.bus import Overflow
+
+if TYPE_CHECKING:
+    from edge.service import Service
+
+STATIC = Path(__file__).parent / "static"
+WS_INTERVAL_S = 0.1
+
+
+class HealthOut(BaseModel):
+    state: str
+    reason: str
+    since: float
+
+
+class DeviceOut(BaseModel):
+    id: str
+    name: str
+    profile: str
+    device_class: str
+    protocol: str
+    address: str
+    poll_hz: float
+    health: HealthOut
+    stats: dict[str, Any]
+    commands: dict[str, dict[str, Any]]
+
+
+class PointOut(BaseModel):
+    name: str
+    unit: str
+    dtype: str
+    access: str
+    min: float | None
+    max: float | None
+    description: str
+    value: float | int | bool | str | None
+    quality: str | None
+    ts: float | None
+
+
+class HistoryOut(BaseModel):
+    device: str
+    point: str
+    ts: list[float]
+    values: list[float | int | str | None]
+    quality: list[str]
+
+
+class CommandOut(BaseModel):
+    device: str
+    command: str
+    writes: dict[str, float | int | bool | str]
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def reading_json(r: Reading) -> dict[str, Any]:
+    return {"d": r.device, "p": r.point, "v": _finite(r.value), "q": r.quality.value,
+            "ts": r.ts_wall}
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="Flytower",
+        version="1",
+        summary="Stage machinery, lighting, AV and acoustics from one edge service",
+        docs_url="/api/docs",
+        openapi_url="/api/v1/openapi.json",
+    )
+
+    def device_or_404(device_id: str) -> Device:
+        dev = service.devices.get(device_id)
+        if dev is None:
+            raise HTTPException(404, f"no device '{device_id}'")
+        return dev
+
+    def device_out(dev: Device) -> DeviceOut:
+        h = service.health[dev.id]
+        t = dev.transport
+        driver = service.drivers.get(dev.id)
+        return DeviceOut(
+            id=dev.id,
+            name=dev.name,
+            profile=dev.profile.id,
+            device_class=dev.profile.device_class,
+            protocol=dev.profile.protocol,
+            address=f"{t.kind}://{t.host}:{t.port}/{t.unit}",
+            poll_hz=dev.poll_hz,
+            health=HealthOut(state=h.state.value, reason=h.reason, since=h.since_wall),
+            stats=driver.stats.as_dict() if driver else {},
+            commands={
+                name: {
+                    "description": c.description,
+                    "moves_machinery": c.moves_machinery,
+                    "args": {a: s.model_dump() for a, s in c.args.items()},
+                }
+                for name, c in dev.profile.commands.items()
+            },
+        )
+
+    @app.get("/api/v1/health", tags=["service"])
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "venue": service.venue.config.venue.id,
+            "node": service.node,
+            "uptime_s": round(time.time() - service.started_at, 3),
+            "devices": {d: h.state.value for d, h in service.health.items()},
+            "readings_stored": service.store.written,
+            "queues": {s.name: len(s) for s in service.readings.subscriptions},
+        }
+
+    @app.get("/api/v1/devices", tags=["devices"])
+    async def list_devices() -> list[DeviceOut]:
+        return [device_out(d) for d in service.devices.values()]
+
+    @app.get("/api/v1/devices/{device_id}", tags=["devices"])
+    async def get_device(device_id: str) -> DeviceOut:
+        return device_out(device_or_404(device_id))
+
+    @app.get("/api/v1/devices/{device_id}/points", tags=["devices"])
+    async def get_points(device_id: str) -> list[PointOut]:
+        dev = device_or_404(device_id)
+        out = []
+        for p in dev.profile.points.values():
+            r = service.live.get((dev.id, p.name))
+            out.append(PointOut(
+                name=p.name, unit=p.unit, dtype=p.dtype.value, access=p.access.value,
+                min=p.min, max=p.max, description=p.description,
+                value=_finite(r.value) if r else None,
+                quality=r.quality.value if r else None, ts=r.ts_wall if r else None,
+            ))
+        return out
+
+    @app.get("/api/v1/devices/{device_id}/points/{point}/history", tags=["telemetry"])
+    async def get_history(
+        device_id: str,
+        point: str,
+        start: float | None = Query(None, description="epoch seconds, inclusive"),
+        end: float | None = Query(None, description="epoch seconds, inclusive"),
+        limit: int = Query(1000, ge=1, le=100_000),
+    ) -> HistoryOut:
+        dev = device_or_404(device_id)
+        if point not in dev.profile.points:
+            raise HTTPException(404, f"device '{device_id}' has no point '{point}'")
+        for name, v in (("start", start), ("end", end)):
+            if v is not None and not math.isfinite(v):
+                raise HTTPException(422, f"{name} must be a finite number of epoch seconds")
+        if start is not None and end is not None and start > end:
+            raise HTTPException(422, "start is after end")
+        rows = await service.store.history(device_id, point, start, end, limit)
+        return HistoryOut(device=device_id, point=point, ts=[r.ts for r in rows],
+                          values=[r.value for r in rows], quality=[r.quality.value for r in rows])
+
+    @app.post("/api/v1/devices/{device_id}/commands/{command}", tags=["devices"])
+    async def post_command(
+        device_id: str, command: str, args: dict[str, Any] = Body(default_factory=dict)
+    ) -> CommandOut:
+        dev = device_or_404(device_id)
+        if command not in dev.profile.commands:
+            known = ", ".join(sorted(dev.profile.commands))
+            raise HTTPException(404, f"device '{device_id}' has no command '{command}' "
+                                     f"(known: {known})")
+        driver = service.drivers.get(device_id)
+        if driver is None:
+            raise HTTPException(503, f"device '{device_id}' has no running driver")
+        try:
+            writes = await driver.command(command, args)
+        except CommandError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except DeviceUnavailable as exc:
+            raise HTTPException(503, str(exc)) from exc
+        return CommandOut(device=device_id, command=command, writes=dict(writes))
+
+    @app.websocket("/ws")
+    async def ws(socket: WebSocket) -> None:
+        await socket.accept()
+        sub = service.readings.subscribe(f"ws:{id(socket)}", Overflow.LATEST, maxsize=100_000,
+                                         key=lambda r: (r.device, r.point))
+        wanted: set[str] | None = None
+
+        async def receive() -> None:
+            nonlocal wanted
+            while True:
+                message = await socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(message.get("code", 1000))
+                text = message.get("text")
+                if text is None:
+                    await socket.send_json({"type": "error", "detail": "send JSON text frames"})
+                    continue
+                try:
+                    msg = json.loads(text)
+                    if not isinstance(msg, dict) or msg.get("type") != "subscribe":
+                        raise ValueError("expected {\"type\": \"subscribe\", \"devices\": [...]}")
+                    devices = msg.get("devices")
+                    if devices is not None and (
+                        not isinstance(devices, list) or not all(isinstance(d, str) for d in devices)
+                    ):
+                        raise ValueError("'devices' must be a list of device ids")
+                    wanted = set(devices) if devices is not None else None
+                    await socket.send_json({"type": "subscribed", "devices": devices})
+                except ValueError as exc:  # JSONDecodeError is a ValueError
+                    await socket.send_json({"type": "error", "detail": str(exc)[:200]})
+
+        async def send() -> None:
+            await socket.send_json({
+                "type": "snapshot",
+                "devices": [device_out(d).model_dump() for d in service.devices.values()],
+                "readings": [reading_json(r) for r in list(service.live.values())],
+            })
+            last_health: dict[str, str] = {}
+            while True:
+                batch = await sub.get_batch()
+                health = {d: f"{h.state.value}:{h.reason}" for d, h in service.health.items()}
+                if health != last_health:
+                    last_health = health
+                    await socket.send_json({"type": "health", "health": {
+                        d: {"state": h.state.value, "reason": h.reason}
+                        for d, h in service.health.items()}})
+                readings = [reading_json(r) for r in batch if wanted is None or r.device in wanted]
+                if readings:
+                    await socket.send_json({"type": "readings", "readings": readings})
+                await asyncio.sleep(WS_INTERVAL_S)  # conflate: at most 10 messages a second
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(receive())
+                tg.create_task(send())
+        except* (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away (RuntimeError: sending on a closed socket)
+        finally:
+            sub.close()
+            with contextlib.suppress(RuntimeError):
+                await socket.close()
+
+    @app.get("/", include_in_schema=False)
+    async def console() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

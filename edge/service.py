@@ -1,0 +1,220 @@
+"""The Flytower service: wires drivers, bus, store, MQTT and the API in one event loop.
+
+    drivers ──► readings bus ──► store writer   (BLOCK: never drops; backpressure to pollers)
+                              ├─► live view      (LATEST: the present value of every point)
+                              ├─► MQTT link      (LATEST: live feed; the store is the record)
+                              └─► WebSocket      (LATEST per client: a slow browser never waits
+                                                  on the show, nor the show on it)
+
+``Service.run()`` runs until ``stop()`` (or SIGINT/SIGTERM from the CLI), then shuts down in
+order: API first (no new commands), then drivers, then the store is drained and closed, then
+MQTT says goodbye, then the embedded broker and the simulators stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from drivers.model import Device, Health, Reading
+from drivers.modbus.driver import ModbusDeviceDriver
+from drivers.mqtt.link import MqttNodeLink
+from edge.broker import EmbeddedBroker
+from edge.bus import Bus, Closed, Overflow, Subscription
+from edge.config import Venue
+from edge.store import TelemetryStore
+
+log = logging.getLogger(__name__)
+
+
+def reading_key(r: Reading) -> tuple[str, str]:
+    return (r.device, r.point)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class Service:
+    def __init__(
+        self,
+        venue: Venue,
+        node: str | None = None,
+        *,
+        api_port: int | None = None,
+        mqtt_port: int | None = None,
+        simulators: bool = False,
+    ) -> None:
+        self.venue = venue
+        cfg = venue.config
+        self.node = node or cfg.nodes[0].id
+        if self.node not in {n.id for n in cfg.nodes}:
+            raise ValueError(f"venue has no node '{self.node}'")
+        self.api_host = cfg.api.host
+        self.api_port = cfg.api.port if api_port is None else api_port
+        self.mqtt_port = cfg.mqtt.port if mqtt_port is None else mqtt_port
+        self.run_simulators = simulators
+        self.devices: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
+        self.readings: Bus[Reading] = Bus("readings")
+        self.live: dict[tuple[str, str], Reading] = {}
+        self.health: dict[str, Health] = {}
+        self.drivers: dict[str, ModbusDeviceDriver] = {}
+        self.store = TelemetryStore(venue.store_path)
+        self.mqtt: MqttNodeLink | None = None
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.started_at = time.time()
+        self.bound_api_port: int | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- consumers -------------------------------------------------------------------------
+
+    async def _store_writer(self, sub: Subscription[Reading]) -> None:
+        batch_max = self.venue.config.telemetry.batch_max
+        with contextlib.suppress(Closed):
+            while True:
+                await self.store.write(await sub.get_batch(batch_max))
+
+    async def _live_view(self, sub: Subscription[Reading]) -> None:
+        async for r in sub:
+            self.live[(r.device, r.point)] = r
+
+    def _on_health(self, h: Health) -> None:
+        self.health[h.device] = h
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.venue.config
+        store_sub = self.readings.subscribe("store", Overflow.BLOCK,
+                                            maxsize=cfg.telemetry.queue_size)
+        live_sub = self.readings.subscribe("live", Overflow.LATEST, maxsize=100_000,
+                                           key=reading_key)
+        async with contextlib.AsyncExitStack() as stack:
+            sims = await self._start_simulators() if self.run_simulators else None
+            if sims is not None:
+                stack.push_async_callback(_stop_process, sims)
+            await stack.enter_async_context(self.store)
+            if cfg.mqtt.mode == "embedded":
+                await stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, self.mqtt_port))
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self._store_writer(store_sub), name="store-writer")
+                tg.create_task(self._live_view(live_sub), name="live-view")
+                mqtt_task = self._start_mqtt(tg)
+                driver_tasks = [self._start_driver(tg, dev) for dev in self.devices.values()]
+                server = self._api_server()
+                api_task = tg.create_task(server.serve(), name="api")
+                while not server.started and not api_task.done():
+                    await asyncio.sleep(0.01)
+                self.bound_api_port = _bound_port(server)
+                self.started.set()
+                log.info("flytower %s/%s: %d device(s), console http://%s:%s/",
+                         cfg.venue.id, self.node, len(self.devices), self.api_host,
+                         self.bound_api_port)
+                stop = tg.create_task(self._stop.wait(), name="stop-wait")
+                await asyncio.wait([stop, api_task], return_when=asyncio.FIRST_COMPLETED)
+                # Orderly shutdown: no new requests, no new readings, then drain.
+                server.should_exit = True
+                await api_task
+                for t in driver_tasks:
+                    t.cancel()
+                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                store_sub.close()
+                await writer
+                live_sub.close()
+                if mqtt_task is not None:
+                    mqtt_task.cancel()
+                stop.cancel()
+        log.info("flytower stopped; %d readings stored this run", self.store.written)
+
+    def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None]:
+        async def sink(readings: list[Reading]) -> None:
+            for r in readings:
+                await self.readings.publish(r)
+
+        driver = ModbusDeviceDriver(dev, sink, self._on_health)
+        self.drivers[dev.id] = driver
+        self.health[dev.id] = driver.health
+        return tg.create_task(driver.run(), name=f"driver:{dev.id}")
+
+    def _start_mqtt(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        cfg = self.venue.config
+        if cfg.mqtt.mode == "off":
+            return None
+        sub = self.readings.subscribe("mqtt", Overflow.LATEST, maxsize=100_000, key=reading_key)
+        self.mqtt = MqttNodeLink(cfg.mqtt.host, self.mqtt_port, cfg.venue.id, self.node,
+                                 sorted(self.devices))
+
+        async def run() -> None:
+            try:
+                await self.mqtt.run(sub.get_batch)  # type: ignore[union-attr]
+            finally:
+                sub.close()
+
+        return tg.create_task(run(), name="mqtt-link")
+
+    def _api_server(self) -> uvicorn.Server:
+        from edge.api import create_app  # the API imports the service's types
+
+        config = uvicorn.Config(
+            create_app(self), host=self.api_host, port=self.api_port, log_level="warning",
+            lifespan="off", ws_ping_interval=10, ws_ping_timeout=10,
+        )
+        return _Uvicorn(config)
+
+    async def _start_simulators(self) -> asyncio.subprocess.Process:
+        """The simulated venue runs as its own process, talking to us only over the wire."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "simulators", str(self.venue.path),
+            preexec_fn=_die_with_parent,
+        )
+        log.info("simulators started (pid %d)", proc.pid)
+        return proc
+
+
+def _bound_port(server: uvicorn.Server) -> int | None:
+    for s in getattr(server, "servers", []):
+        for sock in s.sockets:
+            return int(sock.getsockname()[1])
+    return None
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM us when the parent dies, so none are orphaned."""
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    os.setpgrp()  # our SIGTERM on stop reaches it; a terminal's Ctrl-C goes to us only
+
+
+async def _stop_process(proc: asyncio.subprocess.Process, grace_s: float = 3.0) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
