@@ -379,13 +379,17 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, [f"TOML syntax: {exc}"]) from exc
 
 
-def load_profile(path: Path | str) -> Profile:
-    path = Path(path)
-    data = read_toml(path)
+def parse_profile(data: Any, source: Path | str = "<profile>") -> Profile:
+    """Validate already-parsed profile data; ConfigError names ``source`` and each bad key."""
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, format_validation_error(exc)) from exc
+        raise ConfigError(source, format_validation_error(exc)) from exc
+
+
+def load_profile(path: Path | str) -> Profile:
+    path = Path(path)
+    return parse_profile(read_toml(path), path)
 
 
 def find_profile(name: str, search: list[Path] | None = None) -> Path:

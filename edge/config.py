@@ -128,7 +128,11 @@ class Venue:
 def load_venue(path: Path | str) -> Venue:
     """Load and validate a venue file and every profile it names; ConfigError lists problems."""
     path = Path(path)
-    data = read_toml(path)
+    return parse_venue(read_toml(path), path)
+
+
+def parse_venue(data: dict[str, Any], path: Path) -> Venue:
+    """Validate parsed venue data; ``path`` names it in errors and anchors relative paths."""
     try:
         config = VenueConfig.model_validate(data)
     except ValidationError as exc:

@@ -27,7 +27,7 @@ import uvicorn
 
 from drivers.model import Device, Health, Reading
 from drivers.modbus.driver import ModbusDeviceDriver
-from drivers.mqtt.link import MqttNodeLink
+from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import Venue
@@ -74,6 +74,9 @@ class Service:
         self.drivers: dict[str, ModbusDeviceDriver] = {}
         self.store = TelemetryStore(venue.store_path)
         self.mqtt: MqttNodeLink | None = None
+        self._mqtt_feed: Subscription[Reading] = self.readings.subscribe(
+            "mqtt-unused", Overflow.DROP_OLDEST, maxsize=1)
+        self._mqtt_feed.close()
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.started_at = time.time()
@@ -131,14 +134,15 @@ class Service:
                 # Orderly shutdown: no new requests, no new readings, then drain.
                 server.should_exit = True
                 await api_task
-                for t in driver_tasks:
-                    t.cancel()
-                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                for driver in self.drivers.values():
+                    driver.stop()
+                await _finish(driver_tasks, 3.0)
                 store_sub.close()
                 await writer
                 live_sub.close()
                 if mqtt_task is not None:
-                    mqtt_task.cancel()
+                    self._mqtt_feed.close()  # the link drains, says offline, and returns
+                    await _finish([mqtt_task], 3.0)
                 stop.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
@@ -156,17 +160,18 @@ class Service:
         cfg = self.venue.config
         if cfg.mqtt.mode == "off":
             return None
-        sub = self.readings.subscribe("mqtt", Overflow.LATEST, maxsize=100_000, key=reading_key)
-        self.mqtt = MqttNodeLink(cfg.mqtt.host, self.mqtt_port, cfg.venue.id, self.node,
-                                 sorted(self.devices))
+        sub = self._mqtt_feed = self.readings.subscribe("mqtt", Overflow.LATEST,
+                                                        maxsize=100_000, key=reading_key)
+        link = self.mqtt = MqttNodeLink(cfg.mqtt.host, self.mqtt_port, cfg.venue.id, self.node,
+                                        sorted(self.devices))
 
-        async def run() -> None:
+        async def next_batch() -> list[Reading]:
             try:
-                await self.mqtt.run(sub.get_batch)  # type: ignore[union-attr]
-            finally:
-                sub.close()
+                return await sub.get_batch()
+            except Closed:
+                raise EndOfFeed from None
 
-        return tg.create_task(run(), name="mqtt-link")
+        return tg.create_task(link.run(next_batch), name="mqtt-link")
 
     def _api_server(self) -> uvicorn.Server:
         from edge.api import create_app  # the API imports the service's types
@@ -185,6 +190,17 @@ class Service:
         )
         log.info("simulators started (pid %d)", proc.pid)
         return proc
+
+
+async def _finish(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
+    """Wait for tasks that were asked to stop; cancel any that outstay ``grace_s``."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=grace_s)
+    for t in late:
+        log.warning("%s did not stop within %.1f s; cancelling it", t.get_name(), grace_s)
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _bound_port(server: uvicorn.Server) -> int | None:

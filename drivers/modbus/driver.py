@@ -17,6 +17,7 @@ a time, a command waits behind at most the one request already in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -155,6 +156,16 @@ class ModbusDeviceDriver:
         self._failures = 0
         self._warned = False
         self._heartbeat = 0
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the current request, then stop polling and heartbeating; ``run`` returns.
+
+        An explicit stop rather than task cancellation: a cancel that lands while a TaskGroup
+        is already handling a connection failure can be absorbed (Python 3.11), and a
+        supervisor that misses its stop would reconnect for ever.
+        """
+        self._stopping.set()
 
     # --- health -------------------------------------------------------------------------
 
@@ -190,7 +201,7 @@ class ModbusDeviceDriver:
         """Connect, poll and heartbeat until cancelled; reconnect with backoff on failure."""
         backoff = BACKOFF_START_S
         first = True
-        while True:
+        while not self._stopping.is_set():
             try:
                 async with ModbusConnection(self.device.transport) as conn:
                     self._conn = conn
@@ -200,13 +211,21 @@ class ModbusDeviceDriver:
                     backoff = BACKOFF_START_S
                     await self._serve(conn)
             except* (ConnectionError, OSError, ModbusRequestError) as group:
-                self._failed("; ".join(str(e) for e in group.exceptions))
-                await self._publish_bad()
+                if not self._stopping.is_set():  # failures while stopping are expected
+                    self._failed("; ".join(str(e) for e in group.exceptions))
+                    await self._publish_bad()
             finally:
                 self._conn = None
             # Full jitter keeps many devices that failed together from reconnecting together.
-            await asyncio.sleep(random.uniform(0.5, 1.0) * backoff)
+            await self._sleep(random.uniform(0.5, 1.0) * backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+        self._set_health(HealthState.OFFLINE, "stopped")
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop()."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _serve(self, conn: ModbusConnection) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -219,7 +238,9 @@ class ModbusDeviceDriver:
         # Stagger devices across the period so 200 pollers do not fire on the same tick.
         next_at = time.monotonic() + random.uniform(0, period)
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await self._sleep(next_at - time.monotonic())
+            if self._stopping.is_set():
+                return
             await self.poll_once(conn)
             next_at += period
             now = time.monotonic()
@@ -264,11 +285,11 @@ class ModbusDeviceDriver:
         assert wire is not None
         period = spec.period_ms / 1000
         next_at = time.monotonic()
-        while True:
+        while not self._stopping.is_set():
             self._heartbeat = (self._heartbeat + 1) & 0xFFFF
             await conn.write(wire, [self._heartbeat])
             next_at += period
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await self._sleep(next_at - time.monotonic())
 
     # --- commands -----------------------------------------------------------------------
 

@@ -26,6 +26,10 @@ BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 10.0
 
 
+class EndOfFeed(Exception):
+    """Raised by a feed's ``next_batch`` when it is closed: the link says goodbye and ends."""
+
+
 class MqttNodeLink:
     def __init__(
         self,
@@ -57,7 +61,13 @@ class MqttNodeLink:
         )
 
     async def run(self, next_batch: Callable[[], Awaitable[list[Reading]]]) -> None:
-        """Publish what ``next_batch`` yields until cancelled; survive broker restarts."""
+        """Publish what ``next_batch`` yields; survive broker restarts.
+
+        Returns when ``next_batch`` raises ``EndOfFeed`` (its feed was closed): everything
+        taken so far has been published and the node has said ``offline``, as a clean
+        shutdown should. Stopping by closing the feed, not by cancelling, means a cancel
+        can never be mistaken for a broker failure and swallowed by the reconnect loop.
+        """
         backoff = BACKOFF_START_S
         pending: list[Reading] = []
         warned = False
@@ -78,17 +88,16 @@ class MqttNodeLink:
                     first = False
                     backoff = BACKOFF_START_S
                     self.connected.set()
-                    try:
-                        while True:
-                            if not pending:
+                    while True:
+                        if not pending:
+                            try:
                                 pending = await next_batch()
-                            while pending:
-                                await self._publish(client, pending[0])
-                                pending.pop(0)
-                    except asyncio.CancelledError:
-                        # Clean shutdown: the broker will not send the LWT, so say it ourselves.
-                        await asyncio.shield(self._goodbye(client))
-                        raise
+                            except EndOfFeed:
+                                await self._goodbye(client)
+                                return
+                        while pending:
+                            await self._publish(client, pending[0])
+                            pending.pop(0)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 if not warned:
@@ -111,3 +120,4 @@ class MqttNodeLink:
             )
         except (aiomqtt.MqttError, TimeoutError):
             pass
+

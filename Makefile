@@ -1,0 +1,42 @@
+# Flytower: the two commands (`make run`, `make test`) plus lint and bench.
+# Everything a fresh Debian 12 machine with Python 3.11 needs is installed from here.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# System packages the test suite's real peers need (REAL-PEERS.md).
+TEST_SYSTEM_PACKAGES := mosquitto mosquitto-clients
+
+.PHONY: run test lint bench system-deps clean
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); tools/apt-ensure python3-venv && $(PYTHON) -m venv $(VENV); }
+	@$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,dev]'
+	@touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/flytower run examples/venue-demo.toml
+
+system-deps:
+	@tools/apt-ensure $(TEST_SYSTEM_PACKAGES)
+
+test: $(VENV)/.installed-test system-deps
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/var
