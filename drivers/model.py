@@ -100,7 +100,9 @@ class ModbusWire(_Strict):
         if self.bit is not None and (bit_table or self.encoding not in ("uint16", "int16")):
             raise ValueError("'bit' selects a bit of a 16-bit register (uint16/int16)")
         if self.encoding == "bool" and not bit_table:
-            raise ValueError("encoding 'bool' is for coils and discrete inputs; use 'bit' in a register")
+            raise ValueError(
+                "encoding 'bool' is for coils and discrete inputs; use 'bit' in a register"
+            )
         if self.address + self.width - 1 > 65535:
             raise ValueError("the value runs past register 65535")
         return self
@@ -137,11 +139,19 @@ class PointSpec(_Strict):
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if self.modbus is not None:
             if self.access.writable and not self.modbus.writable_table:
-                raise ValueError(f"a writable point cannot live in the read-only {self.modbus.table} table")
+                raise ValueError(
+                    f"a writable point cannot live in the read-only {self.modbus.table} table"
+                )
             if self.access.writable and self.modbus.bit is not None:
-                raise ValueError("bit fields are read-only (a bit write would need a racy "
-                                 "read-modify-write); map a control word as a whole register")
-            if self.dtype is ValueType.BOOL and self.modbus.bit is None and self.modbus.encoding != "bool":
+                raise ValueError(
+                    "bit fields are read-only (a bit write would need a racy "
+                    "read-modify-write); map a control word as a whole register"
+                )
+            if (
+                self.dtype is ValueType.BOOL
+                and self.modbus.bit is None
+                and self.modbus.encoding != "bool"
+            ):
                 raise ValueError("a bool point needs 'bit' or a coil/discrete table")
         return self
 
@@ -236,7 +246,9 @@ class Profile(_Strict):
             if point.name != key:
                 raise ValueError(f"points.{key}: name '{point.name}' differs from its key")
             if self.protocol == "modbus" and point.modbus is None:
-                raise ValueError(f"points.{key}: a modbus profile needs a [points.{key}.modbus] address")
+                raise ValueError(
+                    f"points.{key}: a modbus profile needs a [points.{key}.modbus] address"
+                )
         for key, cmd in self.commands.items():
             if cmd.name != key:
                 raise ValueError(f"commands.{key}: name '{cmd.name}' differs from its key")
@@ -254,7 +266,9 @@ class Profile(_Strict):
         if self.heartbeat is not None:
             hb = self.points.get(self.heartbeat.point)
             if hb is None or not hb.access.writable:
-                raise ValueError(f"heartbeat.point: '{self.heartbeat.point}' is not a writable point")
+                raise ValueError(
+                    f"heartbeat.point: '{self.heartbeat.point}' is not a writable point"
+                )
         self._check_modbus_overlaps()
         return self
 
@@ -268,19 +282,24 @@ class Profile(_Strict):
             if wire.bit is not None:
                 key3 = (wire.table, wire.address, wire.bit)
                 if key3 in bits:
-                    raise ValueError(f"points.{point.name}: bit {wire.bit} of {wire.table} "
-                                     f"{wire.address} is also '{bits[key3]}'")
+                    raise ValueError(
+                        f"points.{point.name}: bit {wire.bit} of {wire.table} "
+                        f"{wire.address} is also '{bits[key3]}'"
+                    )
                 bits[key3] = point.name
                 continue
             for reg in range(wire.address, wire.address + wire.width):
                 if (wire.table, reg) in owner:
-                    raise ValueError(f"points.{point.name}: {wire.table} register {reg} is also "
-                                     f"'{owner[(wire.table, reg)]}'")
+                    raise ValueError(
+                        f"points.{point.name}: {wire.table} register {reg} is also "
+                        f"'{owner[(wire.table, reg)]}'"
+                    )
                 owner[(wire.table, reg)] = point.name
         for (table, address, _bit), name in bits.items():
             if (table, address) in owner:
-                raise ValueError(f"points.{name}: {table} register {address} is also "
-                                 f"'{owner[(table, address)]}'")
+                raise ValueError(
+                    f"points.{name}: {table} register {address} is also '{owner[(table, address)]}'"
+                )
 
     # --- commands -------------------------------------------------------------------------
 
@@ -313,9 +332,9 @@ class Profile(_Strict):
         for w in cmd.writes:
             point = self.points[w.point]
             value: Value = values[w.arg] if w.arg is not None else w.value  # type: ignore[assignment]
-            if w.arg is not None and not isinstance(value, bool | str):
-                if reason := point.check_range(float(value)):
-                    raise CommandError(f"{name}: {w.arg} {reason} (range of '{point.name}')")
+            in_range = isinstance(value, bool | str) or w.arg is None
+            if not in_range and (reason := point.check_range(float(value))):
+                raise CommandError(f"{name}: {w.arg} {reason} (range of '{point.name}')")
             writes.append((point, value))
         return writes
 

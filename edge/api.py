@@ -26,8 +26,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from drivers.model import CommandError, Device, Reading
 from drivers.modbus.driver import DeviceUnavailable
+from drivers.model import CommandError, Device, Reading
 from edge.bus import Overflow
 
 if TYPE_CHECKING:
@@ -88,8 +88,13 @@ def _finite(v: Any) -> Any:
 
 
 def reading_json(r: Reading) -> dict[str, Any]:
-    return {"d": r.device, "p": r.point, "v": _finite(r.value), "q": r.quality.value,
-            "ts": r.ts_wall}
+    return {
+        "d": r.device,
+        "p": r.point,
+        "v": _finite(r.value),
+        "q": r.quality.value,
+        "ts": r.ts_wall,
+    }
 
 
 def create_app(service: Service) -> FastAPI:
@@ -157,12 +162,20 @@ def create_app(service: Service) -> FastAPI:
         out = []
         for p in dev.profile.points.values():
             r = service.live.get((dev.id, p.name))
-            out.append(PointOut(
-                name=p.name, unit=p.unit, dtype=p.dtype.value, access=p.access.value,
-                min=p.min, max=p.max, description=p.description,
-                value=_finite(r.value) if r else None,
-                quality=r.quality.value if r else None, ts=r.ts_wall if r else None,
-            ))
+            out.append(
+                PointOut(
+                    name=p.name,
+                    unit=p.unit,
+                    dtype=p.dtype.value,
+                    access=p.access.value,
+                    min=p.min,
+                    max=p.max,
+                    description=p.description,
+                    value=_finite(r.value) if r else None,
+                    quality=r.quality.value if r else None,
+                    ts=r.ts_wall if r else None,
+                )
+            )
         return out
 
     @app.get("/api/v1/devices/{device_id}/points/{point}/history", tags=["telemetry"])
@@ -182,8 +195,13 @@ def create_app(service: Service) -> FastAPI:
         if start is not None and end is not None and start > end:
             raise HTTPException(422, "start is after end")
         rows = await service.store.history(device_id, point, start, end, limit)
-        return HistoryOut(device=device_id, point=point, ts=[r.ts for r in rows],
-                          values=[r.value for r in rows], quality=[r.quality.value for r in rows])
+        return HistoryOut(
+            device=device_id,
+            point=point,
+            ts=[r.ts for r in rows],
+            values=[r.value for r in rows],
+            quality=[r.quality.value for r in rows],
+        )
 
     @app.post("/api/v1/devices/{device_id}/commands/{command}", tags=["devices"])
     async def post_command(
@@ -192,8 +210,9 @@ def create_app(service: Service) -> FastAPI:
         dev = device_or_404(device_id)
         if command not in dev.profile.commands:
             known = ", ".join(sorted(dev.profile.commands))
-            raise HTTPException(404, f"device '{device_id}' has no command '{command}' "
-                                     f"(known: {known})")
+            raise HTTPException(
+                404, f"device '{device_id}' has no command '{command}' (known: {known})"
+            )
         driver = service.drivers.get(device_id)
         if driver is None:
             raise HTTPException(503, f"device '{device_id}' has no running driver")
@@ -208,8 +227,9 @@ def create_app(service: Service) -> FastAPI:
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
         await socket.accept()
-        sub = service.readings.subscribe(f"ws:{id(socket)}", Overflow.LATEST, maxsize=100_000,
-                                         key=lambda r: (r.device, r.point))
+        sub = service.readings.subscribe(
+            f"ws:{id(socket)}", Overflow.LATEST, maxsize=100_000, key=lambda r: (r.device, r.point)
+        )
         wanted: set[str] | None = None
 
         async def receive() -> None:
@@ -225,10 +245,11 @@ def create_app(service: Service) -> FastAPI:
                 try:
                     msg = json.loads(text)
                     if not isinstance(msg, dict) or msg.get("type") != "subscribe":
-                        raise ValueError("expected {\"type\": \"subscribe\", \"devices\": [...]}")
+                        raise ValueError('expected {"type": "subscribe", "devices": [...]}')
                     devices = msg.get("devices")
                     if devices is not None and (
-                        not isinstance(devices, list) or not all(isinstance(d, str) for d in devices)
+                        not isinstance(devices, list)
+                        or not all(isinstance(d, str) for d in devices)
                     ):
                         raise ValueError("'devices' must be a list of device ids")
                     wanted = set(devices) if devices is not None else None
@@ -237,20 +258,28 @@ def create_app(service: Service) -> FastAPI:
                     await socket.send_json({"type": "error", "detail": str(exc)[:200]})
 
         async def send() -> None:
-            await socket.send_json({
-                "type": "snapshot",
-                "devices": [device_out(d).model_dump() for d in service.devices.values()],
-                "readings": [reading_json(r) for r in list(service.live.values())],
-            })
+            await socket.send_json(
+                {
+                    "type": "snapshot",
+                    "devices": [device_out(d).model_dump() for d in service.devices.values()],
+                    "readings": [reading_json(r) for r in list(service.live.values())],
+                }
+            )
             last_health: dict[str, str] = {}
             while True:
                 batch = await sub.get_batch()
                 health = {d: f"{h.state.value}:{h.reason}" for d, h in service.health.items()}
                 if health != last_health:
                     last_health = health
-                    await socket.send_json({"type": "health", "health": {
-                        d: {"state": h.state.value, "reason": h.reason}
-                        for d, h in service.health.items()}})
+                    await socket.send_json(
+                        {
+                            "type": "health",
+                            "health": {
+                                d: {"state": h.state.value, "reason": h.reason}
+                                for d, h in service.health.items()
+                            },
+                        }
+                    )
                 readings = [reading_json(r) for r in batch if wanted is None or r.device in wanted]
                 if readings:
                     await socket.send_json({"type": "readings", "readings": readings})

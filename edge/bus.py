@@ -70,6 +70,8 @@ class Subscription(Generic[T]):
             while len(self._items) >= self.maxsize and not self._closed:
                 self._writable.clear()
                 await self._writable.wait()
+            if self._closed:  # closed while we waited: the item has nowhere to go
+                return
             self._items.append(item)
         elif self.policy is Overflow.LATEST:
             assert self._key is not None

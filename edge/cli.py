@@ -1,8 +1,8 @@
 """The ``flytower`` command line.
 
-    flytower check VENUE       validate a venue file and every profile it uses (exit 1 on error)
-    flytower run VENUE         run the service (and the simulators the venue declares)
-    flytower simulate VENUE    run only the simulators the venue declares
+flytower check VENUE       validate a venue file and every profile it uses (exit 1 on error)
+flytower run VENUE         run the service (and the simulators the venue declares)
+flytower simulate VENUE    run only the simulators the venue declares
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
     profiles = sorted({d.profile.id for d in venue.devices})
-    print(f"{args.venue}: ok — venue '{venue.config.venue.id}', {len(venue.config.nodes)} "
-          f"node(s), {len(venue.devices)} device(s), profiles: {', '.join(profiles) or 'none'}")
+    print(
+        f"{args.venue}: ok — venue '{venue.config.venue.id}', {len(venue.config.nodes)} "
+        f"node(s), {len(venue.devices)} device(s), profiles: {', '.join(profiles) or 'none'}"
+    )
     return 0
 
 
@@ -63,8 +65,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flytower", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="flytower", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("check", help="validate a venue file and its profiles")
@@ -74,15 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("venue", type=Path)
     p.add_argument("--node", help="which node of the venue this is (default: the first)")
     p.add_argument("--port", type=int, help="API/console port (default: from the venue)")
-    p.add_argument("--no-simulators", action="store_true",
-                   help="do not start the simulators the venue declares")
+    p.add_argument(
+        "--no-simulators",
+        action="store_true",
+        help="do not start the simulators the venue declares",
+    )
     p.set_defaults(fn=_run)
     p = sub.add_parser("simulate", help="run only the simulators a venue declares")
     p.add_argument("venue", type=Path)
     p.set_defaults(fn=_simulate)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
     with contextlib.suppress(KeyboardInterrupt):
         return int(args.fn(args))
     return 130

@@ -17,7 +17,6 @@ from drivers.model import (
     ConfigError,
     Device,
     DeviceId,
-    Identifier,
     Profile,
     Transport,
     find_profile,
@@ -77,7 +76,7 @@ class DeviceConfig(_Strict):
 
 
 class VenueConfig(_Strict):
-    version: Literal[1] = VENUE_FORMAT_VERSION
+    version: Literal[1] = 1
     venue: VenueInfo
     nodes: list[NodeConfig] = Field(min_length=1)
     api: ApiConfig = Field(default_factory=ApiConfig)
@@ -145,15 +144,21 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
     for dev in config.devices:
         if dev.profile not in profiles:
             try:
-                ref = dev.profile if not dev.profile.endswith(".toml") else str(folder / dev.profile)
+                ref = (
+                    dev.profile if not dev.profile.endswith(".toml") else str(folder / dev.profile)
+                )
                 profiles[dev.profile] = load_profile(find_profile(ref, search))
             except FileNotFoundError:
-                problems.append(f"devices.{dev.id}.profile: no profile '{dev.profile}' "
-                                f"(looked in {', '.join(str(s) for s in search) or 'nothing'} "
-                                "and the built-in profiles)")
+                problems.append(
+                    f"devices.{dev.id}.profile: no profile '{dev.profile}' "
+                    f"(looked in {', '.join(str(s) for s in search) or 'nothing'} "
+                    "and the built-in profiles)"
+                )
                 continue
             except ConfigError as exc:
-                problems.extend(f"devices.{dev.id}.profile: {line}" for line in str(exc).splitlines())
+                problems.extend(
+                    f"devices.{dev.id}.profile: {line}" for line in str(exc).splitlines()
+                )
                 continue
         devices.append(Device(dev.id, profiles[dev.profile], dev.transport, dev.poll_hz, dev.name))
     if config.show is not None and not (folder / config.show).is_file():
@@ -163,8 +168,10 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
         t = dev.transport
         key = (t.host, t.port, t.unit)
         if key in endpoints:
-            problems.append(f"devices.{dev.id}.transport: {t.host}:{t.port} unit {t.unit} "
-                            f"is also device '{endpoints[key]}'")
+            problems.append(
+                f"devices.{dev.id}.transport: {t.host}:{t.port} unit {t.unit} "
+                f"is also device '{endpoints[key]}'"
+            )
         endpoints[key] = dev.id
     if problems:
         raise ConfigError(path, problems)
@@ -177,7 +184,7 @@ def _with_device_ids(lines: list[str], data: dict[str, Any]) -> list[str]:
     out = []
     for line in lines:
         if line.startswith("devices[") and isinstance(devices, list):
-            index = line[len("devices["):].split("]", 1)[0]
+            index = line[len("devices[") :].split("]", 1)[0]
             if index.isdigit() and int(index) < len(devices):
                 dev = devices[int(index)]
                 name = dev.get("id") if isinstance(dev, dict) else None

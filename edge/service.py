@@ -25,8 +25,8 @@ from typing import Any
 
 import uvicorn
 
-from drivers.model import Device, Health, Reading
 from drivers.modbus.driver import ModbusDeviceDriver
+from drivers.model import Device, Health, Reading
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
@@ -75,7 +75,8 @@ class Service:
         self.store = TelemetryStore(venue.store_path)
         self.mqtt: MqttNodeLink | None = None
         self._mqtt_feed: Subscription[Reading] = self.readings.subscribe(
-            "mqtt-unused", Overflow.DROP_OLDEST, maxsize=1)
+            "mqtt-unused", Overflow.DROP_OLDEST, maxsize=1
+        )
         self._mqtt_feed.close()
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -104,10 +105,12 @@ class Service:
 
     async def run(self) -> None:
         cfg = self.venue.config
-        store_sub = self.readings.subscribe("store", Overflow.BLOCK,
-                                            maxsize=cfg.telemetry.queue_size)
-        live_sub = self.readings.subscribe("live", Overflow.LATEST, maxsize=100_000,
-                                           key=reading_key)
+        store_sub = self.readings.subscribe(
+            "store", Overflow.BLOCK, maxsize=cfg.telemetry.queue_size
+        )
+        live_sub = self.readings.subscribe(
+            "live", Overflow.LATEST, maxsize=100_000, key=reading_key
+        )
         async with contextlib.AsyncExitStack() as stack:
             sims = await self._start_simulators() if self.run_simulators else None
             if sims is not None:
@@ -122,13 +125,18 @@ class Service:
                 driver_tasks = [self._start_driver(tg, dev) for dev in self.devices.values()]
                 server = self._api_server()
                 api_task = tg.create_task(server.serve(), name="api")
-                while not server.started and not api_task.done():
+                while not server.started and not api_task.done():  # noqa: ASYNC110 (no event to wait on)
                     await asyncio.sleep(0.01)
                 self.bound_api_port = _bound_port(server)
                 self.started.set()
-                log.info("flytower %s/%s: %d device(s), console http://%s:%s/",
-                         cfg.venue.id, self.node, len(self.devices), self.api_host,
-                         self.bound_api_port)
+                log.info(
+                    "flytower %s/%s: %d device(s), console http://%s:%s/",
+                    cfg.venue.id,
+                    self.node,
+                    len(self.devices),
+                    self.api_host,
+                    self.bound_api_port,
+                )
                 stop = tg.create_task(self._stop.wait(), name="stop-wait")
                 await asyncio.wait([stop, api_task], return_when=asyncio.FIRST_COMPLETED)
                 # Orderly shutdown: no new requests, no new readings, then drain.
@@ -160,10 +168,12 @@ class Service:
         cfg = self.venue.config
         if cfg.mqtt.mode == "off":
             return None
-        sub = self._mqtt_feed = self.readings.subscribe("mqtt", Overflow.LATEST,
-                                                        maxsize=100_000, key=reading_key)
-        link = self.mqtt = MqttNodeLink(cfg.mqtt.host, self.mqtt_port, cfg.venue.id, self.node,
-                                        sorted(self.devices))
+        sub = self._mqtt_feed = self.readings.subscribe(
+            "mqtt", Overflow.LATEST, maxsize=100_000, key=reading_key
+        )
+        link = self.mqtt = MqttNodeLink(
+            cfg.mqtt.host, self.mqtt_port, cfg.venue.id, self.node, sorted(self.devices)
+        )
 
         async def next_batch() -> list[Reading]:
             try:
@@ -177,15 +187,23 @@ class Service:
         from edge.api import create_app  # the API imports the service's types
 
         config = uvicorn.Config(
-            create_app(self), host=self.api_host, port=self.api_port, log_level="warning",
-            lifespan="off", ws_ping_interval=10, ws_ping_timeout=10,
+            create_app(self),
+            host=self.api_host,
+            port=self.api_port,
+            log_level="warning",
+            lifespan="off",
+            ws_ping_interval=10,
+            ws_ping_timeout=10,
         )
         return _Uvicorn(config)
 
     async def _start_simulators(self) -> asyncio.subprocess.Process:
         """The simulated venue runs as its own process, talking to us only over the wire."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "simulators", str(self.venue.path),
+            sys.executable,
+            "-m",
+            "simulators",
+            str(self.venue.path),
             preexec_fn=_die_with_parent,
         )
         log.info("simulators started (pid %d)", proc.pid)

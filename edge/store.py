@@ -91,12 +91,16 @@ class TelemetryStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             conn.close()
-            raise RuntimeError(f"{self.path}: store schema {version} is newer than this "
-                               f"Flytower ({SCHEMA_VERSION}); refusing to touch it")
+            raise RuntimeError(
+                f"{self.path}: store schema {version} is newer than this "
+                f"Flytower ({SCHEMA_VERSION}); refusing to touch it"
+            )
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.commit()
-        self._series = {(d, p): i for i, d, p in conn.execute("SELECT id, device, point FROM series")}
+        self._series = {
+            (d, p): i for i, d, p in conn.execute("SELECT id, device, point FROM series")
+        }
         self._wconn = conn
 
     def _open_reader(self) -> None:
@@ -123,9 +127,12 @@ class TelemetryStore:
         conn = self._wconn
         assert conn is not None, "store is not open"
         rows = [
-            (self._series_id(conn, r.device, r.point), r.ts_wall,
-             r.value if not isinstance(r.value, bool) else int(r.value),
-             _QUALITY_CODE[r.quality])
+            (
+                self._series_id(conn, r.device, r.point),
+                r.ts_wall,
+                r.value if not isinstance(r.value, bool) else int(r.value),
+                _QUALITY_CODE[r.quality],
+            )
             for r in readings
         ]
         with conn:  # one transaction per batch: committed, or not at all
@@ -159,6 +166,7 @@ class TelemetryStore:
         limit: int = 1000,
     ) -> list[StoredReading]:
         """Readings of one point in [start, end], newest last, at most ``limit`` (the latest)."""
+
         def query() -> list[StoredReading]:
             conn = self._rconn
             assert conn is not None, "store is not open"
@@ -166,10 +174,17 @@ class TelemetryStore:
                 "SELECT r.ts, r.value, r.quality FROM readings r JOIN series s ON s.id = r.series "
                 "WHERE s.device = ? AND s.point = ? AND r.ts >= ? AND r.ts <= ? "
                 "ORDER BY r.ts DESC LIMIT ?",
-                (device, point, start if start is not None else float("-inf"),
-                 end if end is not None else float("inf"), limit),
+                (
+                    device,
+                    point,
+                    start if start is not None else float("-inf"),
+                    end if end is not None else float("inf"),
+                    limit,
+                ),
             ).fetchall()
-            return [StoredReading(device, point, ts, v, _QUALITY_OF[q]) for ts, v, q in reversed(rows)]
+            return [
+                StoredReading(device, point, ts, v, _QUALITY_OF[q]) for ts, v, q in reversed(rows)
+            ]
 
         return await self._on(self._reader, query)
 

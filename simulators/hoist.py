@@ -33,8 +33,18 @@ REG_WATCHDOG = 106  # uint16, ms
 COMMAND_COUNT = 7
 
 CW_ENABLE, CW_RUN, CW_STOP, CW_RESET, CW_QUICK_STOP = 1, 2, 4, 8, 16
-(SW_READY, SW_ENABLED, SW_MOVING, SW_IN_POSITION, SW_FAULT, SW_ESTOP, SW_BRAKE_RELEASED,
- SW_LIMIT_LOW, SW_LIMIT_HIGH, SW_WATCHDOG_OK) = (1 << i for i in range(10))
+(
+    SW_READY,
+    SW_ENABLED,
+    SW_MOVING,
+    SW_IN_POSITION,
+    SW_FAULT,
+    SW_ESTOP,
+    SW_BRAKE_RELEASED,
+    SW_LIMIT_LOW,
+    SW_LIMIT_HIGH,
+    SW_WATCHDOG_OK,
+) = (1 << i for i in range(10))
 
 FAULT_NONE, FAULT_WATCHDOG, FAULT_OVERLOAD, FAULT_HARD_LIMIT = 0, 1, 2, 3
 G = 9.81
@@ -248,8 +258,10 @@ class HoistRegisters:
         a = self.axis
         touched = set(range(address, address + len(values)))
         if touched & {REG_TARGET, REG_TARGET + 1}:
-            a.target = struct.unpack(">i", struct.pack(">HH", image[REG_TARGET],
-                                                      image[REG_TARGET + 1]))[0] / 10
+            a.target = (
+                struct.unpack(">i", struct.pack(">HH", image[REG_TARGET], image[REG_TARGET + 1]))[0]
+                / 10
+            )
         if REG_SPEED in touched:
             a.speed_limit = float(image[REG_SPEED])
         if REG_ACCEL in touched:

@@ -62,8 +62,9 @@ class SimulatedUnit:
         return SimDevice(
             self.unit,
             simdata=[
-                SimData(0, count=STATUS_COUNT, values=0, datatype=DataType.REGISTERS,
-                        readonly=True),
+                SimData(
+                    0, count=STATUS_COUNT, values=0, datatype=DataType.REGISTERS, readonly=True
+                ),
                 SimData(REG_TARGET, count=COMMAND_COUNT, values=0, datatype=DataType.REGISTERS),
             ],
             action=action,
@@ -83,8 +84,7 @@ class ModbusSimServer:
         self._server = ModbusTcpServer(devices, address=(self.host, self.port))
         await self._server.serve_forever(background=True)
         self._clock = asyncio.create_task(self._physics(), name=f"sim-physics:{self.port}")
-        log.info("modbus sim on %s:%d units %s", self.host, self.port,
-                 [u.unit for u in self.units])
+        log.info("modbus sim on %s:%d units %s", self.host, self.port, [u.unit for u in self.units])
         return self
 
     async def __aexit__(
@@ -95,7 +95,7 @@ class ModbusSimServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._clock
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
 
     async def _physics(self) -> None:
         last = time.monotonic()

@@ -47,7 +47,8 @@ def plan(venue: dict[str, Any], source: str = "venue") -> list[ModbusSimServer]:
         if unknown := sorted(set(sim) - set(kinds)):
             raise SimulationError(f"{where}: unknown parameter(s) {', '.join(unknown)}")
         try:
-            params = params_cls(**{k: kinds[k](v) for k, v in sim.items()})
+            values: dict[str, Any] = {k: kinds[k](v) for k, v in sim.items()}
+            params = params_cls(**values)
         except (TypeError, ValueError) as exc:
             raise SimulationError(f"{where}: {exc}") from exc
         tr = dev.get("transport", {})

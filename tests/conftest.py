@@ -36,7 +36,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout_s: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -117,17 +119,28 @@ async def no_lingering_tasks() -> AsyncIterator[None]:
         pytest.fail(f"test left {len(left)} asyncio task(s) running{refused}: {where}")
 
 
-def start_mosquitto(folder: Path, port: int, persistence: bool = False) -> subprocess.Popen[bytes]:
-    """Start a Mosquitto on ``port`` with its config and log in ``folder``; wait until it listens."""
+def start_mosquitto(
+    folder: Path, port: int, persistence: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start a Mosquitto on ``port``, config and log in ``folder``; wait until it listens."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         pytest.fail("mosquitto is not installed: run `make test`, which installs it")
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
     # Run as us: as root, mosquitto would switch to its own user and lose its log folder.
-    lines = [f"user {getpass.getuser()}", f"listener {port} 127.0.0.1", "allow_anonymous true",
-             f"log_dest file {folder / 'mosquitto.log'}", "log_type error\nlog_type warning\nlog_type notice\nlog_type information"]
-    lines += [f"persistence true\npersistence_location {folder}/"] if persistence else ["persistence false"]
+    lines = [
+        f"user {getpass.getuser()}",
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        f"log_dest file {folder / 'mosquitto.log'}",
+        "log_type error\nlog_type warning\nlog_type notice\nlog_type information",
+    ]
+    lines += (
+        [f"persistence true\npersistence_location {folder}/"]
+        if persistence
+        else ["persistence false"]
+    )
     conf.write_text("\n".join(lines) + "\n")
     with open(folder / "stdout.log", "ab") as out:
         proc = subprocess.Popen([exe, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
@@ -157,7 +170,8 @@ DEVICE_TEMPLATE = """
 id = "{id}"
 profile = "hoist"
 poll_hz = {poll_hz}
-transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {port}, unit = {unit}, timeout_s = 0.3 }}
+transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {port}, unit = {unit}, \
+timeout_s = 0.3 }}
 simulate = {{ model = "hoist", start_position_mm = {start} }}
 """
 
@@ -184,8 +198,12 @@ def simulator_process(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Po
 
     def start(venue: Path) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"simulators-{len(procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "simulators", str(venue)], cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simulators", str(venue)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         procs.append(proc)
         server = RealServer("simulators", "127.0.0.1", 0, proc.pid, Path(log.name))

@@ -47,7 +47,10 @@ def encode(wire: ModbusWire, value: float | int | bool) -> list[int]:
         return [1 if value else 0]
     if wire.bit is not None:
         raise EncodeError("bit fields are read-only: map control words as whole registers")
-    number = (float(value) - wire.offset) / wire.scale
+    try:
+        number = (float(value) - wire.offset) / wire.scale
+    except OverflowError as exc:
+        raise EncodeError(f"{value!r} is too large") from exc
     if not math.isfinite(number):
         raise EncodeError(f"{value!r} is not a finite number")
     fmt = _FORMAT[wire.encoding]
@@ -61,11 +64,13 @@ def encode(wire: ModbusWire, value: float | int | bool) -> list[int]:
 
 
 def to_point_value(point: PointSpec, raw: float | int | bool) -> Value:
-    """Apply the point's dtype to a decoded value."""
+    """Apply the point's dtype to a decoded value; ValueError for NaN or infinity."""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise ValueError(f"{point.name}: the device sent a non-finite value ({raw})")
     if point.dtype is ValueType.BOOL:
         return bool(raw)
     if point.dtype is ValueType.INT:
-        return int(round(raw)) if isinstance(raw, float) else int(raw)
+        return round(raw) if isinstance(raw, float) else int(raw)
     return float(raw)
 
 
@@ -105,7 +110,7 @@ def plan_reads(points: Iterable[PointSpec], max_gap: int = 8) -> list[ReadBlock]
     blocks: list[ReadBlock] = []
     for table, members in sorted(by_table.items()):
         limit = MAX_READ_BITS if table in ("coil", "discrete") else MAX_READ_REGISTERS
-        members.sort(key=lambda p: (p.modbus.address if p.modbus else 0))
+        members.sort(key=lambda p: p.modbus.address if p.modbus else 0)
         current: list[PointSpec] = []
         start = end = 0
         for p in members:

@@ -28,6 +28,7 @@ from typing import Any, Self
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from drivers.modbus.codec import ReadBlock, encode, plan_reads
 from drivers.model import (
     CommandError,
     Device,
@@ -41,7 +42,6 @@ from drivers.model import (
     Reading,
     Value,
 )
-from drivers.modbus.codec import ReadBlock, encode, plan_reads
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ class ModbusConnection:
     async def __aenter__(self) -> Self:
         if not await self._client.connect():
             self._client.close()
-            raise ConnectionError(
-                f"cannot connect to {self.transport.host}:{self.transport.port}"
-            )
+            raise ConnectionError(f"cannot connect to {self.transport.host}:{self.transport.port}")
         return self
 
     async def __aexit__(
@@ -110,7 +108,9 @@ class ModbusConnection:
                     block.start, count=block.count, device_id=unit
                 )
         except ModbusException as exc:
-            raise ModbusRequestError(f"read {block.table} {block.start}+{block.count}: {exc}") from exc
+            raise ModbusRequestError(
+                f"read {block.table} {block.start}+{block.count}: {exc}"
+            ) from exc
         if rr.isError():
             raise ModbusRequestError(
                 f"read {block.table} {block.start}+{block.count}: exception code "
@@ -185,8 +185,9 @@ class ModbusDeviceDriver:
         else:
             log.debug("%s: %s", self.device.id, reason)
         limit = self.device.profile.health.offline_after_failures
-        self._set_health(HealthState.OFFLINE if self._failures >= limit else HealthState.DEGRADED,
-                         reason)
+        self._set_health(
+            HealthState.OFFLINE if self._failures >= limit else HealthState.DEGRADED, reason
+        )
 
     def _succeeded(self) -> None:
         if self._warned:
@@ -303,8 +304,8 @@ class ModbusDeviceDriver:
         encoded: list[tuple[PointSpec, ModbusWire, list[int], Value]] = []
         for point, value in writes:
             wire = point.modbus
-            if wire is None:
-                raise CommandError(f"{name}: point '{point.name}' has no Modbus address")
+            if wire is None or isinstance(value, str):
+                raise CommandError(f"{name}: point '{point.name}' cannot be written over Modbus")
             try:
                 encoded.append((point, wire, encode(wire, value), value))
             except ValueError as exc:

@@ -11,6 +11,7 @@ feed is the live view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -49,8 +50,9 @@ class MqttNodeLink:
         self._state_topic = node_state_topic(venue, node)
 
     def _client(self) -> aiomqtt.Client:
-        will = aiomqtt.Will(self._state_topic, encode_state("offline", time.time()), qos=1,
-                            retain=True)
+        will = aiomqtt.Will(
+            self._state_topic, encode_state("offline", time.time()), qos=1, retain=True
+        )
         return aiomqtt.Client(
             self.host,
             self.port,
@@ -78,7 +80,8 @@ class MqttNodeLink:
                     await client.publish(
                         self._state_topic,
                         encode_state("online", time.time(), devices=self.devices),
-                        qos=1, retain=True,
+                        qos=1,
+                        retain=True,
                     )
                     if warned:
                         log.info("mqtt %s:%d: recovered", self.host, self.port)
@@ -112,12 +115,10 @@ class MqttNodeLink:
         self.published += 1
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
-        try:
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             await asyncio.wait_for(
-                client.publish(self._state_topic, encode_state("offline", time.time()),
-                               qos=1, retain=True),
+                client.publish(
+                    self._state_topic, encode_state("offline", time.time()), qos=1, retain=True
+                ),
                 timeout=1.0,
             )
-        except (aiomqtt.MqttError, TimeoutError):
-            pass
-

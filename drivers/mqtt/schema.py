@@ -1,8 +1,8 @@
 """MQTT topic and payload schema (docs/interfaces/mqtt.md): pure functions, fuzzed.
 
-    flytower/{venue}/{node}/{device}/{point}      {"v": value, "ts": epoch ms, "q": "good"}
-    flytower/{venue}/{node}/$state                 retained birth / LWT death of the node
-    flytower/{venue}/{node}/{device}/$state        retained device availability
+flytower/{venue}/{node}/{device}/{point}      {"v": value, "ts": epoch ms, "q": "good"}
+flytower/{venue}/{node}/$state                 retained birth / LWT death of the node
+flytower/{venue}/{node}/{device}/$state        retained device availability
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class SchemaError(ValueError):
 
 
 def _segment(kind: str, value: str) -> str:
-    if not _SEGMENT.match(value):
+    if not _SEGMENT.fullmatch(value):
         raise SchemaError(f"{kind} {value!r} is not a valid topic segment")
     return value
 
@@ -40,7 +40,7 @@ def node_state_topic(venue: str, node: str) -> str:
 
 
 def device_state_topic(venue: str, node: str, device: str) -> str:
-    return f"{ROOT}/{_segment('venue', venue)}/{_segment('node', node)}/{_segment('device', device)}/$state"
+    return f"{node_state_topic(venue, node)[: -len('/$state')]}/{_segment('device', device)}/$state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +57,17 @@ class PointMessage:
 def encode_value(value: Value | None, ts_wall: float, quality: Quality) -> bytes:
     if isinstance(value, float) and not math.isfinite(value):
         value, quality = None, Quality.BAD  # JSON has no NaN/inf; say so rather than lie
-    return json.dumps({"v": value, "ts": round(ts_wall * 1000), "q": quality.value},
-                      separators=(",", ":")).encode()
+    if value is None and quality is Quality.GOOD:
+        quality = Quality.BAD  # 'good' with no value would be a lie receivers reject
+    return json.dumps(
+        {"v": value, "ts": round(ts_wall * 1000), "q": quality.value}, separators=(",", ":")
+    ).encode()
 
 
 def encode_state(state: str, ts_wall: float, **extra: Any) -> bytes:
-    return json.dumps({"state": state, "ts": round(ts_wall * 1000), **extra},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {"state": state, "ts": round(ts_wall * 1000), **extra}, separators=(",", ":")
+    ).encode()
 
 
 def decode_point(topic: str, payload: bytes) -> PointMessage:
@@ -77,7 +81,7 @@ def decode_point(topic: str, payload: bytes) -> PointMessage:
         raise SchemaError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     try:
         doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, a 5000-digit integer
         raise SchemaError(f"payload is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise SchemaError("payload must be a JSON object")

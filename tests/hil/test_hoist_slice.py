@@ -17,11 +17,17 @@ from pathlib import Path
 import aiomqtt
 import httpx
 import pytest
-import websockets
 from pymodbus.client import AsyncModbusTcpClient
 
 from edge.config import load_venue
-from tests.conftest import RealServer, free_port, run_service, wait_for_port, wait_until, write_venue
+from tests.conftest import (
+    RealServer,
+    free_port,
+    run_service,
+    wait_for_port,
+    wait_until,
+    write_venue,
+)
 
 pytestmark = pytest.mark.hil
 
@@ -34,6 +40,7 @@ async def points(client: httpx.AsyncClient, device: str) -> dict[str, object]:
 
 async def wait_online(client: httpx.AsyncClient, devices: list[str]) -> None:
     """Every device online and its position read at least once."""
+
     async def ready() -> bool:
         for d in devices:
             if (await client.get(f"/api/v1/devices/{d}")).json()["health"]["state"] != "online":
@@ -46,14 +53,22 @@ async def wait_online(client: httpx.AsyncClient, devices: list[str]) -> None:
 
 
 @pytest.fixture
-def venue(tmp_path: Path, mosquitto: RealServer,
-          simulator_process: Callable[[Path], subprocess.Popen[bytes]]) -> Path:
+def venue(
+    tmp_path: Path,
+    mosquitto: RealServer,
+    simulator_process: Callable[[Path], subprocess.Popen[bytes]],
+) -> Path:
     port_a, port_b = free_port(), free_port()
-    path = write_venue(tmp_path, [
-        {"id": "hoist-1", "port": port_a, "start": 2000},
-        {"id": "hoist-2", "port": port_b, "unit": 1, "start": 5000},
-        {"id": "hoist-3", "port": port_b, "unit": 2, "start": 8000},
-    ], mqtt_mode="external", mqtt_port=mosquitto.port)
+    path = write_venue(
+        tmp_path,
+        [
+            {"id": "hoist-1", "port": port_a, "start": 2000},
+            {"id": "hoist-2", "port": port_b, "unit": 1, "start": 5000},
+            {"id": "hoist-3", "port": port_b, "unit": 2, "start": 8000},
+        ],
+        mqtt_mode="external",
+        mqtt_port=mosquitto.port,
+    )
     simulator_process(path)
     wait_for_port(port_a)
     wait_for_port(port_b)
@@ -79,8 +94,10 @@ async def test_move_to_converges_and_is_recorded(venue: Path, mosquitto: RealSer
                 before = await points(client, "hoist-1")
                 assert before["position"] == pytest.approx(2000, abs=0.1)
 
-                res = await client.post("/api/v1/devices/hoist-1/commands/move_to",
-                                        json={"position": 3500, "speed": 1200, "acceleration": 1500})
+                res = await client.post(
+                    "/api/v1/devices/hoist-1/commands/move_to",
+                    json={"position": 3500, "speed": 1200, "acceleration": 1500},
+                )
                 assert res.status_code == 200, res.text
                 assert res.json()["writes"]["target_position"] == 3500
 
@@ -96,9 +113,11 @@ async def test_move_to_converges_and_is_recorded(venue: Path, mosquitto: RealSer
                 assert (await points(client, "hoist-2"))["position"] == pytest.approx(5000, abs=0.1)
                 assert (await points(client, "hoist-3"))["position"] == pytest.approx(8000, abs=0.1)
 
-                history = (await client.get(
-                    "/api/v1/devices/hoist-1/points/position/history", params={"limit": 10000}
-                )).json()
+                history = (
+                    await client.get(
+                        "/api/v1/devices/hoist-1/points/position/history", params={"limit": 10000}
+                    )
+                ).json()
                 values = history["values"]
                 assert values[0] == pytest.approx(2000, abs=0.1)
                 assert values[-1] == pytest.approx(3500, abs=1)
@@ -108,8 +127,10 @@ async def test_move_to_converges_and_is_recorded(venue: Path, mosquitto: RealSer
         # After a clean stop every reading is in the WAL-mode SQLite file.
         with sqlite3.connect(store_path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            n = db.execute("SELECT count(*) FROM readings r JOIN series s ON s.id = r.series "
-                           "WHERE s.device = 'hoist-1' AND s.point = 'position'").fetchone()[0]
+            n = db.execute(
+                "SELECT count(*) FROM readings r JOIN series s ON s.id = r.series "
+                "WHERE s.device = 'hoist-1' AND s.point = 'position'"
+            ).fetchone()[0]
         assert n >= len(values)
         assert mqtt_positions and max(mqtt_positions) == pytest.approx(3500, abs=1)
     finally:
@@ -122,8 +143,9 @@ async def test_out_of_range_target_is_refused_and_nothing_moves(venue: Path) -> 
         base = f"http://127.0.0.1:{service.bound_api_port}"
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
             await wait_online(client, ["hoist-1"])
-            res = await client.post("/api/v1/devices/hoist-1/commands/move_to",
-                                    json={"position": 12500})
+            res = await client.post(
+                "/api/v1/devices/hoist-1/commands/move_to", json={"position": 12500}
+            )
             assert res.status_code == 422
             assert "above the maximum 12000 mm" in res.json()["detail"]
             await asyncio.sleep(0.5)
@@ -139,8 +161,9 @@ async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) 
         base = f"http://127.0.0.1:{service.bound_api_port}"
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
             await wait_online(client, ["hoist-1"])
-            res = await client.post("/api/v1/devices/hoist-1/commands/move_to",
-                                    json={"position": 11000, "speed": 800})
+            res = await client.post(
+                "/api/v1/devices/hoist-1/commands/move_to", json={"position": 11000, "speed": 800}
+            )
             assert res.status_code == 200
 
             async def moving() -> bool:
@@ -151,6 +174,7 @@ async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) 
     modbus = AsyncModbusTcpClient("127.0.0.1", port=port)
     await modbus.connect()
     try:
+
         async def stopped_with_watchdog_fault() -> bool:
             rr = await modbus.read_holding_registers(0, count=11, device_id=1)
             status, fault = rr.registers[6], rr.registers[7]

@@ -132,12 +132,6 @@ async def test_block_publisher_is_released_when_the_subscription_closes(
     await done(bus.publish(3))  # nobody left to wait for
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a publisher blocked in Subscription._put appends its item after close() "
-    "released it, so the closed queue grows past maxsize and yields an item published "
-    "after the close",
-)
 async def test_item_of_a_released_publisher_is_not_queued_after_close(
     tasks: list[asyncio.Task[object]],
 ) -> None:

@@ -77,8 +77,13 @@ offsets = st.one_of(st.just(0.0), st.floats(min_value=-1e6, max_value=1e6))
 
 
 @FAST
-@given(data=st.data(), encoding=st.sampled_from(list(INT_RANGES)),
-       word_order=st.sampled_from(WORD_ORDERS), scale=scales, offset=offsets)
+@given(
+    data=st.data(),
+    encoding=st.sampled_from(list(INT_RANGES)),
+    word_order=st.sampled_from(WORD_ORDERS),
+    scale=scales,
+    offset=offsets,
+)
 def test_integer_round_trip_on_the_grid(
     data: st.DataObject, encoding: str, word_order: str, scale: float, offset: float
 ) -> None:
@@ -99,8 +104,13 @@ def test_integer_round_trip_on_the_grid(
 
 
 @FAST
-@given(data=st.data(), encoding=st.sampled_from(list(INT_RANGES)),
-       word_order=st.sampled_from(WORD_ORDERS), scale=scales, offset=offsets)
+@given(
+    data=st.data(),
+    encoding=st.sampled_from(list(INT_RANGES)),
+    word_order=st.sampled_from(WORD_ORDERS),
+    scale=scales,
+    offset=offsets,
+)
 def test_integer_round_trip_between_grid_points_is_within_half_a_step(
     data: st.DataObject, encoding: str, word_order: str, scale: float, offset: float
 ) -> None:
@@ -115,8 +125,10 @@ def test_integer_round_trip_between_grid_points_is_within_half_a_step(
 
 
 @FAST
-@given(value=st.floats(width=32, allow_nan=False, allow_infinity=False),
-       word_order=st.sampled_from(WORD_ORDERS))
+@given(
+    value=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    word_order=st.sampled_from(WORD_ORDERS),
+)
 def test_float32_round_trip_is_exact_without_scaling(value: float, word_order: str) -> None:
     w = wire("float32", word_order=word_order)
     registers = encode(w, value)
@@ -128,8 +140,12 @@ def test_float32_round_trip_is_exact_without_scaling(value: float, word_order: s
 
 
 @FAST
-@given(f=st.floats(min_value=-(2.0**100), max_value=2.0**100, width=32),
-       word_order=st.sampled_from(WORD_ORDERS), scale=scales, offset=offsets)
+@given(
+    f=st.floats(min_value=-(2.0**100), max_value=2.0**100, width=32),
+    word_order=st.sampled_from(WORD_ORDERS),
+    scale=scales,
+    offset=offsets,
+)
 def test_float32_round_trip_with_scale_and_offset(
     f: float, word_order: str, scale: float, offset: float
 ) -> None:
@@ -199,8 +215,11 @@ def test_encode_rounds_to_the_nearest_raw_value() -> None:
 
 
 @FAST
-@given(register=st.integers(0, 0xFFFF), bit=st.integers(0, 15),
-       encoding=st.sampled_from(["uint16", "int16"]))
+@given(
+    register=st.integers(0, 0xFFFF),
+    bit=st.integers(0, 15),
+    encoding=st.sampled_from(["uint16", "int16"]),
+)
 def test_bit_field_decodes_one_bit(register: int, bit: int, encoding: str) -> None:
     w = wire(encoding, bit=bit)
     result = decode(w, [register])
@@ -211,7 +230,17 @@ def test_bit_field_decodes_one_bit(register: int, bit: int, encoding: str) -> No
 def test_bit_field_vectors() -> None:
     status = 0b10_0000_0101  # bits 0, 2, 9
     assert [decode(wire(bit=b), [status]) for b in range(11)] == [
-        True, False, True, False, False, False, False, False, False, True, False
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
     ]
     assert decode(wire("int16", bit=15), [0x8000]) is True
     assert decode(wire("int16", bit=15), [0x7FFF]) is False
@@ -279,11 +308,6 @@ def test_encode_error_is_a_value_error() -> None:
     assert issubclass(EncodeError, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: float(value) in encode() raises OverflowError for ints beyond float range "
-    "instead of EncodeError",
-)
 def test_encode_refuses_huge_int_with_encode_error() -> None:
     with pytest.raises(EncodeError):
         encode(wire("int32"), 10**400)
@@ -319,10 +343,18 @@ any_wire = st.one_of(
         scale=st.one_of(st.just(1.0), finite_nonzero),
         offset=st.one_of(st.just(0.0), st.floats(allow_nan=False, allow_infinity=False)),
     ),
-    st.builds(ModbusWire, address=st.just(0), encoding=st.sampled_from(["uint16", "int16"]),
-              bit=st.integers(0, 15)),
-    st.builds(ModbusWire, address=st.just(0), encoding=st.just("bool"),
-              table=st.sampled_from(["coil", "discrete"])),
+    st.builds(
+        ModbusWire,
+        address=st.just(0),
+        encoding=st.sampled_from(["uint16", "int16"]),
+        bit=st.integers(0, 15),
+    ),
+    st.builds(
+        ModbusWire,
+        address=st.just(0),
+        encoding=st.just("bool"),
+        table=st.sampled_from(["coil", "discrete"]),
+    ),
 )
 
 
@@ -472,7 +504,11 @@ def test_hoist_profile_is_read_in_two_blocks() -> None:
         name for name, p in profile.points.items() if p.modbus and p.modbus.address < 100
     }
     assert [p.name for p in command.points] == [
-        "target_position", "speed_limit", "acceleration", "control_word", "heartbeat",
+        "target_position",
+        "speed_limit",
+        "acceleration",
+        "control_word",
+        "heartbeat",
         "watchdog_ms",
     ]
 
@@ -565,15 +601,9 @@ def test_read_block_decode_accepts_a_longer_response() -> None:
 
 
 @pytest.mark.parametrize("registers", [[0x7F80, 0x0000], [0xFF80, 0x0000]])  # +inf, -inf
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: to_point_value() does int(round(inf)) for an int point read as float32, raising "
-    "OverflowError, which the driver's poll loop (except ValueError) does not catch",
-)
 def test_read_block_decode_of_non_finite_float_into_int_point_raises_value_error(
     registers: list[int],
 ) -> None:
     block = plan_reads([point("count", 0, "float32", dtype="int")])[0]
     with pytest.raises(ValueError):  # noqa: PT011 -- OverflowError is not a ValueError
         block.decode(registers)
-

@@ -60,25 +60,49 @@ def _problems(data: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["points"]["position"]["modbus"].update(address=70000), "points.position.modbus.address"),
-        (lambda d: d["points"]["position"].update(min=10.0, max=1.0), "min (10.0) is greater than max"),
+        (
+            lambda d: d["points"]["position"]["modbus"].update(address=70000),
+            "points.position.modbus.address",
+        ),
+        (
+            lambda d: d["points"]["position"].update(min=10.0, max=1.0),
+            "min (10.0) is greater than max",
+        ),
         (lambda d: d["points"]["position"].update(colour="red"), "points.position.colour"),
         (lambda d: d.update(protocol="carrier-pigeon"), "protocol"),
-        (lambda d: d["commands"]["move_to"]["writes"].append({"point": "nope", "value": 1}),
-         "no point named 'nope'"),
-        (lambda d: d["commands"]["stop"]["writes"].append({"point": "position", "value": 1}),
-         "point 'position' is read-only"),
-        (lambda d: d["commands"]["stop"]["writes"].append({"point": "control_word", "arg": "x"}),
-         "no argument named 'x'"),
-        (lambda d: d["commands"]["stop"]["writes"].append({"point": "control_word"}),
-         "exactly one of 'arg' or 'value'"),
-        (lambda d: d["commands"]["stop"]["writes"].append({"point": "control_word", "value": 99}),
-         "above the maximum"),
-        (lambda d: d["points"]["velocity"]["modbus"].update(address=1), "register 1 is also 'position'"),
+        (
+            lambda d: d["commands"]["move_to"]["writes"].append({"point": "nope", "value": 1}),
+            "no point named 'nope'",
+        ),
+        (
+            lambda d: d["commands"]["stop"]["writes"].append({"point": "position", "value": 1}),
+            "point 'position' is read-only",
+        ),
+        (
+            lambda d: d["commands"]["stop"]["writes"].append({"point": "control_word", "arg": "x"}),
+            "no argument named 'x'",
+        ),
+        (
+            lambda d: d["commands"]["stop"]["writes"].append({"point": "control_word"}),
+            "exactly one of 'arg' or 'value'",
+        ),
+        (
+            lambda d: d["commands"]["stop"]["writes"].append(
+                {"point": "control_word", "value": 99}
+            ),
+            "above the maximum",
+        ),
+        (
+            lambda d: d["points"]["velocity"]["modbus"].update(address=1),
+            "register 1 is also 'position'",
+        ),
         (lambda d: d["points"]["moving"]["modbus"].update(bit=1), "bit 1 of holding 6 is also"),
         (lambda d: d["points"]["load"].pop("modbus"), "needs a [points.load.modbus] address"),
         (lambda d: d["heartbeat"].update(point="position"), "heartbeat.point"),
-        (lambda d: d["points"]["position"]["modbus"].update(scale=0), "scale must be finite and non-zero"),
+        (
+            lambda d: d["points"]["position"]["modbus"].update(scale=0),
+            "scale must be finite and non-zero",
+        ),
         (lambda d: d["points"]["ready"].update(access="rw"), "bit fields are read-only"),
     ],
 )
@@ -117,8 +141,12 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 
 def test_resolve_move_to(hoist: Profile) -> None:
     writes = {p.name: v for p, v in hoist.resolve_command("move_to", {"position": 4000})}
-    assert writes == {"target_position": 4000.0, "speed_limit": 500.0, "acceleration": 500.0,
-                      "control_word": 3}
+    assert writes == {
+        "target_position": 4000.0,
+        "speed_limit": 500.0,
+        "acceleration": 500.0,
+        "control_word": 3,
+    }
 
 
 @pytest.mark.parametrize(
@@ -160,12 +188,17 @@ def test_driver_stats_percentiles() -> None:
 # --- hostile input: the loaders either return a valid profile or raise ConfigError -------------
 
 toml_scalars = st.one_of(
-    st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True), st.booleans(),
-    st.text(max_size=20), st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(max_size=20),
+    st.none(),
 )
 json_like = st.recursive(
     toml_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -200,8 +233,9 @@ def test_mutated_profiles_never_crash(data: st.DataObject) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=300))
-def test_arbitrary_text_never_crashes_the_loader(tmp_path_factory: pytest.TempPathFactory,
-                                                 text: str) -> None:
+def test_arbitrary_text_never_crashes_the_loader(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
     f = tmp_path_factory.mktemp("fuzz") / "p.toml"
     f.write_text(text, encoding="utf-8")
     try:
@@ -211,8 +245,13 @@ def test_arbitrary_text_never_crashes_the_loader(tmp_path_factory: pytest.TempPa
 
 
 @settings(max_examples=200, deadline=None)
-@given(args=st.dictionaries(st.sampled_from(["position", "speed", "acceleration", "x"]),
-                            toml_scalars | st.lists(st.integers(), max_size=2), max_size=4))
+@given(
+    args=st.dictionaries(
+        st.sampled_from(["position", "speed", "acceleration", "x"]),
+        toml_scalars | st.lists(st.integers(), max_size=2),
+        max_size=4,
+    )
+)
 def test_command_validation_never_crashes(args: dict[str, Any]) -> None:
     hoist = load_profile(HOIST_PATH)
     try:

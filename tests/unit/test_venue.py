@@ -55,22 +55,36 @@ def test_minimal_venue_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda t: t.replace('profile = "hoist"', 'profile = "nope"'), "devices.h1.profile: no profile 'nope'"),
-        (lambda t: t.replace("port = 1502", "port = 70000"), "devices[0] (h1).transport.modbus-tcp.port"),
+        (
+            lambda t: t.replace('profile = "hoist"', 'profile = "nope"'),
+            "devices.h1.profile: no profile 'nope'",
+        ),
+        (
+            lambda t: t.replace("port = 1502", "port = 70000"),
+            "devices[0] (h1).transport.modbus-tcp.port",
+        ),
         (lambda t: t.replace('id = "h1"', 'id = "h 1"'), "devices[0] (h 1).id"),
-        (lambda t: t + '[[devices]]\nid = "h1"\nprofile = "hoist"\n'
-         'transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 1503 }\n',
-         "id 'h1' is used twice"),
+        (
+            lambda t: (
+                t + '[[devices]]\nid = "h1"\nprofile = "hoist"\n'
+                'transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 1503 }\n'
+            ),
+            "id 'h1' is used twice",
+        ),
         (lambda t: t + 'node = "elsewhere"\n', "no node 'elsewhere'"),
         (lambda t: t.replace("version = 1", "version = 2"), "version"),
         (lambda t: t + "poll_hz = 0\n", "poll_hz"),
         (lambda t: t + "colour = 'red'\n", "colour"),
         (lambda t: t.replace('kind = "modbus-tcp"', 'kind = "carrier-pigeon"'), "transport"),
         (lambda t: 'show = "missing.json"\n' + t, "show: file 'missing.json' does not exist"),
-        (lambda t: t + '[[devices]]\nid = "h2"\nprofile = "hoist"\n'
-         'transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 1502 }\n',
-         "is also device 'h1'"),
-        (lambda t: t.replace("[[nodes]]\nid = \"n1\"\n", ""), "nodes"),
+        (
+            lambda t: (
+                t + '[[devices]]\nid = "h2"\nprofile = "hoist"\n'
+                'transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 1502 }\n'
+            ),
+            "is also device 'h1'",
+        ),
+        (lambda t: t.replace('[[nodes]]\nid = "n1"\n', ""), "nodes"),
     ],
 )
 def test_venue_errors_are_precise(tmp_path: Path, edit: Any, expected: str) -> None:
@@ -96,7 +110,9 @@ def test_check_command_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ok" in capsys.readouterr().out
 
 
-def test_check_command_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_command_reports_every_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = MINIMAL.replace('profile = "hoist"', 'profile = "nope"') + (
         '[[devices]]\nid = "h2"\nprofile = "nope2"\n'
         'transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 1503 }\n'
@@ -112,14 +128,34 @@ def test_check_command_on_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 scalars = st.one_of(st.integers(), st.floats(), st.booleans(), st.text(max_size=12), st.none())
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(key=st.sampled_from(["version", "venue", "nodes", "api", "mqtt", "telemetry", "devices",
-                            "show", "profile_dirs", "extra"]), value=values)
-def test_hostile_venues_raise_config_error_only(tmp_path_factory: pytest.TempPathFactory,
-                                                key: str, value: Any) -> None:
+@given(
+    key=st.sampled_from(
+        [
+            "version",
+            "venue",
+            "nodes",
+            "api",
+            "mqtt",
+            "telemetry",
+            "devices",
+            "show",
+            "profile_dirs",
+            "extra",
+        ]
+    ),
+    value=values,
+)
+def test_hostile_venues_raise_config_error_only(
+    tmp_path_factory: pytest.TempPathFactory, key: str, value: Any
+) -> None:
     data = tomllib.loads(MINIMAL)
     data[key] = value
     try:
