@@ -25,8 +25,6 @@ from drivers.model import (
     read_toml,
 )
 
-VENUE_FORMAT_VERSION = 1
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
