@@ -31,6 +31,8 @@ ARGS = [
 
 @pytest.fixture
 def venue(tmp_path: Path, simulator_process: Callable[[Path], subprocess.Popen[bytes]]) -> Path:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run `make test`, which installs it")
     port = free_port()
     path = write_venue(
         tmp_path,
@@ -45,8 +47,6 @@ def venue(tmp_path: Path, simulator_process: Callable[[Path], subprocess.Popen[b
 
 
 async def test_console_shows_live_position_and_moves_a_hoist(venue: Path, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: run `make test`, which installs it")
     async with run_service(venue) as service, async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
