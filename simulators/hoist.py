@@ -94,7 +94,9 @@ class HoistAxis:
             self.heartbeat, self.heartbeat_at = value, now
 
     def write_control(self, word: int) -> None:
-        if word & CW_RESET and not self.control & CW_RESET and self.fault and not self.estop:
+        # Every write with the reset bit is a reset request (not only a rising edge), so a
+        # master that repeats reset_fault after a persistent fault is not silently ignored.
+        if word & CW_RESET and self.fault and not self.estop:
             self.fault = FAULT_NONE
         self.control = word
         if word & (CW_STOP | CW_QUICK_STOP) or not word & CW_RUN:
@@ -115,8 +117,9 @@ class HoistAxis:
     def step(self, dt: float, now: float) -> None:
         p = self.params
         if self.enabled and not self.heartbeat_alive(now):
-            self.fault = FAULT_WATCHDOG  # controlled stop follows: enabled is now False
-        run = self.enabled and bool(self.control & CW_RUN) and not self.control & CW_STOP
+            self.fault = FAULT_WATCHDOG  # a fault stops at the quick-stop deceleration
+        stop_bits = CW_STOP | CW_QUICK_STOP
+        run = self.enabled and bool(self.control & CW_RUN) and not self.control & stop_bits
         quick = bool(self.control & CW_QUICK_STOP) or self.fault != FAULT_NONE or self.estop
         decel = p.quick_stop_decel_mm_s2 if quick else max(self.accel_limit, 10.0)
         v0 = self.velocity

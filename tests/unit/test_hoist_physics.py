@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from simulators.hoist import (
     CW_ENABLE,
+    CW_QUICK_STOP,
     CW_RESET,
     CW_RUN,
     CW_STOP,
@@ -83,14 +84,28 @@ def test_stale_heartbeat_mid_move_stops_the_axis() -> None:
     assert axis.position == stopped_at
 
 
-def test_fault_reset_needs_a_rising_edge() -> None:
+def test_every_reset_write_is_a_reset_request() -> None:
     axis = HoistAxis()
     axis.fault = FAULT_WATCHDOG
     axis.write_control(CW_RESET)
     assert axis.fault == FAULT_NONE
     axis.fault = FAULT_WATCHDOG
-    axis.write_control(CW_RESET)  # still held: no new edge
+    axis.write_control(CW_RESET)  # the same word again still resets
+    assert axis.fault == FAULT_NONE
+    axis.estop = True
+    axis.fault = FAULT_WATCHDOG
+    axis.write_control(CW_RESET)  # not while the e-stop input is active
     assert axis.fault == FAULT_WATCHDOG
+
+
+def test_quick_stop_overrides_run() -> None:
+    axis = HoistAxis(HoistParams(start_position_mm=0))
+    axis.target, axis.speed_limit, axis.accel_limit = 10000.0, 1500.0, 500.0
+    axis.write_control(CW_ENABLE | CW_RUN)
+    t = run(axis, 3)
+    axis.write_control(CW_ENABLE | CW_RUN | CW_QUICK_STOP)
+    run(axis, 0.6, t)  # 1500 mm/s at the 3000 mm/s² quick-stop rate: 0.5 s
+    assert not axis.moving
 
 
 def test_controlled_stop() -> None:
