@@ -2,10 +2,10 @@
 
 The node announces itself with a retained ``online`` birth on ``…/{node}/$state`` and leaves a
 retained ``offline`` LWT with the broker, so every subscriber (another node, a dashboard) knows
-within one and a half keep-alive periods when this node dies. Readings go out at QoS 1. On a broker outage the
-supervisor reconnects with capped, jittered backoff, republishes the birth, and sends the
-readings it had taken but not yet delivered; the durable record is the telemetry store, the MQTT
-feed is the live view.
+within one and a half keep-alive periods when this node dies. Readings go out at QoS 1. On a
+broker outage the supervisor reconnects with capped, jittered backoff, republishes the birth,
+and sends the readings it had taken but not yet delivered; the durable record is the telemetry
+store, the MQTT feed is the live view.
 """
 
 from __future__ import annotations
