@@ -67,8 +67,12 @@ class TelemetryStore:
         self.written = 0
 
     async def __aenter__(self) -> TelemetryStore:
-        await self._on(self._writer, self._open_writer)
-        await self._on(self._reader, self._open_reader)
+        try:
+            await self._on(self._writer, self._open_writer)
+            await self._on(self._reader, self._open_reader)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -85,9 +89,8 @@ class TelemetryStore:
     def _open_writer(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Check the version before changing anything: a newer store is left exactly as it is.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             conn.close()
@@ -95,6 +98,8 @@ class TelemetryStore:
                 f"{self.path}: store schema {version} is newer than this "
                 f"Flytower ({SCHEMA_VERSION}); refusing to touch it"
             )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.commit()
