@@ -74,10 +74,7 @@ class Service:
         self.drivers: dict[str, ModbusDeviceDriver] = {}
         self.store = TelemetryStore(venue.store_path)
         self.mqtt: MqttNodeLink | None = None
-        self._mqtt_feed: Subscription[Reading] = self.readings.subscribe(
-            "mqtt-unused", Overflow.DROP_OLDEST, maxsize=1
-        )
-        self._mqtt_feed.close()
+        self._mqtt_feed: Subscription[Reading] | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.started_at = time.time()
@@ -148,7 +145,7 @@ class Service:
                 store_sub.close()
                 await writer
                 live_sub.close()
-                if mqtt_task is not None:
+                if mqtt_task is not None and self._mqtt_feed is not None:
                     self._mqtt_feed.close()  # the link drains, says offline, and returns
                     await _finish([mqtt_task], 3.0)
                 stop.cancel()
