@@ -58,7 +58,6 @@ class TelemetryConfig(_Strict):
     store: str = "var/telemetry.sqlite3"
     retention_days: float = Field(default=30, gt=0)
     batch_max: int = Field(default=2000, ge=1, le=100_000)
-    batch_interval_ms: int = Field(default=50, ge=1, le=10_000)
     queue_size: int = Field(default=10_000, ge=1)
 
 

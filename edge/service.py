@@ -113,6 +113,13 @@ class Service:
             if sims is not None:
                 stack.push_async_callback(_stop_process, sims)
             await stack.enter_async_context(self.store)
+            pruned = await self.store.prune(cfg.telemetry.retention_days * 86400)
+            if pruned:
+                log.info(
+                    "telemetry: %d readings older than %g days removed",
+                    pruned,
+                    cfg.telemetry.retention_days,
+                )
             if cfg.mqtt.mode == "embedded":
                 await stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, self.mqtt_port))
             async with asyncio.TaskGroup() as tg:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import time
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -224,3 +225,12 @@ async def test_committed_batches_survive_kill_9(tmp_path: Path) -> None:
         rows = await store.history("hoist-1", "position", limit=100_000)
         assert [r.value for r in rows] == [float(i) for i in range(n)]
     assert raw(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_prune_removes_only_readings_older_than_the_retention(tmp_path: Path) -> None:
+    now = time.time()
+    async with opened(tmp_path / "t.sqlite3") as store:
+        await store.write([at(now - 3 * 86400, 1.0), at(now - 3600, 2.0), at(now, 3.0)])
+        assert await store.prune(2 * 86400) == 1
+        rows = await store.history("hoist-1", "position")
+    assert [r.value for r in rows] == [2.0, 3.0]
