@@ -7,8 +7,8 @@ import contextlib
 import os
 import signal
 import sqlite3
-import time
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
