@@ -157,11 +157,15 @@ class PointSpec(_Strict):
 
     def check_range(self, value: float) -> str | None:
         """Why ``value`` is outside this point's range, or None if it is inside."""
-        if self.min is not None and value < self.min:
-            return f"{value:g} is below the minimum {self.min:g} {self.unit}".rstrip()
-        if self.max is not None and value > self.max:
-            return f"{value:g} is above the maximum {self.max:g} {self.unit}".rstrip()
-        return None
+        return _range_reason(value, self.min, self.max, self.unit)
+
+
+def _range_reason(value: float, lo: float | None, hi: float | None, unit: str) -> str | None:
+    if lo is not None and value < lo:
+        return f"{value:g} is below the minimum {lo:g} {unit}".rstrip()
+    if hi is not None and value > hi:
+        return f"{value:g} is above the maximum {hi:g} {unit}".rstrip()
+    return None
 
 
 class ArgSpec(_Strict):
@@ -325,8 +329,7 @@ class Profile(_Strict):
             values[arg_name] = _coerce(f"{name}.{arg_name}", raw, spec.dtype)
             if spec.dtype is not ValueType.BOOL:
                 number = float(values[arg_name])
-                probe = PointSpec(name="arg", unit=spec.unit, min=spec.min, max=spec.max)
-                if reason := probe.check_range(number):
+                if reason := _range_reason(number, spec.min, spec.max, spec.unit):
                     raise CommandError(f"{name}: {arg_name} {reason}")
         writes: list[tuple[PointSpec, Value]] = []
         for w in cmd.writes:

@@ -37,7 +37,6 @@ from pydantic import BaseModel
 
 from drivers.modbus.driver import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
-from edge.bus import Overflow
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -246,9 +245,7 @@ def create_app(service: Service) -> FastAPI:
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
         await socket.accept()
-        sub = service.readings.subscribe(
-            f"ws:{id(socket)}", Overflow.LATEST, maxsize=100_000, key=lambda r: (r.device, r.point)
-        )
+        sub = service.live_feed(f"ws:{id(socket)}")
         wanted: set[str] | None = None
 
         async def receive() -> None:

@@ -40,6 +40,9 @@ def reading_key(r: Reading) -> tuple[str, str]:
     return (r.device, r.point)
 
 
+LIVE_FEED_POINTS = 100_000  # a LATEST feed holds one slot per point: room for a large venue
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
 
@@ -95,6 +98,10 @@ class Service:
         async for r in sub:
             self.live[(r.device, r.point)] = r
 
+    def live_feed(self, name: str) -> Subscription[Reading]:
+        """A conflated feed of readings: the newest value of each point, never blocking."""
+        return self.readings.subscribe(name, Overflow.LATEST, LIVE_FEED_POINTS, reading_key)
+
     def _on_health(self, h: Health) -> None:
         self.health[h.device] = h
 
@@ -105,9 +112,7 @@ class Service:
         store_sub = self.readings.subscribe(
             "store", Overflow.BLOCK, maxsize=cfg.telemetry.queue_size
         )
-        live_sub = self.readings.subscribe(
-            "live", Overflow.LATEST, maxsize=100_000, key=reading_key
-        )
+        live_sub = self.live_feed("live")
         async with contextlib.AsyncExitStack() as stack:
             sims = await self._start_simulators() if self.run_simulators else None
             if sims is not None:
@@ -159,11 +164,7 @@ class Service:
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
     def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None]:
-        async def sink(readings: list[Reading]) -> None:
-            for r in readings:
-                await self.readings.publish(r)
-
-        driver = ModbusDeviceDriver(dev, sink, self._on_health)
+        driver = ModbusDeviceDriver(dev, self.readings.publish_many, self._on_health)
         self.drivers[dev.id] = driver
         self.health[dev.id] = driver.health
         return tg.create_task(driver.run(), name=f"driver:{dev.id}")
@@ -172,9 +173,7 @@ class Service:
         cfg = self.venue.config
         if cfg.mqtt.mode == "off":
             return None
-        sub = self._mqtt_feed = self.readings.subscribe(
-            "mqtt", Overflow.LATEST, maxsize=100_000, key=reading_key
-        )
+        sub = self._mqtt_feed = self.live_feed("mqtt")
         link = self.mqtt = MqttNodeLink(
             cfg.mqtt.host, self.mqtt_port, cfg.venue.id, self.node, sorted(self.devices)
         )

@@ -35,12 +35,16 @@ def point_topic(venue: str, node: str, device: str, point: str) -> str:
     return "/".join([ROOT, *(_segment(k, v) for k, v in parts)])
 
 
+def _node_prefix(venue: str, node: str) -> str:
+    return f"{ROOT}/{_segment('venue', venue)}/{_segment('node', node)}"
+
+
 def node_state_topic(venue: str, node: str) -> str:
-    return f"{ROOT}/{_segment('venue', venue)}/{_segment('node', node)}/$state"
+    return f"{_node_prefix(venue, node)}/$state"
 
 
 def device_state_topic(venue: str, node: str, device: str) -> str:
-    return f"{node_state_topic(venue, node)[: -len('/$state')]}/{_segment('device', device)}/$state"
+    return f"{_node_prefix(venue, node)}/{_segment('device', device)}/$state"
 
 
 @dataclass(frozen=True, slots=True)
