@@ -117,6 +117,59 @@ class ModbusWire(_Strict):
         return self.table in ("holding", "coil")
 
 
+class MqttWire(_Strict):
+    """Where a third-party MQTT device keeps a point (a device that does not speak our schema).
+
+    ``topic`` is relative to the device's ``base`` topic unless it starts with ``/``; ``field``
+    is a dotted path into a JSON object payload (``None``: the whole payload is the value);
+    ``values`` maps payload strings to values (``"ON"`` -> true). Writable points say where a
+    write goes: ``set_topic`` (relative like ``topic``) and ``set_field`` (``None``: the bare
+    value is the payload).
+    """
+
+    topic: str = Field(min_length=1, max_length=200, pattern=r"^[^#+\x00]+$")
+    field: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*$")
+    values: dict[str, float | int | bool] = Field(default_factory=dict)
+    set_topic: str | None = Field(default=None, max_length=200, pattern=r"^[^#+\x00]+$")
+    set_field: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_$@-]+$")
+
+
+class DmxWire(_Strict):
+    """Where a point lives in a DMX fixture's footprint (docs/interfaces/dmx.md).
+
+    ``offset`` is 1-based within the footprint. A 16-bit value takes ``offset`` (coarse) and
+    ``offset + 1`` (fine). The point's ``min``/``max`` map linearly onto the full DMX range
+    (0..255 or 0..65535); without them the value is the raw DMX value. ``merge`` says how two
+    sources of the same channel combine: HTP (highest takes precedence, for intensities) or
+    LTP (latest, for positions and colours). ``default`` is the raw value when nothing drives
+    the channel (a pan at centre is 32768, not 0).
+    """
+
+    offset: int = Field(ge=1, le=512)
+    bits: Literal[8, 16] = 8
+    merge: Literal["htp", "ltp"] = "ltp"
+    default: int = Field(default=0, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.offset + self.channels - 1 > 512:
+            raise ValueError("the value runs past channel 512")
+        if self.default > (1 << self.bits) - 1:
+            raise ValueError(f"default {self.default} does not fit in {self.bits} bits")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return self.bits // 8
+
+
+class OscWire(_Strict):
+    """The OSC address of a point on a device that speaks OSC (a DSP matrix, a console)."""
+
+    address: str = Field(pattern=r"^/[!-~]{1,200}$")
+    type: Literal["f", "i", "s", "T"] = "f"
+
+
 # --- points and commands --------------------------------------------------------------------
 
 
@@ -132,6 +185,9 @@ class PointSpec(_Strict):
     description: str = ""
     stale_after_s: float | None = Field(default=None, gt=0)
     modbus: ModbusWire | None = None
+    mqtt: MqttWire | None = None
+    dmx: DmxWire | None = None
+    osc: OscWire | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -228,6 +284,8 @@ class Profile(_Strict):
     commands: dict[Identifier, CommandSpec] = Field(default_factory=dict)
     health: HealthSpec = Field(default_factory=HealthSpec)
     heartbeat: HeartbeatSpec | None = None
+    # DMX fixtures: the number of channels the fixture occupies from its start address.
+    footprint: int | None = Field(default=None, ge=1, le=512)
 
     @model_validator(mode="before")
     @classmethod
@@ -249,9 +307,17 @@ class Profile(_Strict):
         for key, point in self.points.items():
             if point.name != key:
                 raise ValueError(f"points.{key}: name '{point.name}' differs from its key")
-            if self.protocol == "modbus" and point.modbus is None:
+            if self.protocol in ("modbus", "dmx") and getattr(point, self.protocol) is None:
                 raise ValueError(
-                    f"points.{key}: a modbus profile needs a [points.{key}.modbus] address"
+                    f"points.{key}: a {self.protocol} profile needs a "
+                    f"[points.{key}.{self.protocol}] address"
+                )
+            if point.dmx is not None and (self.footprint or 0) < point.dmx.offset + (
+                point.dmx.channels - 1
+            ):
+                raise ValueError(
+                    f"points.{key}: dmx offset {point.dmx.offset} is outside the footprint "
+                    f"({self.footprint or 'not set'} channels)"
                 )
         for key, cmd in self.commands.items():
             if cmd.name != key:
@@ -273,8 +339,23 @@ class Profile(_Strict):
                 raise ValueError(
                     f"heartbeat.point: '{self.heartbeat.point}' is not a writable point"
                 )
+        if self.protocol == "dmx" and self.footprint is None:
+            raise ValueError("a dmx profile needs 'footprint' (channels from the start address)")
         self._check_modbus_overlaps()
+        self._check_dmx_overlaps()
         return self
+
+    def _check_dmx_overlaps(self) -> None:
+        owner: dict[int, str] = {}
+        for point in self.points.values():
+            if point.dmx is None:
+                continue
+            for ch in range(point.dmx.offset, point.dmx.offset + point.dmx.channels):
+                if ch in owner:
+                    raise ValueError(
+                        f"points.{point.name}: dmx channel {ch} is also '{owner[ch]}'"
+                    )
+                owner[ch] = point.name
 
     def _check_modbus_overlaps(self) -> None:
         owner: dict[tuple[str, int], str] = {}
@@ -436,8 +517,113 @@ class ModbusTcpTransport(_Strict):
     unit: int = Field(default=1, ge=0, le=255)
     timeout_s: float = Field(default=0.5, gt=0, le=30)
 
+    @property
+    def endpoint(self) -> str:
+        return f"modbus-tcp://{self.host}:{self.port}/{self.unit}"
 
-Transport = Annotated[ModbusTcpTransport, Field(discriminator="kind")]
+
+class ModbusRtuTransport(_Strict):
+    """A device on an RS-485 line. Devices on the same ``port`` share the line, one request
+    at a time, so their poll rates add up on it."""
+
+    kind: Literal["modbus-rtu"]
+    port: str = Field(min_length=1)
+    baudrate: int = Field(default=19200, ge=300, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: int = Field(default=1, ge=1, le=247)
+    timeout_s: float = Field(default=0.2, gt=0, le=30)
+
+    @property
+    def endpoint(self) -> str:
+        return f"modbus-rtu://{self.port}?unit={self.unit}"
+
+
+class MqttTransport(_Strict):
+    """A device on the MQTT broker: either one that speaks our schema, published by ``node``,
+    or a third-party device under its own ``base`` topic, mapped by the profile's points."""
+
+    kind: Literal["mqtt"]
+    node: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    base: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^#+\x00]+$")
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.node is None) == (self.base is None):
+            raise ValueError("an mqtt transport takes exactly one of 'node' or 'base'")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"mqtt://node/{self.node}" if self.node is not None else f"mqtt://{self.base}"
+
+
+class DmxTransport(_Strict):
+    """A fixture patched at ``address`` in ``universe``; universes are routed to outputs
+    (Art-Net, sACN, ENTTEC) by the venue's [dmx] section."""
+
+    kind: Literal["dmx"]
+    universe: int = Field(ge=1, le=63999)
+    address: int = Field(ge=1, le=512)
+
+    @property
+    def endpoint(self) -> str:
+        return f"dmx://{self.universe}/{self.address}"
+
+
+class OscTransport(_Strict):
+    kind: Literal["osc"]
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["udp", "tcp"] = "udp"
+
+    @property
+    def endpoint(self) -> str:
+        return f"osc.{self.protocol}://{self.host}:{self.port}"
+
+
+class AudioTransport(_Strict):
+    """A PortAudio device (by name or substring), with the stream's format."""
+
+    kind: Literal["audio"]
+    device: str | None = None
+    samplerate: int = Field(default=48000, ge=8000, le=192000)
+    blocksize: int = Field(default=128, ge=16, le=8192)
+    inputs: int = Field(default=2, ge=0, le=128)
+    outputs: int = Field(default=2, ge=0, le=128)
+
+    @property
+    def endpoint(self) -> str:
+        return f"audio://{self.device or 'default'}"
+
+
+Transport = Annotated[
+    ModbusTcpTransport
+    | ModbusRtuTransport
+    | MqttTransport
+    | DmxTransport
+    | OscTransport
+    | AudioTransport,
+    Field(discriminator="kind"),
+]
+TransportModel = (
+    ModbusTcpTransport
+    | ModbusRtuTransport
+    | MqttTransport
+    | DmxTransport
+    | OscTransport
+    | AudioTransport
+)
+
+# Which transports each profile protocol can use.
+PROTOCOL_TRANSPORTS: dict[str, tuple[str, ...]] = {
+    "modbus": ("modbus-tcp", "modbus-rtu"),
+    "mqtt": ("mqtt",),
+    "dmx": ("dmx",),
+    "osc": ("osc",),
+    "audio": ("audio",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,7 +632,7 @@ class Device:
 
     id: str
     profile: Profile
-    transport: ModbusTcpTransport
+    transport: TransportModel
     poll_hz: float
     name: str = ""
 

@@ -132,7 +132,6 @@ def create_app(service: Service) -> FastAPI:
 
     def device_out(dev: Device) -> DeviceOut:
         h = service.health[dev.id]
-        t = dev.transport
         driver = service.drivers.get(dev.id)
         return DeviceOut(
             id=dev.id,
@@ -140,7 +139,7 @@ def create_app(service: Service) -> FastAPI:
             profile=dev.profile.id,
             device_class=dev.profile.device_class,
             protocol=dev.profile.protocol,
-            address=f"{t.kind}://{t.host}:{t.port}/{t.unit}",
+            address=dev.transport.endpoint,
             poll_hz=dev.poll_hz,
             health=HealthOut(state=h.state.value, reason=h.reason, since=h.since_wall),
             stats=driver.stats.as_dict() if driver else {},

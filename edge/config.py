@@ -14,9 +14,11 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.model import (
+    PROTOCOL_TRANSPORTS,
     ConfigError,
     Device,
     DeviceId,
+    DmxTransport,
     Profile,
     Transport,
     find_profile,
@@ -160,19 +162,49 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
         devices.append(Device(dev.id, profiles[dev.profile], dev.transport, dev.poll_hz, dev.name))
     if config.show is not None and not (folder / config.show).is_file():
         problems.append(f"show: file '{config.show}' does not exist")
-    endpoints: dict[tuple[str, int, int], str] = {}
+    endpoints: dict[str, str] = {}
     for dev in config.devices:
         t = dev.transport
-        key = (t.host, t.port, t.unit)
-        if key in endpoints:
+        if t.endpoint in endpoints:
             problems.append(
-                f"devices.{dev.id}.transport: {t.host}:{t.port} unit {t.unit} "
-                f"is also device '{endpoints[key]}'"
+                f"devices.{dev.id}.transport: {t.endpoint} is also device '{endpoints[t.endpoint]}'"
             )
-        endpoints[key] = dev.id
+        endpoints[t.endpoint] = dev.id
+    problems.extend(_check_transports(devices))
     if problems:
         raise ConfigError(path, problems)
     return Venue(path, config, devices)
+
+
+def _check_transports(devices: list[Device]) -> list[str]:
+    """A transport must suit its profile's protocol, and DMX fixtures must not overlap."""
+    problems: list[str] = []
+    patched: dict[tuple[int, int], str] = {}
+    for dev in devices:
+        allowed = PROTOCOL_TRANSPORTS[dev.profile.protocol]
+        if dev.transport.kind not in allowed:
+            problems.append(
+                f"devices.{dev.id}.transport: a {dev.profile.protocol} profile needs "
+                f"kind {' or '.join(repr(k) for k in allowed)}, not '{dev.transport.kind}'"
+            )
+            continue
+        if isinstance(dev.transport, DmxTransport):
+            footprint = dev.profile.footprint or 1
+            last = dev.transport.address + footprint - 1
+            if last > 512:
+                problems.append(
+                    f"devices.{dev.id}.transport: address {dev.transport.address} + footprint "
+                    f"{footprint} runs past channel 512"
+                )
+            for ch in range(dev.transport.address, min(last, 512) + 1):
+                other = patched.setdefault((dev.transport.universe, ch), dev.id)
+                if other != dev.id:
+                    problems.append(
+                        f"devices.{dev.id}.transport: universe {dev.transport.universe} "
+                        f"channel {ch} is also patched to '{other}'"
+                    )
+                    break
+    return problems
 
 
 def _with_device_ids(lines: list[str], data: dict[str, Any]) -> list[str]:

@@ -204,6 +204,7 @@ class ModbusDeviceDriver:
         first = True
         while not self._stopping.is_set():
             try:
+                assert isinstance(self.device.transport, ModbusTcpTransport)
                 async with ModbusConnection(self.device.transport) as conn:
                     self._conn = conn
                     if not first:

@@ -1,0 +1,143 @@
+"""What every protocol driver shares: the driver interface, health tracking and backoff.
+
+A driver is three parts (STYLE.md): a pure wire format, a connection that owns its socket as
+an async context manager, and a supervisor. The supervisor part is the same for every protocol
+and lives here:
+
+- ``HealthTracker`` turns request outcomes into a health state with a reason, counts them into
+  ``DriverStats``, and logs a failure once at WARNING, then quietly, then "recovered" once;
+- ``Backoff`` is capped exponential backoff with full jitter, so many devices that failed
+  together do not all reconnect on the same tick;
+- ``StopFlag`` is an explicit stop that also wakes sleeps, because a cancellation that lands
+  while a TaskGroup is already handling a connection failure can be absorbed (Python 3.11),
+  and a supervisor that misses its stop would reconnect for ever.
+
+``DeviceDriver`` is the interface ``edge/`` wires, whatever the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from drivers.model import Device, DriverStats, Health, HealthState, Reading, Value
+
+ReadingSink = Callable[[list[Reading]], Awaitable[None]]
+HealthSink = Callable[[Health], None]
+
+
+class DeviceUnavailable(RuntimeError):
+    """The device cannot take a command now (not connected, or it refused the request)."""
+
+
+class DeviceDriver(Protocol):
+    """One device (or one link serving several) as ``edge/`` sees it."""
+
+    device: Device
+    stats: DriverStats
+    health: Health
+
+    async def run(self) -> None:
+        """Connect and serve until ``stop()``; reconnect on failure; never raise for I/O."""
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish the request in flight and return."""
+
+    async def command(self, name: str, args: Mapping[str, Any]) -> list[tuple[str, Value]]:
+        """Validate and execute a profile command; return the writes made.
+
+        Raises ``CommandError`` (the profile refuses it, with the reason) or
+        ``DeviceUnavailable``.
+        """
+
+
+class StopFlag:
+    """An explicit stop request whose ``sleep`` wakes at once when the stop is set."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > 0 and not self._event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), seconds)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (0.5–1.0 of the current step)."""
+
+    def __init__(self, start_s: float = 0.1, cap_s: float = 5.0) -> None:
+        self.start_s, self.cap_s = start_s, cap_s
+        self._step = start_s
+
+    def reset(self) -> None:
+        self._step = self.start_s
+
+    def next_delay(self) -> float:
+        delay = random.uniform(0.5, 1.0) * self._step
+        self._step = min(self._step * 2, self.cap_s)
+        return delay
+
+
+class HealthTracker:
+    """Health state, counters and log-once/recovered for one device (or link)."""
+
+    def __init__(
+        self,
+        name: str,
+        logger: logging.Logger,
+        on_health: HealthSink | None = None,
+        offline_after_failures: int = 3,
+    ) -> None:
+        self.name = name
+        self.stats = DriverStats()
+        self.health = Health(name, HealthState.UNKNOWN, "not started")
+        self._log = logger
+        self._on_health = on_health
+        self._limit = offline_after_failures
+        self._failures = 0
+        self._warned = False
+
+    def set(self, state: HealthState, reason: str = "") -> None:
+        if state is self.health.state and reason == self.health.reason:
+            return
+        self.health = Health(self.name, state, reason)
+        if self._on_health is not None:
+            self._on_health(self.health)
+
+    def failed(self, reason: str, *, offline: bool = False) -> None:
+        """A request failed; ``offline`` says the link itself is down (no need to count)."""
+        self.stats.errors += 1
+        self._failures += 1
+        if not self._warned:
+            self._log.warning("%s: %s", self.name, reason)
+            self._warned = True
+        else:
+            self._log.debug("%s: %s", self.name, reason)
+        down = offline or self._failures >= self._limit
+        self.set(HealthState.OFFLINE if down else HealthState.DEGRADED, reason)
+
+    def succeeded(self, latency_s: float | None = None) -> None:
+        if latency_s is not None:
+            self.stats.record(latency_s)
+        if self._warned:
+            self._log.info("%s: recovered", self.name)
+            self._warned = False
+        self._failures = 0
+        self.set(HealthState.ONLINE)
+
+    def reconnected(self) -> None:
+        self.stats.reconnects += 1
