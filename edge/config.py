@@ -47,13 +47,118 @@ class ApiConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class MqttTlsConfig(_Strict):
+    """TLS to the broker. Paths are relative to the venue file. ``insecure`` skips the host
+    name check (a lab broker with an IP-only certificate), never the chain check."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both 'cert' and 'key'")
+        return self
+
+
 class MqttConfig(_Strict):
     """``embedded`` starts an in-process broker (amqtt) for a single-machine venue;
-    ``external`` connects to a real broker (Mosquitto) as production does."""
+    ``external`` connects to a real broker (Mosquitto) as production does.
+
+    Secrets do not belong in a venue file that is copied around: ``password_env`` names the
+    environment variable that holds the password."""
 
     mode: Literal["embedded", "external", "off"] = "embedded"
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=0, le=65535)
+    username: str | None = Field(default=None, min_length=1)
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    tls: MqttTlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _embedded_plain(self) -> Self:
+        if self.mode == "embedded" and (self.tls is not None or self.username is not None):
+            raise ValueError(
+                "the embedded broker is loopback-only and anonymous: use mode = 'external' "
+                "for username/password or TLS"
+            )
+        if self.password_env is not None and self.username is None:
+            raise ValueError("'password_env' needs 'username'")
+        return self
+
+
+class OscConfig(_Strict):
+    """The OSC server scripts and consoles talk to (docs/interfaces/osc.md). QLab listens on
+    53000 (UDP and TCP); 0 means an ephemeral port. ``allow`` lists the source addresses
+    accepted (empty: any); with ``passcode_env`` set, a peer must /connect with the passcode
+    first, as QLab does."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    udp_port: int | None = Field(default=53000, ge=0, le=65535)
+    tcp_port: int | None = Field(default=53000, ge=0, le=65535)
+    allow: list[str] = Field(default_factory=list)
+    passcode_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class DmxOutputConfig(_Strict):
+    """One DMX output: which universes it carries and how.
+
+    ``artnet``: unicast to ``targets`` plus nodes discovered by ArtPoll that subscribe to the
+    universe; ``broadcast`` only when set. ``sacn``: multicast unless ``targets`` are given,
+    at ``priority``. ``enttec``: an ENTTEC DMX USB Pro on serial ``port`` (one universe).
+    """
+
+    protocol: Literal["artnet", "sacn", "enttec"]
+    universes: list[int] = Field(min_length=1)
+    targets: list[str] = Field(default_factory=list)
+    broadcast: bool = False
+    priority: int = Field(default=100, ge=0, le=200)
+    port: str | None = None
+    bind: str = "0.0.0.0"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        bad = [u for u in self.universes if not 1 <= u <= 63999]
+        if bad:
+            raise ValueError(f"universes must be 1..63999, not {bad}")
+        if self.protocol == "enttec":
+            if self.port is None:
+                raise ValueError("an enttec output needs 'port' (its serial device)")
+            if len(self.universes) != 1:
+                raise ValueError("an ENTTEC DMX USB Pro carries exactly one universe")
+        elif self.port is not None:
+            raise ValueError(f"'port' is for enttec outputs, not {self.protocol}")
+        if self.protocol != "artnet" and self.broadcast:
+            raise ValueError("'broadcast' is an Art-Net option")
+        return self
+
+
+class DmxInputConfig(_Strict):
+    """Receive Art-Net and/or sACN (a console feeding Flytower), merged per universe."""
+
+    protocols: list[Literal["artnet", "sacn"]] = Field(min_length=1)
+    universes: list[int] = Field(min_length=1)
+    bind: str = "0.0.0.0"
+
+
+class DmxConfig(_Strict):
+    outputs: list[DmxOutputConfig] = Field(default_factory=list)
+    input: DmxInputConfig | None = None
+
+    @model_validator(mode="after")
+    def _each_universe_once(self) -> Self:
+        owner: dict[int, int] = {}
+        for i, out in enumerate(self.outputs):
+            for u in out.universes:
+                if u in owner:
+                    raise ValueError(
+                        f"outputs[{i}]: universe {u} is also sent by outputs[{owner[u]}]"
+                    )
+                owner[u] = i
+        return self
 
 
 class TelemetryConfig(_Strict):
@@ -81,6 +186,8 @@ class VenueConfig(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    osc: OscConfig = Field(default_factory=OscConfig)
+    dmx: DmxConfig = Field(default_factory=DmxConfig)
     show: str | None = None
     profile_dirs: list[str] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
@@ -97,6 +204,8 @@ class VenueConfig(_Strict):
             seen.add(dev.id)
             if dev.node is not None and dev.node not in nodes:
                 raise ValueError(f"devices.{dev.id}.node: no node '{dev.node}' (nodes: {nodes})")
+            if dev.transport.kind == "mqtt" and self.mqtt.mode == "off":
+                raise ValueError(f"devices.{dev.id}: an mqtt device needs mqtt.mode other than off")
         return self
 
 
@@ -171,6 +280,14 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
             )
         endpoints[t.endpoint] = dev.id
     problems.extend(_check_transports(devices))
+    routed = {u for out in config.dmx.outputs for u in out.universes}
+    for patched in devices:
+        t = patched.transport
+        if isinstance(t, DmxTransport) and t.universe not in routed:
+            problems.append(
+                f"devices.{patched.id}.transport: universe {t.universe} is sent by "
+                "no [[dmx.outputs]]"
+            )
     if problems:
         raise ConfigError(path, problems)
     return Venue(path, config, devices)

@@ -162,3 +162,127 @@ def test_hostile_venues_raise_config_error_only(
         parse_venue(data, tmp_path_factory.getbasetemp() / "v.toml")
     except ConfigError as exc:
         assert exc.problems
+
+
+PAR_PROFILE = """
+id = "test_par"
+device_class = "led_par"
+protocol = "dmx"
+footprint = 4
+[points.dimmer]
+dmx = { offset = 1, merge = "htp" }
+[points.red]
+dmx = { offset = 2 }
+[points.green]
+dmx = { offset = 3 }
+[points.blue]
+dmx = { offset = 4 }
+"""
+
+DMX_VENUE = """
+version = 1
+profile_dirs = ["profiles"]
+[venue]
+id = "t"
+[[nodes]]
+id = "n1"
+[[dmx.outputs]]
+protocol = "sacn"
+universes = [1, 2]
+[[dmx.outputs]]
+protocol = "enttec"
+universes = [3]
+port = "/dev/ttyUSB0"
+[[devices]]
+id = "par1"
+profile = "test_par"
+transport = { kind = "dmx", universe = 1, address = 1 }
+[[devices]]
+id = "par2"
+profile = "test_par"
+transport = { kind = "dmx", universe = 1, address = 5 }
+"""
+
+
+def dmx_venue(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    (tmp_path / "profiles" / "test_par.toml").write_text(PAR_PROFILE)
+    return write(tmp_path, text)
+
+
+def test_dmx_fixtures_patch_and_route(tmp_path: Path) -> None:
+    venue = load_venue(dmx_venue(tmp_path, DMX_VENUE))
+    assert [d.transport.endpoint for d in venue.devices] == ["dmx://1/1", "dmx://1/5"]
+    assert [o.protocol for o in venue.config.dmx.outputs] == ["sacn", "enttec"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda t: t.replace("universe = 1, address = 5", "universe = 1, address = 3"),
+            "devices.par2.transport: universe 1 channel 3 is also patched to 'par1'",
+        ),
+        (
+            lambda t: t.replace("universe = 1, address = 5", "universe = 1, address = 510"),
+            "address 510 + footprint 4 runs past channel 512",
+        ),
+        (
+            lambda t: t.replace("universe = 1, address = 5", "universe = 9, address = 5"),
+            "devices.par2.transport: universe 9 is sent by no [[dmx.outputs]]",
+        ),
+        (
+            lambda t: t.replace("universes = [3]", "universes = [2]"),
+            "dmx: outputs[1]: universe 2 is also sent by outputs[0]",
+        ),
+        (
+            lambda t: t.replace("universes = [3]", "universes = [3, 4]"),
+            "exactly one universe",
+        ),
+        (
+            lambda t: t.replace('port = "/dev/ttyUSB0"\n', ""),
+            "an enttec output needs 'port'",
+        ),
+        (
+            lambda t: t.replace("universes = [1, 2]", "universes = [0, 1, 2]"),
+            "universes must be 1..63999, not [0]",
+        ),
+        (
+            lambda t: t.replace(
+                'kind = "dmx", universe = 1, address = 1', 'kind = "modbus-tcp", host = "h"'
+            ),
+            "a dmx profile needs kind 'dmx', not 'modbus-tcp'",
+        ),
+    ],
+)
+def test_dmx_venue_errors_are_precise(tmp_path: Path, edit: Any, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_venue(dmx_venue(tmp_path, edit(DMX_VENUE)))
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[mqtt]\nmode = "embedded"\nusername = "u"', "use mode = 'external'"),
+        ('[mqtt]\nmode = "external"\npassword_env = "PW"', "'password_env' needs 'username'"),
+        ('[mqtt]\nmode = "external"\ntls = { cert = "c.pem" }', "needs both 'cert' and 'key'"),
+        ('[mqtt]\nmode = "external"\npassword_env = "1X"', "mqtt.password_env"),
+        ("[osc]\nudp_port = 70000", "osc.udp_port"),
+        ('[osc]\npasscode = "secret"', "osc.passcode"),
+    ],
+)
+def test_service_sections_refuse_bad_settings(tmp_path: Path, section: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_venue(write(tmp_path, MINIMAL.replace("[[devices]]", f"{section}\n[[devices]]", 1)))
+    assert expected in str(err.value)
+
+
+def test_mqtt_device_needs_a_broker(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[[devices]]", '[mqtt]\nmode = "off"\n[[devices]]', 1).replace(
+        'transport = { kind = "modbus-tcp", host = "127.0.0.1", port = 1502 }',
+        'transport = { kind = "mqtt", node = "sensors" }',
+    )
+    with pytest.raises(ConfigError) as err:
+        load_venue(write(tmp_path, text))
+    assert "an mqtt device needs mqtt.mode other than off" in str(err.value)
