@@ -304,6 +304,8 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Self:
+        if self.protocol == "dmx" and self.footprint is None:
+            raise ValueError("a dmx profile needs 'footprint' (channels from the start address)")
         for key, point in self.points.items():
             if point.name != key:
                 raise ValueError(f"points.{key}: name '{point.name}' differs from its key")
@@ -312,12 +314,12 @@ class Profile(_Strict):
                     f"points.{key}: a {self.protocol} profile needs a "
                     f"[points.{key}.{self.protocol}] address"
                 )
-            if point.dmx is not None and (self.footprint or 0) < point.dmx.offset + (
-                point.dmx.channels - 1
+            if point.dmx is not None and point.dmx.offset + point.dmx.channels - 1 > (
+                self.footprint or 0
             ):
                 raise ValueError(
                     f"points.{key}: dmx offset {point.dmx.offset} is outside the footprint "
-                    f"({self.footprint or 'not set'} channels)"
+                    f"({self.footprint} channels)"
                 )
         for key, cmd in self.commands.items():
             if cmd.name != key:
@@ -339,8 +341,6 @@ class Profile(_Strict):
                 raise ValueError(
                     f"heartbeat.point: '{self.heartbeat.point}' is not a writable point"
                 )
-        if self.protocol == "dmx" and self.footprint is None:
-            raise ValueError("a dmx profile needs 'footprint' (channels from the start address)")
         self._check_modbus_overlaps()
         self._check_dmx_overlaps()
         return self

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from drivers.model import (
     PROFILE_DIR,
@@ -17,6 +18,7 @@ from drivers.model import (
     ConfigError,
     DriverStats,
     Profile,
+    Transport,
     load_profile,
     parse_profile,
 )
@@ -260,3 +262,139 @@ def test_command_validation_never_crashes(args: dict[str, Any]) -> None:
         return
     for point, value in writes:
         assert point.check_range(float(value)) is None
+
+
+def _dmx_profile(**points: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "fixture",
+        "device_class": "led_par",
+        "protocol": "dmx",
+        "footprint": 6,
+        "points": {name: {"dmx": wire} for name, wire in points.items()},
+    }
+
+
+def test_dmx_profile_wires() -> None:
+    profile = parse_profile(
+        _dmx_profile(
+            dimmer={"offset": 1, "merge": "htp"}, pan={"offset": 2, "bits": 16, "default": 32768}
+        )
+    )
+    pan = profile.points["pan"].dmx
+    assert pan is not None and pan.channels == 2 and pan.merge == "ltp"
+
+
+@pytest.mark.parametrize(
+    ("points", "footprint", "expected"),
+    [
+        ({"a": {"offset": 1}, "b": {"offset": 1}}, 6, "points.b: dmx channel 1 is also 'a'"),
+        ({"a": {"offset": 1, "bits": 16}, "b": {"offset": 2}}, 6, "dmx channel 2 is also 'a'"),
+        ({"a": {"offset": 6, "bits": 16}}, 6, "dmx offset 6 is outside the footprint (6"),
+        ({"a": {"offset": 1, "default": 256}}, 6, "default 256 does not fit in 8 bits"),
+        ({"a": {"offset": 512, "bits": 16}}, 512, "runs past channel 512"),
+        ({"a": {"offset": 0}}, 6, "greater than or equal to 1"),
+        ({"a": {"offset": 1}}, None, "needs 'footprint'"),
+    ],
+)
+def test_dmx_profile_errors(points: dict[str, Any], footprint: int | None, expected: str) -> None:
+    data = _dmx_profile(**points)
+    if footprint is None:
+        del data["footprint"]
+    else:
+        data["footprint"] = footprint
+    with pytest.raises(ConfigError) as err:
+        parse_profile(data)
+    assert expected in str(err.value)
+
+
+def test_dmx_profile_point_without_wire_is_refused() -> None:
+    data = _dmx_profile(a={"offset": 1})
+    data["points"]["b"] = {"unit": "%"}
+    with pytest.raises(ConfigError, match=r"points.b: a dmx profile needs a \[points.b.dmx\]"):
+        parse_profile(data)
+
+
+def test_mqtt_and_osc_wires() -> None:
+    profile = parse_profile(
+        {
+            "id": "z2m_climate",
+            "device_class": "climate_sensor",
+            "protocol": "mqtt",
+            "points": {
+                "temperature": {"mqtt": {"topic": "state", "field": "sensor.temperature"}},
+                "relay": {
+                    "dtype": "bool",
+                    "access": "rw",
+                    "mqtt": {
+                        "topic": "state",
+                        "field": "state",
+                        "values": {"ON": True, "OFF": False},
+                        "set_topic": "set",
+                        "set_field": "state",
+                    },
+                },
+                "gain": {"osc": {"address": "/in/1/gain", "type": "f"}},
+            },
+        }
+    )
+    assert profile.points["relay"].mqtt is not None
+    for bad in (
+        {"topic": "a/#"},
+        {"topic": "a/+/b"},
+        {"topic": ""},
+        {"topic": "x", "field": "a..b"},
+        {"topic": "x", "set_topic": "s/#"},
+    ):
+        with pytest.raises(ConfigError):
+            parse_profile(
+                {
+                    "id": "p",
+                    "device_class": "c",
+                    "protocol": "mqtt",
+                    "points": {"v": {"mqtt": bad}},
+                }
+            )
+    with pytest.raises(ConfigError, match=r"osc\.address"):
+        parse_profile(
+            {
+                "id": "p",
+                "device_class": "c",
+                "protocol": "osc",
+                "points": {"v": {"osc": {"address": "no-slash"}}},
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ("transport", "endpoint"),
+    [
+        ({"kind": "modbus-tcp", "host": "h", "port": 1502, "unit": 3}, "modbus-tcp://h:1502/3"),
+        ({"kind": "modbus-rtu", "port": "/dev/ttyS0", "unit": 7}, "modbus-rtu:///dev/ttyS0?unit=7"),
+        ({"kind": "mqtt", "node": "sensors"}, "mqtt://node/sensors"),
+        ({"kind": "mqtt", "base": "zigbee2mqtt/t1"}, "mqtt://zigbee2mqtt/t1"),
+        ({"kind": "dmx", "universe": 2, "address": 101}, "dmx://2/101"),
+        ({"kind": "osc", "host": "10.0.0.9", "port": 53000}, "osc.udp://10.0.0.9:53000"),
+        ({"kind": "audio", "device": "JACK"}, "audio://JACK"),
+    ],
+)
+def test_transports_and_endpoints(transport: dict[str, Any], endpoint: str) -> None:
+    assert TypeAdapter(Transport).validate_python(transport).endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        {"kind": "mqtt"},
+        {"kind": "mqtt", "node": "a", "base": "b"},
+        {"kind": "mqtt", "base": "a/#"},
+        {"kind": "modbus-rtu", "port": "/dev/x", "unit": 0},
+        {"kind": "modbus-rtu", "port": "/dev/x", "parity": "X"},
+        {"kind": "dmx", "universe": 0, "address": 1},
+        {"kind": "dmx", "universe": 1, "address": 513},
+        {"kind": "audio", "samplerate": 1000},
+        {"kind": "carrier-pigeon"},
+    ],
+)
+def test_bad_transports_are_refused(transport: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        TypeAdapter(Transport).validate_python(transport)
