@@ -658,11 +658,14 @@ class HealthState(StrEnum):
 
 @dataclass(slots=True)
 class DriverStats:
-    """Per-device counters; latencies keep the last 256 samples for percentiles."""
+    """Per-device counters; latencies keep the last 256 samples for percentiles.
+
+    ``missed`` counts poll cycles whose deadline passed without a poll (an overrun)."""
 
     requests: int = 0
     errors: int = 0
     reconnects: int = 0
+    missed: int = 0
     latencies_s: list[float] = field(default_factory=list)
 
     def record(self, latency_s: float) -> None:
@@ -682,6 +685,7 @@ class DriverStats:
             "requests": self.requests,
             "errors": self.errors,
             "reconnects": self.reconnects,
+            "missed": self.missed,
             "latency_p50_ms": self.percentile_ms(0.5),
             "latency_p99_ms": self.percentile_ms(0.99),
         }
