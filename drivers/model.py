@@ -120,14 +120,15 @@ class ModbusWire(_Strict):
 class MqttWire(_Strict):
     """Where a third-party MQTT device keeps a point (a device that does not speak our schema).
 
-    ``topic`` is relative to the device's ``base`` topic unless it starts with ``/``; ``field``
+    ``topic`` is relative to the device's ``base`` topic unless it starts with ``/``; empty, it
+    is the base topic itself (zigbee2mqtt publishes a device's JSON there); ``field``
     is a dotted path into a JSON object payload (``None``: the whole payload is the value);
     ``values`` maps payload strings to values (``"ON"`` -> true). Writable points say where a
     write goes: ``set_topic`` (relative like ``topic``) and ``set_field`` (``None``: the bare
-    value is the payload).
+    value is the payload); a value that ``values`` names is written as its payload string.
     """
 
-    topic: str = Field(min_length=1, max_length=200, pattern=r"^[^#+\x00]+$")
+    topic: str = Field(default="", max_length=200, pattern=r"^[^#+\x00]*$")
     field: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*$")
     values: dict[str, float | int | bool] = Field(default_factory=dict)
     set_topic: str | None = Field(default=None, max_length=200, pattern=r"^[^#+\x00]+$")

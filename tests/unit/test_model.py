@@ -341,7 +341,7 @@ def test_mqtt_and_osc_wires() -> None:
     for bad in (
         {"topic": "a/#"},
         {"topic": "a/+/b"},
-        {"topic": ""},
+        {"topic": "a\x00b"},
         {"topic": "x", "field": "a..b"},
         {"topic": "x", "set_topic": "s/#"},
     ):
