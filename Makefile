@@ -34,6 +34,7 @@ test: $(VENV)/.installed-test system-deps
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python tools/profile-docs --check
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks
