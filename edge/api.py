@@ -161,6 +161,7 @@ def create_app(service: Service) -> FastAPI:
             "node": service.node,
             "uptime_s": round(time.time() - service.started_at, 3),
             "devices": {d: h.state.value for d, h in service.health.items()},
+            "links": service.links(),
             "readings_stored": service.store.written,
             "queues": {s.name: len(s) for s in service.readings.subscriptions},
         }

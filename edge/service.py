@@ -28,6 +28,8 @@ import uvicorn
 from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import Device, Health, Reading
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
+from drivers.osc import OscServer
+from edge import osc as edge_osc
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import Venue
@@ -59,6 +61,7 @@ class Service:
         *,
         api_port: int | None = None,
         mqtt_port: int | None = None,
+        osc_ports: tuple[int, int] | None = None,
         simulators: bool = False,
     ) -> None:
         self.venue = venue
@@ -69,6 +72,8 @@ class Service:
         self.api_host = cfg.api.host
         self.api_port = cfg.api.port if api_port is None else api_port
         self.mqtt_port = cfg.mqtt.port if mqtt_port is None else mqtt_port
+        self.osc_ports = osc_ports
+        self.osc: OscServer | None = None
         self.run_simulators = simulators
         self.devices: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
         self.readings: Bus[Reading] = Bus("readings")
@@ -102,6 +107,20 @@ class Service:
         """A conflated feed of readings: the newest value of each point, never blocking."""
         return self.readings.subscribe(name, Overflow.LATEST, LIVE_FEED_POINTS, reading_key)
 
+    def links(self) -> dict[str, dict[str, Any]]:
+        """Health and counters of the service's own links (not devices): OSC, MQTT."""
+        out: dict[str, dict[str, Any]] = {}
+        if self.osc is not None:
+            h = self.osc.health
+            out["osc"] = {
+                "state": h.state.value,
+                "reason": h.reason,
+                "udp_port": self.osc.udp_port,
+                "tcp_port": self.osc.tcp_port,
+                "stats": self.osc.stats_dict(),
+            }
+        return out
+
     def _on_health(self, h: Health) -> None:
         self.health[h.device] = h
 
@@ -127,6 +146,14 @@ class Service:
                 )
             if cfg.mqtt.mode == "embedded":
                 await stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, self.mqtt_port))
+            if cfg.osc.enabled:
+                udp, tcp = self.osc_ports or (None, None)
+                self.osc = await stack.enter_async_context(
+                    OscServer(
+                        edge_osc.server_config(cfg.osc, udp, tcp),
+                        edge_osc.build_router(self),
+                    )
+                )
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(self._store_writer(store_sub), name="store-writer")
                 tg.create_task(self._live_view(live_sub), name="live-view")

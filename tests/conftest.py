@@ -26,6 +26,7 @@ import pytest
 
 from edge.config import load_venue
 from edge.service import Service
+from simulators import venue as simvenue
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,9 +120,7 @@ async def no_lingering_tasks() -> AsyncIterator[None]:
         pytest.fail(f"test left {len(left)} asyncio task(s) running{refused}: {where}")
 
 
-def start_mosquitto(
-    folder: Path, port: int, persistence: bool = False
-) -> subprocess.Popen[bytes]:
+def start_mosquitto(folder: Path, port: int, persistence: bool = False) -> subprocess.Popen[bytes]:
     """Start a Mosquitto on ``port``, config and log in ``folder``; wait until it listens."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
@@ -263,3 +262,22 @@ def _await_chain(task: asyncio.Task[Any]) -> str:
             frames.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
     return " > ".join(frames)
+
+
+@contextlib.asynccontextmanager
+async def simulators(venue_path: Path) -> AsyncIterator[None]:
+    """The venue's simulated drives, served from this event loop."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(simvenue.serve(simvenue.load(venue_path), ready), name="sims")
+    try:
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait([task, waiter], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        if task.done():
+            task.result()
+        assert ready.is_set(), "simulators did not start within 10 s"
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -22,8 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from edge.service import Service
-from simulators import venue as simvenue
-from tests.conftest import free_port, run_service, wait_until, write_venue
+from tests.conftest import free_port, run_service, simulators, wait_until, write_venue
 
 pytestmark = pytest.mark.integration
 
@@ -61,25 +60,6 @@ def _client(
     return httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", timeout=10, event_hooks={"response": [check]}
     )
-
-
-@contextlib.asynccontextmanager
-async def simulators(venue_path: Path) -> AsyncIterator[None]:
-    """The venue's simulated drives, served from this event loop."""
-    ready = asyncio.Event()
-    task = asyncio.create_task(simvenue.serve(simvenue.load(venue_path), ready), name="sims")
-    try:
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait([task, waiter], timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        await asyncio.gather(waiter, return_exceptions=True)
-        if task.done():
-            task.result()
-        assert ready.is_set(), "simulators did not start within 10 s"
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _points(client: httpx.AsyncClient, device: str) -> dict[str, Any]:
