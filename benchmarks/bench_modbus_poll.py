@@ -1,6 +1,7 @@
 """Modbus poll round trip: the driver's poll of a hoist against a raw pymodbus block read.
 
-Figure: p50/p99 latency of ModbusDeviceDriver.poll_once (two block reads, decode, publish) to a
+Figure: p50/p99 latency of ModbusDeviceDriver.poll_once (two block reads through the link's
+priority scheduler, decode, publish) to a
 simulated hoist over loopback TCP. Reference: the same two raw read_holding_registers calls with
 the bare pymodbus client, same server, same run.
 """
@@ -12,7 +13,8 @@ import time
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.modbus.driver import ModbusConnection, ModbusDeviceDriver
+from drivers.modbus.driver import ModbusDeviceDriver
+from drivers.modbus.link import ModbusLink
 from drivers.model import PROFILE_DIR, Device, ModbusTcpTransport, Reading, load_profile
 from simulators.hoist import HoistAxis
 from simulators.modbus_server import ModbusSimServer, SimulatedUnit
@@ -42,10 +44,10 @@ async def run() -> None:
 
         driver = ModbusDeviceDriver(device, sink)
         ours: list[float] = []
-        async with ModbusConnection(transport) as conn:
+        async with ModbusLink.tcp(transport) as link:
             for _ in range(ROUNDS):
                 t0 = time.perf_counter()
-                await driver.poll_once(conn)
+                await driver.poll_once(link)
                 ours.append(time.perf_counter() - t0)
         raw: list[float] = []
         client = AsyncModbusTcpClient("127.0.0.1", port=port)

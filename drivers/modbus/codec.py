@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from drivers.model import ModbusWire, PointSpec, Value, ValueType
 
@@ -19,6 +19,25 @@ MAX_READ_REGISTERS = 125  # Modbus application protocol v1.1b3, 6.3
 MAX_READ_BITS = 2000
 
 _FORMAT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f"}
+
+# Modbus application protocol v1.1b3, 7: the exception codes a device may answer with.
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+def describe_exception(code: int) -> str:
+    """``exception 2 (illegal data address)``: a Modbus exception code for people."""
+    return f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown code')})"
 
 
 class EncodeError(ValueError):
@@ -82,19 +101,74 @@ class ReadBlock:
     start: int
     count: int
     points: tuple[PointSpec, ...]
+    # One compiled reader per point: polling 200 devices at 10 Hz decodes ~35 000 values a
+    # second, and the generic decode() costs several times more per value.
+    _readers: tuple[tuple[str, Callable[[Sequence[int]], Value]], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        readers = tuple((p.name, _compile(p, self.start)) for p in self.points)
+        object.__setattr__(self, "_readers", readers)
+
+    @property
+    def label(self) -> str:
+        """``holding 0+11``: how health reasons and logs name this request."""
+        return f"{self.table} {self.start}+{self.count}"
 
     def decode(self, registers: Sequence[int]) -> dict[str, Value]:
-        if len(registers) < self.count:
-            raise ValueError(f"short response: {len(registers)} of {self.count} registers")
-        values: dict[str, Value] = {}
-        for point in self.points:
-            wire = point.modbus
-            assert wire is not None
-            offset = wire.address - self.start
-            values[point.name] = to_point_value(
-                point, decode(wire, registers[offset : offset + wire.width])
-            )
+        """Every point's value; ValueError on a short response or the first bad value."""
+        values, errors = self.decode_points(registers)
+        if errors:
+            raise ValueError("; ".join(errors.values()))
         return values
+
+    def decode_points(self, registers: Sequence[int]) -> tuple[dict[str, Value], dict[str, str]]:
+        """Values of the points that decode, and why each other point does not.
+
+        One NaN in a float must not discard the rest of a status block, so a bad value is
+        reported per point. A short response fails every point.
+        """
+        if len(registers) < self.count:
+            reason = f"short response: {len(registers)} of {self.count} registers"
+            return {}, {p.name: reason for p in self.points}
+        values: dict[str, Value] = {}
+        errors: dict[str, str] = {}
+        for name, read in self._readers:
+            try:
+                values[name] = read(registers)
+            except ValueError as exc:  # to_point_value names the point
+                errors[name] = str(exc)
+        return values, errors
+
+
+_FLOAT32 = struct.Struct(">f")
+
+
+def _compile(point: PointSpec, start: int) -> Callable[[Sequence[int]], Value]:
+    """A function of the block's registers giving exactly ``to_point_value(decode(...))``."""
+    wire = point.modbus
+    assert wire is not None
+    i = wire.address - start
+    if wire.encoding == "bool" or wire.bit is not None:
+        bit = wire.bit or 0
+        return lambda r: to_point_value(point, bool((r[i] >> bit) & 1))
+    j, k = (i, i + 1) if wire.word_order == "big" else (i + 1, i)
+    raw: Callable[[Sequence[int]], float | int]
+    if wire.encoding == "uint16":
+        raw = lambda r: r[i]  # noqa: E731
+    elif wire.encoding == "int16":
+        raw = lambda r: r[i] - 0x10000 if r[i] & 0x8000 else r[i]  # noqa: E731
+    elif wire.encoding == "uint32":
+        raw = lambda r: r[j] << 16 | r[k]  # noqa: E731
+    elif wire.encoding == "int32":
+        raw = lambda r: (r[j] << 16 | r[k]) - (0x100000000 if r[j] & 0x8000 else 0)  # noqa: E731
+    else:
+        raw = lambda r: _FLOAT32.unpack(((r[j] << 16) | r[k]).to_bytes(4, "big"))[0]  # noqa: E731
+    scale, offset = wire.scale, wire.offset
+    if scale == 1.0 and offset == 0.0:
+        return lambda r: to_point_value(point, raw(r))
+    return lambda r: to_point_value(point, round(raw(r) * scale + offset, 9))
 
 
 def plan_reads(points: Iterable[PointSpec], max_gap: int = 8) -> list[ReadBlock]:

@@ -1,17 +1,33 @@
-"""Modbus TCP device driver: connection, polling supervisor, heartbeat and commands.
+"""Modbus device driver (TCP and RTU): polling supervisor, heartbeat and commands.
 
 Three parts, kept apart (STYLE.md):
 
 - the wire format is ``codec.py`` (pure);
-- ``ModbusConnection`` is an async context manager and the single owner of its socket;
-- ``ModbusDeviceDriver`` supervises it: reconnects with capped exponential backoff and jitter,
-  polls on monotonic deadlines, writes the heartbeat the drive's watchdog watches, turns every
-  failure into readings of quality BAD plus a health state with a reason, and logs a failure
-  once at WARNING, then quietly, then "recovered" once.
+- the connection is ``link.py``: a ``ModbusLink`` owns one pymodbus client and puts a priority
+  scheduler in front of it (command writes > heartbeat > polls);
+- ``ModbusDeviceDriver`` supervises one device: reconnects with capped exponential backoff and
+  jitter, polls on monotonic deadlines, writes the heartbeat the drive's watchdog watches, turns
+  every failure into readings of quality BAD plus a health state with a reason (via
+  ``HealthTracker``: a failure is logged once at WARNING, then quietly, then "recovered" once).
 
-Each device has its own connection, so a dead or slow device only ever delays itself. pymodbus
-serialises requests on one connection with a FIFO lock; because the poller issues one request at
-a time, a command waits behind at most the one request already in flight.
+Isolation. A Modbus TCP device has its own connection, scheduler and timeout, so a dead or slow
+one only delays itself. Units on one RS-485 line share the line (``shared_serial_link``): a
+unit that stops answering costs its own timeout in its own poll slot, and once it has been
+silent for ``offline_after_failures`` requests it is no longer polled every cycle but probed
+with capped exponential backoff (0.1 s doubling to 5 s) and its heartbeat pauses, so a dead
+unit takes at most one timeout every 5 s from the live ones. A silent TCP device is
+disconnected instead and reconnected with the same backoff (a half-open connection is the
+common cause).
+
+Timeouts. Each request has the device's timeout, ``request_timeout_s``: the transport's
+``timeout_s``, capped at two heartbeat periods when the profile has a heartbeat. A heartbeat
+write waits at most for the one request already on the wire, so two heartbeat writes are at
+most one period plus one timeout apart: 50 + 100 = 150 ms for the hoist, inside the drive's
+200 ms watchdog. (pymodbus's default 0.5 s would let one slow poll trip the watchdog.)
+
+Missed cycles. A poll cycle (one deadline) counts as missed when its poll fails or ends after
+the next deadline, and every deadline skipped after an overrun or while a silent unit is only
+probed is missed too; ``cycles`` and ``missed_cycles`` are kept on the driver.
 """
 
 from __future__ import annotations
@@ -21,20 +37,32 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from collections.abc import Mapping
+from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
-
-from drivers.modbus.codec import ReadBlock, encode, plan_reads
+from drivers.base import (
+    Backoff,
+    DeviceUnavailable,
+    HealthSink,
+    HealthTracker,
+    ReadingSink,
+    StopFlag,
+)
+from drivers.modbus.codec import encode, plan_reads
+from drivers.modbus.link import (
+    ModbusLink,
+    ModbusRequestError,
+    ModbusTimeout,
+    Priority,
+    shared_serial_link,
+)
 from drivers.model import (
     CommandError,
     Device,
     DriverStats,
     Health,
     HealthState,
+    ModbusRtuTransport,
     ModbusTcpTransport,
     ModbusWire,
     PointSpec,
@@ -43,98 +71,22 @@ from drivers.model import (
     Value,
 )
 
-log = logging.getLogger(__name__)
+__all__ = ["DeviceUnavailable", "ModbusDeviceDriver", "ModbusRequestError", "request_timeout_s"]
 
-ReadingSink = Callable[[list[Reading]], Awaitable[None]]
-HealthSink = Callable[[Health], None]
+log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 5.0
 
 
-class DeviceUnavailable(RuntimeError):
-    """The device cannot take a command now (not connected, or it refused the request)."""
-
-
-class ModbusRequestError(RuntimeError):
-    """The device answered with a Modbus exception, or not at all."""
-
-
-class ModbusConnection:
-    """One TCP connection to one Modbus device (unit id). Owns its socket."""
-
-    def __init__(self, transport: ModbusTcpTransport) -> None:
-        self.transport = transport
-        # reconnect_delay=0: pymodbus must not reconnect behind our back; the supervisor does.
-        # retries=0: a missed poll is reported as such; the next cycle is the retry.
-        self._client = AsyncModbusTcpClient(
-            transport.host,
-            port=transport.port,
-            timeout=transport.timeout_s,
-            retries=0,
-            reconnect_delay=0,
-        )
-
-    async def __aenter__(self) -> Self:
-        if not await self._client.connect():
-            self._client.close()
-            raise ConnectionError(f"cannot connect to {self.transport.host}:{self.transport.port}")
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._client.close()
-
-    @property
-    def connected(self) -> bool:
-        return bool(self._client.connected)
-
-    async def read(self, block: ReadBlock) -> list[int]:
-        unit = self.transport.unit
-        try:
-            if block.table == "holding":
-                rr = await self._client.read_holding_registers(
-                    block.start, count=block.count, device_id=unit
-                )
-            elif block.table == "input":
-                rr = await self._client.read_input_registers(
-                    block.start, count=block.count, device_id=unit
-                )
-            elif block.table == "coil":
-                rr = await self._client.read_coils(block.start, count=block.count, device_id=unit)
-            else:
-                rr = await self._client.read_discrete_inputs(
-                    block.start, count=block.count, device_id=unit
-                )
-        except ModbusException as exc:
-            raise ModbusRequestError(
-                f"read {block.table} {block.start}+{block.count}: {exc}"
-            ) from exc
-        if rr.isError():
-            raise ModbusRequestError(
-                f"read {block.table} {block.start}+{block.count}: exception code "
-                f"{getattr(rr, 'exception_code', '?')}"
-            )
-        values = rr.bits if block.table in ("coil", "discrete") else rr.registers
-        return [int(v) for v in values[: block.count]]
-
-    async def write(self, wire: ModbusWire, registers: list[int]) -> None:
-        unit = self.transport.unit
-        try:
-            if wire.table == "coil":
-                rr = await self._client.write_coil(wire.address, bool(registers[0]), device_id=unit)
-            elif len(registers) == 1:
-                rr = await self._client.write_register(wire.address, registers[0], device_id=unit)
-            else:
-                rr = await self._client.write_registers(wire.address, registers, device_id=unit)
-        except ModbusException as exc:
-            raise ModbusRequestError(f"write {wire.table} {wire.address}: {exc}") from exc
-        if rr.isError():
-            raise ModbusRequestError(
-                f"write {wire.table} {wire.address}: exception code "
-                f"{getattr(rr, 'exception_code', '?')}"
-            )
+def request_timeout_s(device: Device) -> float:
+    """The timeout of every request to ``device`` (see the module docstring for why)."""
+    transport = device.transport
+    assert isinstance(transport, ModbusTcpTransport | ModbusRtuTransport)
+    timeout = transport.timeout_s
+    if device.profile.heartbeat is not None:
+        timeout = min(timeout, 2 * device.profile.heartbeat.period_ms / 1000)
+    return timeout
 
 
 class ModbusDeviceDriver:
@@ -145,133 +97,162 @@ class ModbusDeviceDriver:
         device: Device,
         sink: ReadingSink,
         on_health: HealthSink | None = None,
+        *,
+        max_in_flight: int = 1,
     ) -> None:
+        if not isinstance(device.transport, ModbusTcpTransport | ModbusRtuTransport):
+            raise TypeError(f"{device.id}: not a Modbus transport ({device.transport.kind})")
         self.device = device
+        self.transport: ModbusTcpTransport | ModbusRtuTransport = device.transport
+        self.unit = device.transport.unit
+        self.timeout_s = request_timeout_s(device)
+        self.max_in_flight = max_in_flight
         self._sink = sink
-        self._on_health = on_health
+        self._tracker = HealthTracker(
+            device.id, log, on_health, device.profile.health.offline_after_failures
+        )
+        self.stats: DriverStats = self._tracker.stats
+        self.cycles = 0
+        self.missed_cycles = 0
         self._blocks = plan_reads(device.profile.points.values())
-        self._conn: ModbusConnection | None = None
-        self.stats = DriverStats()
-        self.health = Health(device.id, HealthState.UNKNOWN, "not started")
-        self._failures = 0
-        self._warned = False
+        self._silent_limit = device.profile.health.offline_after_failures
+        self._silent = 0  # consecutive requests without an answer
+        self._link: ModbusLink | None = None
         self._heartbeat = 0
-        self._stopping = asyncio.Event()
+        self._stop = StopFlag()
+
+    @property
+    def health(self) -> Health:
+        return self._tracker.health
+
+    @property
+    def silent(self) -> bool:
+        """The device has not answered its last ``offline_after_failures`` requests."""
+        return self._silent >= self._silent_limit
+
+    def stats_dict(self) -> dict[str, Any]:
+        """DriverStats plus the poll cycle counters this driver keeps."""
+        return {**self.stats.as_dict(), "cycles": self.cycles, "missed": self.missed_cycles}
 
     def stop(self) -> None:
-        """Finish the current request, then stop polling and heartbeating; ``run`` returns.
-
-        An explicit stop rather than task cancellation: a cancel that lands while a TaskGroup
-        is already handling a connection failure can be absorbed (Python 3.11), and a
-        supervisor that misses its stop would reconnect for ever.
-        """
-        self._stopping.set()
-
-    # --- health -------------------------------------------------------------------------
-
-    def _set_health(self, state: HealthState, reason: str = "") -> None:
-        if state is self.health.state and reason == self.health.reason:
-            return
-        self.health = Health(self.device.id, state, reason)
-        if self._on_health is not None:
-            self._on_health(self.health)
-
-    def _failed(self, reason: str) -> None:
-        self.stats.errors += 1
-        self._failures += 1
-        if not self._warned:
-            log.warning("%s: %s", self.device.id, reason)
-            self._warned = True
-        else:
-            log.debug("%s: %s", self.device.id, reason)
-        limit = self.device.profile.health.offline_after_failures
-        self._set_health(
-            HealthState.OFFLINE if self._failures >= limit else HealthState.DEGRADED, reason
-        )
-
-    def _succeeded(self) -> None:
-        if self._warned:
-            log.info("%s: recovered", self.device.id)
-            self._warned = False
-        self._failures = 0
-        self._set_health(HealthState.ONLINE)
+        """Finish the current request, then stop polling and heartbeating; ``run`` returns."""
+        self._stop.set()
 
     # --- supervisor ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, poll and heartbeat until cancelled; reconnect with backoff on failure."""
-        backoff = BACKOFF_START_S
-        first = True
-        while not self._stopping.is_set():
+        """Connect, poll and heartbeat until ``stop()``; reconnect with backoff on failure."""
+        backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
+        connected_before = False
+        while not self._stop.is_set():
             try:
-                assert isinstance(self.device.transport, ModbusTcpTransport)
-                async with ModbusConnection(self.device.transport) as conn:
-                    self._conn = conn
-                    if not first:
-                        self.stats.reconnects += 1
-                    first = False
-                    backoff = BACKOFF_START_S
-                    await self._serve(conn)
+                async with self._open_link() as link:
+                    if connected_before:
+                        self._tracker.reconnected()
+                    connected_before = True
+                    self._link = link
+                    await self._serve(link, backoff)
             except* (ConnectionError, OSError, ModbusRequestError) as group:
-                if not self._stopping.is_set():  # failures while stopping are expected
-                    self._failed("; ".join(str(e) for e in group.exceptions))
+                if not self._stop.is_set():  # failures while stopping are expected
+                    # Counted like any failed request: offline after offline_after_failures,
+                    # so one refused connect (a drive rebooting) is "degraded", not "offline".
+                    self._tracker.failed("; ".join(str(e) for e in group.exceptions))
                     await self._publish_bad()
             finally:
-                self._conn = None
-            # Full jitter keeps many devices that failed together from reconnecting together.
-            await self._sleep(random.uniform(0.5, 1.0) * backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
-        self._set_health(HealthState.OFFLINE, "stopped")
+                self._link = None
+            await self._stop.sleep(backoff.next_delay())
+        self._tracker.set(HealthState.OFFLINE, "stopped")
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once on stop()."""
-        if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), seconds)
+    def _open_link(self) -> contextlib.AbstractAsyncContextManager[ModbusLink]:
+        if isinstance(self.transport, ModbusRtuTransport):
+            return shared_serial_link(self.transport)
+        return ModbusLink.tcp(self.transport, self.max_in_flight)
 
-    async def _serve(self, conn: ModbusConnection) -> None:
+    async def _serve(self, link: ModbusLink, backoff: Backoff) -> None:
         async with asyncio.TaskGroup() as tg:
             if self.device.profile.heartbeat is not None:
-                tg.create_task(self._heartbeat_loop(conn), name=f"{self.device.id}:heartbeat")
-            tg.create_task(self._poll_loop(conn), name=f"{self.device.id}:poll")
+                tg.create_task(self._heartbeat_loop(link), name=f"{self.device.id}:heartbeat")
+            tg.create_task(self._poll_loop(link, backoff), name=f"{self.device.id}:poll")
 
-    async def _poll_loop(self, conn: ModbusConnection) -> None:
+    def _answered(self) -> None:
+        self._silent = 0
+
+    def _no_answer(self) -> None:
+        self._silent += 1
+
+    async def _poll_loop(self, link: ModbusLink, backoff: Backoff) -> None:
         period = 1.0 / self.device.poll_hz
+        shared = isinstance(self.transport, ModbusRtuTransport)
         # Stagger devices across the period so 200 pollers do not fire on the same tick.
         next_at = time.monotonic() + random.uniform(0, period)
         while True:
-            await self._sleep(next_at - time.monotonic())
-            if self._stopping.is_set():
+            await self._stop.sleep(next_at - time.monotonic())
+            if self._stop.is_set():
                 return
-            await self.poll_once(conn)
-            next_at += period
-            now = time.monotonic()
-            if next_at < now:  # overran: skip missed cycles rather than burst to catch up
-                next_at = now + period - ((now - next_at) % period)
+            ok = await self.poll_once(link)
+            if ok:
+                backoff.reset()  # after an answer, not after a connect: a silent peer backs off
+            elif self.silent:
+                if not shared:
+                    raise ConnectionError(f"no answer to {self._silent} requests")
+                # A silent unit on a shared line is probed, not polled (module docstring).
+                await self._stop.sleep(backoff.next_delay())
+            next_at = self._account(next_at, period, ok)
 
-    async def poll_once(self, conn: ModbusConnection) -> None:
+    def _account(self, deadline: float, period: float, ok: bool) -> float:
+        """Count the cycle of ``deadline`` and any skipped after it; return the next deadline."""
+        now = time.monotonic()
+        self.cycles += 1
+        next_at = deadline + period
+        if not ok or now > next_at:
+            self.missed_cycles += 1
+        if now > next_at:  # overran: skip the missed deadlines rather than burst to catch up
+            skipped = int((now - next_at) // period) + 1
+            self.cycles += skipped
+            self.missed_cycles += skipped
+            next_at += skipped * period
+        return next_at
+
+    async def poll_once(self, link: ModbusLink) -> bool:
+        """Read every block once and publish the readings; True if all of it was good."""
         readings: list[Reading] = []
+        clean = True
         for block in self._blocks:
             t0 = time.monotonic()
             try:
-                registers = await conn.read(block)
-                values = block.decode(registers)
-            except (ModbusRequestError, ValueError) as exc:
-                if not conn.connected:
+                registers = await link.read(self.unit, block, self.timeout_s)
+            except ModbusRequestError as exc:
+                if not link.connected:
                     raise ConnectionError(f"connection lost: {exc}") from exc
-                self._failed(str(exc))
+                self.stats.requests += 1  # DriverStats.record counts only answered ones
+                if isinstance(exc, ModbusTimeout):
+                    self._no_answer()
+                else:
+                    self._answered()
+                self._tracker.failed(str(exc))
                 readings.extend(self._bad(block.points))
+                clean = False
                 continue
             t1 = time.monotonic()
             self.stats.record(t1 - t0)
+            self._answered()
+            values, errors = block.decode_points(registers)
             wall = time.time()
             readings.extend(
                 Reading(self.device.id, name, value, t1, wall, Quality.GOOD)
                 for name, value in values.items()
             )
-            self._succeeded()
+            if errors:
+                clean = False
+                self._tracker.failed(f"read {block.label}: {'; '.join(errors.values())}")
+                readings.extend(
+                    Reading(self.device.id, name, None, t1, wall, Quality.BAD) for name in errors
+                )
+        if clean:
+            self._tracker.succeeded()
         # Awaiting the sink is the backpressure: a full telemetry queue slows the poller.
         await self._sink(readings)
+        return clean
 
     def _bad(self, points: tuple[PointSpec, ...]) -> list[Reading]:
         mono, wall = time.monotonic(), time.time()
@@ -280,26 +261,54 @@ class ModbusDeviceDriver:
     async def _publish_bad(self) -> None:
         await self._sink([r for b in self._blocks for r in self._bad(b.points)])
 
-    async def _heartbeat_loop(self, conn: ModbusConnection) -> None:
+    async def _heartbeat_loop(self, link: ModbusLink) -> None:
         spec = self.device.profile.heartbeat
         assert spec is not None
         wire = self.device.profile.points[spec.point].modbus
         assert wire is not None
         period = spec.period_ms / 1000
+        shared = isinstance(self.transport, ModbusRtuTransport)
         next_at = time.monotonic()
-        while not self._stopping.is_set():
+        while not self._stop.is_set():
+            if shared and self.silent:
+                # Writing to a silent unit would cost the line a timeout every period; the
+                # poll loop's probe finds out when it answers again.
+                await self._stop.sleep(period)
+                next_at = time.monotonic()
+                continue
             self._heartbeat = (self._heartbeat + 1) & 0xFFFF
-            await conn.write(wire, [self._heartbeat])
+            t0 = time.monotonic()
+            try:
+                await link.write(
+                    self.unit, wire, [self._heartbeat], self.timeout_s, Priority.HEARTBEAT
+                )
+            except ModbusRequestError as exc:
+                if not shared:
+                    # The drive's watchdog judges the link: reconnect rather than limp on.
+                    raise ConnectionError(f"heartbeat: {exc}") from exc
+                self.stats.requests += 1
+                if isinstance(exc, ModbusTimeout):
+                    self._no_answer()
+                self._tracker.failed(f"heartbeat: {exc}")
+            else:
+                self.stats.record(time.monotonic() - t0)
+                self._answered()
             next_at += period
-            await self._sleep(next_at - time.monotonic())
+            now = time.monotonic()
+            if next_at < now:
+                next_at = now  # late: write now, do not burst
+            await self._stop.sleep(next_at - now)
 
     # --- commands -----------------------------------------------------------------------
 
     async def command(self, name: str, args: Mapping[str, Any]) -> list[tuple[str, Value]]:
         """Validate and execute a profile command; return the writes it made.
 
+        The writes go out back to back at command priority: no poll or heartbeat waiting for
+        the link gets between them.
+
         CommandError: the profile refuses the call (the message says why);
-        DeviceUnavailable: the device is not connected or refused a write.
+        DeviceUnavailable: the device is not connected, not answering, or refused a write.
         """
         writes = self.device.profile.resolve_command(name, args)
         encoded: list[tuple[PointSpec, ModbusWire, list[int], Value]] = []
@@ -311,14 +320,17 @@ class ModbusDeviceDriver:
                 encoded.append((point, wire, encode(wire, value), value))
             except ValueError as exc:
                 raise CommandError(f"{name}: {point.name}: {exc}") from exc
-        conn = self._conn
-        if conn is None or not conn.connected:
+        link = self._link
+        if link is None or not link.connected:
             raise DeviceUnavailable(f"{self.device.id} is not connected ({self.health.reason})")
+        if self.silent:
+            raise DeviceUnavailable(f"{self.device.id} is not answering ({self.health.reason})")
         done: list[tuple[str, Value]] = []
-        for point, wire, registers, value in encoded:
-            try:
-                await conn.write(wire, registers)
-            except (ModbusRequestError, OSError) as exc:
-                raise DeviceUnavailable(f"{self.device.id}: {exc}") from exc
-            done.append((point.name, value))
+        async with link.session(Priority.COMMAND) as session:
+            for point, wire, registers, value in encoded:
+                try:
+                    await session.write(self.unit, wire, registers, self.timeout_s)
+                except (ModbusRequestError, ConnectionError) as exc:
+                    raise DeviceUnavailable(f"{self.device.id}: {exc}") from exc
+                done.append((point.name, value))
         return done
