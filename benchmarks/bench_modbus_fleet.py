@@ -241,8 +241,8 @@ async def ours(live: list[tuple[int, int]], dead: list[int], seconds: float) -> 
 
     def collect() -> None:
         # DriverStats keeps the last 256 latencies: sampled every second, none are lost.
-        tally.cycles = sum(d.cycles for d in live_drivers)
-        tally.missed = sum(d.missed_cycles for d in live_drivers)
+        tally.cycles = sum(d.stats.cycles for d in live_drivers)
+        tally.missed = sum(d.stats.missed for d in live_drivers)
         for i, d in enumerate(live_drivers):
             answered = d.stats.requests - d.stats.errors  # a live hoist has no decode errors
             new = answered - seen[i]

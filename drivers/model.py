@@ -661,11 +661,12 @@ class HealthState(StrEnum):
 class DriverStats:
     """Per-device counters; latencies keep the last 256 samples for percentiles.
 
-    ``missed`` counts poll cycles whose deadline passed without a poll (an overrun)."""
+    ``cycles`` counts poll deadlines; ``missed`` those whose poll failed or came too late."""
 
     requests: int = 0
     errors: int = 0
     reconnects: int = 0
+    cycles: int = 0
     missed: int = 0
     latencies_s: list[float] = field(default_factory=list)
 
@@ -686,6 +687,7 @@ class DriverStats:
             "requests": self.requests,
             "errors": self.errors,
             "reconnects": self.reconnects,
+            "cycles": self.cycles,
             "missed": self.missed,
             "latency_p50_ms": self.percentile_ms(0.5),
             "latency_p99_ms": self.percentile_ms(0.99),

@@ -27,7 +27,7 @@ most one period plus one timeout apart: 50 + 100 = 150 ms for the hoist, inside 
 
 Missed cycles. A poll cycle (one deadline) counts as missed when its poll fails or ends after
 the next deadline, and every deadline skipped after an overrun or while a silent unit is only
-probed is missed too; ``cycles`` and ``missed_cycles`` are kept on the driver.
+probed is missed too; both are counted in ``DriverStats``.
 """
 
 from __future__ import annotations
@@ -112,8 +112,6 @@ class ModbusDeviceDriver:
             device.id, log, on_health, device.profile.health.offline_after_failures
         )
         self.stats: DriverStats = self._tracker.stats
-        self.cycles = 0
-        self.missed_cycles = 0
         self._blocks = plan_reads(device.profile.points.values())
         self._silent_limit = device.profile.health.offline_after_failures
         self._silent = 0  # consecutive requests without an answer
@@ -129,10 +127,6 @@ class ModbusDeviceDriver:
     def silent(self) -> bool:
         """The device has not answered its last ``offline_after_failures`` requests."""
         return self._silent >= self._silent_limit
-
-    def stats_dict(self) -> dict[str, Any]:
-        """DriverStats plus the poll cycle counters this driver keeps."""
-        return {**self.stats.as_dict(), "cycles": self.cycles, "missed": self.missed_cycles}
 
     def stop(self) -> None:
         """Finish the current request, then stop polling and heartbeating; ``run`` returns."""
@@ -202,14 +196,14 @@ class ModbusDeviceDriver:
     def _account(self, deadline: float, period: float, ok: bool) -> float:
         """Count the cycle of ``deadline`` and any skipped after it; return the next deadline."""
         now = time.monotonic()
-        self.cycles += 1
+        self.stats.cycles += 1
         next_at = deadline + period
         if not ok or now > next_at:
-            self.missed_cycles += 1
+            self.stats.missed += 1
         if now > next_at:  # overran: skip the missed deadlines rather than burst to catch up
             skipped = int((now - next_at) // period) + 1
-            self.cycles += skipped
-            self.missed_cycles += skipped
+            self.stats.cycles += skipped
+            self.stats.missed += skipped
             next_at += skipped * period
         return next_at
 
