@@ -104,20 +104,22 @@ class OscConfig(_Strict):
 
 
 class DmxOutputConfig(_Strict):
-    """One DMX output: which universes it carries and how.
+    """One DMX output: which universes it carries and how (docs/interfaces/dmx.md).
 
     ``artnet``: unicast to ``targets`` plus nodes discovered by ArtPoll that subscribe to the
-    universe; ``broadcast`` only when set. ``sacn``: multicast unless ``targets`` are given,
-    at ``priority``. ``enttec``: an ENTTEC DMX USB Pro on serial ``port`` (one universe).
+    universe; ``broadcast`` to the given address only when set. Flytower universe 1 is Art-Net
+    Port-Address 0 (0:0:0), as consoles number them. ``sacn``: multicast unless ``targets``
+    are given, at ``priority``. ``enttec``: an ENTTEC DMX USB Pro on serial ``device`` (one
+    universe). ``udp_port`` overrides the protocol's port (6454 / 5568) for a lab or a test.
     """
 
     protocol: Literal["artnet", "sacn", "enttec"]
     universes: list[int] = Field(min_length=1)
     targets: list[str] = Field(default_factory=list)
-    broadcast: bool = False
+    broadcast: str | None = None
     priority: int = Field(default=100, ge=0, le=200)
-    port: str | None = None
-    bind: str = "0.0.0.0"
+    device: str | None = None
+    udp_port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -125,13 +127,15 @@ class DmxOutputConfig(_Strict):
         if bad:
             raise ValueError(f"universes must be 1..63999, not {bad}")
         if self.protocol == "enttec":
-            if self.port is None:
-                raise ValueError("an enttec output needs 'port' (its serial device)")
+            if self.device is None:
+                raise ValueError("an enttec output needs 'device' (its serial device)")
             if len(self.universes) != 1:
                 raise ValueError("an ENTTEC DMX USB Pro carries exactly one universe")
-        elif self.port is not None:
-            raise ValueError(f"'port' is for enttec outputs, not {self.protocol}")
-        if self.protocol != "artnet" and self.broadcast:
+        elif self.device is not None:
+            raise ValueError(f"'device' is for enttec outputs, not {self.protocol}")
+        if self.protocol == "artnet" and max(self.universes) > 32768:
+            raise ValueError("Art-Net Port-Addresses end at 32767 (universe 32768)")
+        if self.protocol != "artnet" and self.broadcast is not None:
             raise ValueError("'broadcast' is an Art-Net option")
         return self
 
@@ -142,6 +146,7 @@ class DmxInputConfig(_Strict):
     protocols: list[Literal["artnet", "sacn"]] = Field(min_length=1)
     universes: list[int] = Field(min_length=1)
     bind: str = "0.0.0.0"
+    udp_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class DmxConfig(_Strict):

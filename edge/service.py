@@ -29,6 +29,7 @@ from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import Device, Health, Reading
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.osc import OscServer
+from edge import dmx as edge_dmx
 from edge import osc as edge_osc
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
@@ -74,6 +75,7 @@ class Service:
         self.mqtt_port = cfg.mqtt.port if mqtt_port is None else mqtt_port
         self.osc_ports = osc_ports
         self.osc: OscServer | None = None
+        self.dmx: edge_dmx.DmxPorts | None = None
         self.run_simulators = simulators
         self.devices: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
         self.readings: Bus[Reading] = Bus("readings")
@@ -119,6 +121,8 @@ class Service:
                 "tcp_port": self.osc.tcp_port,
                 "stats": self.osc.stats_dict(),
             }
+        if self.dmx is not None:
+            out.update(self.dmx.status())
         return out
 
     def _on_health(self, h: Health) -> None:
@@ -146,6 +150,8 @@ class Service:
                 )
             if cfg.mqtt.mode == "embedded":
                 await stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, self.mqtt_port))
+            if cfg.dmx.outputs or cfg.dmx.input is not None:
+                self.dmx = await edge_dmx.open_dmx(cfg.dmx, cfg.venue.id, self.node, stack)
             if cfg.osc.enabled:
                 udp, tcp = self.osc_ports or (None, None)
                 self.osc = await stack.enter_async_context(

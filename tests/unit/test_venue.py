@@ -192,7 +192,7 @@ universes = [1, 2]
 [[dmx.outputs]]
 protocol = "enttec"
 universes = [3]
-port = "/dev/ttyUSB0"
+device = "/dev/ttyUSB0"
 [[devices]]
 id = "par1"
 profile = "test_par"
@@ -240,8 +240,8 @@ def test_dmx_fixtures_patch_and_route(tmp_path: Path) -> None:
             "exactly one universe",
         ),
         (
-            lambda t: t.replace('port = "/dev/ttyUSB0"\n', ""),
-            "an enttec output needs 'port'",
+            lambda t: t.replace('device = "/dev/ttyUSB0"\n', ""),
+            "an enttec output needs 'device'",
         ),
         (
             lambda t: t.replace("universes = [1, 2]", "universes = [0, 1, 2]"),
