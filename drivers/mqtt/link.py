@@ -1,34 +1,112 @@
-"""A node's link to the MQTT broker: birth, LWT death and the live telemetry feed.
+"""A node's link to the MQTT broker: births, telemetry, commands it serves, goodbye.
 
-The node announces itself with a retained ``online`` birth on ``…/{node}/$state`` and leaves a
-retained ``offline`` LWT with the broker, so every subscriber (another node, a dashboard) knows
-within one and a half keep-alive periods when this node dies. Readings go out at QoS 1. On a
-broker outage the supervisor reconnects with capped, jittered backoff, republishes the birth,
-and sends the readings it had taken but not yet delivered; the durable record is the telemetry
-store, the MQTT feed is the live view.
+What ``edge/`` runs for its node. It owns the service's ``MqttHub`` (one connection, one
+persistent session; device drivers share it through ``link.hub``) and adds the node's side of
+docs/interfaces/mqtt.md:
+
+- **State.** The will is a retained ``offline`` (reason ``lost``) on ``…/{node}/$state``. After
+  every connect — subscriptions restored first — the node publishes its retained birth, then a
+  retained ``$state`` per device (profile and health), and only then telemetry: birth before
+  data. ``device_health()`` republishes a device's ``$state`` when its health changes.
+- **Telemetry.** Readings from ``next_batch`` go out at QoS 1, pipelined, each acknowledged; a
+  reading whose publish failed is sent again after the reconnect (at least once).
+- **Commands.** The node subscribes to ``…/{device}/cmd/+`` of its devices and hands each valid
+  request to the caller's ``command_handler(device, name, args)``. Every request gets exactly
+  one reply on its ``reply_to``: the result, or an error with a code and reason
+  (``CommandError`` -> ``refused``, ``DeviceUnavailable`` -> ``unavailable``). A request id
+  seen before — QoS 1 redelivers after a lost PUBACK, and a persistent session redelivers after
+  a reconnect — is answered from a cache and **never executed twice**: for machinery a second
+  "move" is not harmless. A request older than ``command_max_age_s`` (queued for an offline node)
+  is refused as ``expired`` rather than executed late.
+- **Goodbye.** When the feed ends (``EndOfFeed``) the link publishes what it holds, says each
+  device and then the node ``offline`` (reason ``shutdown``) and disconnects. If the goodbye is
+  not acknowledged, the hub disconnects with *Disconnect with Will Message*, so the broker
+  publishes the will: the retained state always ends ``offline``.
+
+Malformed requests are counted in ``stats`` and logged (the first per topic at WARNING); they
+never end the link. The durable record is the telemetry store; the MQTT feed is the live view.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from drivers.model import Reading
-from drivers.mqtt.schema import encode_state, encode_value, node_state_topic, point_topic
+from drivers.base import DeviceUnavailable
+from drivers.model import CommandError, Health, HealthState, Reading
+from drivers.mqtt.hub import BrokerSettings, BrokerUnavailable, MqttHub
+from drivers.mqtt.schema import (
+    CommandReply,
+    CommandRequest,
+    DeviceState,
+    NodeState,
+    SchemaError,
+    command_filter,
+    decode_command,
+    device_state_topic,
+    encode_device_state,
+    encode_node_state,
+    encode_reply,
+    encode_value,
+    ms,
+    node_state_topic,
+    point_topic,
+    reply_error,
+    reply_ok,
+)
 
 log = logging.getLogger(__name__)
-BACKOFF_START_S = 0.2
-BACKOFF_MAX_S = 10.0
+
+CommandHandler = Callable[[str, str, Mapping[str, Any]], Awaitable[Any]]
+PUBLISH_WINDOW = 256  # readings in flight at once: pipelining, not one round trip each
 
 
 class EndOfFeed(Exception):
     """Raised by a feed's ``next_batch`` when it is closed: the link says goodbye and ends."""
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """What the link did; ``malformed`` and ``last_malformed`` report bad requests."""
+
+    published: int = 0
+    commands: int = 0
+    command_errors: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    last_malformed: str = ""
+    dropped_readings: int = 0
+    latencies_s: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=256)
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_s)
+
+        def pct(q: float) -> float | None:
+            return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+        return {
+            "published": self.published,
+            "commands": self.commands,
+            "command_errors": self.command_errors,
+            "duplicates": self.duplicates,
+            "malformed": self.malformed,
+            "last_malformed": self.last_malformed,
+            "dropped_readings": self.dropped_readings,
+            "command_p50_ms": pct(0.5),
+            "command_p99_ms": pct(0.99),
+        }
 
 
 class MqttNodeLink:
@@ -40,85 +118,311 @@ class MqttNodeLink:
         node: str,
         devices: list[str],
         keepalive_s: int = 10,
+        *,
+        command_handler: CommandHandler | None = None,
+        profiles: Mapping[str, str] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: aiomqtt.TLSParameters | None = None,
+        tls_insecure: bool = False,
+        mqtt5: bool = False,
+        session_expiry_s: int = 3600,
+        command_max_age_s: float = 30.0,
+        command_timeout_s: float = 30.0,
+        max_commands_in_flight: int = 256,
+        dedup_size: int = 1024,
+        goodbye_timeout_s: float = 1.0,
+        drain_timeout_s: float = 1.0,
     ) -> None:
-        self.host, self.port, self.venue, self.node = host, port, venue, node
-        self.devices = devices
-        self.keepalive_s = keepalive_s
-        self.connected = asyncio.Event()
-        self.published = 0
-        self.reconnects = 0
+        self.venue, self.node = venue, node
+        self.devices = list(devices)
+        self.profiles = dict(profiles or {})
+        self.command_handler = command_handler
+        self.command_max_age_s = command_max_age_s
+        self.command_timeout_s = command_timeout_s
+        self.goodbye_timeout_s = goodbye_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+        self.stats = LinkStats()
+        self.hub = MqttHub(
+            BrokerSettings(
+                host,
+                port,
+                client_id=f"flytower-{venue}-{node}",
+                username=username,
+                password=password,
+                tls=tls,
+                tls_insecure=tls_insecure,
+                mqtt5=mqtt5,
+                keepalive_s=keepalive_s,
+                session_expiry_s=session_expiry_s,
+            ),
+            will=self._will,
+            farewell=self._goodbye,
+            name=f"mqtt {node}",
+        )
+        self.hub.on_connect(self._births)
         self._state_topic = node_state_topic(venue, node)
+        self._session = 0
+        self._health: dict[str, Health] = {}
+        self._replies: collections.OrderedDict[tuple[str, str], asyncio.Future[CommandReply]] = (
+            collections.OrderedDict()
+        )
+        self._dedup_size = dedup_size
+        self._in_flight = 0
+        self._max_in_flight = max_commands_in_flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned_topics: set[str] = set()
+        self._closing = False
 
-    def _client(self) -> aiomqtt.Client:
-        will = aiomqtt.Will(
-            self._state_topic, encode_state("offline", time.time()), qos=1, retain=True
-        )
-        return aiomqtt.Client(
-            self.host,
-            self.port,
-            identifier=f"flytower-{self.venue}-{self.node}",
-            will=will,
-            keepalive=self.keepalive_s,
-            timeout=5,
-        )
+    # --- compatibility surface used by edge/ and the tests -------------------------------
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self.hub.connected
+
+    @property
+    def published(self) -> int:
+        return self.stats.published
+
+    @property
+    def reconnects(self) -> int:
+        return self.hub.stats.reconnects
+
+    # --- state ----------------------------------------------------------------------------
+
+    def _will(self) -> aiomqtt.Will:
+        # A will is fixed at CONNECT: its ts is the session's start, not the time of death.
+        self._session = ms(time.time())
+        payload = encode_node_state(NodeState("offline", self._session, self._session, (), "lost"))
+        return aiomqtt.Will(self._state_topic, payload, qos=1, retain=True)
+
+    async def _births(self) -> None:
+        birth = NodeState("online", ms(time.time()), self._session, tuple(sorted(self.devices)))
+        await self.hub.publish(self._state_topic, encode_node_state(birth), retain=True)
+        for device in self.devices:
+            await self._publish_device_state(device)
+
+    def device_health(self, health: Health) -> None:
+        """Record a device's health; publish its retained ``$state`` if it changed."""
+        if health.device not in self.devices:
+            return
+        old = self._health.get(health.device)
+        self._health[health.device] = health
+        if old is not None and (old.state, old.reason) == (health.state, health.reason):
+            return
+        if self.hub.connected.is_set() and not self._closing:
+            self._spawn(self._publish_device_state_quietly(health.device))
+
+    async def _publish_device_state(self, device: str, offline_reason: str | None = None) -> None:
+        h = self._health.get(device)
+        state, reason = (h.state, h.reason) if h is not None else (HealthState.UNKNOWN, "")
+        if offline_reason is not None:
+            state, reason = HealthState.OFFLINE, offline_reason
+        doc = DeviceState(state, ms(time.time()), self.profiles.get(device, ""), reason)
+        topic = device_state_topic(self.venue, self.node, device)
+        await self.hub.publish(topic, encode_device_state(doc), retain=True)
+
+    async def _publish_device_state_quietly(self, device: str) -> None:
+        # The birth after the next reconnect carries the latest health anyway.
+        with contextlib.suppress(BrokerUnavailable):
+            await self._publish_device_state(device)
+
+    async def _goodbye(self) -> bool:
+        """Devices, then the node, ``offline``; True if the node's goodbye was acknowledged."""
+
+        async def say() -> None:
+            for device in self.devices:
+                await self._publish_device_state(device, "node shut down")
+            bye = NodeState("offline", ms(time.time()), self._session, (), "shutdown")
+            await self.hub.publish(self._state_topic, encode_node_state(bye), retain=True)
+
+        try:
+            await asyncio.wait_for(say(), self.goodbye_timeout_s)
+        except (BrokerUnavailable, TimeoutError) as exc:
+            log.warning(
+                "mqtt %s: goodbye not acknowledged (%s); the will says offline", self.node, exc
+            )
+            return False
+        return True
+
+    # --- run --------------------------------------------------------------------------------
 
     async def run(self, next_batch: Callable[[], Awaitable[list[Reading]]]) -> None:
-        """Publish what ``next_batch`` yields; survive broker restarts.
+        """Publish what ``next_batch`` yields and serve commands; survive broker restarts.
 
-        Returns when ``next_batch`` raises ``EndOfFeed`` (its feed was closed): everything
-        taken so far has been published and the node has said ``offline``, as a clean
-        shutdown should. Stopping by closing the feed, not by cancelling, means a cancel
-        can never be mistaken for a broker failure and swallowed by the reconnect loop.
+        Returns when ``next_batch`` raises ``EndOfFeed`` (its feed was closed): what was taken
+        is published (for up to ``drain_timeout_s`` if the broker is away), commands in flight
+        are answered, and the node has said ``offline``. Stopping by closing the feed, not by
+        cancelling, means a cancel can never be mistaken for a broker failure.
         """
-        backoff = BACKOFF_START_S
+        if self.command_handler is not None:
+            for device in self.devices:
+                await self.hub.subscribe(
+                    command_filter(self.venue, self.node, device), self._on_command, qos=1
+                )
+        hub_task = asyncio.create_task(self.hub.run(), name=f"mqtt-hub:{self.node}")
+        try:
+            await self._feed(next_batch)
+            self._closing = True
+            if self._tasks:  # let commands in flight answer, briefly
+                await asyncio.wait(set(self._tasks), timeout=self.goodbye_timeout_s / 2)
+            self.hub.stop()
+            await hub_task
+        finally:
+            for task in [hub_task, *self._tasks]:
+                task.cancel()
+            await asyncio.gather(hub_task, *self._tasks, return_exceptions=True)
+
+    async def _feed(self, next_batch: Callable[[], Awaitable[list[Reading]]]) -> None:
         pending: list[Reading] = []
-        warned = False
-        first = True
         while True:
+            if not pending:
+                try:
+                    pending = await next_batch()
+                except EndOfFeed:
+                    break
+            await self.hub.connected.wait()
+            pending = await self._publish_readings(pending)
+        if pending:
             try:
-                async with self._client() as client:
-                    await client.publish(
-                        self._state_topic,
-                        encode_state("online", time.time(), devices=self.devices),
-                        qos=1,
-                        retain=True,
-                    )
-                    if warned:
-                        log.info("mqtt %s:%d: recovered", self.host, self.port)
-                        warned = False
-                    if not first:
-                        self.reconnects += 1
-                    first = False
-                    backoff = BACKOFF_START_S
-                    self.connected.set()
-                    while True:
-                        if not pending:
-                            try:
-                                pending = await next_batch()
-                            except EndOfFeed:
-                                await self._goodbye(client)
-                                return
-                        while pending:
-                            await self._publish(client, pending[0])
-                            pending.pop(0)
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                if not warned:
-                    log.warning("mqtt %s:%d: %s", self.host, self.port, exc)
-                    warned = True
-            await asyncio.sleep(random.uniform(0.5, 1.0) * backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+                await asyncio.wait_for(self._drain(pending), self.drain_timeout_s)
+            except TimeoutError:
+                self.stats.dropped_readings += len(pending)
+                log.warning(
+                    "mqtt %s: %d reading(s) not published at shutdown", self.node, len(pending)
+                )
 
-    async def _publish(self, client: aiomqtt.Client, r: Reading) -> None:
-        topic = point_topic(self.venue, self.node, r.device, r.point)
-        await client.publish(topic, encode_value(r.value, r.ts_wall, r.quality), qos=1)
-        self.published += 1
+    async def _drain(self, pending: list[Reading]) -> None:
+        while pending:
+            await self.hub.connected.wait()
+            pending[:] = await self._publish_readings(pending)
 
-    async def _goodbye(self, client: aiomqtt.Client) -> None:
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            await asyncio.wait_for(
-                client.publish(
-                    self._state_topic, encode_state("offline", time.time()), qos=1, retain=True
-                ),
-                timeout=1.0,
+    async def _publish_readings(self, readings: list[Reading]) -> list[Reading]:
+        """Publish, a window at a time; return the readings that were not acknowledged."""
+        for start in range(0, len(readings), PUBLISH_WINDOW):
+            window = readings[start : start + PUBLISH_WINDOW]
+            results = await asyncio.gather(
+                *(self._publish_reading(r) for r in window), return_exceptions=True
             )
+            failed = [r for r, res in zip(window, results, strict=True) if res is not None]
+            if failed:
+                for res in results:
+                    if res is not None and not isinstance(res, BrokerUnavailable):
+                        raise res
+                return failed + readings[start + PUBLISH_WINDOW :]
+        return []
+
+    async def _publish_reading(self, r: Reading) -> None:
+        try:
+            topic = point_topic(self.venue, self.node, r.device, r.point)
+        except SchemaError as exc:  # a name that cannot be a topic: drop it, loudly once
+            self.stats.dropped_readings += 1
+            self._malformed(f"{r.device}/{r.point}", f"reading not publishable: {exc}")
+            return
+        await self.hub.publish(topic, encode_value(r.value, r.ts_wall, r.quality))
+        self.stats.published += 1
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        # The set holds a strong reference: the loop keeps only weak ones to tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _malformed(self, topic: str, reason: str) -> None:
+        self.stats.malformed += 1
+        self.stats.last_malformed = f"{topic}: {reason}"
+        if topic not in self._warned_topics and len(self._warned_topics) < 1000:
+            self._warned_topics.add(topic)
+            log.warning("mqtt %s: malformed: %s: %s", self.node, topic, reason)
+        else:
+            log.debug("mqtt %s: malformed: %s: %s", self.node, topic, reason)
+
+    def _on_command(self, msg: aiomqtt.Message) -> None:
+        topic = msg.topic.value
+        props = msg.properties
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        payload = msg.payload if isinstance(msg.payload, bytes) else b""
+        try:
+            req = decode_command(topic, payload, response_topic)
+        except SchemaError as exc:
+            self._malformed(topic, str(exc))
+            if exc.request_id is not None and exc.reply_to is not None:
+                r = reply_error(exc.request_id, "bad_request", str(exc), time.time())
+                self._spawn(self._send_reply(exc.reply_to, r, correlation))
+            return
+        if (req.venue, req.node) != (self.venue, self.node) or req.device not in self.devices:
+            self._malformed(topic, "not a device of this node")
+            return
+        self.stats.commands += 1
+        key = (req.device, req.id)
+        if (earlier := self._replies.get(key)) is not None:
+            self.stats.duplicates += 1
+            self._spawn(self._answer_again(req, earlier, correlation))
+            return
+        if self._closing or self._in_flight >= self._max_in_flight:
+            why = "node is shutting down" if self._closing else "too many commands in flight"
+            r = reply_error(req.id, "busy", why, time.time())
+            self._spawn(self._send_reply(req.reply_to, r, correlation))
+            return
+        age_s = time.time() - req.ts_ms / 1000
+        if abs(age_s) > self.command_max_age_s:
+            what = "old" if age_s > 0 else "in the future (clock skew)"
+            why = f"request is {abs(age_s):.1f} s {what}; limit {self.command_max_age_s:g} s"
+            r = reply_error(req.id, "expired", why, time.time())
+            self._spawn(self._send_reply(req.reply_to, r, correlation))
+            return
+        future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
+        self._replies[key] = future
+        while len(self._replies) > self._dedup_size:
+            self._replies.popitem(last=False)
+        self._in_flight += 1
+        self._spawn(self._execute(req, future, correlation))
+
+    async def _execute(
+        self, req: CommandRequest, future: asyncio.Future[CommandReply], correlation: Any
+    ) -> None:
+        assert self.command_handler is not None
+        t0 = time.monotonic()
+        try:
+            # asyncio.timeout, not wait_for: no extra task per command (3.11).
+            async with asyncio.timeout(self.command_timeout_s):
+                result = await self.command_handler(req.device, req.name, req.args)
+            reply = reply_ok(req.id, result, time.time())
+            encode_reply(reply)  # a result that cannot be sent is the handler's error
+        except CommandError as exc:
+            reply = reply_error(req.id, "refused", str(exc), time.time())
+        except DeviceUnavailable as exc:
+            reply = reply_error(req.id, "unavailable", str(exc), time.time())
+        except TimeoutError:
+            why = f"no result within {self.command_timeout_s:g} s"
+            reply = reply_error(req.id, "timeout", why, time.time())
+        except Exception as exc:  # a handler bug must answer, not kill the link
+            log.exception("mqtt %s: command %s/%s failed", self.node, req.device, req.name)
+            reply = reply_error(req.id, "internal", f"{type(exc).__name__}: {exc}", time.time())
+        finally:
+            self._in_flight -= 1
+        self.stats.latencies_s.append(time.monotonic() - t0)
+        if not reply.ok:
+            self.stats.command_errors += 1
+        future.set_result(reply)
+        await self._send_reply(req.reply_to, reply, correlation)
+
+    async def _answer_again(
+        self, req: CommandRequest, earlier: asyncio.Future[CommandReply], correlation: Any
+    ) -> None:
+        reply = await asyncio.shield(earlier)  # a duplicate of a running command waits for it
+        await self._send_reply(req.reply_to, reply, correlation)
+
+    async def _send_reply(self, topic: str, reply: CommandReply, correlation: Any) -> None:
+        props = None
+        if isinstance(correlation, bytes):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation
+        try:
+            await self.hub.publish(topic, encode_reply(reply), qos=1, properties=props)
+        except BrokerUnavailable as exc:
+            # The requester's QoS 1 redelivery, answered from the cache, gets it there.
+            log.debug("mqtt %s: reply %s not sent: %s", self.node, reply.id, exc)

@@ -165,14 +165,19 @@ async def test_link_publishes_birth_points_and_a_retained_goodbye(mosquitto: Rea
     ]
     async with running_link(link, bus) as (task, sub):
         await asyncio.wait_for(link.connected.wait(), 10)
-        async with MosquittoSub.run(mosquitto.port, f"flytower/{venue}/#", 1 + len(sent)) as s:
-            retained, topic, payload = await s.message()  # the subscription is live from here
-            assert retained
-            assert topic == f"flytower/{venue}/{NODE}/$state"
-            birth = json.loads(payload)
+        async with MosquittoSub.run(mosquitto.port, f"flytower/{venue}/#", 3 + len(sent)) as s:
+            # The node's birth and one per device, retained: the subscription is live after.
+            states = {}
+            for _ in range(3):
+                retained, topic, payload = await s.message()
+                assert retained
+                states[topic] = json.loads(payload)
+            birth = states[f"flytower/{venue}/{NODE}/$state"]
             assert birth["state"] == "online"
             assert birth["devices"] == ["hoist-1", "hoist-2"]
             assert abs(birth["ts"] / 1000 - time.time()) < 60
+            for device in ("hoist-1", "hoist-2"):
+                assert states[f"flytower/{venue}/{NODE}/{device}/$state"]["state"] == "unknown"
 
             for r in sent:
                 await bus.publish(r)
@@ -243,11 +248,14 @@ async def test_a_killed_node_is_announced_offline_by_its_will(mosquitto: RealSer
         assert line == b"up\n", (line, await proc.stderr.read() if proc.stderr else b"")
         async with MosquittoSub.run(mosquitto.port, node_state_topic(venue, NODE), 2) as s:
             retained, _, payload = await s.message()
-            assert retained and json.loads(payload)["state"] == "online"
+            birth = json.loads(payload)
+            assert retained and birth["state"] == "online"
             os.kill(proc.pid, signal.SIGKILL)  # no goodbye: only the broker can tell
             await asyncio.wait_for(proc.wait(), 5)
             _, _, payload = await s.message(timeout_s=5)
-            assert json.loads(payload)["state"] == "offline"
+            death = json.loads(payload)
+            assert death["state"] == "offline" and death["reason"] == "lost"
+            assert death["session"] == birth["session"]  # it names the session it ends
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -283,8 +291,12 @@ async def test_link_survives_a_broker_restart(tmp_path: Path) -> None:
     try:
         async with running_link(link, bus) as (task, _):
             await asyncio.wait_for(link.connected.wait(), 10)
-            async with MosquittoSub.run(port, f"flytower/{venue}/#", 2, *probe) as s:
-                assert json.loads((await s.message())[2])["state"] == "online"
+            async with MosquittoSub.run(port, f"flytower/{venue}/#", 3, *probe) as s:
+                states = {(await s.message())[1] for _ in range(2)}  # node and device births
+                assert states == {
+                    node_state_topic(venue, NODE),
+                    f"flytower/{venue}/{NODE}/hoist-1/$state",
+                }
                 await bus.publish(reading("hoist-1", "position", 1.0))
                 assert decode_point(*(await s.message())[1:]).value == 1.0
 
@@ -390,7 +402,7 @@ async def test_link_through_the_embedded_broker() -> None:
     port, venue = free_port(), new_venue()
     bus: Bus[Reading] = Bus("readings")
     async with EmbeddedBroker("127.0.0.1", port):
-        link = MqttNodeLink("127.0.0.1", port, venue, NODE, ["hoist-1"])
+        link = MqttNodeLink("127.0.0.1", port, venue, NODE, ["hoist-1"])  # amqtt: 3.1.1 only
         async with aiomqtt.Client("127.0.0.1", port, identifier="probe") as probe:
             async with running_link(link, bus) as (task, sub):
                 await asyncio.wait_for(link.connected.wait(), 10)
