@@ -36,9 +36,14 @@ class DeviceUnavailable(RuntimeError):
 class DeviceDriver(Protocol):
     """One device (or one link serving several) as ``edge/`` sees it."""
 
-    device: Device
-    stats: DriverStats
-    health: Health
+    @property
+    def device(self) -> Device: ...
+
+    @property
+    def stats(self) -> DriverStats: ...
+
+    @property
+    def health(self) -> Health: ...
 
     async def run(self) -> None:
         """Connect and serve until ``stop()``; reconnect on failure; never raise for I/O."""

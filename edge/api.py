@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from drivers.modbus.driver import DeviceUnavailable
+from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
 
 if TYPE_CHECKING:

@@ -20,16 +20,27 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
 
+from drivers.base import DeviceDriver, DeviceUnavailable
 from drivers.modbus.driver import ModbusDeviceDriver
-from drivers.model import Device, Health, Reading
+from drivers.model import (
+    Device,
+    Health,
+    HealthState,
+    ModbusRtuTransport,
+    ModbusTcpTransport,
+    MqttTransport,
+    Reading,
+)
+from drivers.mqtt.driver import MqttDeviceDriver
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.osc import OscServer
 from edge import dmx as edge_dmx
+from edge import mqtt as edge_mqtt
 from edge import osc as edge_osc
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
@@ -81,7 +92,7 @@ class Service:
         self.readings: Bus[Reading] = Bus("readings")
         self.live: dict[tuple[str, str], Reading] = {}
         self.health: dict[str, Health] = {}
-        self.drivers: dict[str, ModbusDeviceDriver] = {}
+        self.drivers: dict[str, DeviceDriver] = {}
         self.store = TelemetryStore(venue.store_path)
         self.mqtt: MqttNodeLink | None = None
         self._mqtt_feed: Subscription[Reading] | None = None
@@ -127,6 +138,8 @@ class Service:
 
     def _on_health(self, h: Health) -> None:
         self.health[h.device] = h
+        if self.mqtt is not None:
+            self.mqtt.device_health(h)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -164,7 +177,11 @@ class Service:
                 writer = tg.create_task(self._store_writer(store_sub), name="store-writer")
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
-                driver_tasks = [self._start_driver(tg, dev) for dev in self.devices.values()]
+                driver_tasks = [
+                    task
+                    for dev in self.devices.values()
+                    if (task := self._start_driver(tg, dev)) is not None
+                ]
                 server = self._api_server()
                 api_task = tg.create_task(server.serve(), name="api")
                 while not server.started and not api_task.done():  # noqa: ASYNC110 (no event to wait on)
@@ -196,8 +213,25 @@ class Service:
                 stop.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
-    def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None]:
-        driver = ModbusDeviceDriver(dev, self.readings.publish_many, self._on_health)
+    def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None] | None:
+        driver: DeviceDriver
+        if isinstance(dev.transport, ModbusTcpTransport | ModbusRtuTransport):
+            driver = ModbusDeviceDriver(dev, self.readings.publish_many, self._on_health)
+        elif isinstance(dev.transport, MqttTransport):
+            assert self.mqtt is not None  # the venue refuses mqtt devices with mqtt off
+            driver = MqttDeviceDriver(
+                dev,
+                self.mqtt.hub,
+                self.venue.config.venue.id,
+                self.readings.publish_many,
+                self._on_health,
+            )
+        else:
+            # DMX fixtures are rendered by the lighting engine, OSC devices are sent to by
+            # cues and audio devices run the sound-field engine: none is polled by a driver.
+            reason = f"{dev.transport.kind} devices are driven by the cue engine, not polled"
+            self.health[dev.id] = Health(dev.id, HealthState.UNKNOWN, reason)
+            return None
         self.drivers[dev.id] = driver
         self.health[dev.id] = driver.health
         return tg.create_task(driver.run(), name=f"driver:{dev.id}")
@@ -208,7 +242,14 @@ class Service:
             return None
         sub = self._mqtt_feed = self.live_feed("mqtt")
         link = self.mqtt = MqttNodeLink(
-            cfg.mqtt.host, self.mqtt_port, cfg.venue.id, self.node, sorted(self.devices)
+            cfg.mqtt.host,
+            self.mqtt_port,
+            cfg.venue.id,
+            self.node,
+            sorted(self.devices),
+            command_handler=self._mqtt_command,
+            profiles={d.id: d.profile.id for d in self.devices.values()},
+            **edge_mqtt.credentials(cfg.mqtt, self.venue),
         )
 
         async def next_batch() -> list[Reading]:
@@ -218,6 +259,13 @@ class Service:
                 raise EndOfFeed from None
 
         return tg.create_task(link.run(next_batch), name="mqtt-link")
+
+    async def _mqtt_command(self, device: str, name: str, args: Mapping[str, Any]) -> Any:
+        driver = self.drivers.get(device)
+        if driver is None:
+            raise DeviceUnavailable(f"{device} has no driver on this node")
+        writes = await driver.command(name, args)
+        return {"writes": [[point, value] for point, value in writes]}
 
     def _api_server(self) -> uvicorn.Server:
         from edge.api import create_app  # the API imports the service's types
