@@ -59,6 +59,25 @@ class DeviceDriver(Protocol):
         """
 
 
+class DatagramEndpoint(asyncio.DatagramProtocol):
+    """A UDP endpoint that hands each datagram (with its ``(host, port)`` source) and each
+    socket error to its owner; the owner keeps all the state."""
+
+    def __init__(
+        self,
+        on_datagram: Callable[[bytes, tuple[str, int]], None],
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self._on_datagram = on_datagram
+        self._on_error = on_error
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self._on_error(exc)
+
+
 class StopFlag:
     """An explicit stop request whose ``sleep`` wakes at once when the stop is set.
 

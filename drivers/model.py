@@ -353,9 +353,7 @@ class Profile(_Strict):
                 continue
             for ch in range(point.dmx.offset, point.dmx.offset + point.dmx.channels):
                 if ch in owner:
-                    raise ValueError(
-                        f"points.{point.name}: dmx channel {ch} is also '{owner[ch]}'"
-                    )
+                    raise ValueError(f"points.{point.name}: dmx channel {ch} is also '{owner[ch]}'")
                 owner[ch] = point.name
 
     def _check_modbus_overlaps(self) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from drivers.base import HealthSink, HealthTracker
+from drivers.base import DatagramEndpoint, HealthSink, HealthTracker
 from drivers.dmx import artnet, sacn
 from drivers.dmx.errors import DmxProtocolError, UnsupportedPacket
 from drivers.dmx.merge import ARTNET_PRIORITY, Frame, Merger, Source
@@ -47,17 +47,6 @@ class InputStats:
     ignored: int = 0
     out_of_order: int = 0
     last_error: str = ""
-
-
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, owner: _DatagramInput) -> None:
-        self._owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self._owner._datagram(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        self._owner.tracker.failed(f"socket error: {exc}")
 
 
 class _DatagramInput:
@@ -112,7 +101,9 @@ class _DatagramInput:
             self._sock = sock
             self._opened(sock)
             loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: DatagramEndpoint(self._datagram, self._socket_error), sock=sock
+            )
         except BaseException:
             sock.close()
             self._sock = None
@@ -132,6 +123,9 @@ class _DatagramInput:
 
     def _opened(self, sock: socket.socket) -> None:
         pass
+
+    def _socket_error(self, exc: Exception) -> None:
+        self.tracker.failed(f"socket error: {exc}")
 
     def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         self.stats.received += 1

@@ -43,7 +43,7 @@ from typing import Protocol, Self
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import Backoff, HealthSink, HealthTracker, StopFlag
+from drivers.base import Backoff, DatagramEndpoint, HealthSink, HealthTracker, StopFlag
 from drivers.dmx import artnet, enttec, sacn
 from drivers.dmx.errors import DmxProtocolError, UnsupportedPacket
 from drivers.model import DriverStats, Health, HealthState
@@ -81,17 +81,6 @@ class DmxOutput(Protocol):
     async def send_frame(self, frame: Mapping[int, FrameData]) -> None: ...
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, owner: _DatagramOutput) -> None:
-        self._owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self._owner._received(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        self._owner.tracker.failed(f"send failed: {exc}")
-
-
 class _DatagramOutput:
     """Socket ownership, keep-alive and the periodic tick shared by Art-Net and sACN."""
 
@@ -110,6 +99,9 @@ class _DatagramOutput:
         self._last: dict[int, tuple[bytes, float]] = {}
         self._stop = StopFlag()
         self._task: asyncio.Task[None] | None = None
+
+    def _socket_error(self, exc: Exception) -> None:
+        self.tracker.failed(f"send failed: {exc}")
 
     @property
     def stats(self) -> DriverStats:
@@ -136,7 +128,9 @@ class _DatagramOutput:
             sock.bind(self.bind)
             sock.setblocking(False)
             loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: DatagramEndpoint(self._received, self._socket_error), sock=sock
+            )
         except BaseException:
             sock.close()
             raise

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-from drivers.base import DeviceUnavailable, HealthSink, HealthTracker
+from drivers.base import DatagramEndpoint, DeviceUnavailable, HealthSink, HealthTracker
 from drivers.model import DriverStats, Health, HealthState, OscTransport
 from drivers.osc.wire import (
     MAX_FRAME_BYTES,
@@ -85,7 +85,10 @@ class OscClient:
         try:
             if t.protocol == "udp":
                 self._udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                    lambda: _ClientUdpProtocol(self), remote_addr=(t.host, t.port)
+                    lambda: DatagramEndpoint(
+                        lambda data, _addr: self._received(data), self._udp_error
+                    ),
+                    remote_addr=(t.host, t.port),
                 )
             else:
                 reader, self._writer = await asyncio.open_connection(t.host, t.port)
@@ -193,6 +196,10 @@ class OscClient:
             return
         self._connection_lost("closed by the peer")
 
+    def _udp_error(self, exc: Exception) -> None:
+        # Port unreachable: the peer is not listening. The request's timeout reports it.
+        log.debug("%s: %s", self.transport.endpoint, exc)
+
     def _connection_lost(self, reason: str) -> None:
         if self._closed:
             return
@@ -207,15 +214,3 @@ class OscClient:
                     future.set_exception(
                         DeviceUnavailable(f"{self.transport.endpoint}: connection {reason}")
                     )
-
-
-class _ClientUdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, client: OscClient) -> None:
-        self._client = client
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._client._received(data)
-
-    def error_received(self, exc: Exception) -> None:
-        # Port unreachable: the peer is not listening. The request's timeout reports it.
-        log.debug("%s: %s", self._client.transport.endpoint, exc)

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self
 
-from drivers.base import HealthSink, HealthTracker
+from drivers.base import DatagramEndpoint, HealthSink, HealthTracker
 from drivers.model import DriverStats, Health, HealthState
 from drivers.osc.address_space import CONNECT, DISCONNECT, PING
 from drivers.osc.router import (
@@ -184,7 +184,8 @@ class OscServer:
         try:
             if cfg.udp_port is not None:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self), local_addr=(cfg.host, cfg.udp_port)
+                    lambda: DatagramEndpoint(self._udp_received, _udp_error),
+                    local_addr=(cfg.host, cfg.udp_port),
                 )
                 self._udp = transport
                 self.udp_port = int(transport.get_extra_info("sockname")[1])
@@ -263,8 +264,8 @@ class OscServer:
 
     # --- UDP ----------------------------------------------------------------------------------
 
-    def _udp_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        host, port = str(addr[0]), int(addr[1])
+    def _udp_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        host, port = addr
         if not self._allowed(host):
             self.counters.blocked += 1
             return
@@ -467,18 +468,6 @@ class _Call(NamedTuple):
     template: str
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: OscServer) -> None:
-        self._server = server
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._server._udp_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP "port unreachable" from a client that left before its reply: not our failure.
-        log.debug("OSC UDP: %s", exc)
-
-
 class _UdpSource:
     def __init__(self, server: OscServer, peer: Peer) -> None:
         self._server = server
@@ -524,3 +513,8 @@ class _TcpSource:
         if self.writer.transport.get_write_buffer_size() > limit:
             log.warning("%s: closing the connection: it does not read its replies", self.peer)
             self.writer.close()
+
+
+def _udp_error(exc: Exception) -> None:
+    # ICMP "port unreachable" from a client that left before its reply: not our failure.
+    log.debug("OSC UDP: %s", exc)
