@@ -160,10 +160,6 @@ class MqttDeviceDriver:
     def health(self) -> Health:
         return self._tracker.health
 
-    @health.setter
-    def health(self, value: Health) -> None:  # DeviceDriver declares it as an attribute
-        self._tracker.health = value
-
     def report(self) -> dict[str, Any]:
         """Statistics with what this driver adds: malformed, ignored and dropped counts."""
         return {
