@@ -591,6 +591,23 @@ class AudioTransport(_Strict):
     blocksize: int = Field(default=128, ge=16, le=8192)
     inputs: int = Field(default=2, ge=0, le=128)
     outputs: int = Field(default=2, ge=0, le=128)
+    # The channel map (1-based device channels): input_map[i] feeds the processor's input i,
+    # output_map[j] receives its output j. None: the first ``inputs``/``outputs`` channels.
+    input_map: list[Annotated[int, Field(ge=1, le=1024)]] | None = None
+    output_map: list[Annotated[int, Field(ge=1, le=1024)]] | None = None
+    jack_server: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _maps(self) -> Self:
+        for name, chmap, n in (
+            ("input_map", self.input_map, self.inputs),
+            ("output_map", self.output_map, self.outputs),
+        ):
+            if chmap is not None and len(chmap) != n:
+                raise ValueError(f"{name} has {len(chmap)} channels, the stream {n}")
+        if self.output_map is not None and len(set(self.output_map)) != len(self.output_map):
+            raise ValueError("output_map names a device output twice")
+        return self
 
     @property
     def endpoint(self) -> str:

@@ -28,6 +28,7 @@ import uvicorn
 from drivers.base import DeviceDriver, DeviceUnavailable
 from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import (
+    AudioTransport,
     Device,
     Health,
     HealthState,
@@ -39,6 +40,7 @@ from drivers.model import (
 from drivers.mqtt.driver import MqttDeviceDriver
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.osc import OscServer
+from edge import audio as edge_audio
 from edge import dmx as edge_dmx
 from edge import mqtt as edge_mqtt
 from edge import osc as edge_osc
@@ -226,9 +228,11 @@ class Service:
                 self.readings.publish_many,
                 self._on_health,
             )
+        elif isinstance(dev.transport, AudioTransport):
+            driver = edge_audio.AudioDevice(dev, self.readings.publish_many, self._on_health)
         else:
-            # DMX fixtures are rendered by the lighting engine, OSC devices are sent to by
-            # cues and audio devices run the sound-field engine: none is polled by a driver.
+            # DMX fixtures are rendered by the lighting engine and OSC devices are sent to by
+            # cues: neither is polled by a driver.
             reason = f"{dev.transport.kind} devices are driven by the cue engine, not polled"
             self.health[dev.id] = Health(dev.id, HealthState.UNKNOWN, reason)
             return None
