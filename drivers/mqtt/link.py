@@ -173,6 +173,7 @@ class MqttNodeLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_topics: set[str] = set()
         self._closing = False
+        self._state_pending: set[str] = set()
 
     # --- compatibility surface used by edge/ and the tests -------------------------------
 
@@ -210,8 +211,11 @@ class MqttNodeLink:
         self._health[health.device] = health
         if old is not None and (old.state, old.reason) == (health.state, health.reason):
             return
-        if self.hub.connected.is_set() and not self._closing:
-            self._spawn(self._publish_device_state_quietly(health.device))
+        # One publisher per device at a time, and it waits for the connection: a change that
+        # lands while the births are being sent (before ``connected`` is set) must not be lost.
+        if not self._closing and health.device not in self._state_pending:
+            self._state_pending.add(health.device)
+            self._spawn(self._publish_device_state_when_connected(health.device))
 
     async def _publish_device_state(self, device: str, offline_reason: str | None = None) -> None:
         h = self._health.get(device)
@@ -221,6 +225,14 @@ class MqttNodeLink:
         doc = DeviceState(state, ms(time.time()), self.profiles.get(device, ""), reason)
         topic = device_state_topic(self.venue, self.node, device)
         await self.hub.publish(topic, encode_device_state(doc), retain=True)
+
+    async def _publish_device_state_when_connected(self, device: str) -> None:
+        try:
+            await self.hub.connected.wait()
+        finally:
+            # Cleared before publishing: a later change starts a publisher of its own.
+            self._state_pending.discard(device)
+        await self._publish_device_state_quietly(device)
 
     async def _publish_device_state_quietly(self, device: str) -> None:
         # The birth after the next reconnect carries the latest health anyway.
