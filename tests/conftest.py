@@ -23,12 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from edge.config import load_venue
 from edge.service import Service
 from simulators import venue as simvenue
 
 REPO = Path(__file__).resolve().parent.parent
+
+# CI runs the fuzzers on fixed seeds and without per-example deadlines: a failure there must
+# reproduce, and a loaded 2-core runner must not fail a test for being slow. Developers' runs
+# stay random and keep exploring; what they find goes into explicit tests.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def free_port() -> int:

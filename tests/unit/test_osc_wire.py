@@ -96,7 +96,11 @@ osc_args = st.lists(
     st.one_of(
         st.integers(-(2**31), 2**31 - 1),
         st.floats(width=32, allow_nan=False),
-        st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=40),
+        # OSC strings are UTF-8: no NUL (the terminator) and no lone surrogates.
+        st.text(
+            alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+            max_size=40,
+        ),
         st.booleans(),
         st.binary(min_size=1, max_size=40),  # python-osc cannot encode an empty blob
         st.none(),
@@ -270,3 +274,9 @@ def test_bad_replies_are_decode_errors(address: str, args: tuple[object, ...]) -
 def test_slip_frames_match_python_osc() -> None:
     packet = encode_message("/go", "\xc0")
     assert slip.decode(slip_encode(packet)) == packet
+
+
+def test_a_lone_surrogate_is_an_encode_error_not_a_crash() -> None:
+    # Found by hypothesis: a str with a lone surrogate has no UTF-8 form.
+    with pytest.raises(OscEncodeError):
+        encode_message("/flytower/ping", "\ud800")
