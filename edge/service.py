@@ -1,4 +1,9 @@
-"""The Flytower service: wires drivers, bus, store, MQTT and the API in one event loop.
+"""The Flytower service: wires drivers, bus, store, MQTT, OSC, DMX and the API in one loop.
+
+Each device gets the driver its transport names (Modbus TCP/RTU, MQTT on the shared hub,
+audio); DMX fixtures have none (the lighting engine renders them). Commands reach a driver
+from REST, OSC (``edge/osc.py``) and MQTT (``…/cmd/{name}``) through the same
+``DeviceDriver.command``, so every path refuses the same things with the same reasons.
 
     drivers ──► readings bus ──► store writer   (BLOCK: never drops; backpressure to pollers)
                               ├─► live view      (LATEST: the present value of every point)
@@ -8,7 +13,8 @@
 
 ``Service.run()`` runs until ``stop()`` (or SIGINT/SIGTERM from the CLI), then shuts down in
 order: API first (no new commands), then drivers, then the store is drained and closed, then
-MQTT says goodbye, then the embedded broker and the simulators stop.
+MQTT says goodbye, then OSC and the DMX ports close (sACN terminates its streams), then the
+embedded broker and the simulators stop.
 """
 
 from __future__ import annotations
