@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import uvicorn
@@ -139,6 +140,14 @@ class Service:
                 "udp_port": self.osc.udp_port,
                 "tcp_port": self.osc.tcp_port,
                 "stats": self.osc.stats_dict(),
+            }
+        if self.mqtt is not None:
+            h = self.mqtt.hub.tracker.health
+            out["mqtt"] = {
+                "state": h.state.value,
+                "reason": h.reason,
+                "broker": f"{self.venue.config.mqtt.host}:{self.mqtt_port}",
+                "stats": {**asdict(self.mqtt.hub.stats), **self.mqtt.stats.as_dict()},
             }
         if self.dmx is not None:
             out.update(self.dmx.status())

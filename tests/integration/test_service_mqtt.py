@@ -84,6 +84,9 @@ async def test_commands_over_mqtt_reach_the_drive(service: Service, mosquitto: R
             return r is not None and isinstance(r.value, float) and r.value > 2010
 
         await wait_until(moved, 10, "the hoist moves after the MQTT command")
+        link = service.links()["mqtt"]
+        assert link["state"] == "online"
+        assert link["stats"]["connects"] == 1
 
         refused = await _request(client, "hoist-1", "move_to", {"position": 99999, "speed": 300})
         assert refused["ok"] is False
