@@ -1,6 +1,6 @@
 """The Flytower service: wires drivers, bus, store, MQTT, OSC, DMX and the API in one loop.
 
-Each device gets the driver its transport names (Modbus TCP/RTU, MQTT on the shared hub,
+Each device gets the driver its transport names (Modbus TCP/RTU, MQTT on the shared hub, OSC,
 audio); DMX fixtures have none (the lighting engine renders them). Commands reach a driver
 from REST, OSC (``edge/osc.py``) and MQTT (``…/cmd/{name}``) through the same
 ``DeviceDriver.command``, so every path refuses the same things with the same reasons.
@@ -42,11 +42,13 @@ from drivers.model import (
     ModbusRtuTransport,
     ModbusTcpTransport,
     MqttTransport,
+    OscTransport,
     Reading,
 )
 from drivers.mqtt.driver import MqttDeviceDriver
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.osc import OscServer
+from drivers.osc.device import OscDeviceDriver
 from edge import audio as edge_audio
 from edge import dmx as edge_dmx
 from edge import mqtt as edge_mqtt
@@ -243,12 +245,13 @@ class Service:
                 self.readings.publish_many,
                 self._on_health,
             )
+        elif isinstance(dev.transport, OscTransport):
+            driver = OscDeviceDriver(dev, self.readings.publish_many, self._on_health)
         elif isinstance(dev.transport, AudioTransport):
             driver = edge_audio.AudioDevice(dev, self.readings.publish_many, self._on_health)
         else:
-            # DMX fixtures are rendered by the lighting engine and OSC devices are sent to by
-            # cues: neither is polled by a driver.
-            reason = f"{dev.transport.kind} devices are driven by the cue engine, not polled"
+            # DMX fixtures have no driver: the lighting engine renders them into universes.
+            reason = "rendered by the lighting engine into its universe, not polled"
             self.health[dev.id] = Health(dev.id, HealthState.UNKNOWN, reason)
             return None
         self.drivers[dev.id] = driver
