@@ -78,6 +78,14 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
         self._on_error(exc)
 
 
+def local_address(transport: asyncio.BaseTransport | None, name: str) -> tuple[str, int]:
+    """The ``(host, port)`` a socket is bound to (a port 0 bind gets an ephemeral one)."""
+    if transport is None:
+        raise RuntimeError(f"{name} is not open")
+    host, port = transport.get_extra_info("sockname")[:2]
+    return str(host), int(port)
+
+
 class StopFlag:
     """An explicit stop request whose ``sleep`` wakes at once when the stop is set.
 

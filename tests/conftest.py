@@ -86,14 +86,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 5) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(5)
+            proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+async def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """``_stop`` without blocking the event loop (a broker restarted mid-test)."""
+    await asyncio.to_thread(_stop, proc, timeout_s)
 
 
 @pytest.fixture(scope="session")

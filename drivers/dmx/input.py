@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from drivers.base import DatagramEndpoint, HealthSink, HealthTracker
+from drivers.base import DatagramEndpoint, HealthSink, HealthTracker, local_address
 from drivers.dmx import artnet, sacn
 from drivers.dmx.errors import DmxProtocolError, UnsupportedPacket
 from drivers.dmx.merge import ARTNET_PRIORITY, Frame, Merger, Source
@@ -74,10 +74,7 @@ class _DatagramInput:
 
     @property
     def local_address(self) -> tuple[str, int]:
-        if self._transport is None:
-            raise RuntimeError(f"{self.name} is not open")
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return str(host), int(port)
+        return local_address(self._transport, self.name)
 
     def universes(self) -> list[int]:
         return sorted(self._mergers)

@@ -43,7 +43,14 @@ from typing import Protocol, Self
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import Backoff, DatagramEndpoint, HealthSink, HealthTracker, StopFlag
+from drivers.base import (
+    Backoff,
+    DatagramEndpoint,
+    HealthSink,
+    HealthTracker,
+    StopFlag,
+    local_address,
+)
 from drivers.dmx import artnet, enttec, sacn
 from drivers.dmx.errors import DmxProtocolError, UnsupportedPacket
 from drivers.model import DriverStats, Health, HealthState
@@ -113,10 +120,7 @@ class _DatagramOutput:
 
     @property
     def local_address(self) -> tuple[str, int]:
-        if self._transport is None:
-            raise RuntimeError(f"{self.name} is not open")
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return str(host), int(port)
+        return local_address(self._transport, self.name)
 
     def _configure(self, sock: socket.socket) -> None:
         """Socket options before bind (subclasses)."""

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -28,7 +27,7 @@ from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.mqtt.schema import PointMessage, decode_point, node_state_topic
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
-from tests.conftest import RealServer, free_port, start_mosquitto, wait_until
+from tests.conftest import RealServer, free_port, start_mosquitto, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -266,16 +265,6 @@ async def test_a_killed_node_is_announced_offline_by_its_will(mosquitto: RealSer
 # --- (c) broker restart -----------------------------------------------------------------------
 
 
-async def _stop_broker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
-        except TimeoutError:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-
-
 async def test_link_survives_a_broker_restart(tmp_path: Path) -> None:
     """Birth again after the restart, and readings taken while the broker was down still arrive.
 
@@ -300,7 +289,7 @@ async def test_link_survives_a_broker_restart(tmp_path: Path) -> None:
                 await bus.publish(reading("hoist-1", "position", 1.0))
                 assert decode_point(*(await s.message())[1:]).value == 1.0
 
-            await _stop_broker(broker)
+            await stop_process(broker)
             restarted_at = time.time()
             await asyncio.sleep(0.3)  # let the link's socket see the broker go
             down = [reading("hoist-1", "position", 2.0), reading("hoist-1", "load", 180.5)]
@@ -350,7 +339,7 @@ async def test_link_survives_a_broker_restart(tmp_path: Path) -> None:
         assert link.reconnects >= 1
         assert (await retained_state(port, venue))["state"] == "offline"  # clean goodbye
     finally:
-        await _stop_broker(broker)
+        await stop_process(broker)
 
 
 # --- (d) the embedded broker ------------------------------------------------------------------

@@ -9,7 +9,6 @@ import contextlib
 import getpass
 import json
 import shutil
-import signal
 import ssl
 import struct
 import subprocess
@@ -37,7 +36,14 @@ from drivers.mqtt.schema import (
     command_topic,
     default_reply_topic,
 )
-from tests.conftest import RealServer, free_port, start_mosquitto, wait_for_port, wait_until
+from tests.conftest import (
+    RealServer,
+    free_port,
+    start_mosquitto,
+    stop_process,
+    wait_for_port,
+    wait_until,
+)
 from tests.integration.test_mqtt import MosquittoSub, new_venue, retained_state
 
 pytestmark = pytest.mark.integration
@@ -268,16 +274,6 @@ async def test_malformed_requests_are_counted_and_the_link_carries_on(
 # --- sessions, restarts, will -------------------------------------------------------------------
 
 
-async def _stop_broker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
-        except TimeoutError:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
-
-
 async def test_a_command_sent_while_the_node_is_away_is_delivered_on_reconnect(
     tmp_path: Path,
 ) -> None:
@@ -290,7 +286,7 @@ async def test_a_command_sent_while_the_node_is_away_is_delivered_on_reconnect(
         async with serving(node_link(port, venue, machine)):
             pass  # the session (with its command subscriptions) outlives the connection
         await mosquitto_pub(port, topic, request("while-away"))
-        await _stop_broker(broker)
+        await stop_process(broker)
         broker = await asyncio.to_thread(start_mosquitto, folder, port, True)
         assert machine.calls == []
         async with MosquittoSub.run(port, default_reply_topic(topic), 1) as s:
@@ -300,7 +296,7 @@ async def test_a_command_sent_while_the_node_is_away_is_delivered_on_reconnect(
         assert reply["id"] == "while-away" and reply["ok"] is True
         assert machine.calls == [("hoist-1", "stop", {})]
     finally:
-        await _stop_broker(broker)
+        await stop_process(broker)
 
 
 async def test_after_a_broker_restart_births_and_subscriptions_are_restored(
@@ -313,7 +309,7 @@ async def test_after_a_broker_restart_births_and_subscriptions_are_restored(
     topic = command_topic(venue, NODE, "hoist-1", "stop")
     try:
         async with serving(node_link(port, venue, machine, keepalive_s=2)) as link:
-            await _stop_broker(broker)
+            await stop_process(broker)
 
             async def noticed() -> bool:
                 return not link.connected.is_set()
@@ -335,7 +331,7 @@ async def test_after_a_broker_restart_births_and_subscriptions_are_restored(
             assert reply["ok"] is True
         assert (await retained_state(port, venue))["state"] == "offline"
     finally:
-        await _stop_broker(broker)
+        await stop_process(broker)
 
 
 class DropStateProxy:
@@ -442,7 +438,7 @@ async def custom_mosquitto(folder: Path, listener: list[str]) -> AsyncIterator[i
     try:
         yield port
     finally:
-        await _stop_broker(proc)
+        await stop_process(proc)
 
 
 async def test_username_and_password(tmp_path: Path) -> None:
