@@ -2,7 +2,8 @@
 
 flytower check VENUE       validate a venue file and every profile it uses (exit 1 on error)
 flytower run VENUE         run the service (and the simulators the venue declares)
-flytower simulate VENUE    run only the simulators the venue declares
+flytower simulate VENUE    run only the simulators the venue declares (--processes N to split)
+flytower hil SCENARIO      run a hardware-in-loop scenario against the simulated venue
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import sys
 from pathlib import Path
 
-from drivers.model import ConfigError
+from drivers.model import ConfigError, DmxTransport
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -31,6 +33,17 @@ def _check(args: argparse.Namespace) -> int:
     print(
         f"{args.venue}: ok — venue '{venue.config.venue.id}', {len(venue.config.nodes)} "
         f"node(s), {len(venue.devices)} device(s), profiles: {', '.join(profiles) or 'none'}"
+    )
+    # The size of the venue, as the figures in DESIGN.md count it: an axis is a device that
+    # takes motion commands (a fire curtain is monitored, not moved); a universe is patched.
+    axes = sum(any(c.moves_machinery for c in d.profile.commands.values()) for d in venue.devices)
+    universes = {
+        d.transport.universe for d in venue.devices if isinstance(d.transport, DmxTransport)
+    }
+    print(
+        f"{len(venue.devices)} devices, {len(profiles)} types, "
+        f"{sum(len(d.profile.points) for d in venue.devices)} points, {axes} machinery axes, "
+        f"{len(universes)} DMX universes"
     )
     return 0
 
@@ -59,9 +72,28 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulators.__main__ import main as sim_main
+    from drivers.model import read_toml
+    from edge.config import expand_venue
+    from simulators.runner import run_venue
 
-    return sim_main([str(args.venue)])
+    try:
+        # Compact group specs become explicit [[devices]].
+        venue = expand_venue(read_toml(args.venue), args.venue)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.path}: {problem}", file=sys.stderr)
+        return 1
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)
+    return run_venue(venue, str(args.venue), args.processes, args.control_port)
+
+
+def _hil(args: argparse.Namespace) -> int:
+    # Imported only for this command (plots and scenario machinery are not light); it parses
+    # its own arguments, which ``main`` passed through untouched.
+    hil = importlib.import_module("edge.hil")
+    parser = argparse.ArgumentParser(prog="flytower hil", description=hil.__doc__)
+    hil.add_arguments(parser)
+    return int(hil.main(parser.parse_args(args.rest)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(fn=_run)
     p = sub.add_parser("simulate", help="run only the simulators a venue declares")
-    p.add_argument("venue", type=Path)
+    from simulators.__main__ import add_arguments as add_simulate_arguments
+
+    add_simulate_arguments(p)
     p.set_defaults(fn=_simulate)
-    args = parser.parse_args(argv)
+    p = sub.add_parser(
+        "hil",
+        help="run a hardware-in-loop scenario against the simulated venue (see hil --help)",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=_hil)
+    args, unknown = parser.parse_known_args(argv)
+    if args.cmd == "hil":
+        args.rest = unknown + args.rest
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

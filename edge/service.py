@@ -304,11 +304,15 @@ class Service:
         return _Uvicorn(config)
 
     async def _start_simulators(self) -> asyncio.subprocess.Process:
-        """The simulated venue runs as its own process, talking to us only over the wire."""
+        """The simulated venue runs as its own process, talking to us only over the wire.
+
+        It is ``flytower simulate``, which expands a compact venue the same way we did; its
+        own children (``--processes``) die with it as it dies with us."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "simulators",
+            "edge.cli",
+            "simulate",
             str(self.venue.path),
             preexec_fn=_die_with_parent,
         )

@@ -1,45 +1,77 @@
-"""``python -m simulators VENUE``: serve the simulated devices of a venue until interrupted."""
+"""``python -m simulators VENUE``: serve the simulated devices of an expanded venue.
+
+    python -m simulators VENUE [--control-port P] [--processes N]
+
+``VENUE`` is TOML or JSON with explicit ``[[devices]]`` (``flytower simulate`` also expands
+compact venues). ``--part i/N --source NAME`` is how a multi-process run starts its children:
+serve part i of N and talk to the parent over stdin/stdout (see ``simulators.runner``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
-import signal
+import re
 import sys
 from pathlib import Path
 
-from simulators.venue import SimulationError, load, serve
+from simulators import runner
+from simulators.core import SimulationError
+from simulators.venue import load
 
 
-async def _serve_until_signalled(venue: Path) -> None:
-    servers = load(venue)
-    task = asyncio.create_task(serve(servers), name="simulators")
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+def _part(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if m is None or not 1 <= int(m[1]) <= int(m[2]):
+        raise argparse.ArgumentTypeError(f"expected i/N with 1 <= i <= N, not {text!r}")
+    return int(m[1]) - 1, int(m[2])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``python -m simulators`` and ``flytower simulate`` share."""
+    parser.add_argument("venue", type=Path)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the devices over N child processes (default 1: this process)",
+    )
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        metavar="P",
+        help=f"control endpoint port (default: [simulation] control_port, else "
+        f"{runner.DEFAULT_CONTROL_PORT}; 0: any free port)",
+    )
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s sim %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulators")
-    parser.add_argument("venue", type=Path)
+    parser = argparse.ArgumentParser(prog="python -m simulators", description=__doc__)
+    add_arguments(parser)
+    parser.add_argument("--part", type=_part, help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)-7s sim %(name)s: %(message)s"
-    )
-    logging.getLogger("pymodbus").setLevel(logging.WARNING)
+    configure_logging()
     try:
-        asyncio.run(_serve_until_signalled(args.venue))
+        venue = load(args.venue)
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    source = args.source or str(args.venue)
+    if args.part is not None:
+        part, parts = args.part
+        return runner.run(lambda: runner.serve_part(venue, source, part, parts))
+    return runner.run_venue(venue, source, args.processes, args.control_port)
 
 
 if __name__ == "__main__":

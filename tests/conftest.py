@@ -27,6 +27,7 @@ from hypothesis import settings
 
 from edge.config import load_venue
 from edge.service import Service
+from simulators import runner as simrunner
 from simulators import venue as simvenue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,21 +206,29 @@ def write_venue(
 
 
 @pytest.fixture
-def simulator_process(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
-    """Start `python -m simulators VENUE` as its own process, as `flytower run` does."""
+def simulator_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `python -m simulators VENUE` as its own process, as `flytower run` does.
+
+    ``start(venue, processes=1, control_port=None)``: the control endpoint listens on
+    ``control_port``, or on a free port nobody asked for (never the shared default 18890).
+    """
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(venue: Path) -> subprocess.Popen[bytes]:
+    def start(
+        venue: Path, processes: int = 1, control_port: int | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"simulators-{len(procs)}.log", "wb")  # noqa: SIM115
+        port = free_port() if control_port is None else control_port
+        args = ["--control-port", str(port), "--processes", str(processes)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators", str(venue)],
+            [sys.executable, "-m", "simulators", str(venue), *args],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
         procs.append(proc)
-        server = RealServer("simulators", "127.0.0.1", 0, proc.pid, Path(log.name))
+        server = RealServer("simulators", "127.0.0.1", port, proc.pid, Path(log.name))
         _SERVERS.append(server)
         return proc
 
@@ -279,10 +288,19 @@ def _await_chain(task: asyncio.Task[Any]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def simulators(venue_path: Path) -> AsyncIterator[None]:
-    """The venue's simulated drives, served from this event loop."""
+async def simulators(venue_path: Path) -> AsyncIterator[int]:
+    """The venue's simulated devices, served from this event loop; yields the control port."""
+    ports: list[int] = []
     ready = asyncio.Event()
-    task = asyncio.create_task(simvenue.serve(simvenue.load(venue_path), ready), name="sims")
+
+    def on_ready(port: int) -> None:
+        ports.append(port)
+        ready.set()
+
+    venue = simvenue.load(venue_path)
+    task = asyncio.create_task(
+        simrunner.serve(venue, str(venue_path), port=0, ready=on_ready), name="sims"
+    )
     try:
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait([task, waiter], timeout=10, return_when=asyncio.FIRST_COMPLETED)
@@ -291,7 +309,7 @@ async def simulators(venue_path: Path) -> AsyncIterator[None]:
         if task.done():
             task.result()
         assert ready.is_set(), "simulators did not start within 10 s"
-        yield
+        yield ports[0]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,413 @@
+"""Simulator cost: CPU per device per second of simulated time, per family, under real load.
+
+Figure: CPU seconds of the simulator process / (devices x wall seconds) while real clients use
+it at the venue's rates, and from it how many such devices one core can simulate:
+- machinery: hoists behind Modbus TCP gateways (4 units a port), each polled at 20 Hz (status
+  block read) with its heartbeat written at 20 Hz, by pymodbus clients in this process;
+- MQTT gear: sensors publishing on their own through Mosquitto, counted by a subscriber here;
+- DMX receivers: fixtures on Art-Net universes, each universe sent at 44 Hz from here.
+Reference, same run, same load: the bare cost of that traffic without a simulation behind it:
+a pymodbus SimDevice with static registers; a plain aiomqtt client publishing the same message
+rate; a UDP socket that only receives the same frames. A family that is not built yet is
+reported as skipped.
+
+The simulator and the references each run in their own process (``python -m simulators`` and
+``python -m benchmarks.bench_simulators reference-...``), so their CPU time is theirs alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+SECONDS = 6.0
+WARMUP_S = 1.0
+PORTS, UNITS, POLL_HZ = 8, 4, 20.0
+MQTT_DEVICES = 30
+DMX_UNIVERSES, DMX_HZ = 16, 44.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def _start(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*args, cwd=REPO, stderr=asyncio.subprocess.DEVNULL)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 10)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def _wait_port(port: int, proc: asyncio.subprocess.Process, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@contextlib.asynccontextmanager
+async def process(args: Sequence[str], ready_port: int | None) -> AsyncIterator[int]:
+    """A child process (its pid), ready once ``ready_port`` listens; stopped after."""
+    proc = await _start(sys.executable, *args)
+    try:
+        if ready_port is not None:
+            await _wait_port(ready_port, proc)
+        yield proc.pid
+    finally:
+        await _stop(proc)
+
+
+@contextlib.asynccontextmanager
+async def simulator(venue: dict[str, Any]) -> AsyncIterator[int]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "venue.json"
+        path.write_text(json.dumps(venue))
+        control = _port()
+        args = ["-m", "simulators", str(path), "--control-port", str(control)]
+        async with process(args, control) as pid:
+            yield pid
+
+
+async def measure(pid: int, load: Callable[[float], Awaitable[int]]) -> tuple[float, int]:
+    """CPU seconds of ``pid`` per wall second while ``load`` runs; the load's own count."""
+    await load(WARMUP_S)
+    c0, t0 = cpu_s(pid), time.monotonic()
+    count = await load(SECONDS)
+    return (cpu_s(pid) - c0) / (time.monotonic() - t0), count
+
+
+def report(name: str, devices: int, ours: float, ref: float, what: str) -> None:
+    per_dev, ref_per_dev = ours / devices, ref / devices
+    print(
+        f"   {name:<10} {devices:3d} devices  {1000 * per_dev:7.3f} ms CPU per device-second"
+        f"  -> {1 / per_dev if per_dev else float('inf'):8.0f} devices per core   ({what})"
+    )
+    print(
+        f"   {'':<10} reference {1000 * ref_per_dev:7.3f} ms   ratio ours/ref "
+        f"{per_dev / ref_per_dev if ref_per_dev else float('inf'):.2f}"
+    )
+
+
+def available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# --- machinery over Modbus --------------------------------------------------------------------
+
+
+def machinery_venue(ports: Sequence[int]) -> dict[str, Any]:
+    return {
+        "venue": {"id": "bench"},
+        "nodes": [{"id": "stage"}],
+        "devices": [
+            {
+                "id": f"hoist-{p}-{u}",
+                "profile": "hoist",
+                "poll_hz": POLL_HZ,
+                "transport": {"kind": "modbus-tcp", "host": "127.0.0.1", "port": p, "unit": u},
+                "simulate": {"model": "hoist", "start_position_mm": 1000},
+            }
+            for p in ports
+            for u in range(1, UNITS + 1)
+        ],
+    }
+
+
+def modbus_load(ports: Sequence[int]) -> Callable[[float], Awaitable[int]]:
+    """Each unit: status block read and heartbeat write at POLL_HZ; returns transactions."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    async def load(seconds: float) -> int:
+        clients = [AsyncModbusTcpClient("127.0.0.1", port=p) for p in ports]
+        for c in clients:
+            await c.connect()
+        done = 0
+
+        async def axis(client: AsyncModbusTcpClient, unit: int) -> None:
+            nonlocal done
+            period, beat = 1 / POLL_HZ, 0
+            next_at = time.monotonic()
+            end = next_at + seconds
+            while (next_at := next_at + period) < end:
+                await client.read_holding_registers(0, count=11, device_id=unit)
+                beat = (beat + 1) & 0xFFFF
+                await client.write_register(105, beat, device_id=unit)
+                done += 2
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+        try:
+            await asyncio.gather(*(axis(c, u) for c in clients for u in range(1, UNITS + 1)))
+        finally:
+            for c in clients:
+                c.close()
+        return done
+
+    return load
+
+
+async def bench_machinery() -> None:
+    ports = [_port() for _ in range(PORTS)]
+    devices = PORTS * UNITS
+    load = modbus_load(ports)
+    async with simulator(machinery_venue(ports)) as pid:
+        ours, count = await measure(pid, load)
+    args = ["-m", "benchmarks.bench_simulators", "reference-modbus", *map(str, ports)]
+    async with process(args, ports[-1]) as pid:
+        ref, _ = await measure(pid, load)
+    report("machinery", devices, ours, ref, f"{count / SECONDS:.0f} Modbus transactions/s")
+
+
+def serve_reference_modbus(ports: Sequence[int]) -> None:
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    async def main() -> None:
+        servers = []
+        for p in ports:
+            devices = [
+                SimDevice(
+                    u,
+                    simdata=[
+                        SimData(0, count=11, values=0, datatype=DataType.REGISTERS),
+                        SimData(100, count=7, values=0, datatype=DataType.REGISTERS),
+                    ],
+                )
+                for u in range(1, UNITS + 1)
+            ]
+            server = ModbusTcpServer(devices, address=("127.0.0.1", p))
+            await server.serve_forever(background=True)
+            servers.append(server)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# --- MQTT gear --------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def mosquitto() -> AsyncIterator[int]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = _port()
+    with tempfile.TemporaryDirectory() as folder:
+        conf = Path(folder) / "mosquitto.conf"
+        conf.write_text(
+            f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+            "persistence false\n"
+        )
+        proc = await _start(exe, "-c", str(conf))
+        try:
+            await _wait_port(port, proc)
+            yield port
+        finally:
+            await _stop(proc)
+
+
+def mqtt_venue(broker: int) -> dict[str, Any]:
+    models = ["load_cell", "power_meter", "spl_meter"]
+    return {
+        "venue": {"id": "bench"},
+        "nodes": [{"id": "stage"}],
+        "mqtt": {"mode": "external", "host": "127.0.0.1", "port": broker},
+        "devices": [
+            {
+                "id": f"gear-{i}",
+                "profile": models[i % 3],
+                "transport": {"kind": "mqtt", "node": f"rack-{i % 5}"},
+                "simulate": {"model": models[i % 3]},
+            }
+            for i in range(MQTT_DEVICES)
+        ],
+    }
+
+
+def mqtt_counter(broker: int) -> Callable[[float], Awaitable[int]]:
+    import aiomqtt
+
+    async def load(seconds: float) -> int:
+        count = 0
+        async with aiomqtt.Client("127.0.0.1", broker) as client:
+            await client.subscribe("#")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    async for _ in client.messages:
+                        count += 1
+        return count
+
+    return load
+
+
+async def bench_mqtt() -> None:
+    async with mosquitto() as broker:
+        counter = mqtt_counter(broker)
+        async with simulator(mqtt_venue(broker)) as pid:
+            ours, count = await measure(pid, counter)
+        rate = count / SECONDS
+        args = ["-m", "benchmarks.bench_simulators", "reference-mqtt", str(broker), str(rate)]
+        async with process(args, None) as pid:
+            await asyncio.sleep(1.0)  # connected
+            ref, _ = await measure(pid, counter)
+    report("mqtt gear", MQTT_DEVICES, ours, ref, f"{rate:.0f} messages/s")
+
+
+def serve_reference_mqtt(broker: int, rate: float) -> None:
+    import aiomqtt
+
+    async def main() -> None:
+        async with aiomqtt.Client("127.0.0.1", broker) as client:
+            period, i = 1 / max(rate, 1.0), 0
+            next_at = time.monotonic()
+            while True:
+                i += 1
+                payload = json.dumps({"v": 20.0 + (i % 10) / 10, "ts": time.time(), "q": "good"})
+                await client.publish(f"flytower/bench/ref/d{i % MQTT_DEVICES}/v", payload)
+                next_at += period
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    asyncio.run(main())
+
+
+# --- DMX receivers ----------------------------------------------------------------------------
+
+
+def dmx_venue(port: int) -> dict[str, Any]:
+    devices = []
+    for u in range(1, DMX_UNIVERSES + 1):
+        devices.append(("moving_head", u, 1))
+        devices += [("led_par_rgbw", u, 17 + 8 * k) for k in range(8)]
+    return {
+        "venue": {"id": "bench"},
+        "nodes": [{"id": "stage"}],
+        "dmx": {
+            "outputs": [
+                {
+                    "protocol": "artnet",
+                    "universes": list(range(1, DMX_UNIVERSES + 1)),
+                    "targets": ["127.0.0.1"],
+                    "udp_port": port,
+                }
+            ]
+        },
+        "devices": [
+            {
+                "id": f"{model}-{u}-{a}",
+                "profile": model,
+                "transport": {"kind": "dmx", "universe": u, "address": a},
+                "simulate": {"model": model},
+            }
+            for model, u, a in devices
+        ],
+    }
+
+
+def artdmx(universe: int, sequence: int, data: bytes) -> bytes:
+    """ArtDmx (Art-Net 4): Flytower universe 1 is Port-Address 0."""
+    port_address = universe - 1
+    return (
+        b"Art-Net\x00"
+        + struct.pack("<H", 0x5000)
+        + struct.pack(">HBBBBH", 14, sequence, 0, port_address & 0xFF, port_address >> 8, 512)
+        + data
+    )
+
+
+def dmx_sender(port: int) -> Callable[[float], Awaitable[int]]:
+    async def load(seconds: float) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sent, seq = 0, 0
+        try:
+            next_at = time.monotonic()
+            end = next_at + seconds
+            while (next_at := next_at + 1 / DMX_HZ) < end:
+                seq = seq % 255 + 1
+                level = bytes([seq]) * 512
+                for u in range(1, DMX_UNIVERSES + 1):
+                    sock.sendto(artdmx(u, seq, level), ("127.0.0.1", port))
+                sent += DMX_UNIVERSES
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        finally:
+            sock.close()
+        return sent
+
+    return load
+
+
+async def bench_dmx() -> None:
+    port = _port()
+    venue = dmx_venue(port)
+    sender = dmx_sender(port)
+    async with simulator(venue) as pid:
+        ours, count = await measure(pid, sender)
+    args = ["-m", "benchmarks.bench_simulators", "reference-udp", str(port)]
+    async with process(args, None) as pid:
+        await asyncio.sleep(0.5)  # bound
+        ref, _ = await measure(pid, sender)
+    report("dmx", len(venue["devices"]), ours, ref, f"{count / SECONDS:.0f} ArtDmx frames/s")
+
+
+def serve_reference_udp(port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+    while True:
+        sock.recv(1024)
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+async def run() -> None:
+    benches = [
+        ("machinery", "simulators.hoist", bench_machinery),
+        ("mqtt gear", "simulators.gear", bench_mqtt),
+        ("dmx", "simulators.lighting", bench_dmx),
+    ]
+    for name, module, bench in benches:
+        if available(module):
+            await bench()
+        else:
+            print(f"   {name:<10} skipped: {module} is not built yet")
+
+
+if __name__ == "__main__":
+    kind, *rest = sys.argv[1:]
+    if kind == "reference-modbus":
+        serve_reference_modbus([int(p) for p in rest])
+    elif kind == "reference-mqtt":
+        serve_reference_mqtt(int(rest[0]), float(rest[1]))
+    elif kind == "reference-udp":
+        serve_reference_udp(int(rest[0]))
