@@ -1,13 +1,27 @@
 """The venue file: which nodes and devices a venue has, and how this service runs.
 
-A venue is a TOML file (examples/venue-demo.toml). Relative paths in it (profiles, the store,
-the show) are resolved against the folder the venue file is in, so a venue folder can be moved
-as a whole. ``load_venue`` validates the file and every profile it references and reports every
-problem it finds as 'file: key: what is wrong', not just the first.
+A venue is a TOML file (examples/venue-demo.toml; the format is docs/interfaces/venue-file.md).
+Relative paths in it (profiles, the store, the show) are resolved against the folder the venue
+file is in, so a venue folder can be moved as a whole. ``load_venue`` validates the file and
+every profile it references and reports every problem it finds as 'file: key: what is wrong',
+not just the first.
+
+A large venue is written compactly: a ``[[groups]]`` table stands for ``count`` devices of one
+profile, with an id pattern (``"hoist-{n:02}"``), a transport template plus an allocation rule
+(consecutive Modbus TCP ports with several units each, DMX addresses packed by the profile's
+footprint, consecutive OSC ports) and a ``simulate`` template whose values may be spread over
+the group (``{ from = 1000, to = 9000 }``, ``{ cycle = [...] }``). ``expand_venue`` turns the
+groups into explicit ``[[devices]]`` before anything else looks at the file: it is a pure
+function of the raw TOML (profiles are read only for DMX footprints), so the service and the
+simulators (``flytower simulate``) see the same devices. Collisions between expanded and
+explicit devices are left to the ordinary checks, which name both devices.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import string
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -19,6 +33,7 @@ from drivers.model import (
     Device,
     DeviceId,
     DmxTransport,
+    MqttTransport,
     Profile,
     Transport,
     find_profile,
@@ -173,6 +188,13 @@ class TelemetryConfig(_Strict):
     queue_size: int = Field(default=10_000, ge=1)
 
 
+class SimulationConfig(_Strict):
+    """How ``flytower simulate`` runs this venue's simulators; the service ignores it."""
+
+    control_port: int = Field(default=18890, ge=1, le=65535)
+    processes: int = Field(default=1, ge=1, le=64)
+
+
 class DeviceConfig(_Strict):
     id: DeviceId
     name: str = ""
@@ -193,6 +215,7 @@ class VenueConfig(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     osc: OscConfig = Field(default_factory=OscConfig)
     dmx: DmxConfig = Field(default_factory=DmxConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     show: str | None = None
     profile_dirs: list[str] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
@@ -244,11 +267,15 @@ def load_venue(path: Path | str) -> Venue:
 
 
 def parse_venue(data: dict[str, Any], path: Path) -> Venue:
-    """Validate parsed venue data; ``path`` names it in errors and anchors relative paths."""
+    """Validate parsed venue data; ``path`` names it in errors and anchors relative paths.
+
+    Groups are expanded first (``expand_venue``)."""
+    data, origins = _expand(data, path)
     try:
         config = VenueConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, _with_device_ids(format_validation_error(exc), data)) from exc
+        lines = _with_device_ids(format_validation_error(exc), data, origins)
+        raise ConfigError(path, list(dict.fromkeys(lines))) from exc
     folder = path.parent
     search = [folder / d for d in config.profile_dirs]
     problems: list[str] = []
@@ -279,6 +306,8 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
     endpoints: dict[str, str] = {}
     for dev in config.devices:
         t = dev.transport
+        if isinstance(t, MqttTransport) and t.node is not None:
+            continue  # a node serves many devices, each under its own id (mqtt.md §2)
         if t.endpoint in endpoints:
             problems.append(
                 f"devices.{dev.id}.transport: {t.endpoint} is also device '{endpoints[t.endpoint]}'"
@@ -329,17 +358,373 @@ def _check_transports(devices: list[Device]) -> list[str]:
     return problems
 
 
-def _with_device_ids(lines: list[str], data: dict[str, Any]) -> list[str]:
-    """'devices.3.poll_hz' means little to a person; 'devices[3] (hoist-4).poll_hz' does."""
+def _with_device_ids(
+    lines: list[str], data: dict[str, Any], origins: list[str | None] | None = None
+) -> list[str]:
+    """'devices.3.poll_hz' means little to a person; 'devices[3] (hoist-4).poll_hz' does.
+
+    A device expanded from a group is reported as its group (``origins[i]``), where the
+    mistake was made: 'groups[1] (hoists).poll_hz', once for the whole group (callers drop
+    the repeats)."""
     devices = data.get("devices")
     out = []
     for line in lines:
         if line.startswith("devices[") and isinstance(devices, list):
             index = line[len("devices[") :].split("]", 1)[0]
             if index.isdigit() and int(index) < len(devices):
+                origin = origins[int(index)] if origins else None
                 dev = devices[int(index)]
                 name = dev.get("id") if isinstance(dev, dict) else None
-                if isinstance(name, str):
+                if origin is not None:
+                    line = line.replace(f"devices[{index}]", origin, 1)
+                elif isinstance(name, str):
                     line = line.replace(f"devices[{index}]", f"devices[{index}] ({name})", 1)
         out.append(line)
     return out
+
+
+# --- compact group specs ----------------------------------------------------------------------
+
+MAX_DEVICES = 10_000  # a venue file, groups expanded; beyond it a typo in `count` is likelier
+PATTERN_FIELDS = ("n", "i")  # n: the device's number (from `first`), i: its index in the group
+_FORMAT_SPEC = re.compile(r"^0?[1-9]?d?$")  # "", "2", "02", "03d": a zero-padded width at most
+
+
+class _GroupAlloc(BaseModel):
+    """The allocation keys of a transport template; the other keys are the devices' own."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class _TcpAlloc(_GroupAlloc):
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=255)
+    units_per_port: int = Field(default=1, ge=1, le=255)
+
+
+class _RtuAlloc(_GroupAlloc):
+    port: str | list[str] = Field(min_length=1)
+    unit: int = Field(default=1, ge=1, le=247)
+    units_per_port: int | None = Field(default=None, ge=1, le=247)
+
+
+class _DmxAlloc(_GroupAlloc):
+    universe: int = Field(default=1, ge=1, le=63999)
+    last_universe: int | None = Field(default=None, ge=1, le=63999)
+    address: int = Field(default=1, ge=1, le=512)
+    gap: int = Field(default=0, ge=0, le=511)
+    align: int = Field(default=1, ge=1, le=512)
+    per_universe: int | None = Field(default=None, ge=1, le=512)
+
+
+class _OscAlloc(_GroupAlloc):
+    port: int = Field(ge=1, le=65535)
+
+
+_ALLOC_KEYS: dict[str, type[_GroupAlloc]] = {
+    "modbus-tcp": _TcpAlloc,
+    "modbus-rtu": _RtuAlloc,
+    "dmx": _DmxAlloc,
+    "osc": _OscAlloc,
+}
+
+
+class GroupConfig(_Strict):
+    """``count`` devices of one profile (docs/interfaces/venue-file.md, "Groups")."""
+
+    label: str = Field(default="", max_length=64)
+    id: str = Field(min_length=1, max_length=200)
+    name: str = Field(default="", max_length=200)
+    profile: str = Field(min_length=1)
+    count: int = Field(ge=1, le=MAX_DEVICES)
+    first: int = Field(default=1, ge=0, le=1_000_000)
+    node: DeviceId | None = None
+    poll_hz: float | None = Field(default=None, gt=0, le=1000)
+    transport: dict[str, Any]
+    simulate: dict[str, Any] | None = None
+
+
+# Allocation keys that are rules for the group, not keys of any device's transport.
+_RULE_KEYS = frozenset({"units_per_port", "last_universe", "gap", "align", "per_universe"})
+# Where the allocation rule puts one device of a group: the transport keys it sets.
+_Slot = dict[str, Any]
+
+
+def expand_venue(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The venue ``data`` (raw TOML) with its ``[[groups]]`` expanded into ``[[devices]]``.
+
+    Pure: the input is not modified; the result has no ``groups`` key and the explicit devices
+    first, then each group's devices in order. DMX groups read their profile for its
+    footprint (``profile_dirs`` are searched as the venue does). Every problem is reported in
+    one ConfigError: 'groups[2] (hoists).transport.port: ...'."""
+    return _expand(data, path)[0]
+
+
+def _expand(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str | None]]:
+    """``expand_venue`` plus, per device, the group it came from (None: written explicitly)."""
+    groups = data.get("groups")
+    devices = data.get("devices", [])
+    if groups is None:
+        return data, [None] * (len(devices) if isinstance(devices, list) else 0)
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise ConfigError(path, ["groups: expected an array of tables ([[groups]])"])
+    if not isinstance(devices, list):
+        raise ConfigError(path, ["devices: expected an array of tables ([[devices]])"])
+    problems: list[str] = []
+    parsed: list[tuple[str, GroupConfig]] = []
+    for g, raw in enumerate(groups):
+        where = _group_where(g, raw)
+        try:
+            parsed.append((where, GroupConfig.model_validate(raw)))
+        except ValidationError as exc:
+            problems.extend(format_validation_error(exc, prefix=where))
+    total = len(devices) + sum(group.count for _, group in parsed)
+    if total > MAX_DEVICES:
+        problems.append(f"groups: {total} devices in all, more than the {MAX_DEVICES} allowed")
+        raise ConfigError(path, problems)
+    search = _profile_search(data, path)
+    out_devices: list[Any] = list(devices)
+    origins: list[str | None] = [None] * len(devices)
+    for where, group in parsed:
+        expanded, group_problems = _expand_group(where, group, search, path)
+        problems.extend(group_problems)
+        out_devices.extend(expanded)
+        origins.extend([where] * len(expanded))
+    if problems:
+        raise ConfigError(path, problems)
+    out = {k: v for k, v in data.items() if k != "groups"}
+    out["devices"] = out_devices
+    return out, origins
+
+
+def _group_where(index: int, raw: dict[str, Any]) -> str:
+    label = raw.get("label") or raw.get("id")
+    return f"groups[{index}] ({label})" if isinstance(label, str) else f"groups[{index}]"
+
+
+def _profile_search(data: dict[str, Any], path: Path) -> list[Path]:
+    dirs = data.get("profile_dirs", [])
+    return [path.parent / d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
+
+
+def check_pattern(pattern: str) -> str | None:
+    """Why ``pattern`` is not a safe device pattern, or None.
+
+    Only ``{n}`` and ``{i}`` with an optional zero-padded width (``{n:02}``) are allowed:
+    ``str.format`` would otherwise read attributes and items (``{n.__class__}``) and take
+    arbitrary widths (``{n:999999999}``)."""
+    try:
+        fields = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        return f"bad pattern {pattern!r}: {exc} (write {{{{ and }}}} for literal braces)"
+    for _, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in PATTERN_FIELDS:
+            return f"bad pattern {pattern!r}: only {{n}} and {{i}} may be used, not {{{name}}}"
+        if conversion is not None or not _FORMAT_SPEC.match(spec or ""):
+            return (
+                f"bad pattern {pattern!r}: a field takes at most a zero-padded width "
+                f"({{{name}:02}}), not {'!' + conversion if conversion else ':' + (spec or '')}"
+            )
+    return None
+
+
+def _expand_group(
+    where: str, group: GroupConfig, search: list[Path], path: Path
+) -> tuple[list[dict[str, Any]], list[str]]:
+    problems: list[str] = []
+    patterns = {"id": group.id, "name": group.name}
+    templates = {f"transport.{k}": v for k, v in group.transport.items() if isinstance(v, str)}
+    templates.update(
+        {f"simulate.{k}": v for k, v in (group.simulate or {}).items() if isinstance(v, str)}
+    )
+    for key, text in [*patterns.items(), *templates.items()]:
+        why = check_pattern(text)
+        if why is not None:
+            problems.append(f"{where}.{key}: {why}")
+    spreads, spread_problems = _spreads(where, group)
+    problems.extend(spread_problems)
+    slots, alloc_problems = _allocate(where, group, search, path)
+    problems.extend(alloc_problems)
+    if problems:
+        return [], problems
+    out: list[dict[str, Any]] = []
+    for i, slot in enumerate(slots):
+        n = group.first + i
+
+        def fmt(value: Any, n: int = n, i: int = i) -> Any:
+            return value.format(n=n, i=i) if isinstance(value, str) else value
+
+        dev: dict[str, Any] = {"id": fmt(group.id), "profile": group.profile}
+        if group.name:
+            dev["name"] = fmt(group.name)
+        if group.node is not None:
+            dev["node"] = group.node
+        if group.poll_hz is not None:
+            dev["poll_hz"] = group.poll_hz
+        transport = {k: fmt(v) for k, v in group.transport.items() if k not in _RULE_KEYS}
+        transport.update(slot)
+        dev["transport"] = transport
+        if group.simulate is not None:
+            dev["simulate"] = {
+                k: spreads[k](i) if k in spreads else fmt(v) for k, v in group.simulate.items()
+            }
+        out.append(dev)
+    return out, problems
+
+
+def _spreads(where: str, group: GroupConfig) -> tuple[dict[str, Any], list[str]]:
+    """The ``simulate`` values spread over the group, as functions of the device index."""
+    spreads: dict[str, Any] = {}
+    problems: list[str] = []
+    last = max(1, group.count - 1)
+    for key, value in (group.simulate or {}).items():
+        if not isinstance(value, dict) or not {"from", "to", "cycle"} & value.keys():
+            continue  # an ordinary value (a table parameter passes through as it is)
+        at = f"{where}.simulate.{key}"
+        if set(value) == {"cycle"}:
+            cycle = value["cycle"]
+            if not isinstance(cycle, list) or not cycle:
+                problems.append(f"{at}.cycle: expected a non-empty array")
+            else:
+                spreads[key] = lambda i, c=cycle: c[i % len(c)]
+        elif set(value) == {"from", "to"}:
+            lo, hi = value["from"], value["to"]
+            if not all(_finite_number(v) for v in (lo, hi)):
+                problems.append(f"{at}: 'from' and 'to' must be finite numbers, not {lo!r}, {hi!r}")
+            elif isinstance(lo, int) and isinstance(hi, int):
+                # Whole ends give whole steps: an int parameter must not receive 1333.33.
+                spreads[key] = lambda i, a=lo, b=hi: a + round((b - a) * i / last)
+            else:
+                spreads[key] = lambda i, a=lo, b=hi: a + (b - a) * i / last
+        else:
+            problems.append(
+                f"{at}: a spread is {{ from = A, to = B }} or {{ cycle = [...] }}, "
+                f"not keys {sorted(value)}"
+            )
+    return spreads, problems
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _allocate(
+    where: str, group: GroupConfig, search: list[Path], path: Path
+) -> tuple[list[_Slot], list[str]]:
+    """Per device, the transport keys the group's allocation rule gives it."""
+    kind = group.transport.get("kind")
+    alloc_model = _ALLOC_KEYS.get(kind) if isinstance(kind, str) else None
+    if alloc_model is None:  # mqtt, audio, or a bad kind the device check will name
+        return [{} for _ in range(group.count)], []
+    try:
+        alloc = alloc_model.model_validate(group.transport)
+    except ValidationError as exc:
+        return [], format_validation_error(exc, prefix=f"{where}.transport")
+    at = f"{where}.transport"
+    if isinstance(alloc, _TcpAlloc):
+        return _allocate_tcp(at, group.count, alloc)
+    if isinstance(alloc, _RtuAlloc):
+        return _allocate_rtu(at, group.count, alloc)
+    if isinstance(alloc, _OscAlloc):
+        last_port = alloc.port + group.count - 1
+        if last_port > 65535:
+            return [], [f"{at}.port: {group.count} devices from port {alloc.port} run past 65535"]
+        return [({"port": alloc.port + i}) for i in range(group.count)], []
+    assert isinstance(alloc, _DmxAlloc)
+    footprint, why = _footprint(group.profile, search, path)
+    if footprint is None:
+        return [], [f"{where}.profile: {why}"]
+    return _allocate_dmx(at, group.count, footprint, alloc)
+
+
+def _allocate_tcp(at: str, count: int, alloc: _TcpAlloc) -> tuple[list[_Slot], list[str]]:
+    per_port = min(alloc.units_per_port, count)
+    problems = []
+    if alloc.unit + per_port - 1 > 255:
+        problems.append(
+            f"{at}.units_per_port: units {alloc.unit}..{alloc.unit + per_port - 1} run past 255"
+        )
+    last_port = alloc.port + (count - 1) // alloc.units_per_port
+    if last_port > 65535:
+        problems.append(
+            f"{at}.port: {count} devices at {alloc.units_per_port} per port from port "
+            f"{alloc.port} need ports up to {last_port}, past 65535"
+        )
+    if problems:
+        return [], problems
+    return [
+        {
+            "port": alloc.port + i // alloc.units_per_port,
+            "unit": alloc.unit + i % alloc.units_per_port,
+        }
+        for i in range(count)
+    ], []
+
+
+def _allocate_rtu(at: str, count: int, alloc: _RtuAlloc) -> tuple[list[_Slot], list[str]]:
+    lines = [alloc.port] if isinstance(alloc.port, str) else alloc.port
+    per_line = alloc.units_per_port or -(-count // len(lines))
+    if alloc.unit + min(per_line, count) - 1 > 247:
+        return [], [
+            f"{at}.units_per_port: units {alloc.unit}..{alloc.unit + per_line - 1} on a line "
+            "run past 247"
+        ]
+    if (count - 1) // per_line >= len(lines):
+        return [], [
+            f"{at}.port: {count} devices at {per_line} per line need "
+            f"{-(-count // per_line)} serial lines, {len(lines)} given"
+        ]
+    return [
+        ({"port": lines[i // per_line], "unit": alloc.unit + i % per_line}) for i in range(count)
+    ], []
+
+
+def _allocate_dmx(
+    at: str, count: int, footprint: int, alloc: _DmxAlloc
+) -> tuple[list[_Slot], list[str]]:
+    """Pack fixtures into consecutive universes: from ``address`` (each start address aligned
+    to a multiple of ``align`` counted from 1), ``gap`` free channels after each, at most
+    ``per_universe`` to a universe; a fixture that would cross channel 512 opens the next."""
+    last_universe = alloc.last_universe or 63999
+    if last_universe < alloc.universe:
+        return [], [f"{at}.last_universe: {last_universe} is before universe {alloc.universe}"]
+
+    def aligned(address: int) -> int:
+        return address + (-(address - 1) % alloc.align)
+
+    first = aligned(alloc.address)
+    if first + footprint - 1 > 512:
+        return [], [
+            f"{at}.address: a {footprint}-channel fixture at address {first} runs past channel 512"
+        ]
+    slots: list[_Slot] = []
+    universe, address, in_universe = alloc.universe, first, 0
+    for _ in range(count):
+        address = aligned(address)
+        full = alloc.per_universe is not None and in_universe == alloc.per_universe
+        if full or address + footprint - 1 > 512:
+            universe, address, in_universe = universe + 1, first, 0
+        if universe > last_universe:
+            return [], [
+                f"{at}: {count} fixtures of {footprint} channels do not fit in universes "
+                f"{alloc.universe}..{last_universe} ({len(slots)} do)"
+            ]
+        slots.append({"universe": universe, "address": address})
+        address += footprint + alloc.gap
+        in_universe += 1
+    return slots, []
+
+
+def _footprint(profile: str, search: list[Path], path: Path) -> tuple[int | None, str]:
+    ref = profile if not profile.endswith(".toml") else str(path.parent / profile)
+    try:
+        loaded = load_profile(find_profile(ref, search))
+    except FileNotFoundError:
+        return None, f"no profile '{profile}'"
+    except ConfigError as exc:
+        return None, f"profile '{profile}' is not valid: {exc.problems[0]}"
+    if loaded.footprint is None:
+        return None, f"profile '{profile}' is a {loaded.protocol} profile, not a DMX fixture"
+    return loaded.footprint, ""

@@ -38,10 +38,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_demo_venue_is_valid() -> None:
     venue = load_venue(DEMO)
-    assert [d.id for d in venue.devices] == ["hoist-1", "hoist-2", "lx-bar-1"]
+    assert {"hoist-1", "hoist-2", "lx-bar-1"} <= {d.id for d in venue.devices}
+    assert len(venue.devices) >= 30
     assert venue.config.api.host == "127.0.0.1"
     assert venue.store_path == DEMO.parent / "var" / "demo-telemetry.sqlite3"
-    assert len(venue.devices_of("stage")) == 3
+    assert len(venue.devices_of("stage")) == len(venue.devices)
 
 
 def test_minimal_venue_defaults(tmp_path: Path) -> None:
