@@ -1,0 +1,523 @@
+"""One machinery drive: the axis physics, the drive's state machine and its register image.
+
+Written from docs/interfaces/modbus-machinery.md (§5-§7 and the extensions of §12) and the
+device pages; it knows nothing about sockets. A ``Drive`` is advanced by ``step(now, dt)``
+from the family's clock, and read and written by the Modbus server's action hook through
+``read_block`` and ``write``. Everything a type adds (extra registers, interlocks, its load
+model) is an ``AxisType`` hook (``simulators.machinery.models``); the generic core here is the
+same for all nine types.
+
+Evaluation order every control cycle (10 ms):
+
+1. latch faults: e-stop (8), watchdog (1), drive trip (4), encoder (5), brake (6), the type's
+   own (slack rope 7, overload 2 ...); the first latched code is kept;
+2. the brake: opens ``brake_release_ms`` after the power stage is switched on, closes
+   ``brake_engage_ms`` after standstill once it is switched off; a drive trip drops it at once;
+3. motion: run to the goal (``physics.run_step``) while enabled, commanded, the brake is open
+   and the type's interlocks allow it; otherwise ramp down at the cause's deceleration;
+4. hard limits (fault 3), then load, motor current and temperature.
+
+The drive controls the position its **encoder** reports, like a real one: an injected
+encoder jump moves the axis off its true target, which ``truth()`` shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from simulators.machinery import physics
+from simulators.machinery.registers import (
+    COMMAND_COUNT,
+    CW_ENABLE,
+    CW_QUICK_STOP,
+    CW_RESET,
+    CW_RUN,
+    CW_STOP,
+    FAULT_BRAKE,
+    FAULT_DRIVE_TRIP,
+    FAULT_ENCODER,
+    FAULT_ESTOP,
+    FAULT_HARD_LIMIT,
+    FAULT_NONE,
+    FAULT_WATCHDOG,
+    REG_ACCEL,
+    REG_CONTROL,
+    REG_HEARTBEAT,
+    REG_SPEED,
+    REG_TARGET,
+    REG_WATCHDOG,
+    SW_BRAKE_RELEASED,
+    SW_ENABLED,
+    SW_ESTOP,
+    SW_FAULT,
+    SW_IN_POSITION,
+    SW_LIMIT_HIGH,
+    SW_LIMIT_LOW,
+    SW_MOVING,
+    SW_READY,
+    SW_WATCHDOG_OK,
+    i16,
+    i32,
+    to_i32,
+    u16,
+)
+
+if TYPE_CHECKING:
+    from simulators.machinery.models import AxisType
+
+G = 9.81
+BRAKE_FEEDBACK_TIMEOUT_S = 0.5  # brake commanded open but no feedback: fault 6
+BRAKE_SLIP_LIMIT = 5.0  # movement with the brake applied beyond this: fault 6
+
+
+@dataclass
+class AxisParams:
+    """A drive's commissioning figures (engineering units: mm, or degrees for a turntable).
+
+    Every field can be overridden from the venue's ``simulate`` table under the name
+    ``param_name`` gives it (``max_speed`` -> ``max_speed_mm_s`` or ``max_speed_deg_s``).
+    """
+
+    travel: float = 12000.0  # low dead at 0, top at travel (one turn for a rotary axis)
+    max_speed: float = 1500.0
+    max_accel: float = 2000.0
+    quick_stop_decel: float = 3000.0
+    max_jerk: float = 0.0  # 0: no jerk limit, trapezoidal runs
+    brake_stop_decel: float = 6000.0  # a drive trip: the brake stops the axis
+    start_position: float = 0.0
+    hard_limit_margin: float = 50.0
+    in_position_window: float = 1.0
+    settle: float = 0.1
+    moving_threshold: float = 0.05
+    encoder_resolution: float = 0.1  # one count
+    encoder_plausibility: float = 100.0  # a jump larger than this latches fault 5
+    payload_kg: float = 250.0
+    rated_load_kg: float = 500.0
+    watchdog_ms_default: int = 200
+    brake_release_ms: float = 100.0
+    brake_engage_ms: float = 100.0
+    brake_slip_speed: float = 20.0  # how fast a slipping brake lets the axis creep down
+    holding_current_a: float = 2.0
+    rated_current_a: float = 10.0
+    ambient_c: float = 25.0
+    thermal_tau_s: float = 600.0
+    rated_rise_c: float = 60.0  # winding temperature rise at rated current, steady state
+    supply_v: float = 400.0
+    efficiency: float = 0.85
+
+
+UNIT_SUFFIX = {
+    "travel": "",
+    "max_speed": "_s",
+    "max_accel": "_s2",
+    "quick_stop_decel": "_s2",
+    "max_jerk": "_s3",
+    "brake_stop_decel": "_s2",
+    "start_position": "",
+    "hard_limit_margin": "",
+    "in_position_window": "",
+    "settle": "",
+    "moving_threshold": "_s",
+    "encoder_resolution": "",
+    "encoder_plausibility": "",
+    "brake_slip_speed": "_s",
+}
+
+
+def param_name(field_name: str, unit: str) -> str:
+    """The venue name of an ``AxisParams`` field: unit-bearing ones get ``_mm``/``_deg``..."""
+    if field_name in UNIT_SUFFIX:
+        return f"{field_name}_{unit}{UNIT_SUFFIX[field_name]}"
+    return field_name
+
+
+def param_kinds(unit: str) -> dict[str, tuple[str, type]]:
+    """venue name -> (field name, type) for every ``AxisParams`` field."""
+    out: dict[str, tuple[str, type]] = {}
+    for f in fields(AxisParams):
+        out[param_name(f.name, unit)] = (f.name, int if f.type in (int, "int") else float)
+    return out
+
+
+@dataclass
+class Injected:
+    """Causes injected from outside (the control endpoint); the drive reacts to them."""
+
+    estop: bool = False
+    extra_load_kg: float = 0.0
+    encoder_lost: bool = False
+    encoder_offset: float = 0.0
+    brake: str | None = None  # "no_release" | "slip"
+    trip: bool = False
+    slack: bool = False
+
+
+@dataclass
+class Drive:
+    """The drive of one axis; see the module docstring for its cycle."""
+
+    params: AxisParams
+    kind: AxisType
+    # command block (engineering units for the target; raw register values otherwise)
+    target: float = 0.0
+    speed_raw: int = 500
+    accel_raw: int = 500
+    control: int = 0
+    heartbeat: int = 0
+    heartbeat_at: float = -math.inf
+    watchdog_ms: int = 0
+    # true state of the mechanics
+    position: float = 0.0  # unwrapped for a rotary axis
+    velocity: float = 0.0
+    accel: float = 0.0
+    jerk: float = 0.0
+    fault: int = FAULT_NONE
+    brake_open: bool = False
+    temperature: float = 25.0
+    current: float = 0.0
+    injected: Injected = field(default_factory=Injected)
+    now: float = 0.0
+    goal: float = 0.0  # what a run heads for, in the encoder's frame (unwrapped)
+    _brake_timer: float = 0.0
+    _frozen_counts: int | None = None
+    _slip_from: float | None = None
+    _was_running: bool = False
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.position = p.start_position
+        self.temperature = p.ambient_c
+        self.target = self.wrapped(p.start_position)
+        self.goal = self.measured
+        self.kind.attach(self)
+
+    # --- derived state -------------------------------------------------------------------
+
+    @property
+    def rotary(self) -> bool:
+        return self.kind.rotary
+
+    def wrapped(self, value: float) -> float:
+        return physics.wrap(value, self.params.travel) if self.rotary else value
+
+    @property
+    def counts(self) -> int:
+        """The encoder's count: the true position plus any injected offset; frozen when lost."""
+        if self._frozen_counts is not None:
+            return self._frozen_counts
+        return round(
+            (self.position + self.injected.encoder_offset) / self.params.encoder_resolution
+        )
+
+    @property
+    def sensed(self) -> float:
+        """What the encoder senses before it is counted: the drive's own feedback."""
+        if self._frozen_counts is not None:
+            return self._frozen_counts * self.params.encoder_resolution
+        return self.position + self.injected.encoder_offset
+
+    @property
+    def measured(self) -> float:
+        """The position the drive believes (from its encoder), unwrapped."""
+        return self.counts * self.params.encoder_resolution
+
+    @property
+    def latching(self) -> bool:
+        return self.kind.has_commands
+
+    @property
+    def enable_requested(self) -> bool:
+        return bool(self.control & CW_ENABLE) and self.kind.has_commands
+
+    @property
+    def enabled(self) -> bool:
+        """Power stage on: enable bit, no fault, no e-stop, and the type's interlocks."""
+        return (
+            self.enable_requested
+            and self.fault == FAULT_NONE
+            and not self.injected.estop
+            and self.kind.may_enable(self)
+        ) or self.kind.powered(self)
+
+    @property
+    def moving(self) -> bool:
+        return abs(self.velocity) > self.params.moving_threshold
+
+    def watchdog_s(self) -> float:
+        return (self.watchdog_ms or self.params.watchdog_ms_default) / 1000
+
+    def heartbeat_alive(self, now: float) -> bool:
+        return self.kind.has_commands and now - self.heartbeat_at <= self.watchdog_s()
+
+    def limits(self) -> physics.Limits:
+        p, scale = self.params, self.kind.rate_scale
+        speed = min(self.speed_raw * scale, p.max_speed)
+        return physics.Limits(
+            self.kind.speed_limit(self, speed), min(self.accel_raw * scale, p.max_accel), p.max_jerk
+        )
+
+    def in_position(self) -> bool:
+        if self.moving:
+            return False
+        window = self.params.in_position_window
+        measured = self.wrapped(self.measured)
+        if self.rotary:
+            return physics.angular_distance(measured, self.target, self.params.travel) <= window
+        return abs(measured - self.target) <= window
+
+    def limit_low(self) -> bool:
+        return not self.rotary and self.position <= -self.params.hard_limit_margin
+
+    def limit_high(self) -> bool:
+        return (
+            not self.rotary and self.position >= self.params.travel + self.params.hard_limit_margin
+        )
+
+    def load_kg(self) -> float:
+        return self.kind.load_kg(self)
+
+    def status_word(self) -> int:
+        sw = 0
+        if self.fault == FAULT_NONE and not self.injected.estop:
+            sw |= SW_READY
+        if self.enabled:
+            sw |= SW_ENABLED
+        if self.moving:
+            sw |= SW_MOVING
+        if self.kind.in_position(self):
+            sw |= SW_IN_POSITION
+        if self.fault:
+            sw |= SW_FAULT
+        if self.injected.estop:
+            sw |= SW_ESTOP
+        if self.brake_open or self.moving:
+            sw |= SW_BRAKE_RELEASED
+        if self.limit_low():
+            sw |= SW_LIMIT_LOW
+        if self.limit_high():
+            sw |= SW_LIMIT_HIGH
+        if self.heartbeat_alive(self.now):
+            sw |= SW_WATCHDOG_OK
+        return sw
+
+    # --- faults --------------------------------------------------------------------------
+
+    def latch(self, code: int) -> None:
+        """Latch ``code`` unless a fault is already latched (the first code is kept)."""
+        if self.fault == FAULT_NONE:
+            self.fault = code
+
+    def reset(self) -> None:
+        """A fault reset request (control word bit 3): refused while the e-stop is open."""
+        if not self.injected.estop:
+            self.fault = FAULT_NONE
+            self.kind.on_reset(self)
+
+    def freeze_encoder(self, lost: bool) -> None:
+        self._frozen_counts = self.counts if lost else None
+        self.injected.encoder_lost = lost
+
+    # --- register access (the server's action hook) --------------------------------------
+
+    def status_block(self) -> list[int]:
+        scale = self.kind.position_scale
+        return [
+            *i32(self.wrapped(self.measured) / scale),
+            *i32(self.velocity / scale),
+            *i32(self.load_kg() * 10),
+            self.status_word(),
+            self.fault,
+            self.heartbeat if self.kind.has_commands else 0,
+            u16(self.current * 10),
+            i16(self.temperature * 10),
+        ]
+
+    def command_block(self) -> list[int]:
+        return [
+            *i32(self.target / self.kind.position_scale),
+            self.speed_raw,
+            self.accel_raw,
+            self.control,
+            self.heartbeat,
+            self.watchdog_ms,
+        ]
+
+    def write(self, address: int, values: list[int], now: float) -> None:
+        """Apply one write request: settings first, the control word and heartbeat last."""
+        image = dict(enumerate(self.command_block(), start=REG_TARGET))
+        touched = range(address, address + len(values))
+        for a, v in zip(touched, values, strict=True):
+            image[a] = v & 0xFFFF
+        settings = [
+            (a, v) for a, v in zip(touched, values, strict=True) if a >= REG_TARGET + COMMAND_COUNT
+        ]
+        if REG_TARGET in touched or REG_TARGET + 1 in touched:
+            raw = to_i32(image[REG_TARGET], image[REG_TARGET + 1])
+            self.target = raw * self.kind.position_scale
+            self.retarget()
+        if REG_SPEED in touched:
+            self.speed_raw = image[REG_SPEED]
+        if REG_ACCEL in touched:
+            self.accel_raw = image[REG_ACCEL]
+        if REG_WATCHDOG in touched:
+            self.watchdog_ms = image[REG_WATCHDOG]
+        for a, v in settings:
+            self.kind.write_setting(self, a, v & 0xFFFF)
+        if REG_HEARTBEAT in touched and image[REG_HEARTBEAT] != self.heartbeat:
+            self.heartbeat, self.heartbeat_at = image[REG_HEARTBEAT], now
+        if REG_CONTROL in touched:
+            # Every write carrying bit 3 is a reset request, also the same word again (§7.7).
+            if image[REG_CONTROL] & CW_RESET:
+                self.reset()
+            self.control = image[REG_CONTROL]
+
+    def retarget(self) -> None:
+        """Work out the goal of a run from the target (and a rotary axis's direction rule)."""
+        if self.rotary:
+            self.goal = physics.rotary_goal(
+                self.sensed, self.target, self.kind.direction(self), self.params.travel
+            )
+        else:
+            self.goal = self.target
+
+    # --- the control cycle ---------------------------------------------------------------
+
+    def step(self, now: float, dt: float) -> None:
+        p, inj = self.params, self.injected
+        self.now = now
+        # 1. faults
+        if self.latching:
+            if inj.estop:
+                self.latch(FAULT_ESTOP)
+            if self.enable_requested and self.fault == FAULT_NONE and not self.heartbeat_alive(now):
+                self.latch(FAULT_WATCHDOG)
+            if inj.trip:
+                self.latch(FAULT_DRIVE_TRIP)
+            if inj.encoder_lost or abs(inj.encoder_offset) > p.encoder_plausibility:
+                self.latch(FAULT_ENCODER)
+        self.kind.check(self, dt)
+        enabled = self.enabled
+        # 2. brake
+        if not self.kind.has_commands:
+            pass  # the type's own controller works its brake (``check``)
+        elif inj.trip:
+            self.brake_open, self._brake_timer = False, 0.0  # power gone: the brake drops
+        elif enabled and self.brake_open:
+            self._brake_timer = 0.0
+        elif enabled:
+            self._brake_timer += dt
+            if inj.brake != "no_release" and self._brake_timer >= p.brake_release_ms / 1000:
+                self.brake_open, self._brake_timer = True, 0.0
+            elif self._brake_timer >= p.brake_release_ms / 1000 + BRAKE_FEEDBACK_TIMEOUT_S:
+                self.latch(FAULT_BRAKE)
+        elif self.brake_open and not self.moving:
+            self._brake_timer += dt  # standstill, power going off: apply the brake
+            if self._brake_timer >= p.brake_engage_ms / 1000:
+                self.brake_open, self._brake_timer = False, 0.0
+        else:
+            self._brake_timer = 0.0
+        # 3. motion
+        v0, a0 = self.velocity, self.accel
+        run = self.kind.run_allowed(self, enabled) and self.brake_open and self.kind.wants_run(self)
+        if run and not self._was_running:
+            self.retarget()  # a run (re)starts from where the axis is
+        self._was_running = run
+        # The drive controls the position its encoder senses (its interpolated count).
+        sensed = self.sensed
+        offset = sensed - self.position
+        measured = sensed
+        if run and self.kind.may_run(self, self.goal - measured):
+            m = physics.run_step(measured, v0, a0, self.goal, self.limits(), dt, p.settle)
+        elif not self.brake_open and self.moving:
+            m = physics.stop_step(measured, v0, a0, p.brake_stop_decel, 0.0, dt)
+        else:
+            decel, jerk = self.stop_rate()
+            m = physics.stop_step(measured, v0, a0, decel, jerk, dt)
+        self.position = m.position - offset
+        self.velocity, self.accel = m.velocity, m.accel
+        if not self.brake_open and inj.brake == "slip" and not self.moving:
+            self._slip(dt)
+        else:
+            self._slip_from = None
+        self.jerk = (self.accel - a0) / dt if dt > 0 else 0.0
+        # 4. hard limits, then load, current and temperature
+        if (self.limit_low() and self.velocity < 0) or (self.limit_high() and self.velocity > 0):
+            low, high = -p.hard_limit_margin, p.travel + p.hard_limit_margin
+            self.position = min(max(self.position, low), high)
+            self.velocity = self.accel = 0.0
+            if self.latching:
+                self.latch(FAULT_HARD_LIMIT)
+        self.kind.step(self, dt)
+        self._thermal(dt, enabled or self.brake_open)
+
+    def stop_rate(self) -> tuple[float, float]:
+        """Deceleration and jerk of a stop: quick for bit 4, a fault, the e-stop or the type's
+        own causes; otherwise the controlled stop at register 103 (at least 10 raw units)."""
+        p = self.params
+        quick = (
+            self.control & CW_QUICK_STOP
+            or self.fault != FAULT_NONE
+            or self.injected.estop
+            or self.kind.quick_stop(self)
+        )
+        if quick:
+            return p.quick_stop_decel, 0.0
+        return max(self.accel_raw, 10) * self.kind.rate_scale, p.max_jerk
+
+    def _slip(self, dt: float) -> None:
+        """A brake that does not hold lets the load creep down; the drive notices (fault 6)."""
+        p = self.params
+        if self._slip_from is None:
+            self._slip_from = self.measured
+        self.position -= p.brake_slip_speed * dt
+        self.velocity = 0.0
+        if abs(self.measured - self._slip_from) > BRAKE_SLIP_LIMIT and self.latching:
+            self.latch(FAULT_BRAKE)
+
+    def _thermal(self, dt: float, powered: bool) -> None:
+        """Current from mechanical power at the supply; the winding heats with I^2."""
+        p = self.params
+        power_w = abs(self.kind.force_n(self) * self.kind.linear_speed_m_s(self))
+        current = (p.holding_current_a if powered else 0.0) + power_w / (
+            math.sqrt(3) * p.supply_v * p.efficiency
+        )
+        self.current = current
+        heat = p.rated_rise_c / (p.rated_current_a**2 * p.thermal_tau_s)
+        self.temperature += dt * (
+            heat * current**2 - (self.temperature - p.ambient_c) / p.thermal_tau_s
+        )
+
+    def wants_run(self) -> bool:
+        """The run condition of the control word: bit 1 AND NOT bit 2 AND NOT bit 4."""
+        return bool(self.control & CW_RUN) and not self.control & (CW_STOP | CW_QUICK_STOP)
+
+    # --- ground truth --------------------------------------------------------------------
+
+    def truth(self) -> dict[str, Any]:
+        p = self.params
+        unit = self.kind.unit
+        truth: dict[str, Any] = {
+            f"position_{unit}": self.wrapped(self.position),
+            f"reported_position_{unit}": self.wrapped(self.measured),
+            f"target_{unit}": self.target,
+            f"velocity_{unit}_s": self.velocity,
+            f"acceleration_{unit}_s2": self.accel,
+            f"jerk_{unit}_s3": self.jerk,
+            "load_kg": self.load_kg(),
+            "payload_kg": p.payload_kg + self.injected.extra_load_kg,
+            "brake_released": self.brake_open,
+            "fault": self.fault,
+            "estop": self.injected.estop,
+            "current_a": self.current,
+            "temperature_c": self.temperature,
+            "heartbeat_age_s": (self.now - self.heartbeat_at)
+            if self.heartbeat_at > -math.inf
+            else None,
+            "enabled": self.enabled,
+            "moving": self.moving,
+            "status_word": self.status_word(),
+        }
+        truth.update(self.kind.truth(self))
+        return truth
