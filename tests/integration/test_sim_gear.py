@@ -1,0 +1,403 @@
+"""MQTT gear simulators against a real Mosquitto, observed with ``mosquitto_sub``/``mosquitto_pub``.
+
+Mosquitto's own clients are the independent peers: what the simulators publish is checked
+against mqtt.md and the device pages (topics, payload keys, types, documented ranges, retained
+births, ordering, wills), commands go in as any client would send them, and every fault is seen
+from outside. Each test has its own venue id, so retained messages never leak between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulators.core import DeviceSpec
+from simulators.gear import MqttFamily
+from simulators.gear.models import MODELS
+from tests.conftest import REPO, RealServer, free_port, start_mosquitto, stop_process
+from tests.unit.test_sim_gear import RANGES, check_value
+
+pytestmark = pytest.mark.integration
+
+Line = tuple[bool, str, bytes]
+
+
+def new_venue() -> str:
+    return f"g{uuid.uuid4().hex[:10]}"
+
+
+def device_entry(model: str, venue: str, **simulate: Any) -> dict[str, Any]:
+    dev_id = f"{model.replace('_', '-')}-1"
+    if MODELS[model].vendor:
+        transport = {"kind": "mqtt", "base": f"shellies-{venue}/{dev_id}"}
+    else:
+        transport = {"kind": "mqtt", "node": "gw"}
+    return {"id": dev_id, "profile": model, "transport": transport,
+            "simulate": {"model": model, **simulate}}  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def running(port: int, venue: str, entries: list[dict[str, Any]]) -> AsyncIterator[MqttFamily]:
+    family = MqttFamily({"venue": {"id": venue}, "mqtt": {"host": "127.0.0.1", "port": port}})
+    for i, e in enumerate(entries):
+        family.add(DeviceSpec(e["id"], e["profile"], e["transport"], e["simulate"], f"[{i}]"))
+    async with contextlib.AsyncExitStack() as stack:
+        for host in family.hosts():
+            await stack.enter_async_context(host)
+        yield family
+
+
+class Sub:
+    """``mosquitto_sub`` collecting ``retained topic payload`` lines in the background."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[Line] = []
+        self._reader = asyncio.create_task(self._read(), name="mosquitto_sub-reader")
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            retained, topic, payload = line.rstrip(b"\n").split(b" ", 2)
+            self.lines.append((retained == b"1", topic.decode(), payload))
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def run(cls, port: int, *topics: str) -> AsyncIterator[Sub]:
+        args = [a for t in topics for a in ("-t", t)]
+        proc = await asyncio.create_subprocess_exec(
+            "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-F", "%r %t %p",
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        sub = cls(proc)
+        await asyncio.sleep(0.3)  # subscribed before anything is published
+        try:
+            yield sub
+        finally:
+            proc.kill()
+            await proc.wait()
+            await asyncio.wait_for(sub._reader, 5)
+
+    def on(self, topic: str) -> list[Line]:
+        return [line for line in self.lines if line[1] == topic]
+
+    async def wait_for(self, predicate: Any, what: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"timed out waiting for {what}; last lines: {self.lines[-5:]}")
+
+
+async def retained(port: int, topic: str, count: int = 1) -> list[Line]:
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-F", "%r %t %p",
+        "--retained-only", "-C", str(count), "-W", "3", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    lines = [line.split(b" ", 2) for line in out.splitlines()]
+    return [(r == b"1", t.decode(), p) for r, t, p in lines]
+
+
+async def pub(port: int, topic: str, payload: bytes) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic, "-s",
+        stdin=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.wait_for(proc.communicate(payload), 10)
+    assert proc.returncode == 0
+
+
+def now_ms() -> int:
+    return round(time.time() * 1000)
+
+
+# --- what each type publishes -----------------------------------------------------------------
+
+FAST = {"temp_humidity": 2.0, "power_meter": 2.0, "projector": 2.0, "media_server": 2.0,
+        "led_wall_processor": 2.0, "shelly_3em": 2.0}  # fmt: skip
+
+
+async def test_every_type_publishes_its_documented_topics_in_order(mosquitto: RealServer) -> None:
+    venue, port = new_venue(), mosquitto.port
+    entries = [device_entry(m, venue, **({"publish_hz": FAST[m]} if m in FAST else {}))
+               for m in sorted(MODELS)]  # fmt: skip
+    native = [e for e in entries if "node" in e["transport"]]
+    async with (
+        Sub.run(port, f"flytower/{venue}/#", f"shellies-{venue}/#") as sub,
+        running(port, venue, entries),
+    ):
+        def complete() -> bool:
+            seen = {t for _, t, _ in sub.lines}
+            return all(
+                f"{prefix(e, venue)}{p}" in seen for e in entries for p in RANGES[e["profile"]]
+            )
+
+        await sub.wait_for(complete, "every documented point of every type")
+        states = await retained(port, f"flytower/{venue}/gw/+/$state", len(native))
+        assert len(states) == len(native) and all(r for r, _, _ in states)
+        [(was_retained, _, online)] = await retained(port, f"shellies-{venue}/shelly-3em-1/online")
+        assert was_retained and online == b"true"
+    topics = [t for _, t, _ in sub.lines]
+    # mqtt.md §4.3: node birth, then device births, then points.
+    birth_at = topics.index(f"flytower/{venue}/gw/$state")
+    birth = json.loads(sub.lines[birth_at][2])
+    assert birth["state"] == "online" and birth["devices"] == sorted(e["id"] for e in native)
+    assert set(birth) == {"state", "ts", "session", "devices"}
+    for e in entries:
+        for point in RANGES[e["profile"]]:
+            lines = sub.on(prefix(e, venue) + point)
+            for _, _, payload in lines:
+                check_payload(e["profile"], point, payload)
+        if e in native:
+            state_at = topics.index(f"{prefix(e, venue)}$state")
+            first_point = min(topics.index(prefix(e, venue) + p) for p in RANGES[e["profile"]])
+            assert birth_at < state_at < first_point
+            state = json.loads(sub.lines[state_at][2])
+            assert state == {"state": "online", "ts": state["ts"], "profile": e["profile"],
+                             "reason": ""}  # fmt: skip
+    for _, topic, _ in sub.lines:  # nothing published off the documented tree
+        assert topic.rsplit("/", 1)[-1] in {"$state", "online", *_all_points()}, topic
+
+
+def prefix(entry: dict[str, Any], venue: str) -> str:
+    tr = entry["transport"]
+    return f"{tr['base']}/" if "base" in tr else f"flytower/{venue}/gw/{entry['id']}/"
+
+
+def _all_points() -> set[str]:
+    return {p.rsplit("/", 1)[-1] for points in RANGES.values() for p in points}
+
+
+def check_payload(model: str, point: str, payload: bytes) -> None:
+    if MODELS[model].vendor:  # bare values, as a Shelly sends them
+        text = payload.decode()
+        kind = RANGES[model][point][0]
+        value: Any = {"true": True, "false": False}[text] if kind is bool else (
+            text if kind is str else float(text))  # fmt: skip
+        check_value(model, point, value)
+        return
+    doc = json.loads(payload, parse_constant=lambda c: pytest.fail(f"{point}: {c}"))
+    assert set(doc) == {"v", "ts", "q"} and doc["q"] == "good", (point, doc)
+    assert isinstance(doc["ts"], int) and abs(doc["ts"] - now_ms()) < 60_000
+    check_value(model, point, doc["v"])
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+async def test_commands_reply_and_change_the_state(mosquitto: RealServer) -> None:
+    venue, port = new_venue(), mosquitto.port
+    entries = [device_entry(m, venue) for m in
+               ("projector", "power_amplifier", "media_server", "shelly_3em")]  # fmt: skip
+    inbox = f"flytower/{venue}/ctl/$reply"
+    cmd = f"flytower/{venue}/gw/{{}}/cmd/{{}}"
+
+    def request(rid: str, args: dict[str, Any] | None = None, ts: int | None = None) -> bytes:
+        doc = {"id": rid, "args": args or {}, "ts": ts or now_ms(), "reply_to": inbox}
+        return json.dumps(doc).encode()
+
+    async with (
+        Sub.run(port, inbox, f"flytower/{venue}/gw/+/+", f"shellies-{venue}/#") as sub,
+        running(port, venue, entries) as family,
+    ):
+        await sub.wait_for(lambda: sub.on(f"flytower/{venue}/gw/projector-1/shutter_closed"),
+                           "the projector's first values")  # fmt: skip
+        sends = [
+            ("projector-1", "open_shutter", request("r1")),
+            ("power-amplifier-1", "set_mute_2", request("r2", {"muted": True})),
+            ("media-server-1", "load_clip", request("r3", {"clip": 12})),
+            ("projector-1", "select_input", request("r4", {"input": 9})),
+            ("projector-1", "select_input", request("r5", {"input": 2}, ts=now_ms() - 120_000)),
+            ("power-amplifier-1", "mute_all", b'{"id":"r6","ts":1,"reply_to":"' + inbox.encode()
+             + b'","args":{"x":[1]}}'),
+            ("power-amplifier-1", "set_mute_2", request("r2", {"muted": False})),  # duplicate id
+        ]  # fmt: skip
+        for device, name, payload in sends:
+            await pub(port, cmd.format(device, name), payload)
+        await pub(port, f"shellies-{venue}/shelly-3em-1/relay/0/command", b"off")
+        await pub(port, cmd.format("projector-1", "open_shutter"), b"not json, no id")
+
+        def replies() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {}
+            for _, _, p in sub.on(inbox):
+                doc = json.loads(p)
+                out.setdefault(doc["id"], []).append(doc)
+            return out
+
+        await sub.wait_for(lambda: len(sum(replies().values(), [])) >= 7, "seven replies")
+        r = replies()
+        assert r["r1"][0] | {"ts": 0} == {"id": "r1", "ok": True, "code": "ok", "ts": 0,
+                                          "result": [["shutter_closed", False]]}  # fmt: skip
+        assert r["r2"][0]["result"] == [["mute_2", True]]
+        assert r["r2"][1] == r["r2"][0]  # the duplicate got the same reply, not re-executed
+        assert r["r3"][0]["result"] == [["transport", 0], ["clip", 12]]
+        assert (r["r4"][0]["code"], r["r4"][0]["ok"]) == ("refused", False)
+        assert "9" in r["r4"][0]["error"]
+        assert r["r5"][0]["code"] == "expired"
+        assert r["r6"][0]["code"] == "bad_request"
+
+        def last(device: str, point: str) -> Any:
+            lines = sub.on(f"flytower/{venue}/gw/{device}/{point}")
+            return json.loads(lines[-1][2])["v"] if lines else None
+
+        await sub.wait_for(lambda: last("projector-1", "shutter_closed") is False, "shutter")
+        await sub.wait_for(lambda: last("power-amplifier-1", "mute_2") is True, "mute_2")
+        await sub.wait_for(lambda: last("power-amplifier-1", "level_2") == -60.0, "silence")
+        await sub.wait_for(lambda: last("media-server-1", "clip") == 12, "clip 12 loaded")
+        await sub.wait_for(lambda: last("media-server-1", "duration") not in (None, 0.0),
+                           "the clip's duration")  # fmt: skip
+        await sub.wait_for(
+            lambda: any(p == b"off" for _, _, p in sub.on(f"shellies-{venue}/shelly-3em-1/relay/0")),
+            "the relay confirming off",
+        )
+        stats = family.stats()
+        # r1-r5 and the relay; r6 was a bad request, the duplicate was answered from the cache
+        assert stats["commands"] == 6 and stats["malformed_commands"] == 1
+        assert family.devices[1].truth()["mute_2"] is True
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+async def test_faults_are_seen_from_outside(mosquitto: RealServer) -> None:
+    venue, port = new_venue(), mosquitto.port
+    entries = [device_entry("load_cell", venue, publish_hz=10.0),
+               device_entry("shelly_3em", venue, publish_hz=5.0)]  # fmt: skip
+    load = f"flytower/{venue}/gw/load-cell-1/load"
+    node_state = f"flytower/{venue}/gw/$state"
+    async with (
+        Sub.run(port, f"flytower/{venue}/#", f"shellies-{venue}/#") as sub,
+        running(port, venue, entries) as family,
+    ):
+        cell, meter = family.devices
+        await sub.wait_for(lambda: len(sub.on(load)) > 3, "load readings")
+        # malformed: a burst of bad payloads on the device's own topics
+        cell.inject("malformed", {"count": 10})
+        meter.inject("malformed", {"count": 5, "kind": "nan"})
+        bad_topic = f"flytower/{venue}/gw/load-cell-1/-load"
+        await sub.wait_for(lambda: len(sub.on(bad_topic)) == 2, "wrong-topic messages")
+        await sub.wait_for(
+            lambda: sum(p == b"NaN" for _, _, p in sub.on(f"shellies-{venue}/shelly-3em-1/emeter/0/power")) == 5,
+            "five NaN payloads from the Shelly",
+        )  # fmt: skip
+        bad = [p for _, _, p in sub.on(load) if not p.startswith(b'{"v":')]
+        assert len(bad) == 4 + 2  # not JSON, wrong types (x2 each); NaN and oversized start
+        assert sum(len(p) > 65_536 for _, _, p in sub.on(load)) == 2
+        # stuck: the same value, still published
+        cell.inject("stuck", {})
+        n = len(sub.on(load))
+        await sub.wait_for(lambda: len(sub.on(load)) > n + 5, "more readings")
+        assert len({p[:16] for _, _, p in sub.on(load)[n + 1 :]}) == 1
+        cell.clear("stuck")
+        # drift: readings leave the truth
+        cell.inject("drift", {"rate_per_h": 360_000.0})  # 100 kg a second
+        await asyncio.sleep(1.5)
+        last = json.loads(sub.on(load)[-1][2])["v"]
+        assert last - cell.truth()["load"] > 80
+        cell.clear("drift")
+        # dropout without the connection: silence, then data again
+        cell.inject("dropout", {"duration_s": 1.0})
+        await asyncio.sleep(0.3)
+        n = len(sub.on(load))
+        await asyncio.sleep(0.5)
+        assert len(sub.on(load)) == n
+        await sub.wait_for(lambda: len(sub.on(load)) > n, "data after the dropout")
+        # dropout with the connection dropped: the broker publishes the node's will, then the
+        # node comes back with a new birth.
+        births = len(sub.on(node_state))
+        cell.inject("dropout", {"duration_s": 1.5, "drop_connection": True})
+        await sub.wait_for(lambda: len(sub.on(node_state)) > births, "the will")
+        will = json.loads(sub.on(node_state)[births][2])
+        assert will["state"] == "offline" and will["reason"] == "lost"
+        assert will["ts"] == will["session"]
+        await sub.wait_for(lambda: len(sub.on(node_state)) > births + 1, "a new birth")
+        assert json.loads(sub.on(node_state)[-1][2])["state"] == "online"
+        # the Shelly's own will
+        meter.inject("dropout", {"drop_connection": True})
+        online = f"shellies-{venue}/shelly-3em-1/online"
+        await sub.wait_for(lambda: sub.on(online)[-1][2] == b"false", "the Shelly's will")
+        meter.clear()
+        await sub.wait_for(lambda: sub.on(online)[-1][2] == b"true", "the Shelly back")
+        assert family.stats()["reconnects"] == 2
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+async def test_kill_9_fires_the_wills(mosquitto: RealServer, tmp_path: Path) -> None:
+    venue, port = new_venue(), mosquitto.port
+    entries = [device_entry("temp_humidity", venue), device_entry("shelly_3em", venue)]
+    text = (
+        f'version = 1\n[venue]\nid = "{venue}"\n[[nodes]]\nid = "stage"\n'
+        f'[mqtt]\nmode = "external"\nport = {port}\n'
+    )
+    for e in entries:
+        tr = ", ".join(f'{k} = "{v}"' for k, v in e["transport"].items())
+        text += (f'[[devices]]\nid = "{e["id"]}"\nprofile = "{e["profile"]}"\n'
+                 f'transport = {{ {tr} }}\nsimulate = {{ model = "{e["profile"]}" }}\n')  # fmt: skip
+    path = tmp_path / "venue.toml"
+    path.write_text(text)
+    node_state = f"flytower/{venue}/gw/$state"
+    online = f"shellies-{venue}/shelly-3em-1/online"
+    log = open(tmp_path / "sim.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators", str(path), "--control-port", str(free_port())],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    try:
+        async with Sub.run(port, node_state, online) as sub:
+            await sub.wait_for(lambda: len(sub.on(node_state)) == 1 and sub.on(online),
+                               "the births", 15)  # fmt: skip
+            birth = json.loads(sub.on(node_state)[0][2])
+            os.kill(proc.pid, signal.SIGKILL)
+            await sub.wait_for(lambda: len(sub.on(node_state)) == 2, "the node's will")
+            await sub.wait_for(lambda: sub.on(online)[-1][2] == b"false", "the Shelly's will")
+        will = json.loads(sub.on(node_state)[1][2])
+        assert will == {"state": "offline", "ts": birth["session"], "session": birth["session"],
+                        "reason": "lost"}  # fmt: skip
+        [(was_retained, _, payload)] = await retained(port, node_state)
+        assert was_retained and json.loads(payload)["reason"] == "lost"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+async def test_waits_for_a_late_broker_and_survives_its_restart(tmp_path: Path) -> None:
+    venue, port = new_venue(), free_port()
+    node_state = f"flytower/{venue}/gw/$state"
+    async with running(port, venue, [device_entry("spl_meter", venue)]) as family:
+        await asyncio.sleep(0.8)  # the broker is not there yet: the node keeps retrying
+        assert family.stats()["connected"] == 0
+        broker = start_mosquitto(tmp_path / "broker", port)
+        try:
+            async with Sub.run(port, node_state, f"flytower/{venue}/gw/spl-meter-1/laf") as sub:
+                await sub.wait_for(lambda: sub.on(node_state), "the birth after the broker came")
+                await stop_process(broker)
+                broker = start_mosquitto(tmp_path / "broker", port)
+            async with Sub.run(port, node_state, f"flytower/{venue}/gw/spl-meter-1/laf") as sub:
+                await sub.wait_for(
+                    lambda: any(b'"online"' in p for _, _, p in sub.on(node_state)),
+                    "a new birth after the restart",
+                    15,
+                )
+                await sub.wait_for(lambda: sub.on(f"flytower/{venue}/gw/spl-meter-1/laf"),
+                                   "telemetry again")  # fmt: skip
+            assert family.stats()["reconnects"] >= 1
+        finally:
+            await stop_process(broker)
