@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # System packages the test suite's real peers need (REAL-PEERS.md).
 TEST_SYSTEM_PACKAGES := mosquitto mosquitto-clients chromium ola ola-python mbpoll socat jackd2 libportaudio2 openssl
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench hil system-deps clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -39,5 +39,10 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks
 
+# Every shipped hardware-in-loop scenario but the one that exists to fail; reports in hil-out/.
+HIL_SCENARIOS := $(filter-out examples/hil/venue-% examples/hil/deliberately-failing.toml,$(wildcard examples/hil/*.toml))
+hil: $(VENV)/.installed-run
+	@rc=0; for s in $(HIL_SCENARIOS); do $(BIN)/flytower hil -q $$s || rc=1; done; exit $$rc
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/var
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/var hil-out
