@@ -8,6 +8,7 @@ the bare pymodbus client, same server, same run.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -16,8 +17,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.modbus.link import ModbusLink
 from drivers.model import PROFILE_DIR, Device, ModbusTcpTransport, Reading, load_profile
-from simulators.hoist import HoistAxis
-from simulators.modbus_server import ModbusSimServer, SimulatedUnit
+from simulators.core import DeviceSpec
+from simulators.machinery import MachineryFamily
 
 ROUNDS = 2000
 
@@ -35,7 +36,12 @@ def pct(samples: list[float], q: float) -> float:
 
 async def run() -> None:
     port = _port()
-    async with ModbusSimServer("127.0.0.1", port, [SimulatedUnit(1, HoistAxis())]):
+    family = MachineryFamily({})
+    tr = {"kind": "modbus-tcp", "host": "127.0.0.1", "port": port, "unit": 1}
+    family.add(DeviceSpec("h", "hoist", tr, {"model": "hoist"}, "bench"))
+    async with contextlib.AsyncExitStack() as stack:
+        for host in family.hosts():
+            await stack.enter_async_context(host)
         transport = ModbusTcpTransport(kind="modbus-tcp", host="127.0.0.1", port=port)
         device = Device("h", load_profile(PROFILE_DIR / "hoist.toml"), transport, 10.0)
 

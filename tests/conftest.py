@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,9 @@ _SERVERS: list[RealServer] = []
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
         for server in _SERVERS:
@@ -277,7 +279,7 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float,
 
 def _await_chain(task: asyncio.Task[Any]) -> str:
     """Where a task is waiting, innermost last (get_stack shows only the outer frame)."""
-    frames = []
+    frames: list[str] = []
     coro: Any = task.get_coro()
     while coro is not None and len(frames) < 30:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)

@@ -9,9 +9,11 @@ turntable, wagon, curtain_track, fire_curtain); nothing here imports Flytower.
 - ``drive``: the generic drive (state machine, brake, encoder, load, motor) and its registers;
 - ``models``: each type's figures, extra registers and behaviour hooks;
 - ``server``: Modbus TCP / RTU hosts (pymodbus ``SimDevice``) with communication faults;
-- ``family``: ``MachineryFamily`` for the runner: specs -> devices, hosts, one physics clock.
+- ``family``: ``MachineryFamily`` for the runner: specs -> devices, hosts, one physics clock;
+  ``weight(spec)``, a device's expected load (fraction of a core) for partitioning;
+- ``measure``: a load script (``python -m simulators.machinery.measure``), not imported.
 """
 
-from simulators.machinery.family import MachineDevice, MachineryFamily
+from simulators.machinery.family import MachineDevice, MachineryFamily, weight
 
-__all__ = ["MachineDevice", "MachineryFamily"]
+__all__ = ["MachineDevice", "MachineryFamily", "weight"]

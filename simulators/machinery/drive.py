@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 G = 9.81
 BRAKE_FEEDBACK_TIMEOUT_S = 0.5  # brake commanded open but no feedback: fault 6
 BRAKE_SLIP_LIMIT = 5.0  # movement with the brake applied beyond this: fault 6
+IDLE_STEP_S = 0.1  # a quiet drive is stepped this often
 
 
 @dataclass
@@ -154,6 +155,9 @@ class Injected:
     slack: bool = False
 
 
+_NOTHING_INJECTED = Injected()
+
+
 @dataclass
 class Drive:
     """The drive of one axis; see the module docstring for its cycle."""
@@ -184,6 +188,7 @@ class Drive:
     _frozen_counts: int | None = None
     _slip_from: float | None = None
     _was_running: bool = False
+    _idle_dt: float = 0.0  # time of quiet cycles not stepped yet
 
     def __post_init__(self) -> None:
         p = self.params
@@ -384,7 +389,36 @@ class Drive:
 
     # --- the control cycle ---------------------------------------------------------------
 
+    def quiet(self) -> bool:
+        """Nothing but the motor's cooling can change in this cycle: at rest, brake applied,
+        not asked to enable, nothing injected, and the type has nothing going on. A write or an
+        injection ends it; the family then steps the drive every cycle again."""
+        return (
+            not self.control & CW_ENABLE
+            and self.velocity == 0.0
+            and self.accel == 0.0
+            and not self.brake_open
+            and self._brake_timer == 0.0
+            and self._frozen_counts is None
+            and self.injected == _NOTHING_INJECTED
+            and not self.kind.busy(self)
+        )
+
+    def idle(self, now: float, dt: float) -> None:
+        """A cycle of a quiet drive: the clock moves on (status bit 9 follows it), and every
+        ``IDLE_STEP_S`` one whole cycle covers the quiet time (a stop from rest is no motion,
+        so the long step is exact; the cooling's tau is minutes), so static causes such as an
+        overloaded payload still latch."""
+        self.now = now
+        self._idle_dt += dt
+        if self._idle_dt >= IDLE_STEP_S:
+            quiet_dt, self._idle_dt = self._idle_dt, 0.0
+            self.step(now, quiet_dt)
+
     def step(self, now: float, dt: float) -> None:
+        if self._idle_dt:  # no longer quiet: first the cooling of the quiet cycles not stepped
+            self._thermal(self._idle_dt, False)
+            self._idle_dt = 0.0
         p, inj = self.params, self.injected
         self.now = now
         # 1. faults

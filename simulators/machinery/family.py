@@ -41,6 +41,29 @@ LINE_KEYS = ("baudrate", "parity", "stopbits", "bytesize")
 LINE_DEFAULTS: dict[str, Any] = {"baudrate": 19200, "parity": "E", "stopbits": 1, "bytesize": 8}
 
 
+# What one device costs this family, measured with ``python -m simulators.machinery.measure``
+# (64 hoists, pymodbus masters in another process, a busy 2-core machine): CPU per Modbus
+# request served, and per axis and physics cycle (running; a quiet axis costs ~2 us).
+REQUEST_CPU_S = 200e-6
+AXIS_CYCLE_CPU_S = 15e-6
+HEARTBEAT_HZ = 20.0  # the master writes register 105 every 50 ms (§7.2)
+
+
+def weight(spec: DeviceSpec) -> float:
+    """The load ``spec`` puts on this family, as a fraction of one core, for partitioning.
+
+    Requests/s a master sends (per poll one read per documented block of the type, at the
+    device's ``poll_hz``; plus the heartbeat writes of a commanded axis) times the CPU of a
+    request, plus the 100 Hz physics of a running axis. An unknown model is costed as a hoist:
+    the family reports the error when the spec is added.
+    """
+    kind = TYPES.get(spec.model, TYPES["hoist"])
+    blocks = 1 + bool(kind.extras_count) + kind.has_commands + bool(kind.settings_count)
+    poll_hz = spec.poll_hz if math.isfinite(spec.poll_hz) and spec.poll_hz > 0 else 10.0
+    requests = poll_hz * blocks + (HEARTBEAT_HZ if kind.has_commands else 0.0)
+    return requests * REQUEST_CPU_S + AXIS_CYCLE_CPU_S / TICK_S
+
+
 def _comms_faults() -> tuple[FaultInfo, ...]:
     return (
         FaultInfo(
@@ -263,6 +286,7 @@ class MachineryFamily:
     """Every machinery drive of one process, its Modbus hosts and its physics clock."""
 
     models = frozenset(TYPES)
+    weight = staticmethod(weight)
 
     def __init__(self, venue: Mapping[str, Any]) -> None:
         self.devices: list[MachineDevice] = []
@@ -405,7 +429,10 @@ class MachineryFamily:
             last = now
             t0 = time.thread_time()
             for drive in drives:
-                drive.step(now, dt)
+                if drive.quiet():
+                    drive.idle(now, dt)
+                else:
+                    drive.step(now, dt)
             self.step_s += time.thread_time() - t0
             self.ticks += 1
 
@@ -424,4 +451,4 @@ class MachineryFamily:
         }
 
 
-__all__ = ["Comms", "MachineDevice", "MachineryFamily"]
+__all__ = ["Comms", "MachineDevice", "MachineryFamily", "weight"]

@@ -93,6 +93,10 @@ class AxisType:
     def on_reset(self, drive: Drive) -> None:
         """A fault reset was accepted."""
 
+    def busy(self, drive: Drive) -> bool:
+        """Something of the type's own changes with time (the drive is then never quiet)."""
+        return bool(self.conditions)
+
     # loads ------------------------------------------------------------------------------
 
     def payload(self, drive: Drive) -> float:
@@ -373,6 +377,9 @@ class StageLift(AxisType):
 
     def on_reset(self, drive: Drive) -> None:
         self.bolt_fault = False
+
+    def busy(self, drive: Drive) -> bool:
+        return bool(self.command or self.conditions)
 
     def write_setting(self, drive: Drive, address: int, value: int) -> None:
         if address != SETTINGS_START:
@@ -660,6 +667,9 @@ class FireCurtain(AxisType):
 
     def released(self) -> bool:
         return "alarm_release" in self.conditions or "manual_release" in self.conditions
+
+    def busy(self, drive: Drive) -> bool:
+        return True  # its own controller: stepped every cycle
 
     def _fault_cause(self, drive: Drive) -> int:
         inj = drive.injected

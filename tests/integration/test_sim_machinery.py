@@ -96,8 +96,11 @@ def _place(cmd: list[str]) -> list[str]:
     return [*cmd, "127.0.0.1"]
 
 
-async def read(port: int, unit: int, start: int, count: int, **kw: Any) -> tuple[int, list[int], str]:
-    return await asyncio.to_thread(mbpoll, port, unit, "-t", "4", "-r", str(start), "-c", str(count), **kw)
+async def read(
+    port: int, unit: int, start: int, count: int, **kw: Any
+) -> tuple[int, list[int], str]:
+    args = ["-t", "4", "-r", str(start), "-c", str(count)]
+    return await asyncio.to_thread(mbpoll, port, unit, *args, **kw)
 
 
 async def write(port: int, unit: int, start: int, *values: int) -> tuple[int, list[int], str]:
@@ -362,7 +365,7 @@ async def test_type_conditions_show_in_their_registers(rig: Rig) -> None:
     assert (await read(port, rig.unit("chain_hoist"), 22, 1))[1] == [0b100]
     rig.devices["lineshaft_flybar"].inject("slack_rope", {"line": 3})
     rc, values, _ = await read(port, rig.unit("lineshaft_flybar"), 26, 6)
-    assert values[2] == 5 and values[5] & 1  # line 3 at 0.5 kg, slack_line
+    assert rc == 0 and values[2] == 5 and values[5] & 1  # line 3 at 0.5 kg, slack_line
     rig.devices["lineshaft_flybar"].inject("arbor_reload", {"arbor_weight_kg": 100})
     rig.devices["fire_curtain"].inject("alarm_release", {})
 
@@ -372,14 +375,19 @@ async def test_type_conditions_show_in_their_registers(rig: Rig) -> None:
 
     await wait_until(lowering, 5, "fire curtain lowering")
     rc, values, _ = await read(port, rig.unit("lineshaft_flybar"), 31, 1)
-    assert values[0] & 0b10  # |imbalance| = 320 - 100 kg > 150 kg
+    assert rc == 0 and values[0] & 0b10  # |imbalance| = 320 - 100 kg > 150 kg
 
 
 async def test_estop_of_every_device(rig: Rig) -> None:
     for dev in rig.devices.values():
         dev.inject("estop", {})
     for model in MODELS:
-        await wait_until(lambda m=model: _fault(rig.port, rig.unit(m), 8), 5, f"{model} e-stop")
+        unit = rig.unit(model)
+
+        async def estop(unit: int = unit) -> bool:
+            return await _fault(rig.port, unit, 8)
+
+        await wait_until(estop, 5, f"{model} e-stop")
         status = (await read(rig.port, rig.unit(model), 6, 1))[1][0]
         assert status & 0b100000 and not status & 1
     rig.devices["fire_curtain"].clear()
@@ -441,3 +449,42 @@ async def test_rtu_units_on_one_line_answer_mbpoll(line: tuple[str, str]) -> Non
         assert done.returncode == 0 and VALUE.search(done.stdout), done.stderr
         done = await asyncio.to_thread(rtu, 2, "-t", "4", "-r", "11", "-c", "1")
         assert done.returncode != 0 and "Illegal data address" in done.stderr
+
+
+async def test_turntable_wraps_around_zero_on_the_wire(rig: Rig) -> None:
+    unit = rig.unit("turntable")
+    async with Master(rig.port, unit) as m:
+        c = m.client
+        await c.write_register(120, 2, device_id=unit)  # anticlockwise
+        await c.write_registers(102, [3600, 2000], device_id=unit)  # 36 °/s, 20 °/s²
+        await c.write_registers(100, [0, 35000], device_id=unit)  # 350.00°: 10° back over 0
+        await c.write_register(104, 3, device_id=unit)
+
+        async def arrived() -> bool:
+            rr = await c.read_holding_registers(0, count=11, device_id=unit)
+            return rr.registers[:2] == [0, 35000] and bool(rr.registers[6] & 0b1000)
+
+        await wait_until(arrived, 8, "turntable at 350.00°")
+        rr = await c.read_holding_registers(20, count=4, device_id=unit)
+    revolutions = struct.unpack(">i", struct.pack(">HH", *rr.registers[:2]))[0]
+    total = struct.unpack(">i", struct.pack(">HH", *rr.registers[2:]))[0]
+    assert (revolutions, total) == (-1, -1000)  # one turn back, -10.00° unwrapped
+    assert rig.devices["turntable"].truth()["angle_total_deg"] == pytest.approx(-10, abs=0.01)
+
+
+async def test_watchdog_time_written_to_106_is_obeyed(rig: Rig) -> None:
+    unit = rig.unit("hoist")
+    async with Master(rig.port, unit) as m:
+        await m.client.write_register(106, 1500, device_id=unit)
+        await m.move(8000, speed=200, accel=500)
+        await wait_until(lambda: _moving(m), 5, "hoist moving")
+        assert m._beat is not None
+        m._beat.cancel()
+        await asyncio.sleep(0.5)  # beyond the default 200 ms, inside 1.5 s
+        _, sw, fault = await m.status()
+        assert fault == 0 and sw & 0b100
+
+        async def watchdog_fault() -> bool:
+            return (await m.status())[2] == 1
+
+        await wait_until(watchdog_fault, 5, "fault 1 after 1.5 s")

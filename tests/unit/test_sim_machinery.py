@@ -31,6 +31,7 @@ from simulators.machinery.registers import (
     REG_HEARTBEAT,
     REG_SPEED,
     REG_TARGET,
+    REG_WATCHDOG,
     SETTINGS_START,
     SW_BRAKE_RELEASED,
     SW_ESTOP,
@@ -125,7 +126,9 @@ def test_a_stop_ends_at_standstill_in_time(v: float, decel: float, jerk: float) 
 
 
 @given(v=st.floats(0, 2000), a=st.floats(-3000, 3000), jerk=st.floats(100, 1e5))
-def test_stop_distance_is_never_shorter_than_the_plain_ramp(v: float, a: float, jerk: float) -> None:
+def test_stop_distance_is_never_shorter_than_the_plain_ramp(
+    v: float, a: float, jerk: float
+) -> None:
     # With a jerk limit, braking can only take longer than with an instant deceleration,
     # unless the axis already brakes (a < 0).
     if a >= 0:
@@ -388,7 +391,7 @@ def test_fire_curtain_lowers_on_release_and_raises_after() -> None:
     kind.clear_condition(drive, "alarm_release")
     m.run(1)
     assert kind.state(drive) == 4 and drive.enabled
-    assert drive.fault == 0 and drive.command_block  # never faulted, no heartbeat needed
+    assert drive.fault == 0 and not drive.kind.has_commands  # no heartbeat needed
 
 
 # --- devices, faults and specs ------------------------------------------------------------------
@@ -428,7 +431,8 @@ def test_bad_fault_injections_are_refused(fault: str, params: dict[str, Any], er
 
 def test_faults_are_listed_per_type() -> None:
     names = {f.name for f in device("hoist").fault_catalogue()}
-    assert {"estop", "overload", "encoder_jump", "slack_rope", "comms_loss", "late_response"} <= names
+    expected = {"estop", "overload", "encoder_jump", "slack_rope", "comms_loss", "late_response"}
+    assert expected <= names
     assert "slack_rope" not in {f.name for f in device("turntable").fault_catalogue()}
     assert "bumper_contact" in {f.name for f in device("wagon").fault_catalogue()}
 
@@ -460,9 +464,10 @@ def test_inject_and_clear_one_or_all() -> None:
 )
 def test_bad_specs_are_refused_with_where(specs: list[DeviceSpec], error: str) -> None:
     family = MachineryFamily({})
+    for s in specs[:-1]:
+        family.add(s)
     with pytest.raises(SimulationError, match=error) as info:
-        for s in specs:
-            family.add(s)
+        family.add(specs[-1])
     assert str(info.value).startswith("v.toml")
 
 
@@ -473,8 +478,9 @@ def test_rtu_needs_the_simulators_end_of_the_line_and_one_line_setting() -> None
         family.add(DeviceSpec("a", "hoist", rtu, {"model": "hoist"}, "v.toml"))
     family.add(DeviceSpec("a", "hoist", rtu, {"model": "hoist", "serial_port": "/dev/B"}, "v"))
     other = {**rtu, "unit": 2, "baudrate": 9600}
+    sim_b = {"model": "hoist", "serial_port": "/dev/B"}
     with pytest.raises(SimulationError, match="disagree on the line settings"):
-        family.add(DeviceSpec("b", "hoist", other, {"model": "hoist", "serial_port": "/dev/B"}, "v"))
+        family.add(DeviceSpec("b", "hoist", other, sim_b, "v"))
 
 
 def test_truth_is_json_plain() -> None:
@@ -484,3 +490,69 @@ def test_truth_is_json_plain() -> None:
         truth = device(model).truth()
         json.dumps(truth)
         assert {"load_kg", "fault", "estop", "brake_released", "current_a"} <= set(truth)
+
+
+def test_watchdog_time_is_configurable_in_register_106() -> None:
+    drive = make(start_position=0)
+    m = Master(drive)
+    drive.write(REG_WATCHDOG, [1000], m.t)  # 1 s instead of the default 200 ms
+    m.run(0.1)
+    m.move(10000, 1000, 1000)
+    m.run(1)
+    m.run(0.6, heartbeat=False)  # beyond 200 ms, inside 1 s: still running
+    assert drive.fault == FAULT_NONE and drive.moving
+    m.run(0.5, heartbeat=False)
+    assert drive.fault == FAULT_WATCHDOG
+    assert drive.command_block()[6] == 1000
+
+
+def test_load_cell_reads_static_plus_dynamic_load() -> None:
+    drive = make(start_position=1000, payload_kg=200)
+    m = Master(drive)
+    m.run(0.3)
+    assert drive.load_kg() == pytest.approx(200)  # at rest: the payload
+    m.move(8000, 1500, 2000)
+    m.run(0.25)  # accelerating upwards at 2000 mm/s²: 200 * (1 + 2/9.81)
+    assert drive.accel == pytest.approx(2000)
+    assert drive.load_kg() == pytest.approx(200 * (1 + 2 / 9.81))
+    m.run(2)
+    while drive.accel >= 0:
+        m.run(DT)
+    assert drive.load_kg() < 200  # braking an upward run: the load cell reads less
+
+
+def test_motor_current_and_temperature_follow_load_and_duty() -> None:
+    light, heavy = make(payload_kg=100), make(payload_kg=450)
+    temps: dict[str, float] = {}
+    for name, drive in (("light", light), ("heavy", heavy)):
+        m = Master(drive)
+        m.run(0.2)
+        peak_current = 0.0
+        for leg in range(6):  # a busy duty cycle: up and down the travel
+            m.move(10000 if leg % 2 == 0 else 0, 1500, 2000)
+            for _ in range(900):
+                m.run(DT)
+                peak_current = max(peak_current, drive.current)
+        temps[name] = drive.temperature
+        assert peak_current > drive.params.holding_current_a
+        assert drive.temperature > drive.params.ambient_c
+        temps[name + "_current"] = peak_current
+    assert temps["heavy_current"] > temps["light_current"]
+    assert temps["heavy"] > temps["light"]
+    idle = make()
+    Master(idle).run(5)
+    assert idle.temperature == idle.params.ambient_c and idle.current == 0  # no duty, no heat
+
+
+def test_quiet_drives_are_stepped_less_but_behave_the_same() -> None:
+    drive = make(start_position=500, payload_kg=700)  # above 125 % of 500 kg
+    assert drive.quiet()
+    for k in range(20):
+        drive.idle(k * DT, DT)
+    assert drive.fault == FAULT_OVERLOAD  # a static cause still latches while quiet
+    busy = make(start_position=500)
+    busy.write(REG_CONTROL, [CW_ENABLE], 0.0)
+    assert not busy.quiet()
+    busy.injected.estop = True
+    busy.write(REG_CONTROL, [0], 0.0)
+    assert not busy.quiet()
