@@ -1,11 +1,17 @@
 """The acoustic room on a real JACK server (jackd2, dummy backend), heard by an independent client.
 
+The room runs as the runner runs it (``Simulation``: the registry loads ``RoomFamily``) with its
+control endpoint on a real socket; the tests read truth and inject state changes over HTTP.
+
 The peer is a separate process with its own PortAudio JACK client (named ``PortAudio``, as
 Flytower's would be): it plays a periodic flat-spectrum sequence on one output and records its
 inputs. The room patches itself to it (its default ``flytower_client`` pattern). Folding the
-recording over the sequence's period and dividing spectra gives the loop's impulse response,
-which must be the room's IR (delayed by the JACK loop latency) to a correlation > 0.99. With the
-peer silent, the microphones carry the configured noise level.
+recording over the sequence's period and dividing spectra gives the loop's impulse response.
+Tolerances: it must be the room's IR (delayed by the JACK loop latency) to a correlation > 0.99,
+and its T30 and C80 per octave band must equal the truth the endpoint reports within 2 % and
+0.2 dB (the DESIGN's figures for our own metrics). With the peer silent, the microphones carry
+the configured noise level within 1 dB (the pink noise's level over a 1 s window wanders by
+less than 0.5 dB).
 
 Timing is never asserted: waits are for outcomes, with generous timeouts.
 """
@@ -20,25 +26,32 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
-from simulators.acoustics import RoomDevice, RoomFamily
+from simulators.acoustics import RoomDevice
 from simulators.acoustics.family import ir_job, room_config
+from simulators.acoustics.jack import parse_jack_lsp
+from simulators.acoustics.truth import band_metrics
+from simulators.control import bind, serve_http
 from simulators.core import DeviceSpec
+from simulators.runner import Simulation
 from tests.conftest import wait_until
 from tests.peers.jack import JackServer
 
 pytestmark = pytest.mark.integration
 
 RATE = 48000
-PERIOD = 1 << 14  # longer than the IR (0.2 s) plus the loop latency
+PERIOD = RATE  # longer than the IR (0.8 s) plus the loop latency
 SETTLE = 3 * RATE // 4  # frames recorded before the room has surely patched the peer
 NOISE_DB = 40.0
+SILENT = 2 * RATE  # the peer's silent end: the room rings out (0.8 s), then only noise is left
 
 PEER = """
 import sys, numpy as np, sounddevice as sd
 seconds, out, play_on, period = float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+silent = int(sys.argv[5])
 rng = np.random.default_rng(3)
 spectrum = np.exp(2j * np.pi * rng.random(period // 2 + 1))
 spectrum[0] = spectrum[-1] = 1
@@ -49,7 +62,7 @@ state = {"n": 0}
 def cb(indata, outdata, n, t, status):
     i = state["n"]
     outdata.fill(0)
-    if play_on >= 0 and i < frames - 48000:  # the last second is silent: room noise only
+    if play_on >= 0 and i < frames - silent:  # a silent end: room noise only
         idx = (i + np.arange(n)) % period
         outdata[:, play_on] = seq[idx]
     k = min(n, frames - i)
@@ -70,7 +83,7 @@ def sequence() -> np.ndarray:
     spectrum = np.exp(2j * np.pi * rng.random(PERIOD // 2 + 1))
     spectrum[0] = spectrum[-1] = 1
     seq = np.fft.irfft(spectrum, PERIOD)
-    return 0.3 * seq / seq.std()
+    return np.asarray(0.3 * seq / seq.std())
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +106,13 @@ def room_spec(jack: JackServer, cache: Path) -> DeviceSpec:
         simulate={
             "model": "room",
             "dimensions": [6.0, 5.0, 3.0],
-            "materials": {"walls": 0.3, "floor": "audience_floor", "ceiling": 0.5},
-            "audience_area_m2": 20.0,
+            "materials": {"walls": 0.12, "floor": "audience_floor", "ceiling": 0.12},
+            "audience_area_m2": 25.0,
             "speakers": [[1.0, 1.0, 1.5], [5.0, 1.0, 1.5]],
             "mics": [[3.0, 3.5, 1.2], [4.0, 2.5, 1.2]],
-            "ir_seconds": 0.2,
+            "ir_seconds": 0.8,
             "max_order": 2,
-            "rays": 1000,
+            "rays": 3000,
             "noise_db_spl": NOISE_DB,
             "crossfade_s": 0.05,
             "cache_dir": str(cache),
@@ -109,24 +122,42 @@ def room_spec(jack: JackServer, cache: Path) -> DeviceSpec:
 
 
 @contextlib.asynccontextmanager
-async def running_room(jack: JackServer, cache: Path) -> AsyncIterator[RoomDevice]:
-    family = RoomFamily({"venue": {"id": "test"}})
-    room = family.add(room_spec(jack, cache))
-    async with contextlib.AsyncExitStack() as stack:
-        for host in family.hosts():
-            await stack.enter_async_context(host)
+async def running_room(
+    jack: JackServer, cache: Path
+) -> AsyncIterator[tuple[RoomDevice, httpx.AsyncClient]]:
+    """The room served as ``flytower simulate`` serves it, and a client of its endpoint."""
+    sim = Simulation({"venue": {"id": "test"}}, [room_spec(jack, cache)])
+    room = sim.devices["hall"]
+    assert isinstance(room, RoomDevice)
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/sim/v1"
+    async with (
+        sim.running(),
+        serve_http(sim.control, sock),
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        await wait_settled(http, "the first IR to play")
+        yield room, http
 
-        async def settled() -> bool:
-            return bool(room.truth()["settled"])
 
-        await wait_until(settled, 60, "the first IR to play")
-        yield room
+async def truth(http: httpx.AsyncClient) -> dict[str, Any]:
+    reply = await http.get("/truth", params={"ids": "hall"})
+    reply.raise_for_status()
+    return dict(reply.json()["devices"]["hall"])
+
+
+async def wait_settled(http: httpx.AsyncClient, what: str) -> dict[str, Any]:
+    async def settled() -> bool:
+        return bool((await truth(http))["settled"])
+
+    await wait_until(settled, 90, what)
+    return await truth(http)
 
 
 async def peer(jack: JackServer, tmp: Path, seconds: float, play_on: int) -> np.ndarray:
     out = tmp / f"rec-{play_on}.npy"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PEER, str(seconds), str(out), str(play_on), str(PERIOD),
+        sys.executable, "-c", PEER, str(seconds), str(out), str(play_on), str(PERIOD), str(SILENT),
         env=jack.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -136,7 +167,7 @@ async def peer(jack: JackServer, tmp: Path, seconds: float, play_on: int) -> np.
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, err.decode()[-2000:]
-    return np.load(out)
+    return np.asarray(np.load(out))
 
 
 def loop_response(x: np.ndarray) -> np.ndarray:
@@ -144,7 +175,7 @@ def loop_response(x: np.ndarray) -> np.ndarray:
     (circularly: the excitation is periodic), then the median over periods, so that a period
     hit by an xrun on this loaded machine does not spoil the estimate."""
     first = -(-SETTLE // PERIOD) * PERIOD
-    periods = (len(x) - RATE - first) // PERIOD
+    periods = (len(x) - SILENT - first) // PERIOD
     assert periods >= 3, "not enough signal recorded"
     folded = x[first : first + periods * PERIOD].reshape(periods, PERIOD)
     each = np.fft.irfft(np.fft.rfft(folded, axis=1) / np.fft.rfft(sequence()), PERIOD, axis=1)
@@ -164,30 +195,62 @@ def best_match(measured: np.ndarray, ir: np.ndarray) -> tuple[int, float]:
 
 def ports(jack: JackServer) -> dict[str, Any]:
     done = subprocess.run(["jack_lsp", "-c"], env=jack.env, capture_output=True, check=True)
-    from simulators.acoustics.jack import parse_jack_lsp
-
     return dict(parse_jack_lsp(done.stdout.decode()))
 
 
-async def test_room_returns_its_ir_and_noise(
-    jack: JackServer, cache: Path, tmp_path: Path
-) -> None:
+def aligned(measured: np.ndarray, lag: int, n: int) -> np.ndarray:
+    return np.roll(measured, -lag)[:n]
+
+
+def assert_metrics_match(recovered: np.ndarray, expected: dict[str, Any], what: str) -> None:
+    """T30 within 2 % and C80 within 0.2 dB in every band both define (at least four)."""
+    got = band_metrics(recovered, RATE)
+    print(f"{what}: T30 {got['t30_s']} truth {expected['t30_s']}")
+    print(f"{what}: C80 {got['c80_db']} truth {expected['c80_db']}")
+    both = [
+        (g, e) for g, e in zip(got["t30_s"], expected["t30_s"], strict=True) if None not in (g, e)
+    ]
+    assert len(both) >= 4, (what, got["t30_s"], expected["t30_s"])
+    for g, e in both:
+        assert abs(g - e) <= 0.02 * e, (what, "T30", got["t30_s"], expected["t30_s"])
+    for g, e in zip(got["c80_db"], expected["c80_db"], strict=True):
+        if None not in (g, e):
+            assert abs(g - e) <= 0.2, (what, "C80", got["c80_db"], expected["c80_db"])
+
+
+def pair(truth: dict[str, Any], speaker: int, mic: int) -> dict[str, Any]:
+    """The truth's metrics of one speaker x mic pair (1-based, as the endpoint numbers them)."""
+    pairs = truth["metrics"]["pairs"]
+    return dict(next(p for p in pairs if p["speaker"] == speaker and p["mic"] == mic))
+
+
+def mid_t30(metrics: dict[str, Any]) -> float:
+    """Mean T30 over 500 Hz .. 4 kHz."""
+    values = metrics["t30_s"][2:]
+    assert None not in values, values
+    return float(np.mean(values))
+
+
+async def test_room_returns_its_ir_and_noise(jack: JackServer, cache: Path, tmp_path: Path) -> None:
     # Warm the cache here: the second test exercises computing an IR in the room's worker.
     spec_config = room_config(room_spec(jack, cache))
     await asyncio.to_thread(ir_job, spec_config.model, spec_config.initial, str(cache))
-    async with running_room(jack, cache) as room:
-        truth = room.truth()
-        assert truth["stream"]["running"] and truth["playing"]["occupancy"] == 0.0
+    async with running_room(jack, cache) as (room, http):
+        t = await truth(http)
+        assert t["stream"]["running"] and t["playing"]["occupancy"] == 0.0
         irs, _, cached = ir_job(room.config.model, room.state, str(cache))
         assert cached, "the room uses the cache it was given"
 
         # Speaker 1 plays; both microphones record.
-        rec = await peer(jack, tmp_path, (SETTLE + 6 * PERIOD + RATE) / RATE, play_on=0)
+        rec = await peer(jack, tmp_path, (SETTLE + 5 * PERIOD + SILENT) / RATE, play_on=0)
         lags = []
         for mic in range(2):
-            lag, coeff = best_match(loop_response(rec[:, mic].astype(float)), irs[mic, 0])
-            print(f"\nmic {mic + 1}: loop lag {lag} samples, correlation {coeff:.4f}")
+            measured = loop_response(rec[:, mic].astype(float))
+            lag, coeff = best_match(measured, irs[mic, 0])
+            print(f"\nmic {mic + 1}: loop lag {lag} samples, correlation {coeff:.5f}")
             assert coeff > 0.99
+            recovered = aligned(measured, lag, irs.shape[2])
+            assert_metrics_match(recovered, pair(t, 1, mic + 1), f"speaker 1 -> mic {mic + 1}")
             lags.append(lag)
         assert lags[0] == lags[1], "both microphones are heard with the same loop latency"
         assert lags[0] % 256 == 0, "the loop delays by whole JACK periods"
@@ -200,34 +263,64 @@ async def test_room_returns_its_ir_and_noise(
         )
 
         # Silence in: the configured noise floor out; a noise fault raises it.
-        quiet = rec[-RATE // 2 :]  # the peer's silent end, after the room stopped ringing
+        quiet = rec[-RATE:]  # the last second: the room has rung out
         level = 20 * np.log10(np.sqrt(np.mean(quiet**2, axis=0))) + 120
         print(f"noise floor {level} dB SPL (configured {NOISE_DB})")
         np.testing.assert_allclose(level, NOISE_DB, atol=1.0)
-        room.inject("noise_level", {"db_spl": 70.0})
-        loud = await peer(jack, tmp_path, 1.5, play_on=-1)
-        level = 20 * np.log10(np.sqrt(np.mean(loud[SETTLE:] ** 2, axis=0))) + 120
+        reply = await http.post("/devices/hall/faults/noise_level", json={"db_spl": 70.0})
+        assert reply.status_code == 200, reply.text
+        assert (await truth(http))["noise_db_spl"] == 70.0
+        loud = await peer(jack, tmp_path, 3.0, play_on=-1)
+        level = 20 * np.log10(np.sqrt(np.mean(loud[-RATE:] ** 2, axis=0))) + 120
+        print(f"noise after the fault {level} dB SPL (injected 70)")
         np.testing.assert_allclose(level, 70.0, atol=1.0)
-        room.clear("noise_level")
+        reply = await http.post("/devices/hall/faults/noise_level", json={"db_spl": 500})
+        assert reply.status_code == 422 and "db_spl" in reply.json()["detail"]
+        assert (await http.delete("/devices/hall/faults/noise_level")).status_code == 200
 
 
-async def test_occupancy_crossfades_in_the_occupied_ir(
+async def test_occupancy_and_doors_change_what_the_room_sounds_like(
     jack: JackServer, cache: Path, tmp_path: Path
 ) -> None:
-    async with running_room(jack, cache) as room:
+    async with running_room(jack, cache) as (room, http):
+        empty_truth = await truth(http)
         empty, _, _ = ir_job(room.config.model, room.state, str(cache))
-        version = room.version
-        room.inject("occupancy", {"fraction": 1.0})
-        assert room.truth()["settled"] is False
 
-        async def settled() -> bool:
-            return bool(room.truth()["settled"])
+        reply = await http.post("/devices/hall/faults/occupancy", json={"fraction": 1.0})
+        assert reply.status_code == 200 and reply.json()["active"] == {
+            "occupancy": {"fraction": 1.0}
+        }
+        assert (await truth(http))["settled"] is False
+        occupied_truth = await wait_settled(http, "the occupied IR to crossfade in")
+        assert occupied_truth["playing"]["occupancy"] == 1.0
+        assert occupied_truth["playing"]["version"] > empty_truth["playing"]["version"]
+        occupied, _, _ = ir_job(room.config.model, room.state, str(cache))
+        assert not np.allclose(occupied, empty, atol=1e-3), "occupancy changed the IRs"
+        rec = await peer(jack, tmp_path, (SETTLE + 5 * PERIOD + SILENT) / RATE, play_on=1)
+        measured = loop_response(rec[:, 0].astype(float))
+        lag, coeff = best_match(measured, occupied[0, 1])
+        _, coeff_empty = best_match(measured, empty[0, 1])
+        print(f"\noccupied: correlation {coeff:.5f} with the occupied IR, {coeff_empty:.5f} empty")
+        assert coeff > 0.99 and coeff > coeff_empty, "speaker 2 -> mic 1 sounds occupied"
+        recovered = aligned(measured, lag, occupied.shape[2])
+        assert_metrics_match(recovered, pair(occupied_truth, 2, 1), "occupied, speaker 2 -> mic 1")
 
-        await wait_until(settled, 60, "the occupied IR to crossfade in")
-        truth = room.truth()
-        assert truth["playing"]["occupancy"] == 1.0 and room.version > version
-        irs, _, _ = ir_job(room.config.model, room.state, str(cache))
-        assert not np.allclose(irs, empty, atol=1e-3), "occupancy changed the IRs"
-        rec = await peer(jack, tmp_path, (SETTLE + 6 * PERIOD + RATE) / RATE, play_on=1)
-        _, coeff = best_match(loop_response(rec[:, 0].astype(float)), irs[0, 1])
-        assert coeff > 0.99, "speaker 2 -> mic 1 now sounds like the occupied room"
+        # Doors open as well: the endpoint's truth and the sound both lose reverberation.
+        reply = await http.post("/devices/hall/faults/doors_open", json={})
+        assert reply.status_code == 200, reply.text
+        doors_truth = await wait_settled(http, "the open-doors IR to crossfade in")
+        assert doors_truth["playing"]["doors_open"] is True
+        rec = await peer(jack, tmp_path, (SETTLE + 5 * PERIOD + SILENT) / RATE, play_on=1)
+        measured = loop_response(rec[:, 0].astype(float))
+        lag, _ = best_match(measured, occupied[0, 1])
+        recovered = aligned(measured, lag, occupied.shape[2])
+        assert_metrics_match(recovered, pair(doors_truth, 2, 1), "doors open, speaker 2 -> mic 1")
+        heard = mid_t30(band_metrics(recovered, RATE))
+        before = mid_t30(pair(empty_truth, 2, 1))
+        print(f"T30 (500 Hz-4 kHz) heard with doors open {heard:.3f} s, empty room {before:.3f} s")
+        assert heard < 0.9 * before
+
+        # Clearing every fault returns to the declared (empty, doors shut) room.
+        assert (await http.delete("/devices/hall/faults")).json() == {"active": {}}
+        back = await wait_settled(http, "the declared room to come back")
+        assert back["playing"]["occupancy"] == 0.0 and back["playing"]["doors_open"] is False

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.signal import fftconvolve
+from scipy.signal import fftconvolve  # type: ignore[import-untyped]
 
 from simulators.acoustics import RoomFamily
 from simulators.acoustics.convolver import NoiseSource, PartitionedConvolver, pink_noise
@@ -33,7 +33,7 @@ def decaying_sines(t60: float, seconds: float) -> np.ndarray:
     """One decaying sine per octave band: each band's decay is exactly ``t60``."""
     t = np.arange(round(seconds * RATE)) / RATE
     envelope = np.exp(-3 * math.log(10) * t / t60)
-    return sum(np.sin(2 * np.pi * 1.03 * f * t + 0.3) for f in BANDS_HZ) * envelope  # type: ignore[return-value]
+    return np.asarray(sum(np.sin(2 * np.pi * 1.03 * f * t + 0.3) for f in BANDS_HZ) * envelope)
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -206,22 +206,49 @@ HALL: dict[str, Any] = {
 def mean_t30(simulate: dict[str, Any], state: RoomState, cache: Path) -> float:
     config = room_config(spec(simulate))
     _, metrics, _ = ir_job(config.model, state, str(cache))
-    return float(np.mean(metrics["mean"]["t30_s"][2:]))  # 500 Hz .. 4 kHz
+    t30 = metrics["mean"]["t30_s"][2:]  # 500 Hz .. 4 kHz
+    assert None not in t30, f"the IR is too short for a T30: {t30}"
+    return float(np.mean(t30))
 
 
 def test_room_model_reverberation_follows_size_materials_occupancy_and_doors(
     tmp_path: Path,
 ) -> None:
+    """Each change against the same hall, with the same ray-tracing seed (the rays start out
+    alike, so the comparison is not swamped by ray-tracing randomness).
+
+    Thresholds: over seeds 0..5 the paired ratios to the base hall were bigger 1.4-1.6
+    (empty seeds: some bands of a 2 s IR fall short of -45 dB, hence 3.5 s), wooden walls
+    0.50-0.66, occupied 0.73-0.87, doors open 0.56-0.80; the base T30 itself spread 1.49-1.78 s
+    (std 7 %). Plasterboard walls are no test of "softer": at 500 Hz .. 4 kHz plasterboard
+    (0.06, 0.04, 0.04, 0.05) is within 0.03 of hard_surface (0.03, 0.03, 0.04, 0.05), and gave
+    0.87x on average, inside that spread.
+    """
     base = mean_t30(HALL, RoomState(), tmp_path)
-    bigger = mean_t30({**HALL, "dimensions": [12.0, 9.0, 6.0]}, RoomState(), tmp_path)
-    softer = mean_t30({**HALL, "materials": {"walls": "plasterboard"}}, RoomState(), tmp_path)
+    bigger = mean_t30(
+        {**HALL, "dimensions": [12.0, 9.0, 6.0], "ir_seconds": 3.5}, RoomState(), tmp_path
+    )
+    # Only the walls change: a materials table replaces the whole table, so keep the rest.
+    walls = {**HALL["materials"], "walls": "wooden_lining"}
+    softer = mean_t30({**HALL, "materials": walls}, RoomState(), tmp_path)
     occupied = mean_t30(HALL, RoomState(occupancy=1.0), tmp_path)
     doors = mean_t30(HALL, RoomState(doors_open=True), tmp_path)
     print(f"\nT30 {base=:.2f} {bigger=:.2f} {softer=:.2f} {occupied=:.2f} {doors=:.2f}")
-    assert bigger > base * 1.1
-    assert softer < base * 0.9
+    assert bigger > base * 1.25
+    assert softer < base * 0.75
     assert occupied < base * 0.9
     assert doors < base * 0.9
+
+
+def test_ray_tracing_is_seeded(tmp_path: Path) -> None:
+    """The same declaration gives the same IR in every process; another seed another one."""
+    small = {**HALL, "ir_seconds": 0.3, "rays": 300, "max_order": 1}
+    model = room_config(spec(small)).model
+    first, again = compute_irs(model, RoomState()), compute_irs(model, RoomState())
+    assert np.array_equal(first, again)
+    other = room_config(spec({**small, "seed": 7})).model
+    assert not np.array_equal(first, compute_irs(other, RoomState()))
+    assert model.cache_key(RoomState()) != other.cache_key(RoomState())
 
 
 def test_direct_sound_arrives_at_distance_over_c_with_unit_gain_at_1m(tmp_path: Path) -> None:
@@ -257,8 +284,8 @@ def test_polygon_room_and_cache(tmp_path: Path) -> None:
     assert len(metrics["pairs"]) == 2 and metrics["bands_hz"] == list(BANDS_HZ)
     again, _, cached = ir_job(config.model, RoomState(), str(tmp_path))
     assert cached and np.array_equal(irs, again)
-    assert config.model.surface_coeffs(RoomState(doors_open=True))["2"] > (
-        config.model.surfaces["2"]
+    assert (
+        config.model.surface_coeffs(RoomState(doors_open=True))["2"] > (config.model.surfaces["2"])
     )
 
 
@@ -301,6 +328,8 @@ def test_measured_wav_ir_and_its_state_changes(tmp_path: Path) -> None:
         ({"door_wall": "roof"}, "door_wall"),
         ({"occupancy": 1.5}, "occupancy must lie in 0..1"),
         ({"ir_seconds": 60.0}, "ir_seconds"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "whole number"),
         ({"speakers": 2}, "positions"),
         ({"speaker_channels": [0]}, "1..1024"),
         ({"flytower_client": "room-.*"}, "matches the room's own client"),
