@@ -111,7 +111,13 @@ class GearDevice:
         everything = self.m.wants_report()
         ts = round(wall * 1000)
         out: list[tuple[str, bytes]] = []
+        stuck = self._faults.get("stuck")
+        if stuck is not None:  # a frozen point sends its frozen value, not its events
+            events = [e for e in events if stuck["point"] not in ("", e[0])]
+        evented = {point for point, _, _ in events}  # each event goes out: no second copy
         for point, value in values.items():
+            if point in evented:
+                continue
             rule: Every = self.m.schedule[point]
             last = self._last.get(point)
             if (
@@ -123,11 +129,9 @@ class GearDevice:
             ):
                 out.append((self.prefix + point, self._encode(value, ts)))
                 self._last[point] = (value, mono)
-        stuck = self._faults.get("stuck")
         for point, value, t in events:
-            if stuck is None or stuck["point"] not in ("", point):
-                out.append((self.prefix + point, self._encode(value, round(t * 1000))))
-                self._last[point] = (value, mono)
+            out.append((self.prefix + point, self._encode(value, round(t * 1000))))
+            self._last[point] = (value, mono)
         if self._burst:
             out += self._malformed(ts)
         self.published += len(out)
@@ -261,6 +265,7 @@ class Clock:
         self.devices = list(devices)
         self.tick_hz = tick_hz
         self.ticks = self.late = 0
+        self.tick_s = 0.0  # CPU time spent stepping and encoding (thread time), for sizing
         self.started = time.monotonic()
         self._samples: deque[tuple[float, int]] = deque(maxlen=11)
         self._task: asyncio.Task[None] | None = None
@@ -278,8 +283,9 @@ class Clock:
         period = 1.0 / self.tick_hz
         last = next_at = time.monotonic()
         while True:
-            now = time.monotonic()
+            now, cpu = time.monotonic(), time.thread_time()
             self.tick(now - last, now, time.time())
+            self.tick_s += time.thread_time() - cpu
             last = now
             next_at += period
             delay = next_at - time.monotonic()
@@ -339,8 +345,12 @@ class MqttFamily:
         kinds |= {"publish_hz": float, "seed": int}
         params = check_params(spec, kinds)
         hz = float(params.pop("publish_hz", cls.default_hz))
-        if not 0 < hz <= MAX_TICK_HZ:
-            raise SimulationError(f"{spec.where}.publish_hz: must be > 0 and <= {MAX_TICK_HZ:g}")
+        if not 0 < hz <= MAX_TICK_HZ:  # also NaN: every comparison with it is false
+            raise SimulationError(
+                f"{spec.where}.publish_hz: {hz!r} is not a rate {spec.id} can publish at: "
+                f"messages a second, above 0 and at most {MAX_TICK_HZ:g} "
+                "(below 1 is slower than once a second: 0.0333 is once every 30 s)"
+            )
         seed = int(params.pop("seed", zlib.crc32(spec.id.encode())))
         model = cls(cls.Params(**params), random.Random(seed), time.time())
         if cls.vendor:

@@ -626,7 +626,7 @@ class WirelessMicReceiver(Model):
         "rf_level": Every(fast=True),
         "af_level": Every(fast=True),
         "tx_present": Every(fast=True),
-        "antenna": Every(10.0, change=0),
+        "antenna": Every(fast=True),  # it says which antenna rf_level is from
         "battery": Every(30.0),
         "frequency": Every(10.0, change=0),
         "gain": Every(10.0, change=0),
@@ -972,7 +972,7 @@ class MediaServer(Model):
         "transport": Every(fast=True, change=0),
         "playback_state": Every(fast=True, change=0),
         "clip": Every(fast=True, change=0),
-        "timecode": Every(change=0),
+        "timecode": Every(1.0, change=0),  # every frame while playing (events())
         "frame_rate": Every(fast=True, change=0),
         "duration": Every(fast=True, change=0),
         "opacity": Every(fast=True, change=0),

@@ -6,6 +6,8 @@ so a model publishing outside its page fails.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import random
@@ -99,10 +101,12 @@ def make(model: str, **params: Any) -> Model:
 
 def spec(model: str, i: int = 0, **simulate: Any) -> DeviceSpec:
     vendor = MODELS[model].vendor
-    transport = {"kind": "mqtt", "base": f"shellies/x-{i}"} if vendor else {"kind": "mqtt",
-                                                                             "node": "gw"}
+    transport = (
+        {"kind": "mqtt", "base": f"shellies/x-{i}"} if vendor else {"kind": "mqtt", "node": "gw"}
+    )
     return DeviceSpec(f"{model.replace('_', '-')}-{i}", model, transport,
-                      {"model": model, **simulate}, f"venue.toml: devices[{i}].simulate")  # fmt: skip
+                      {"model": model, **simulate},
+                      f"venue.toml: devices[{i}].simulate")  # fmt: skip
 
 
 # --- dynamics ---------------------------------------------------------------------------------
@@ -193,10 +197,8 @@ def test_point_payload_is_standard_json_per_schema(value: Any, ts: int) -> None:
 
 @given(st.binary(max_size=300), st.text(max_size=40))
 def test_decode_request_raises_only_bad_request(payload: bytes, device: str) -> None:
-    try:
+    with contextlib.suppress(wire.BadRequest):
         wire.decode_request(f"flytower/v/gw/{device}/cmd/go", payload, "v", "gw")
-    except wire.BadRequest:
-        pass
 
 
 def request(**doc: Any) -> bytes:
@@ -206,8 +208,12 @@ def request(**doc: Any) -> bytes:
 def test_decode_request_cases() -> None:
     topic = "flytower/v/gw/amp-1/cmd/set_mute_1"
     ok = wire.decode_request(topic, request(id="a", ts=5, args={"muted": True}), "v", "gw")
-    assert (ok.device, ok.name, ok.args, ok.reply_to) == ("amp-1", "set_mute_1",
-                                                         {"muted": True}, topic + "/reply")
+    assert (ok.device, ok.name, ok.args, ok.reply_to) == (
+        "amp-1",
+        "set_mute_1",
+        {"muted": True},
+        topic + "/reply",
+    )
     with pytest.raises(wire.BadRequest) as no_id:
         wire.decode_request(topic, request(ts=5), "v", "gw")
     assert no_id.value.request_id is None  # unanswerable: counted only
@@ -301,14 +307,15 @@ def test_commands_and_refusals() -> None:
     assert "battery" not in mic.values()
     from simulators.gear.models import Refused, Unavailable
 
-    for name, args in [
+    refused: list[tuple[str, dict[str, Any]]] = [
         ("set_frequency", {"frequency": 606_010}),
         ("set_frequency", {"frequency": 700_000}),
         ("set_gain", {"gain": 1.5}),
         ("set_mute", {"muted": 1}),
         ("set_mute", {"muted": True, "extra": 1}),
         ("launch", {}),
-    ]:
+    ]
+    for name, args in refused:
         with pytest.raises(Refused):
             mic.command(name, args)
     media = make("media_server", clip=0)
@@ -429,6 +436,39 @@ def test_schedule_fast_periodic_and_on_change() -> None:
     assert points(dev.tick(0.1, 0.2, 1e9))["gain"] == 30
     later = points(dev.tick(0.1, 30.5, 1e9))
     assert {"battery", "frequency"} <= set(later)
+
+
+def test_publish_hz_below_one() -> None:
+    """venue-large.toml's sensors send one reading every 30 s (publish_hz = 0.0333)."""
+    dev, _ = device("temp_humidity", publish_hz=0.0333)
+    sent = [mono for mono in (x * 0.1 for x in range(0, 1201))  # two minutes at 10 Hz
+            if "temperature" in points(dev.tick(0.1, mono, 1e9))]  # fmt: skip
+    assert len(sent) == 4  # at 0, ~30, ~60, ~90 s
+    assert all(29.9 < b - a < 30.2 for a, b in itertools.pairwise(sent))
+
+
+@pytest.mark.parametrize("hz", [0, -1, -0.5, math.nan, math.inf, 51])
+def test_publish_hz_must_be_a_rate(hz: float) -> None:
+    family = MqttFamily({"venue": {"id": "v"}})
+    with pytest.raises(SimulationError) as exc:
+        family.add(spec("temp_humidity", 3, publish_hz=hz))
+    message = str(exc.value)
+    assert message.startswith("venue.toml: devices[3].simulate.publish_hz: ")
+    assert "temp-humidity-3" in message and "above 0" in message
+
+
+def test_media_server_sends_each_frame_once() -> None:
+    dev, _ = device("media_server", clip=2, load_s=0.0, publish_hz=1.0)  # clip 2: 25 fps
+    dev.tick(0.1, 0.0, 1e9)
+    dev.handle_command("play", {})
+    frames = [json.loads(p)["v"] for i in range(1, 21)
+              for t, p in dev.tick(0.1, i * 0.1, 1e9 + i * 0.1)
+              if t.endswith("/timecode")]  # fmt: skip
+    assert frames == list(range(frames[0], frames[0] + len(frames)))  # none twice, none skipped
+    dev.handle_command("stop", {})
+    quiet = [t for i in range(21, 40) for t, _ in dev.tick(0.1, i * 0.1, 1e9)
+             if t.endswith("/timecode")]  # fmt: skip
+    assert 1 <= len(quiet) <= 3  # at the stop, then at least every second
 
 
 def test_command_reply_codes() -> None:
