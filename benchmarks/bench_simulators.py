@@ -5,11 +5,17 @@ it at the venue's rates, and from it how many such devices one core can simulate
 - machinery: hoists behind Modbus TCP gateways (4 units a port), each polled at 20 Hz (status
   block read) with its heartbeat written at 20 Hz, by pymodbus clients in this process;
 - MQTT gear: sensors publishing on their own through Mosquitto, counted by a subscriber here;
-- DMX receivers: fixtures on Art-Net universes, each universe sent at 44 Hz from here.
+- DMX receivers: fixtures on Art-Net universes, each universe sent at 44 Hz from here;
+- OSC loudspeaker matrices: every point of each queried at 10 Hz from here.
 Reference, same run, same load: the bare cost of that traffic without a simulation behind it:
 a pymodbus SimDevice with static registers; a plain aiomqtt client publishing the same message
-rate; a UDP socket that only receives the same frames. A family that is not built yet is
-reported as skipped.
+rate; a UDP socket that only receives the same frames; a UDP socket that echoes each query.
+A family that cannot run here (not built, or the acoustic room without a JACK server) is
+reported as skipped, with the reason. Last, the cost per device is turned into how many
+devices of each family one core carries, and what the large venue needs
+(``examples/venue-large.toml``).
+
+``python -m benchmarks.bench_simulators`` runs it alone; ``python -m benchmarks`` runs all.
 
 The simulator and the references each run in their own process (``python -m simulators`` and
 ``python -m benchmarks.bench_simulators reference-...``), so their CPU time is theirs alone.
@@ -38,6 +44,8 @@ WARMUP_S = 1.0
 PORTS, UNITS, POLL_HZ = 8, 4, 20.0
 MQTT_DEVICES = 30
 DMX_UNIVERSES, DMX_HZ = 16, 44.0
+OSC_DEVICES, OSC_HZ = 8, 10.0
+PER_CORE: dict[str, float] = {}  # family -> devices one core carries (filled as benches run)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -113,6 +121,7 @@ async def measure(pid: int, load: Callable[[float], Awaitable[int]]) -> tuple[fl
 
 def report(name: str, devices: int, ours: float, ref: float, what: str) -> None:
     per_dev, ref_per_dev = ours / devices, ref / devices
+    PER_CORE[name] = 1 / per_dev if per_dev else float("inf")
     print(
         f"   {name:<10} {devices:3d} devices  {1000 * per_dev:7.3f} ms CPU per device-second"
         f"  -> {1 / per_dev if per_dev else float('inf'):8.0f} devices per core   ({what})"
@@ -387,27 +396,182 @@ def serve_reference_udp(port: int) -> None:
         sock.recv(1024)
 
 
+# --- OSC loudspeaker matrices -----------------------------------------------------------------
+
+
+def osc_venue(ports: Sequence[int]) -> dict[str, Any]:
+    return {
+        "venue": {"id": "bench"},
+        "nodes": [{"id": "stage"}],
+        "devices": [
+            {
+                "id": f"dsp-{i}",
+                "profile": "dsp_matrix",
+                "poll_hz": OSC_HZ,
+                "transport": {"kind": "osc", "host": "127.0.0.1", "port": p},
+                "simulate": {"model": "dsp_matrix"},
+            }
+            for i, p in enumerate(ports)
+        ],
+    }
+
+
+def osc_query(address: str) -> bytes:
+    """An OSC message without arguments (a query, docs/interfaces/osc.md)."""
+    raw = address.encode() + b"\x00"
+    return raw + b"\x00" * (-len(raw) % 4) + b",\x00\x00\x00"
+
+
+def osc_points() -> list[str]:
+    from simulators.osc_matrix import CHANNELS
+
+    ins = [f"/in/{c}/{p}" for c in range(1, CHANNELS + 1) for p in ("gain", "mute")]
+    outs = [f"/out/{c}/{p}" for c in range(1, CHANNELS + 1) for p in ("gain", "mute")]
+    return [*ins, *outs, "/preset"]
+
+
+def osc_poller(ports: Sequence[int]) -> Callable[[float], Awaitable[int]]:
+    """Every point of every matrix queried at OSC_HZ; returns the replies received."""
+    queries = [osc_query(a) for a in osc_points()]
+
+    class Counter(asyncio.DatagramProtocol):
+        replies = 0
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            Counter.replies += 1
+
+    async def load(seconds: float) -> int:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            Counter, local_addr=("127.0.0.1", 0), family=socket.AF_INET
+        )
+        Counter.replies = 0
+        try:
+            next_at = time.monotonic()
+            end = next_at + seconds
+            while (next_at := next_at + 1 / OSC_HZ) < end:
+                for p in ports:
+                    for q in queries:
+                        transport.sendto(q, ("127.0.0.1", p))
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await asyncio.sleep(0.1)  # the last replies
+        finally:
+            transport.close()
+        return Counter.replies
+
+    return load
+
+
+async def bench_osc() -> None:
+    ports = [_port() for _ in range(OSC_DEVICES)]
+    poller = osc_poller(ports)
+    async with simulator(osc_venue(ports)) as pid:
+        ours, count = await measure(pid, poller)
+    args = ["-m", "benchmarks.bench_simulators", "reference-echo", *map(str, ports)]
+    async with process(args, None) as pid:
+        await asyncio.sleep(0.5)  # bound
+        ref, _ = await measure(pid, poller)
+    report("osc", OSC_DEVICES, ours, ref, f"{count / SECONDS:.0f} queries answered/s")
+
+
+def serve_reference_echo(ports: Sequence[int]) -> None:
+    async def main() -> None:
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport: Any = transport
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                self.transport.sendto(data, addr)
+
+        loop = asyncio.get_running_loop()
+        for p in ports:
+            await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", p))
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# --- the acoustic room ------------------------------------------------------------------------
+
+
+def room_skipped() -> str | None:
+    """Why the room cannot be measured here, or None. It needs a running JACK server (the
+    integration tests start one on the dummy backend); its cost is one realtime convolution per
+    room, not per device, so it is reported by bench_audio_callback's engine figures instead."""
+    if not available("simulators.acoustics"):
+        return "simulators.acoustics is not built yet"
+    return "needs a JACK server (one room per venue: see bench_audio_callback)"
+
+
 # --- entry points -----------------------------------------------------------------------------
+
+
+def large_venue_needs() -> None:
+    """What the large venue's devices cost at these rates, in cores (an estimate: the bench's
+    rates are not the venue's; the runner's weights in simulators.registry are the other
+    estimate, from the venue's own rates)."""
+    from drivers.model import read_toml
+    from edge.config import expand_venue
+    from simulators import registry, runner
+
+    path = REPO / "examples" / "venue-large.toml"
+    venue = expand_venue(read_toml(path), path)
+    specs, _ = runner.device_specs(venue, str(path))
+    families = {
+        "machinery": "machinery",
+        "gear": "mqtt gear",
+        "lighting": "dmx",
+        "osc_matrix": "osc",
+    }
+    counts: dict[str, int] = {}
+    for spec in specs:
+        name = families.get(registry.MODELS.get(spec.model, ""), "")
+        counts[name] = counts.get(name, 0) + 1
+    print("   devices per core (this bench's rates):")
+    cores = 0.0
+    for name, per_core in PER_CORE.items():
+        n = counts.get(name, 0)
+        cores += n / per_core
+        print(
+            f"   {name:<10} {per_core:8.0f} per core; the large venue has {n:3d}: "
+            f"{100 * n / per_core:5.1f} % of a core"
+        )
+    estimate = sum(registry.device_weight(s) for s in specs)
+    print(
+        f"   large venue: {cores:.2f} cores at these rates; the runner's estimate at its own "
+        f"rates {estimate:.2f} cores ([simulation] processes = "
+        f"{runner.processes_of(venue, None)})"
+    )
 
 
 async def run() -> None:
     benches = [
-        ("machinery", "simulators.hoist", bench_machinery),
+        ("machinery", "simulators.machinery", bench_machinery),
         ("mqtt gear", "simulators.gear", bench_mqtt),
         ("dmx", "simulators.lighting", bench_dmx),
+        ("osc", "simulators.osc_matrix", bench_osc),
     ]
     for name, module, bench in benches:
         if available(module):
             await bench()
         else:
             print(f"   {name:<10} skipped: {module} is not built yet")
+    print(f"   {'room':<10} skipped: {room_skipped()}")
+    if PER_CORE:
+        large_venue_needs()
 
 
 if __name__ == "__main__":
-    kind, *rest = sys.argv[1:]
-    if kind == "reference-modbus":
+    kind, *rest = sys.argv[1:] or ["all"]
+    if kind == "all":
+        asyncio.run(run())
+    elif kind == "reference-modbus":
         serve_reference_modbus([int(p) for p in rest])
     elif kind == "reference-mqtt":
         serve_reference_mqtt(int(rest[0]), float(rest[1]))
     elif kind == "reference-udp":
         serve_reference_udp(int(rest[0]))
+    elif kind == "reference-echo":
+        serve_reference_echo([int(p) for p in rest])
+    else:
+        sys.exit(f"unknown part {kind!r}")

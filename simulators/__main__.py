@@ -2,6 +2,8 @@
 
     python -m simulators VENUE [--control-port P] [--processes N]
 
+``--processes`` defaults to the venue's ``[simulation] processes`` (else 1).
+
 ``VENUE`` is TOML or JSON with explicit ``[[devices]]`` (``flytower simulate`` also expands
 compact venues). ``--part i/N --source NAME`` is how a multi-process run starts its children:
 serve part i of N and talk to the parent over stdin/stdout (see ``simulators.runner``).
@@ -10,6 +12,7 @@ serve part i of N and talk to the parent over stdin/stdout (see ``simulators.run
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -27,15 +30,41 @@ def _part(text: str) -> tuple[int, int]:
     return int(m[1]) - 1, int(m[2])
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
+def _assignment(path: Path, part: int, parts: int) -> list[list[str]]:
+    """The parent's partition: a JSON array of ``parts`` arrays of device ids."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SimulationError(f"{path}: {exc}") from exc
+    ok = (
+        isinstance(data, list)
+        and len(data) == parts
+        and all(isinstance(p, list) and all(isinstance(i, str) for i in p) for p in data)
+    )
+    if not ok:
+        raise SimulationError(f"{path}: expected {parts} arrays of device ids")
+    return [list(p) for p in data]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options ``python -m simulators`` and ``flytower simulate`` share."""
     parser.add_argument("venue", type=Path)
     parser.add_argument(
         "--processes",
-        type=int,
-        default=1,
+        type=_positive,
         metavar="N",
-        help="split the devices over N child processes (default 1: this process)",
+        help="split the devices over N child processes, by load (default: the venue's "
+        "[simulation] processes, else 1: this process)",
     )
     parser.add_argument(
         "--control-port",
@@ -59,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulators", description=__doc__)
     add_arguments(parser)
     parser.add_argument("--part", type=_part, help=argparse.SUPPRESS)
+    parser.add_argument("--parts-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configure_logging()
@@ -70,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     source = args.source or str(args.venue)
     if args.part is not None:
         part, parts = args.part
-        return runner.run(lambda: runner.serve_part(venue, source, part, parts))
+        try:
+            chosen = None if args.parts_file is None else _assignment(args.parts_file, part, parts)
+        except SimulationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return runner.run(lambda: runner.serve_part(venue, source, part, parts, chosen))
     return runner.run_venue(venue, source, args.processes, args.control_port)
 
 

@@ -9,19 +9,11 @@ naming the devices concerned instead of a traceback.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from simulators.core import (
-    DeviceSpec,
-    Family,
-    FaultError,
-    FaultInfo,
-    SimulatedDevice,
-    SimulationError,
-    check_params,
-)
+from simulators.core import DeviceSpec, Family, SimulationError
 
 # Family name -> "module:Class". The family name is what the control endpoint reports.
 FAMILIES: dict[str, str] = {
@@ -86,87 +78,86 @@ def load_family(name: str) -> FamilyFactory:
     module_name, _, class_name = FAMILIES[name].partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name and name == "machinery":
-            return _LegacyHoistFamily  # until simulators.machinery lands
-        raise SimulationError(
-            f"the {name} simulators ({FAMILIES[name]}) cannot be loaded: {exc}"
-        ) from exc
     except ImportError as exc:
         raise SimulationError(
             f"the {name} simulators ({FAMILIES[name]}) cannot be loaded: {exc}"
         ) from exc
     if not hasattr(module, class_name):
-        if name == "machinery":
-            return _LegacyHoistFamily  # the package is there, its family not yet
         raise SimulationError(
             f"the {name} simulators ({FAMILIES[name]}) cannot be loaded: no {class_name}"
         )
     return cast(FamilyFactory, getattr(module, class_name))
 
 
-# --- until simulators.machinery exists: the first hoist simulator behind the Family protocol ---
+# --- load: what a device costs the process that simulates it ----------------------------------
+#
+# The runner splits a venue over processes by load, not by device count: one hoist polled at
+# 5 Hz with a 20 Hz heartbeat costs what a dozen DMX fixtures cost. A family may state the cost
+# of its devices itself (a ``weight(spec)`` function on its class: the fraction of one core one
+# device takes); until it does, the weight is estimated from the spec with the per-event CPU
+# costs below, measured on the reference machine by ``benchmarks/bench_simulators.py`` (they
+# only need to be right relative to each other). The estimate imports nothing: a parent process
+# partitions without loading the families.
+
+MODBUS_REQUEST_S = 170e-6  # one request served by pymodbus and the drive's action hook
+AXIS_STEP_S = 20e-6  # one axis, one physics step
+PHYSICS_HZ = 100.0  # the machinery clock
+READS_PER_POLL = 3.0  # status block, type extras, command/settings read-back
+HEARTBEAT_HZ = 20.0  # the drive profile's heartbeat write
+MQTT_MESSAGE_S = 200e-6  # one QoS 1 publish (paho encode, PUBACK handling)
+MESSAGES_PER_PUBLISH = 4.0  # a gear device's points that go out on each publish tick
+DMX_FRAME_S = 70e-6  # one universe's frame received, decoded and merged
+DMX_FIXTURE_S = 100e-6  # one fixture's share of the lighting clock, per second
+DMX_FRAME_HZ = 44.0  # the output engine's rate (docs/interfaces/dmx.md)
+OSC_REQUEST_S = 60e-6  # one OSC query answered
+OSC_POINTS = 33.0  # a loudspeaker matrix's points, queried on each poll
+ROOM_LOAD = 0.5  # the acoustic room: a realtime convolution, half a core
 
 
-class _LegacyHoist:
-    def __init__(self, spec_id: str, axis: Any) -> None:
-        self.id, self.model, self.axis = spec_id, "hoist", axis
-
-    def truth(self) -> dict[str, Any]:
-        a = self.axis
-        return {
-            "position_mm": a.position,
-            "velocity_mm_s": a.velocity,
-            "load_kg": a.load_kg,
-            "fault": a.fault,
-            "estop": a.estop,
-        }
-
-    def fault_catalogue(self) -> list[FaultInfo]:
-        return [FaultInfo("estop", "the hard-wired e-stop chain is open")]
-
-    def inject(self, fault: str, params: Mapping[str, Any]) -> None:
-        if fault != "estop" or params:
-            raise FaultError(f"{self.id}: no fault {fault!r} with {dict(params)} (known: estop)")
-        self.axis.estop = True
-
-    def clear(self, fault: str | None = None) -> None:
-        self.axis.estop = False
-
-    def active_faults(self) -> dict[str, dict[str, Any]]:
-        return {"estop": {}} if self.axis.estop else {}
+def estimate_weight(spec: DeviceSpec) -> float:
+    """The fraction of one core ``spec`` is expected to take, from its rates and its family."""
+    family = MODELS.get(spec.model)
+    if family == "machinery":
+        beats = 0.0 if spec.model == "fire_curtain" else HEARTBEAT_HZ  # monitored only
+        requests = spec.poll_hz * READS_PER_POLL + beats
+        return PHYSICS_HZ * AXIS_STEP_S + requests * MODBUS_REQUEST_S
+    if family == "gear":
+        hz = _number(spec.simulate.get("publish_hz"), 1.0)
+        return hz * MESSAGES_PER_PUBLISH * MQTT_MESSAGE_S
+    if family == "lighting":
+        return DMX_FIXTURE_S
+    if family == "osc_matrix":
+        return spec.poll_hz * OSC_POINTS * OSC_REQUEST_S
+    if family == "acoustics":
+        return ROOM_LOAD
+    return 1e-3  # not simulated: the child reports the problem; any weight will do
 
 
-class _LegacyHoistFamily:
-    models = frozenset({"hoist"})
+def group_overhead(specs: Sequence[DeviceSpec]) -> float:
+    """What a group costs beyond its devices: every DMX universe it receives at the frame rate."""
+    universes = {s.transport.get("universe") for s in specs if s.transport.get("kind") == "dmx"}
+    return len(universes) * DMX_FRAME_HZ * DMX_FRAME_S
 
-    def __init__(self, venue: Mapping[str, Any]) -> None:
-        self._groups: dict[tuple[str, int], list[Any]] = {}
 
-    def add(self, spec: DeviceSpec) -> SimulatedDevice:
-        from simulators.hoist import HoistAxis, HoistParams
-        from simulators.modbus_server import SimulatedUnit
+def device_weight(spec: DeviceSpec) -> float:
+    """``spec``'s weight: its family's own figure if the family states one, else the estimate.
 
-        if spec.model != "hoist":
-            raise SimulationError(f"{spec.where}.model: {spec.model} is not simulated yet")
-        kinds: dict[str, type] = {f: float for f in HoistParams.__dataclass_fields__}
-        kinds["watchdog_ms_default"] = int
-        params = check_params(spec, kinds)
-        tr = spec.transport
-        if tr.get("kind") != "modbus-tcp":
-            raise SimulationError(f"{spec.where}: model hoist needs a modbus-tcp transport")
-        units = self._groups.setdefault((str(tr.get("host", "127.0.0.1")), int(tr["port"])), [])
-        unit = int(tr.get("unit", 1))
-        if any(u.unit == unit for u in units):
-            raise SimulationError(f"{spec.where}: unit {unit} is taken twice")
-        axis = HoistAxis(HoistParams(**params))
-        units.append(SimulatedUnit(unit, axis))
-        return _LegacyHoist(spec.id, axis)
+    Asking imports the family (once; the parent of a multi-process run pays ~0.5 s for all of
+    them); a family that cannot be imported gets the estimate, and its child reports why.
+    """
+    family = MODELS.get(spec.model)
+    if family is not None:
+        try:
+            weight = getattr(load_family(family), "weight", None)
+        except SimulationError:
+            weight = None
+        if callable(weight):
+            value = weight(spec)
+            if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+                return float(value)
+    return estimate_weight(spec)
 
-    def hosts(self) -> list[AbstractAsyncContextManager[Any]]:
-        from simulators.modbus_server import ModbusSimServer
 
-        return [ModbusSimServer(h, p, units) for (h, p), units in self._groups.items()]
-
-    def stats(self) -> dict[str, Any]:
-        return {"servers": len(self._groups)}
+def _number(value: Any, default: float) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok and value > 0 else default

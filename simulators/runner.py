@@ -119,24 +119,63 @@ def group_key(spec: DeviceSpec, venue: Mapping[str, Any]) -> str:
     return f"device:{spec.id}"
 
 
-def partition(
-    specs: Sequence[DeviceSpec], parts: int, venue: Mapping[str, Any]
-) -> list[list[DeviceSpec]]:
-    """Split ``specs`` into at most ``parts`` parts of similar size, keeping groups whole.
+Weigh = Callable[[DeviceSpec], float]
 
-    Deterministic (parent and children compute it independently): largest group first, each
-    into the part with the fewest devices so far, ties to the lowest part. Venue order is kept
-    inside a part. There are never more parts than groups, and no part is empty.
-    """
-    groups: dict[str, list[int]] = {}
+
+def group_weights(
+    specs: Sequence[DeviceSpec], venue: Mapping[str, Any], weigh: Weigh = registry.device_weight
+) -> dict[str, tuple[float, list[int]]]:
+    """Each group's key -> (its load, the indices of its specs in ``specs``)."""
+    members: dict[str, list[int]] = {}
     for i, spec in enumerate(specs):
-        groups.setdefault(group_key(spec, venue), []).append(i)
+        members.setdefault(group_key(spec, venue), []).append(i)
+    return {
+        key: (
+            sum(weigh(specs[i]) for i in idx) + registry.group_overhead([specs[i] for i in idx]),
+            idx,
+        )
+        for key, idx in members.items()
+    }
+
+
+def partition(
+    specs: Sequence[DeviceSpec],
+    parts: int,
+    venue: Mapping[str, Any],
+    weigh: Weigh = registry.device_weight,
+) -> list[list[DeviceSpec]]:
+    """Split ``specs`` into at most ``parts`` parts of similar load, keeping groups whole.
+
+    A group's load is the sum of its devices' weights (``registry.device_weight``: the fraction
+    of a core each is expected to take, from its rates) plus what the group itself costs (a DMX
+    universe's frames). Largest group first, each into the part with the least load so far,
+    ties to the lowest part (the LPT rule: never worse than 4/3 of the best split).
+    Deterministic; venue order is kept inside a part. There are never more parts than groups,
+    and no part is empty.
+    """
+    groups = group_weights(specs, venue, weigh)
     n = max(1, min(parts, len(groups)))
     bins: list[list[int]] = [[] for _ in range(n)]
-    for key in sorted(groups, key=lambda k: (-len(groups[k]), k)):
-        smallest = min(range(n), key=lambda b: (len(bins[b]), b))
-        bins[smallest].extend(groups[key])
+    loads = [0.0] * n
+    for key in sorted(groups, key=lambda k: (-groups[k][0], -len(groups[k][1]), k)):
+        lightest = min(range(n), key=lambda b: (loads[b], len(bins[b]), b))
+        bins[lightest].extend(groups[key][1])
+        loads[lightest] += groups[key][0]
     return [[specs[i] for i in sorted(b)] for b in bins if b]
+
+
+def load_of(part: Sequence[DeviceSpec], venue: Mapping[str, Any], weigh: Weigh) -> float:
+    """The estimated load of one part (fraction of a core)."""
+    return sum(w for w, _ in group_weights(part, venue, weigh).values())
+
+
+def processes_of(venue: Mapping[str, Any], override: int | None) -> int:
+    """``--processes`` if given, else the venue's ``[simulation] processes``, else 1."""
+    if override is not None:
+        return override
+    sim = venue.get("simulation", {})
+    n = sim.get("processes") if isinstance(sim, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
 
 
 # --- one process ------------------------------------------------------------------------------
@@ -258,11 +297,19 @@ def _log_ready(devices: int, processes: int, port: int, startup_s: float) -> Non
 # --- a child process --------------------------------------------------------------------------
 
 
-async def serve_part(venue: Mapping[str, Any], source: str, part: int, parts: int) -> int:
+async def serve_part(
+    venue: Mapping[str, Any],
+    source: str,
+    part: int,
+    parts: int,
+    assignment: Sequence[Sequence[str]] | None = None,
+) -> int:
     """Child: serve part ``part`` of ``parts`` (0-based) and answer the parent on stdin/stdout.
 
-    The pipe to the parent is moved off fd 1 first, so a stray print in a family lands on
-    stderr instead of corrupting the protocol. Returns the exit status.
+    ``assignment`` is the parent's partition (device ids per part); without it the child
+    partitions the venue itself. The pipe to the parent is moved off fd 1 first, so a stray
+    print in a family lands on stderr instead of corrupting the protocol. Returns the exit
+    status.
     """
     rpc_fd = os.dup(1)
     os.dup2(2, 1)
@@ -282,7 +329,11 @@ async def serve_part(venue: Mapping[str, Any], source: str, part: int, parts: in
 
     try:
         specs, problems = device_specs(venue, source)
-        mine = partition(specs, parts, venue)
+        if assignment is None:
+            mine = partition(specs, parts, venue)
+        else:
+            by_id = {s.id: s for s in specs}
+            mine = [[by_id[i] for i in ids if i in by_id] for ids in assignment]
         if part >= len(mine):
             problems.append(f"{source}: part {part + 1}/{parts} does not exist")
             raise SimulationProblems(problems)
@@ -329,16 +380,28 @@ async def serve_processes(
     specs, problems = device_specs(venue, source)
     if problems:
         raise SimulationProblems(problems)
-    parts = len(partition(specs, processes, venue))
+    chosen = partition(specs, processes, venue)
+    parts = len(chosen)
+    for i, part in enumerate(chosen):
+        log.info(
+            "part %d/%d: %d device(s), estimated load %.0f %% of a core",
+            i + 1,
+            parts,
+            len(part),
+            100 * load_of(part, venue, registry.device_weight),
+        )
     sock = bind(CONTROL_HOST, control_port(venue, port))
     bound = int(sock.getsockname()[1])
     with tempfile.TemporaryDirectory(prefix="flytower-sim-") as folder:
         path = Path(folder) / "venue.json"
         path.write_text(json.dumps(venue), encoding="utf-8")
+        # The children serve what the parent chose: one partition, computed once.
+        assignment = Path(folder) / "parts.json"
+        assignment.write_text(json.dumps([[s.id for s in p] for p in chosen]), encoding="utf-8")
         procs: list[asyncio.subprocess.Process] = []
         try:
             for i in range(parts):
-                procs.append(await _spawn(path, source, i, parts))
+                procs.append(await _spawn(path, source, i, parts, assignment))
             links = await _handshake(procs)
             control = FanOutControl(links)
             async with serve_http(control, sock):
@@ -354,7 +417,9 @@ async def serve_processes(
             await _stop_children(procs)
 
 
-async def _spawn(path: Path, source: str, part: int, parts: int) -> asyncio.subprocess.Process:
+async def _spawn(
+    path: Path, source: str, part: int, parts: int, assignment: Path
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -362,6 +427,8 @@ async def _spawn(path: Path, source: str, part: int, parts: int) -> asyncio.subp
         str(path),
         "--part",
         f"{part + 1}/{parts}",
+        "--parts-file",
+        str(assignment),
         "--source",
         source,
         stdin=asyncio.subprocess.PIPE,
@@ -468,9 +535,12 @@ def run(main: Callable[[], Awaitable[Any]]) -> int:
 
 
 def run_venue(
-    venue: Mapping[str, Any], source: str, processes: int = 1, port: int | None = None
+    venue: Mapping[str, Any], source: str, processes: int | None = None, port: int | None = None
 ) -> int:
-    """``flytower simulate``: serve ``venue`` in this process or over ``processes`` children."""
+    """``flytower simulate``: serve ``venue`` in this process or over ``processes`` children.
+
+    ``processes`` None: the venue's ``[simulation] processes`` (default 1)."""
+    processes = processes_of(venue, processes)
     if processes <= 1:
         return run(lambda: serve(venue, source, port=port))
     return run(lambda: serve_processes(venue, source, processes, port=port))

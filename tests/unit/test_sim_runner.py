@@ -219,13 +219,107 @@ def test_partition_keeps_groups_whole_and_loses_nothing(specs: list[DeviceSpec],
         assert max(sizes) - min(sizes) <= largest
 
 
-def test_partition_balances_by_device_count() -> None:
+def test_partition_of_equal_weights_balances_device_counts() -> None:
     specs = [
         DeviceSpec(f"d{i}", "p", {"kind": "modbus-tcp", "host": "h", "port": port}, {}, "w")
         for i, port in enumerate([1] * 4 + [2] * 2 + [3] * 2 + [4] * 1 + [5] * 1)
     ]
     parts = runner.partition(specs, 2, {})
     assert sorted(len(p) for p in parts) == [5, 5]
+
+
+def hoist(i: int, port: int, poll_hz: float = 5.0) -> DeviceSpec:
+    transport = {"kind": "modbus-tcp", "host": "127.0.0.1", "port": port, "unit": i % 8 + 1}
+    return DeviceSpec(f"hoist-{i}", "hoist", transport, {"model": "hoist"}, "w", poll_hz)
+
+
+def fixture(i: int, universe: int) -> DeviceSpec:
+    transport = {"kind": "dmx", "universe": universe, "address": 1 + 8 * (i % 60)}
+    return DeviceSpec(f"wash-{i}", "led_par_rgbw", transport, {"model": "led_par_rgbw"}, "w")
+
+
+def sensor(i: int, node: str, hz: float) -> DeviceSpec:
+    sim = {"model": "load_cell", "publish_hz": hz}
+    return DeviceSpec(f"load-{i}", "load_cell", {"kind": "mqtt", "node": node}, sim, "w")
+
+
+def test_partition_balances_load_not_device_count() -> None:
+    """The large venue's failure: 66 axes (few devices, most of the load) ended up in one
+    process because 500 light DMX fixtures filled the other by count."""
+    venue = {"dmx": {"outputs": [{"protocol": "sacn", "universes": [1, 2], "udp_port": 15569}]}}
+    axes = [hoist(i, 16001 + i // 8) for i in range(64)]
+    fixtures = [fixture(i, 1 + i % 2) for i in range(500)]
+    parts = runner.partition([*fixtures, *axes], 2, venue, registry.estimate_weight)
+    loads = [runner.load_of(p, venue, registry.estimate_weight) for p in parts]
+    axes_per_part = [sum(s.model == "hoist" for s in p) for p in parts]
+    assert min(axes_per_part) >= 24, axes_per_part
+    assert max(loads) - min(loads) <= max(
+        w for w, _ in runner.group_weights(axes, venue, registry.estimate_weight).values()
+    )
+    by_count = [len(p) for p in parts]
+    assert max(by_count) > 2 * min(by_count), "device counts are not what is balanced"
+
+
+def test_partition_keeps_what_shares_a_socket_together_whatever_the_weights() -> None:
+    venue = {"dmx": {"outputs": [{"protocol": "artnet", "universes": [1, 2], "udp_port": 1}]}}
+    specs = [
+        *(sensor(i, "rigging", 4.0) for i in range(10)),
+        *(fixture(i, 1 + i % 2) for i in range(20)),
+        *(hoist(i, 2000) for i in range(8)),
+    ]
+    parts = runner.partition(specs, 8, venue, registry.estimate_weight)
+    assert len(parts) == 3
+    assert sorted({s.model for s in p}.pop() for p in parts) == [
+        "hoist",
+        "led_par_rgbw",
+        "load_cell",
+    ]
+
+
+@given(
+    st.lists(st.tuples(st.integers(1000, 1010), st.floats(0.5, 50)), max_size=40),
+    st.integers(1, 6),
+)
+def test_weighted_partition_is_within_one_group_of_the_mean(
+    devices: list[tuple[int, float]], n: int
+) -> None:
+    specs = [hoist(i, port, hz) for i, (port, hz) in enumerate(devices)]
+    parts = runner.partition(specs, n, {}, registry.estimate_weight)
+    assert sorted(s.id for p in parts for s in p) == sorted(s.id for s in specs)
+    assert parts == runner.partition(list(specs), n, {}, registry.estimate_weight)
+    if parts:
+        groups = runner.group_weights(specs, {}, registry.estimate_weight)
+        loads = [runner.load_of(p, {}, registry.estimate_weight) for p in parts]
+        mean = sum(w for w, _ in groups.values()) / len(parts)
+        assert max(loads) <= mean + max(w for w, _ in groups.values()) + 1e-9
+
+
+def test_weights_follow_the_rates() -> None:
+    est = registry.estimate_weight
+    assert est(hoist(0, 1, 10.0)) > est(hoist(0, 1, 5.0)) > est(fixture(0, 1))
+    assert est(sensor(0, "n", 4.0)) == pytest.approx(4 * est(sensor(0, "n", 1.0)))
+    assert est(sensor(0, "n", True)) == est(sensor(0, "n", 1.0)), "a bad rate: the default"
+    curtain = DeviceSpec("iron", "fire_curtain", {}, {"model": "fire_curtain"}, "w", 5.0)
+    assert est(curtain) < est(hoist(0, 1, 5.0)), "monitored only: no heartbeat"
+    assert est(DeviceSpec("x", "p", {}, {"model": "zeppelin"}, "w")) > 0
+
+
+def test_a_family_may_state_its_own_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FakeFamily, "weight", staticmethod(lambda spec: 0.25), raising=False)
+    spec = DeviceSpec("a", "p", {}, {"model": "fake_sensor"}, "w")
+    assert registry.device_weight(spec) == 0.25
+    monkeypatch.setattr(FakeFamily, "weight", staticmethod(lambda spec: -1), raising=False)
+    assert registry.device_weight(spec) == registry.estimate_weight(spec), "nonsense: estimate"
+    ghost = DeviceSpec("g", "p", {}, {"model": "ghost"}, "w")
+    assert registry.device_weight(ghost) == registry.estimate_weight(ghost), "unloadable"
+
+
+def test_processes_come_from_the_option_then_the_venue_then_one() -> None:
+    assert runner.processes_of({"simulation": {"processes": 3}}, 2) == 2
+    assert runner.processes_of({"simulation": {"processes": 3}}, None) == 3
+    assert runner.processes_of({"simulation": {"processes": True}}, None) == 1
+    assert runner.processes_of({"simulation": {"processes": 0}}, None) == 1
+    assert runner.processes_of({}, None) == 1
 
 
 # --- building ---------------------------------------------------------------------------------
