@@ -41,6 +41,7 @@ MAX_SACN_SOURCES = 16
 STALE_WINDOW = 20
 RING = 256  # arrivals kept per source for the timing statistics
 WINDOW_S = 10.0  # and never older than this
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
 U8 = npt.NDArray[np.uint8]
 
@@ -261,6 +262,9 @@ class NodeSocket(asyncio.DatagramProtocol):
         try:
             # Art-Net fixes 6454 for everyone on a host; a DMX node shares its port as OLA does.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Room for ~1 s of 64 universes at 44 Hz: the default ~200 KB drops frames after a
+            # scheduling gap of ~65 ms. The kernel caps the request at net.core.rmem_max.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
             sock.bind(self.bind)
             if self.group is not None:
                 mreq = socket.inet_aton(self.group) + socket.inet_aton("0.0.0.0")
