@@ -10,8 +10,9 @@ it at the venue's rates, and from it how many such devices one core can simulate
 Reference, same run, same load: the bare cost of that traffic without a simulation behind it:
 a pymodbus SimDevice with static registers; a plain aiomqtt client publishing the same message
 rate; a UDP socket that only receives the same frames; a UDP socket that echoes each query.
-A family that cannot run here (not built, or the acoustic room without a JACK server) is
-reported as skipped, with the reason. Last, the cost per device is turned into how many
+The acoustic room is one per venue, not per device: its figure is the realtime convolution of
+its speaker-mic paths, against the same convolution done offline in one piece. A family that
+cannot run here (not built) is reported as skipped, with the reason. Last, the cost per device is turned into how many
 devices of each family one core carries, and what the large venue needs
 (``examples/venue-large.toml``).
 
@@ -494,13 +495,46 @@ def serve_reference_echo(ports: Sequence[int]) -> None:
 # --- the acoustic room ------------------------------------------------------------------------
 
 
-def room_skipped() -> str | None:
-    """Why the room cannot be measured here, or None. It needs a running JACK server (the
-    integration tests start one on the dummy backend); its cost is one realtime convolution per
-    room, not per device, so it is reported by bench_audio_callback's engine figures instead."""
-    if not available("simulators.acoustics"):
-        return "simulators.acoustics is not built yet"
-    return "needs a JACK server (one room per venue: see bench_audio_callback)"
+ROOM_RATE = 48_000
+ROOM_BLOCK = 256
+ROOM_IR_S = 2.0
+
+
+def bench_room() -> None:
+    """The room's realtime work per JACK block: partitioned convolution of every speaker-mic path
+    plus the background noise, block by block at 48 kHz (no JACK server needed: the cost is the
+    numpy work the process callback does). Reference, same run: the same signal convolved
+    offline in one piece (scipy.signal.oaconvolve), the least any method pays for it."""
+    import numpy as np
+    import scipy.signal
+
+    from simulators.acoustics.convolver import NoiseSource, PartitionedConvolver
+
+    rng = np.random.default_rng(0)
+    taps = int(ROOM_IR_S * ROOM_RATE)
+    blocks = int(SECONDS * ROOM_RATE / ROOM_BLOCK)
+    for n in (1, 2, 4):
+        irs = (rng.standard_normal((n, n, taps)) * 0.01).astype(np.float32)
+        x = rng.standard_normal((blocks * ROOM_BLOCK, n)).astype(np.float32)
+        conv = PartitionedConvolver(n, n, ROOM_BLOCK, taps)
+        conv.load(irs)
+        noise = NoiseSource(n, ROOM_BLOCK, 1e-4)
+        for i in range(20):  # warm-up, and the loaded IR takes over
+            conv.process(x[i * ROOM_BLOCK : (i + 1) * ROOM_BLOCK])
+        t0 = time.thread_time()
+        for i in range(blocks):
+            noise.add_to(conv.process(x[i * ROOM_BLOCK : (i + 1) * ROOM_BLOCK]))
+        ours = (time.thread_time() - t0) / SECONDS
+        t0 = time.thread_time()
+        for o in range(n):
+            sum(scipy.signal.oaconvolve(x[:, i], irs[o, i]) for i in range(n))
+        ref = (time.thread_time() - t0) / SECONDS
+        paths = n * n
+        print(
+            f"   {'room':<10} {n}x{n} paths, {ROOM_IR_S:g} s IRs, block {ROOM_BLOCK}: "
+            f"{100 * ours:5.1f} % of a core ({100 * ours / paths:.2f} % per path)"
+            f"   offline reference {100 * ref:.1f} %   ratio ours/ref {ours / ref:.2f}"
+        )
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -556,7 +590,10 @@ async def run() -> None:
             await bench()
         else:
             print(f"   {name:<10} skipped: {module} is not built yet")
-    print(f"   {'room':<10} skipped: {room_skipped()}")
+    if available("simulators.acoustics"):
+        bench_room()
+    else:
+        print(f"   {'room':<10} skipped: simulators.acoustics is not built yet")
     if PER_CORE:
         large_venue_needs()
 
