@@ -12,9 +12,9 @@ a pymodbus SimDevice with static registers; a plain aiomqtt client publishing th
 rate; a UDP socket that only receives the same frames; a UDP socket that echoes each query.
 The acoustic room is one per venue, not per device: its figure is the realtime convolution of
 its speaker-mic paths, against the same convolution done offline in one piece. A family that
-cannot run here (not built) is reported as skipped, with the reason. Last, the cost per device is turned into how many
-devices of each family one core carries, and what the large venue needs
-(``examples/venue-large.toml``).
+cannot run here (not built) is reported as skipped, with the reason. Last, the cost per device
+is turned into how many devices of each family one core carries, and what the large venue
+needs (``examples/venue-large.toml``).
 
 ``python -m benchmarks.bench_simulators`` runs it alone; ``python -m benchmarks`` runs all.
 
