@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.errors import BrokerError
 
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -31,7 +32,15 @@ class EmbeddedBroker:
 
     async def __aenter__(self) -> EmbeddedBroker:
         self._broker = Broker(self._config())
-        await self._broker.start()
+        try:
+            await self._broker.start()
+        except BrokerError as exc:  # amqtt wraps the OSError of a taken port
+            self._broker = None
+            cause = exc.__cause__
+            raise OSError(
+                getattr(cause, "errno", None),
+                f"embedded MQTT broker on {self.host}:{self.port}: {cause or exc}",
+            ) from exc
         return self
 
     async def __aexit__(self, *exc: object) -> None:

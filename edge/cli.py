@@ -63,9 +63,11 @@ def _run(args: argparse.Namespace) -> int:
         install_signal_handlers(service.stop)
         await service.run()
 
+    from edge.service import SimulatorsFailed
+
     try:
         asyncio.run(main())
-    except OSError as exc:  # typically: the API or broker port is taken
+    except (OSError, SimulatorsFailed) as exc:  # typically: the API or broker port is taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+import httpx
 import uvicorn
 
 from drivers.base import DeviceDriver, DeviceUnavailable
@@ -61,10 +62,15 @@ from edge.store import TelemetryStore
 log = logging.getLogger(__name__)
 
 
+class SimulatorsFailed(RuntimeError):
+    """The venue's simulators could not be started: the service does not run without them."""
+
+
 def reading_key(r: Reading) -> tuple[str, str]:
     return (r.device, r.point)
 
 
+SIMULATORS_READY_S = 120.0  # a large venue is ready in seconds; computing room IRs takes longer
 LIVE_FEED_POINTS = 100_000  # a LATEST feed holds one slot per point: room for a large venue
 
 
@@ -192,6 +198,9 @@ class Service:
                         edge_osc.build_router(self),
                     )
                 )
+            if sims is not None:
+                # Drivers start once the simulated devices answer: no connect-refused storm.
+                await self._simulators_ready(sims)
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(self._store_writer(store_sub), name="store-writer")
                 tg.create_task(self._live_view(live_sub), name="live-view")
@@ -318,6 +327,31 @@ class Service:
         )
         log.info("simulators started (pid %d)", proc.pid)
         return proc
+
+    async def _simulators_ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Wait until ``proc`` serves its control endpoint (the venue's ``[simulation]
+        control_port``), which it does once every simulated device serves. The health answer
+        names its pid, so another process holding that port is not mistaken for ours."""
+        port = self.venue.config.simulation.control_port
+        url = f"http://127.0.0.1:{port}/sim/v1/health"
+        deadline = time.monotonic() + SIMULATORS_READY_S
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while proc.returncode is None and time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    health = (await client.get(url)).json()
+                    if isinstance(health, dict) and health.get("pid") == proc.pid:
+                        log.info("simulators ready (control http://127.0.0.1:%d/sim/v1)", port)
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 0.2)
+        if proc.returncode is not None:
+            raise SimulatorsFailed(
+                f"the simulators exited with status {proc.returncode} before they were ready "
+                "(their error is logged above)"
+            )
+        raise SimulatorsFailed(
+            f"the simulators did not answer on {url} within {SIMULATORS_READY_S:g} s"
+        )
 
 
 async def _finish(tasks: list[asyncio.Task[None]], grace_s: float) -> None:

@@ -170,7 +170,7 @@ class LocalControl:
         return {"pid": os.getpid(), "devices": len(self._devices), "cpu_s": time.process_time()}
 
     async def health(self) -> dict[str, Any]:
-        return {"ready": True, "devices": len(self._devices), "processes": 1}
+        return {"ready": True, "pid": os.getpid(), "devices": len(self._devices), "processes": 1}
 
     async def devices(self) -> list[dict[str, Any]]:
         return [device_info(d, self._family_of[i]) for i, d in self._devices.items()]
@@ -296,7 +296,12 @@ class FanOutControl:
 
     async def health(self) -> dict[str, Any]:
         await self._all("health")  # every child answers, or this raises ChildGone
-        return {"ready": True, "devices": len(self._owner), "processes": len(self._children)}
+        return {
+            "ready": True,
+            "pid": os.getpid(),
+            "devices": len(self._owner),
+            "processes": len(self._children),
+        }
 
     async def devices(self) -> list[dict[str, Any]]:
         return [d for part in await self._all("devices") for d in part]
@@ -446,9 +451,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(exc.errno, f"control endpoint {host}:{port}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
 

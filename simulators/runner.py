@@ -272,8 +272,13 @@ async def serve(
     ``ready`` is called with the endpoint's port once everything serves.
     """
     t0 = time.monotonic()
-    sim = build(venue, source)
+    # The endpoint's port first: a taken port fails before a long build, not after it.
     sock = bind(CONTROL_HOST, control_port(venue, port))
+    try:
+        sim = build(venue, source)
+    except BaseException:
+        sock.close()
+        raise
     bound = int(sock.getsockname()[1])
     async with sim.running(), serve_http(sim.control, sock):
         _log_ready(len(sim.devices), 1, bound, time.monotonic() - t0)

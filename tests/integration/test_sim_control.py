@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,7 +54,8 @@ async def ok(response: httpx.Response) -> Any:
 
 
 async def test_health_devices_and_one_device(client: httpx.AsyncClient) -> None:
-    assert await ok(await client.get("/health")) == {"ready": True, "devices": 3, "processes": 1}
+    health = await ok(await client.get("/health"))
+    assert health == {"ready": True, "pid": os.getpid(), "devices": 3, "processes": 1}
     listing = await ok(await client.get("/devices"))
     assert [d["id"] for d in listing] == ["a", "b", "nan"]
     assert set(listing[0]) == {"id", "model", "family", "faults", "active"}
@@ -192,7 +194,8 @@ async def test_a_taken_port_is_an_os_error() -> None:
 
     first = bind("127.0.0.1", 0)
     try:
-        with pytest.raises(OSError, match="in use"):
-            bind("127.0.0.1", first.getsockname()[1])
+        port = first.getsockname()[1]
+        with pytest.raises(OSError, match=f"control endpoint 127.0.0.1:{port}: .*in use"):
+            bind("127.0.0.1", port)
     finally:
         first.close()

@@ -393,7 +393,7 @@ def local() -> LocalControl:
 
 
 async def test_local_control_operations(local: LocalControl) -> None:
-    assert await local.health() == {"ready": True, "devices": 2, "processes": 1}
+    assert (await local.health()).items() >= {"ready": True, "devices": 2, "processes": 1}.items()
     listing = await local.devices()
     assert [d["id"] for d in listing] == ["a", "b"]
     assert listing[0]["family"] == "fake"
@@ -469,7 +469,7 @@ async def test_fan_out_routes_by_owner_and_merges() -> None:
     one = runner.build({"devices": [dev("a"), dev("b")]}, "v").control
     two = runner.build({"devices": [dev("c")]}, "v").control
     fan = FanOutControl([FakeLink(1, one), FakeLink(2, two)])  # type: ignore[list-item]
-    assert await fan.health() == {"ready": True, "devices": 3, "processes": 2}
+    assert (await fan.health()).items() >= {"ready": True, "devices": 3, "processes": 2}.items()
     assert [d["id"] for d in await fan.devices()] == ["a", "b", "c"]
     assert set(await fan.truth(["c", "a"])) == {"a", "c"}
     assert set(await fan.truth(None)) == {"a", "b", "c"}
