@@ -277,13 +277,18 @@ class ModbusDeviceDriver:
                     self.unit, wire, [self._heartbeat], self.timeout_s, Priority.HEARTBEAT
                 )
             except ModbusRequestError as exc:
-                if not shared:
-                    # The drive's watchdog judges the link: reconnect rather than limp on.
-                    raise ConnectionError(f"heartbeat: {exc}") from exc
+                if not link.connected:
+                    raise ConnectionError(f"heartbeat: connection lost: {exc}") from exc
                 self.stats.requests += 1
                 if isinstance(exc, ModbusTimeout):
                     self._no_answer()
+                else:
+                    self._answered()
                 self._tracker.failed(f"heartbeat: {exc}")
+                if self.silent and not shared:
+                    # As for polls: a TCP peer silent for offline_after_failures requests is
+                    # reconnected; one late or refused heartbeat is not a dead connection.
+                    raise ConnectionError(f"no answer to {self._silent} requests") from exc
             else:
                 self.stats.record(time.monotonic() - t0)
                 self._answered()
