@@ -7,9 +7,15 @@ docs/interfaces/mqtt.md:
 - **State.** The will is a retained ``offline`` (reason ``lost``) on ``…/{node}/$state``. After
   every connect — subscriptions restored first — the node publishes its retained birth, then a
   retained ``$state`` per device (profile and health), and only then telemetry: birth before
-  data. ``device_health()`` republishes a device's ``$state`` when its health changes.
+  data. ``device_health()`` republishes a device's ``$state`` when its health changes. The
+  device states go out concurrently within the hub's in-flight window (746 devices one round
+  trip each took seconds, during which the broker's queue for us overflowed).
 - **Telemetry.** Readings from ``next_batch`` go out at QoS 1, pipelined, each acknowledged; a
-  reading whose publish failed is sent again after the reconnect (at least once).
+  reading whose publish failed is sent again after the reconnect (at least once). The feed is
+  read while a window is in flight, and what is waiting is conflated per point (the newest value
+  wins), so a closed feed is noticed at once and shutdown never waits behind a backlog.
+- **Supervision.** If the hub's task ever ends on its own (it should not: it reconnects on
+  every broker failure), ``run`` raises its error instead of waiting for a connection forever.
 - **Commands.** The node subscribes to ``…/{device}/cmd/+`` of its devices and hands each valid
   request to the caller's ``command_handler(device, name, args)``. Every request gets exactly
   one reply on its ``reply_to``: the result, or an error with a code and reason
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,7 +51,7 @@ from paho.mqtt.properties import Properties
 
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Health, HealthState, Reading
-from drivers.mqtt.hub import BrokerSettings, BrokerUnavailable, MqttHub
+from drivers.mqtt.hub import IN_FLIGHT, BrokerSettings, BrokerUnavailable, MqttHub
 from drivers.mqtt.schema import (
     CommandReply,
     CommandRequest,
@@ -199,9 +206,28 @@ class MqttNodeLink:
 
     async def _births(self) -> None:
         birth = NodeState("online", ms(time.time()), self._session, tuple(sorted(self.devices)))
+        # The node's birth is acknowledged before any device state is sent: birth first.
         await self.hub.publish(self._state_topic, encode_node_state(birth), retain=True)
-        for device in self.devices:
-            await self._publish_device_state(device)
+        # Then the device states, IN_FLIGHT at a time: one round trip each took seconds for
+        # hundreds of devices. A bounded set of tasks, not one per device: each costs memory
+        # and a loop turn, and aiomqtt would queue all but IN_FLIGHT of them anyway.
+        devices = iter(self.devices)
+
+        async def sender() -> None:
+            for device in devices:  # the shared iterator hands each device to one sender
+                await self._publish_device_state(device)
+
+        senders = [
+            asyncio.ensure_future(sender()) for _ in range(min(IN_FLIGHT, len(self.devices)))
+        ]
+        try:
+            results = await asyncio.gather(*senders, return_exceptions=True)
+        finally:
+            for task in senders:  # cancelled with us: leave nothing behind
+                task.cancel()
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res  # the hub reconnects; the next connect sends every birth again
 
     def device_health(self, health: Health) -> None:
         """Record a device's health; publish its retained ``$state`` if it changed."""
@@ -273,28 +299,51 @@ class MqttNodeLink:
                     command_filter(self.venue, self.node, device), self._on_command, qos=1
                 )
         hub_task = asyncio.create_task(self.hub.run(), name=f"mqtt-hub:{self.node}")
+        feed_task = asyncio.create_task(self._feed(next_batch), name=f"mqtt-feed:{self.node}")
         try:
-            await self._feed(next_batch)
+            await asyncio.wait([feed_task, hub_task], return_when=asyncio.FIRST_COMPLETED)
+            if not feed_task.done():
+                # The hub's supervisor ended while the feed runs: never wait for a connection
+                # that cannot come. Its error is the link's.
+                exc = hub_task.exception() if not hub_task.cancelled() else None
+                log.error("mqtt %s: the broker connection's supervisor ended: %r", self.node, exc)
+                raise exc or RuntimeError(f"mqtt {self.node}: the hub stopped unexpectedly")
+            feed_task.result()
             self._closing = True
             if self._tasks:  # let commands in flight answer, briefly
                 await asyncio.wait(set(self._tasks), timeout=self.goodbye_timeout_s / 2)
             self.hub.stop()
             await hub_task
         finally:
-            for task in [hub_task, *self._tasks]:
+            for task in [feed_task, hub_task, *self._tasks]:
                 task.cancel()
-            await asyncio.gather(hub_task, *self._tasks, return_exceptions=True)
+            await asyncio.gather(feed_task, hub_task, *self._tasks, return_exceptions=True)
 
     async def _feed(self, next_batch: Callable[[], Awaitable[list[Reading]]]) -> None:
-        pending: list[Reading] = []
-        while True:
-            if not pending:
-                try:
-                    pending = await next_batch()
-                except EndOfFeed:
-                    break
-            await self.hub.connected.wait()
-            pending = await self._publish_readings(pending)
+        """Publish what the feed yields, a window at a time, reading the feed meanwhile."""
+        pending: dict[tuple[str, str], Reading] = {}
+        fetch: asyncio.Future[list[Reading]] | None = None
+        try:
+            while True:
+                if fetch is None:
+                    fetch = asyncio.ensure_future(next_batch())
+                if not pending or fetch.done():
+                    try:
+                        batch = await fetch
+                    except EndOfFeed:
+                        break
+                    finally:
+                        fetch = None
+                    for r in batch:  # the newest value of a point replaces a waiting one
+                        pending.pop((r.device, r.point), None)
+                        pending[(r.device, r.point)] = r
+                    continue
+                await self._wait_connected(fetch)
+                if self.hub.connected.is_set():
+                    await self._publish_window(pending)
+        finally:
+            if fetch is not None:
+                fetch.cancel()
         if pending:
             try:
                 await asyncio.wait_for(self._drain(pending), self.drain_timeout_s)
@@ -304,25 +353,36 @@ class MqttNodeLink:
                     "mqtt %s: %d reading(s) not published at shutdown", self.node, len(pending)
                 )
 
-    async def _drain(self, pending: list[Reading]) -> None:
+    async def _wait_connected(self, fetch: asyncio.Future[list[Reading]]) -> None:
+        """Until the hub is connected or the feed has news (more readings, or its end)."""
+        if self.hub.connected.is_set():
+            return
+        waiter = asyncio.ensure_future(self.hub.connected.wait())
+        either: list[asyncio.Future[Any]] = [waiter, fetch]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def _drain(self, pending: dict[tuple[str, str], Reading]) -> None:
         while pending:
             await self.hub.connected.wait()
-            pending[:] = await self._publish_readings(pending)
+            await self._publish_window(pending)
 
-    async def _publish_readings(self, readings: list[Reading]) -> list[Reading]:
-        """Publish, a window at a time; return the readings that were not acknowledged."""
-        for start in range(0, len(readings), PUBLISH_WINDOW):
-            window = readings[start : start + PUBLISH_WINDOW]
-            results = await asyncio.gather(
-                *(self._publish_reading(r) for r in window), return_exceptions=True
-            )
-            failed = [r for r, res in zip(window, results, strict=True) if res is not None]
-            if failed:
-                for res in results:
-                    if res is not None and not isinstance(res, BrokerUnavailable):
-                        raise res
-                return failed + readings[start + PUBLISH_WINDOW :]
-        return []
+    async def _publish_window(self, pending: dict[tuple[str, str], Reading]) -> None:
+        """Publish up to PUBLISH_WINDOW readings of ``pending``; those acknowledged (or not
+        publishable at all) leave it, the others stay for the next window or reconnect."""
+        window = [pending[k] for k in itertools.islice(pending, PUBLISH_WINDOW)]
+        results = await asyncio.gather(
+            *(self._publish_reading(r) for r in window), return_exceptions=True
+        )
+        for r, res in zip(window, results, strict=True):
+            if res is None:
+                key = (r.device, r.point)
+                if pending.get(key) is r:  # not replaced by a newer value meanwhile
+                    del pending[key]
+            elif not isinstance(res, BrokerUnavailable):
+                raise res
 
     async def _publish_reading(self, r: Reading) -> None:
         try:
