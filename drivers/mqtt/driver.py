@@ -42,6 +42,7 @@ from drivers.model import (
     HealthState,
     MqttTransport,
     PointSpec,
+    Profile,
     Quality,
     Reading,
     Value,
@@ -107,6 +108,14 @@ class Requester:
             del self._waiting[request_id]
 
 
+def silence_period_s(profile: Profile, poll_hz: float) -> float:
+    """How often a device that pushes its readings is expected to speak: the shortest
+    ``stale_after_s`` of its points (a battery sensor that wakes every few hours says so there),
+    else one period of the device's ``poll_hz``."""
+    windows = [p.stale_after_s for p in profile.points.values() if p.stale_after_s is not None]
+    return min(windows) if windows else 1.0 / poll_hz
+
+
 class MqttDeviceDriver:
     """One device on the broker; see the module docstring."""
 
@@ -148,7 +157,9 @@ class MqttDeviceDriver:
         self._device_state: tuple[HealthState, str] | None = None
         self._silence_s: float | None = None
         if profile.health.kind in ("timeout", "heartbeat"):
-            self._silence_s = profile.health.offline_after_failures / device.poll_hz
+            self._silence_s = profile.health.offline_after_failures * silence_period_s(
+                profile, device.poll_hz
+            )
         self._topics: dict[str, list[PointSpec]] = {}
         if self.transport.base is not None:
             for spec in profile.points.values():

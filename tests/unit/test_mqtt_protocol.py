@@ -343,3 +343,15 @@ def test_router_matches_like_a_broker() -> None:
     assert names("$SYS/b") == []  # wildcards at the first level skip '$' topics
     with pytest.raises(ValueError, match="last level"):
         router.add("a/#/b", handler("x"), 1)
+
+
+def test_a_pushing_device_is_silent_after_its_shortest_stale_window() -> None:
+    """A Shelly H&T wakes every 6 hours: its points go stale after 7, and so does the device;
+    a profile without stale windows falls back to the device's poll period."""
+    from drivers.model import PROFILE_DIR, load_profile
+    from drivers.mqtt.driver import silence_period_s
+
+    assert silence_period_s(load_profile(PROFILE_DIR / "shelly_ht.toml"), 10.0) == 25200.0
+    no_windows = load_profile(PROFILE_DIR / "led_par_rgbw.toml")
+    assert all(p.stale_after_s is None for p in no_windows.points.values())
+    assert silence_period_s(no_windows, 4.0) == 0.25
