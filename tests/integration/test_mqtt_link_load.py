@@ -365,7 +365,10 @@ async def test_every_message_of_many_publishers_arrives_while_telemetry_flows(
     publishes telemetry as the service does; every message is counted. The rate and the CPU
     of this process are printed (not asserted: the machine is shared)."""
     venue = new_venue()
-    n_publishers, per_publisher, rate = 20, 750, 150.0  # 3 000 messages/s for 5 s
+    # 1 200 messages/s for 5 s: the large venue's gear publishes ~1 050/s. (Mosquitto queues at
+    # most 1 000 messages for a subscriber, so a rate the loaded suite machine cannot take is
+    # lost at the broker, whatever the client does.)
+    n_publishers, per_publisher, rate = 20, 300, 60.0
     total = n_publishers * per_publisher
     link = MqttNodeLink("127.0.0.1", mosquitto.port, venue, NODE, [f"d{i}" for i in range(200)])
     received = 0
