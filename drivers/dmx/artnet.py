@@ -1,4 +1,4 @@
-"""Art-Net 4 wire format: ArtDmx, ArtPoll, ArtPollReply and ArtSync (pure, no I/O).
+"""Art-Net 4 wire format: ArtDmx, ArtPoll, ArtPollReply, ArtSync, ArtTimeCode (pure, no I/O).
 
 Layouts follow "Art-Net 4 Protocol Release V1.4" (Artistic Licence), whose tables give every
 field's offset; the numbers in comments below are those offsets. Art-Net is little-endian for
@@ -338,6 +338,73 @@ class ArtPollReply:
             ">HHB", out, 224, self.user, self.refresh_rate, self.background_queue_policy
         )
         return bytes(out)
+
+
+# ArtTimeCode (OpTimeCode, 0x9700): ID, OpCode, ProtVer, Filler1, StreamId, Frames, Seconds,
+# Minutes, Hours, Type; 19 bytes. Type: 0 Film (24), 1 EBU (25), 2 DF (29.97), 3 SMPTE (30).
+# It is decoded by ``decode_timecode`` (``decode`` leaves it unsupported, so DMX receivers
+# ignore it quietly); ``ArtNetInput`` hands it to an ``on_timecode`` callback.
+OP_TIMECODE = 0x9700
+TIMECODE_SIZE = 19
+TIMECODE_FPS = (24, 25, 30, 30)  # frame labels per second, by Type
+
+
+@dataclass(frozen=True, slots=True)
+class ArtTimeCode:
+    """One timecode label from a master (OpTimeCode, 0x9700); ``stream_id`` 0 is the master."""
+
+    hours: int
+    minutes: int
+    seconds: int
+    frames: int
+    type: int = 1
+    stream_id: int = 0
+
+    def __post_init__(self) -> None:
+        _check_byte("stream_id", self.stream_id)
+        if not 0 <= self.type <= 3:
+            raise DmxProtocolError(f"ArtTimeCode: Type {self.type} is not 0..3")
+        if not (0 <= self.hours <= 23 and 0 <= self.minutes <= 59 and 0 <= self.seconds <= 59):
+            raise DmxProtocolError(
+                f"ArtTimeCode: {self.hours}:{self.minutes}:{self.seconds} out of range "
+                "(hours 0..23, minutes and seconds 0..59)"
+            )
+        if not 0 <= self.frames < TIMECODE_FPS[self.type]:
+            raise DmxProtocolError(
+                f"ArtTimeCode: Frames {self.frames} out of range for Type {self.type} "
+                f"(0..{TIMECODE_FPS[self.type] - 1})"
+            )
+
+    def encode(self) -> bytes:
+        return ARTNET_ID + struct.pack(
+            "<HBBBBBBBBB",
+            OP_TIMECODE,
+            0,
+            PROTOCOL_VERSION,
+            0,
+            self.stream_id,
+            self.frames,
+            self.seconds,
+            self.minutes,
+            self.hours,
+            self.type,
+        )
+
+
+def opcode(packet: bytes) -> int:
+    """The OpCode of an Art-Net datagram (ID and minimum length checked)."""
+    return _header(packet, "", 0)
+
+
+def decode_timecode(packet: bytes) -> ArtTimeCode:
+    """Decode an ArtTimeCode datagram; DmxProtocolError says what is wrong with a bad one."""
+    if _header(packet, "", 0) != OP_TIMECODE:
+        raise UnsupportedPacket("not an ArtTimeCode")
+    if len(packet) != TIMECODE_SIZE:
+        raise DmxProtocolError(f"ArtTimeCode must be {TIMECODE_SIZE} bytes, got {len(packet)}")
+    _version(packet, "ArtTimeCode")
+    stream_id, frames, seconds, minutes, hours, kind = packet[13:19]
+    return ArtTimeCode(hours, minutes, seconds, frames, kind, stream_id)
 
 
 ArtNetPacket = ArtDmx | ArtPoll | ArtPollReply | ArtSync

@@ -14,7 +14,8 @@ priority, then HTP; 2.5 s source timeout; sACN stream-terminated ends a source a
   list its Port-Addresses as output ports (one reply per four ports in one Net/Sub-Net,
   numbered by BindIndex). Replies go to the poll's source address and port: a standard
   controller polls from 6454, so that is the spec's unicast reply, and a controller on an
-  ephemeral port still gets its answer.
+  ephemeral port still gets its answer. ArtTimeCode packets go to ``on_timecode`` (with their
+  monotonic arrival time and sender) when one is given, and are ignored otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 OUT_OF_ORDER_WINDOW = 20  # E1.31 6.7.2: a sequence 1..20 behind the last one is stale
 FrameSink = Callable[[int, Frame], None]
+# (timecode, monotonic arrival time, sender "host:port")
+TimecodeSink = Callable[[artnet.ArtTimeCode, float, str], None]
 
 
 @dataclass(slots=True)
@@ -47,6 +51,7 @@ class InputStats:
     ignored: int = 0
     out_of_order: int = 0
     last_error: str = ""
+    timecodes: int = 0  # ArtTimeCode packets handed to on_timecode
 
 
 class _DatagramInput:
@@ -230,8 +235,10 @@ class ArtNetInput(_DatagramInput):
         timeout_s: float = sacn.NETWORK_DATA_LOSS_TIMEOUT_S,
         on_frame: FrameSink | None = None,
         on_health: HealthSink | None = None,
+        on_timecode: TimecodeSink | None = None,
     ) -> None:
         super().__init__(name, bind, timeout_s, on_frame, on_health)
+        self.on_timecode = on_timecode
         self.port_addresses = frozenset(port_addresses)
         for pa in self.port_addresses:
             artnet.split_port_address(pa)
@@ -272,6 +279,9 @@ class ArtNetInput(_DatagramInput):
         return out
 
     def _handle(self, data: bytes, addr: tuple[str, int]) -> None:
+        if artnet.opcode(data) == artnet.OP_TIMECODE:
+            self._timecode(artnet.decode_timecode(data), addr)
+            return
         packet = artnet.decode(data)
         if isinstance(packet, artnet.ArtPoll):
             self.polls_answered += 1
@@ -287,10 +297,17 @@ class ArtNetInput(_DatagramInput):
         else:
             raise UnsupportedPacket(f"{type(packet).__name__} is not used by an input")
 
+    def _timecode(self, packet: artnet.ArtTimeCode, addr: tuple[str, int]) -> None:
+        if self.on_timecode is None:
+            raise UnsupportedPacket("ArtTimeCode: no timecode consumer")
+        self.stats.accepted += 1
+        self.stats.timecodes += 1
+        self.on_timecode(packet, time.monotonic(), f"{addr[0]}:{addr[1]}")
+
 
 def _four(values: list[int]) -> tuple[int, int, int, int]:
     a, b, c, d = [*values, 0, 0, 0, 0][:4]
     return a, b, c, d
 
 
-__all__ = ["ArtNetInput", "InputStats", "SacnInput"]
+__all__ = ["ArtNetInput", "InputStats", "SacnInput", "TimecodeSink"]
