@@ -39,7 +39,7 @@ def to_raw(point: PointSpec, value: Value) -> int:
     full = _full(wire)
     if isinstance(value, bool):
         return full if value else 0
-    if isinstance(value, str):
+    if not isinstance(value, int | float):  # a str, None, or anything a JSON body can hold
         raise FixtureError(f"{point.name}: a DMX value is a number, not {value!r}")
     v = float(value)
     if not math.isfinite(v):

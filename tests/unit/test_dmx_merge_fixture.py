@@ -109,6 +109,8 @@ def test_raw_round_trip(raw8: int, raw16: int) -> None:
         ({"gobo": 256}, "0..255"),
         ({"gobo": 1.5}, "whole number"),
         ({"gobo": "open"}, "not 'open'"),
+        ({"gobo": None}, "not None"),
+        ({"intensity": [50]}, r"not \[50\]"),
         ({"zoom": 1}, "unknown point"),
     ],
 )
