@@ -9,6 +9,9 @@ its health and the latest value of every point, then ``{"type": "readings", ...}
 10 times a second, conflated per point, so a slow client receives fewer, newer messages and
 never holds up anything else. A client may send ``{"type": "subscribe", "devices": [...]}``
 to narrow the feed; anything malformed gets an ``error`` message and the connection stays up.
+Playback (docs/playback.md, ``edge/api_playback.py``): ``{"type": "playback", "command": …}``
+messages run cue-engine commands and are answered with ``playback.result``; while a show is
+loaded the server also sends ``{"type": "playback", "snapshot": …}`` on every change.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from controller.journal import Origin, SourceKind
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
+from edge import api_journal, api_lighting, api_playback
+from edge.journal import device_command
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -103,6 +109,12 @@ def reading_json(r: Reading) -> dict[str, Any]:
         "q": r.quality.value,
         "ts": r.ts_wall,
     }
+
+
+def _origin(request: Request) -> Origin:
+    """Who sent a REST request, for the journal: an operator, at this address."""
+    peer = f" {request.client.host}:{request.client.port}" if request.client else ""
+    return Origin(SourceKind.USER, f"rest{peer}")
 
 
 def create_app(service: Service) -> FastAPI:
@@ -223,7 +235,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/api/v1/devices/{device_id}/commands/{command}", tags=["devices"])
     async def post_command(
-        device_id: str, command: str, args: dict[str, Any] = Body(default_factory=dict)
+        request: Request,
+        device_id: str,
+        command: str,
+        args: dict[str, Any] = Body(default_factory=dict),
     ) -> CommandOut:
         dev = device_or_404(device_id)
         if command not in dev.profile.commands:
@@ -235,7 +250,7 @@ def create_app(service: Service) -> FastAPI:
         if driver is None:
             raise HTTPException(503, f"device '{device_id}' has no running driver")
         try:
-            writes = await driver.command(command, args)
+            writes = await device_command(service.journal, _origin(request), driver, command, args)
         except CommandError as exc:
             raise HTTPException(422, str(exc)) from exc
         except DeviceUnavailable as exc:
@@ -246,6 +261,7 @@ def create_app(service: Service) -> FastAPI:
     async def ws(socket: WebSocket) -> None:
         await socket.accept()
         sub = service.live_feed(f"ws:{id(socket)}")
+        peer = f"{socket.client.host}:{socket.client.port}" if socket.client else "?"
         wanted: set[str] | None = None
 
         async def receive() -> None:
@@ -260,6 +276,9 @@ def create_app(service: Service) -> FastAPI:
                     continue
                 try:
                     msg = json.loads(text)
+                    if isinstance(msg, dict) and msg.get("type") == "playback":
+                        await socket.send_json(await api_playback.ws_command(service, msg, peer))
+                        continue
                     if not isinstance(msg, dict) or msg.get("type") != "subscribe":
                         raise ValueError('expected {"type": "subscribe", "devices": [...]}')
                     devices = msg.get("devices")
@@ -305,6 +324,7 @@ def create_app(service: Service) -> FastAPI:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(receive())
                 tg.create_task(send())
+                tg.create_task(api_playback.ws_feed(service, socket.send_json))
         except* (WebSocketDisconnect, RuntimeError):
             pass  # the client went away (RuntimeError: sending on a closed socket)
         finally:
@@ -316,5 +336,8 @@ def create_app(service: Service) -> FastAPI:
     async def console() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    app.include_router(api_journal.router(service))
+    app.include_router(api_lighting.router(service))
+    app.include_router(api_playback.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

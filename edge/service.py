@@ -26,14 +26,18 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 import httpx
 import uvicorn
 
+from controller.journal import JournalEvent, Origin, Result, SourceKind
+from controller.lighting import LightingEngine, Patch
+from controller.playback import Playback
 from drivers.base import DeviceDriver, DeviceUnavailable
+from drivers.dmx import ArtNetInput, SacnInput
 from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import (
     AudioTransport,
@@ -56,7 +60,8 @@ from edge import mqtt as edge_mqtt
 from edge import osc as edge_osc
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
-from edge.config import Venue
+from edge.config import DmxConfig, Venue
+from edge.journal import JournalStore, device_command, journal_path
 from edge.store import TelemetryStore
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,7 @@ def reading_key(r: Reading) -> tuple[str, str]:
 
 
 SIMULATORS_READY_S = 120.0  # a large venue is ready in seconds; computing room IRs takes longer
+CONSOLE_PRIORITY = 100  # a console on the DMX input merges HTP with cue lists (lighting.md)
 LIVE_FEED_POINTS = 100_000  # a LATEST feed holds one slot per point: room for a large venue
 
 
@@ -92,6 +98,7 @@ class Service:
         mqtt_port: int | None = None,
         osc_ports: tuple[int, int] | None = None,
         simulators: bool = False,
+        lighting: bool = True,
     ) -> None:
         self.venue = venue
         cfg = venue.config
@@ -104,13 +111,17 @@ class Service:
         self.osc_ports = osc_ports
         self.osc: OscServer | None = None
         self.dmx: edge_dmx.DmxPorts | None = None
+        self.lighting: LightingEngine | None = None
+        self.playback: Playback | None = None  # the cue engine (edge/api_playback.py)
         self.run_simulators = simulators
+        self.run_lighting = lighting  # False: the DMX ports open, nothing renders into them
         self.devices: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
         self.readings: Bus[Reading] = Bus("readings")
         self.live: dict[tuple[str, str], Reading] = {}
         self.health: dict[str, Health] = {}
         self.drivers: dict[str, DeviceDriver] = {}
         self.store = TelemetryStore(venue.store_path)
+        self.journal = JournalStore(journal_path(venue.store_path))
         self.mqtt: MqttNodeLink | None = None
         self._mqtt_feed: Subscription[Reading] | None = None
         self.started = asyncio.Event()
@@ -179,6 +190,7 @@ class Service:
             if sims is not None:
                 stack.push_async_callback(_stop_process, sims)
             await stack.enter_async_context(self.store)
+            await self._open_journal(stack)
             pruned = await self.store.prune(cfg.telemetry.retention_days * 86400)
             if pruned:
                 log.info(
@@ -190,6 +202,8 @@ class Service:
                 await stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, self.mqtt_port))
             if cfg.dmx.outputs or cfg.dmx.input is not None:
                 self.dmx = await edge_dmx.open_dmx(cfg.dmx, cfg.venue.id, self.node, stack)
+                if cfg.dmx.outputs and self.run_lighting:
+                    self.lighting = _lighting_engine(self.dmx, cfg.dmx, self.devices.values())
             if cfg.osc.enabled:
                 udp, tcp = self.osc_ports or (None, None)
                 self.osc = await stack.enter_async_context(
@@ -205,6 +219,12 @@ class Service:
                 writer = tg.create_task(self._store_writer(store_sub), name="store-writer")
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
+                playback_feed = self._start_playback(tg)
+                lighting_task = (
+                    tg.create_task(self.lighting.run(), name="lighting")
+                    if self.lighting is not None
+                    else None
+                )
                 driver_tasks = [
                     task
                     for dev in self.devices.values()
@@ -229,6 +249,10 @@ class Service:
                 # Orderly shutdown: no new requests, no new readings, then drain.
                 server.should_exit = True
                 await api_task
+                await self._stop_playback(playback_feed)  # before drivers and lighting
+                if self.lighting is not None and lighting_task is not None:
+                    self.lighting.stop()  # the last frame holds until the ports close
+                    await _finish([lighting_task], 1.0)
                 for driver in self.drivers.values():
                     driver.stop()
                 await _finish(driver_tasks, 3.0)
@@ -240,6 +264,16 @@ class Service:
                     await _finish([mqtt_task], 3.0)
                 stop.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
+
+    def _start_playback(self, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
+        from edge import api_playback  # the API module imports the service's types
+
+        return api_playback.start(self, tg)
+
+    async def _stop_playback(self, feed: asyncio.Task[None]) -> None:
+        from edge import api_playback
+
+        await api_playback.stop(self, feed)
 
     def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None] | None:
         driver: DeviceDriver
@@ -295,8 +329,24 @@ class Service:
         driver = self.drivers.get(device)
         if driver is None:
             raise DeviceUnavailable(f"{device} has no driver on this node")
-        writes = await driver.command(name, args)
+        origin = Origin(SourceKind.MQTT, f"mqtt {device}/cmd/{name}")
+        writes = await device_command(self.journal, origin, driver, name, args)
         return {"writes": [[point, value] for point, value in writes]}
+
+    async def _open_journal(self, stack: contextlib.AsyncExitStack) -> None:
+        """The journal opens before any command can arrive and closes after the last one;
+        the service's start and stop are journalled by the system."""
+        await stack.enter_async_context(self.journal)
+
+        async def system(command: str) -> None:
+            now = time.time()
+            origin = f"node {self.node} pid {os.getpid()}"
+            await self.journal.append(
+                JournalEvent(SourceKind.SYSTEM, origin, command, Result.OK, now, now)
+            )
+
+        await system("service.start")
+        stack.push_async_callback(system, "service.stop")
 
     def _api_server(self) -> uvicorn.Server:
         from edge.api import create_app  # the API imports the service's types
@@ -352,6 +402,22 @@ class Service:
         raise SimulatorsFailed(
             f"the simulators did not answer on {url} within {SIMULATORS_READY_S:g} s"
         )
+
+
+def _lighting_engine(
+    dmx: edge_dmx.DmxPorts, cfg: DmxConfig, devices: Iterable[Device]
+) -> LightingEngine:
+    """The lighting engine over this node's DMX fixtures, sending through the DMX router.
+
+    Every universe an output carries is rendered (empty ones too, so receivers see a live
+    source); a console on the DMX inputs is a source at ``CONSOLE_PRIORITY`` (docs/lighting.md).
+    """
+    routed = {u for oc in cfg.outputs for u in oc.universes}
+    engine = LightingEngine(Patch.from_devices(devices, routed), dmx.outputs)
+    inputs = [p for p in dmx.ports if isinstance(p, SacnInput | ArtNetInput)]
+    if inputs:
+        engine.add_input("console", inputs, CONSOLE_PRIORITY)
+    return engine
 
 
 async def _finish(tasks: list[asyncio.Task[None]], grace_s: float) -> None:

@@ -49,7 +49,7 @@ async def test_frames_reach_the_routed_outputs(tmp_path: Path) -> None:
         SacnInput(universes=[1, 2], bind=(LO, sacn_port)) as sacn_rx,
         ArtNetInput(port_addresses=[2], bind=(LO, artnet_port)) as art_rx,
     ):
-        async with run_service(venue) as service:
+        async with run_service(venue, lighting=False) as service:
             assert service.dmx is not None
             await service.dmx.outputs.send_frame({1: ramp, 2: ramp[::-1].copy(), 3: ramp})
 
@@ -75,7 +75,7 @@ async def test_frames_reach_the_routed_outputs(tmp_path: Path) -> None:
 
         await wait_until(released, 1.0, "the sACN source terminated on service stop")
 
-        async with run_service(venue) as service:
+        async with run_service(venue, lighting=False) as service:
             assert service.dmx is not None
             await service.dmx.outputs.send_frame({1: ramp})
 

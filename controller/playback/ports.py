@@ -1,0 +1,149 @@
+"""What the cue engine drives, as small protocols; the service adapts the real subsystems.
+
+- ``Lighting``: levels into a named layer at a priority (the list's source of the lighting
+  engine), release of a layer, and the panic look. ``controller.playback.lighting`` adapts
+  ``controller.lighting.LightingEngine`` to it.
+- ``Devices``: run a profile command on a device (journalled by the service with the origin
+  it is given), write a point, read a point's latest value, wait for a point condition.
+- ``Machinery``: the one choke point every machinery command of a cue passes. Today it hands
+  the command to ``Devices``; the safety supervisor (issue 6) plugs in here, and panic calls
+  its ``stop_all``.
+- ``Audio`` and ``TimecodeSource`` are optional: without them the actions that need them fail
+  with a reason (journalled) and the rest of the cue runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controller.journal import Origin
+from controller.show.model import Level
+
+MOVE_COMMAND = "move_to"
+STOP_COMMAND = "stop"
+POSITION_POINT = "position"
+
+
+class PlaybackError(Exception):
+    """A command the engine did not carry out; ``status`` is the HTTP-like class of it:
+    409 (the state does not allow it now: debounce, end of list, panic) or 422 (the request
+    names something that does not exist)."""
+
+    def __init__(self, reason: str, status: int = 409) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class Refused(PlaybackError):
+    """Not done, on purpose (debounce, nothing on standby, no show): journalled as refused."""
+
+
+class NotFound(PlaybackError):
+    """An unknown list or cue (422)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, 422)
+
+
+@dataclass(frozen=True, slots=True)
+class PointValue:
+    value: Any
+    quality: str  # "good" / "stale" / "bad"
+    ts: float | None = None
+
+
+class Lighting(Protocol):
+    def levels(
+        self,
+        layer: str,
+        priority: int,
+        levels: Sequence[Level],
+        *,
+        fade_s: float,
+        up_s: float | None = None,
+        down_s: float | None = None,
+        curve: str = "linear",
+        scale: float = 1.0,
+    ) -> None:
+        """Fade ``levels`` in ``layer``; ``scale`` multiplies intensities (presets)."""
+        ...
+
+    def release(
+        self, layer: str, priority: int, *, fade_s: float, keep: Sequence[Level] = ()
+    ) -> int:
+        """Let go of every attribute of ``layer`` except those ``keep`` sets."""
+        ...
+
+    def panic(self, fade_s: float) -> None:
+        """Fade to the safe look (blackout of intensities) above every layer."""
+        ...
+
+    def clear_panic(self, fade_s: float) -> None: ...
+
+
+class Devices(Protocol):
+    async def execute(
+        self, device: str, command: str, args: Mapping[str, Any], origin: Origin
+    ) -> Any: ...
+
+    async def write(self, device: str, point: str, value: float, origin: Origin) -> Any: ...
+
+    def read(self, device: str, point: str) -> PointValue | None: ...
+
+    async def wait_for(
+        self, device: str, point: str, condition: Callable[[Any], bool]
+    ) -> PointValue:
+        """Return the first value (the latest known, or a later one) that meets ``condition``."""
+        ...
+
+
+class Audio(Protocol):
+    async def soundfield(self, mode: str, fade_s: float, origin: Origin) -> None: ...
+
+    async def play(
+        self,
+        file: str,
+        level_db: float,
+        loop: bool,
+        output: str | None,
+        fade_s: float,
+        origin: Origin,
+    ) -> None: ...
+
+
+class TimecodeSource(Protocol):
+    async def reached(self, timecode: str, fps: float) -> None:
+        """Return once the chased timecode has reached ``timecode``."""
+        ...
+
+
+class Machinery:
+    """Every machinery command of the cue engine passes here (moves, stops, stop-all).
+
+    The safety supervisor (issue 6) replaces or wraps this object: ``move`` and ``stop`` are
+    the only ways a cue moves or stops an axis, and ``stop_all`` is what panic calls."""
+
+    def __init__(self, devices: Devices, axes: Iterable[str] = ()) -> None:
+        self.devices = devices
+        self.axes = tuple(axes)  # every axis panic stops
+
+    async def move(self, device: str, args: Mapping[str, Any], origin: Origin) -> Any:
+        return await self.devices.execute(device, MOVE_COMMAND, args, origin)
+
+    async def stop(self, device: str, origin: Origin) -> Any:
+        return await self.devices.execute(device, STOP_COMMAND, {}, origin)
+
+    async def stop_all(self, origin: Origin) -> dict[str, str]:
+        """A controlled stop of every axis at once; returns the axes that failed, with why."""
+        results = await asyncio.gather(
+            *(self.stop(axis, origin) for axis in self.axes), return_exceptions=True
+        )
+        return {
+            axis: f"{type(r).__name__}: {r}"
+            for axis, r in zip(self.axes, results, strict=True)
+            if isinstance(r, BaseException)
+        }

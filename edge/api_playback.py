@@ -1,0 +1,405 @@
+"""Playback: the service's cue engine, its REST routes and its WebSocket messages.
+
+Wiring (``start`` / ``stop``, called by ``edge/service.py``): the venue's ``show`` file is
+loaded against the venue's catalogue (devices, ``[[groups]]`` labels, routed universes) and run
+by ``controller.playback.Playback`` over the lighting engine (``EngineLighting``), the device
+drivers (``ServiceDevices``: commands journalled with the cue as their source, reads from the
+live view, waits on the readings feed) and ``Machinery`` (every axis with ``move_to`` and
+``stop``; the safety supervisor will wrap it).
+
+REST (docs/playback.md): ``GET /api/v1/playback`` (snapshot); ``POST /api/v1/playback/go``,
+``/back``, ``/stop``, ``/pause``, ``/resume``, ``/panic``, ``/standby``, ``/release`` with a
+JSON body ``{"list": …, "cue": …}``; ``GET /api/v1/show`` (the show's data) and ``PUT
+/api/v1/show`` (validate, save atomically, load; ``?validate_only=true`` only checks). 409 when
+the state refuses a command (debounce, end of list, cues running), 422 for unknown lists or
+cues and malformed bodies; every refusal says why and changes nothing.
+
+WebSocket messages (``/ws``): the client sends ``{"type": "playback", "id": …, "command":
+"go", "list": …, "cue": …}``; the reply is ``{"type": "playback.result", "id": …, "ok": …}``.
+While a show is loaded the server sends ``{"type": "playback", "snapshot": {…}}`` on connect and
+on every change (at most 10 a second; every 0.1 s while cues run, so progress moves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from controller.journal import Origin, SourceKind
+from controller.playback import (
+    EngineLighting,
+    LoopClock,
+    Machinery,
+    Playback,
+    PlaybackError,
+    PointValue,
+)
+from controller.show import Catalogue, ShowError, load_show, parse_show, save_show
+from controller.show.file import show_data
+from drivers.base import DeviceUnavailable
+from drivers.model import CommandError, DmxTransport
+from edge.journal import device_command
+
+if TYPE_CHECKING:
+    from edge.service import Service
+
+log = logging.getLogger(__name__)
+
+WS_PLAYBACK_INTERVAL_S = 0.1
+DEFAULT_SHOW_FILE = "show.toml"  # where PUT /api/v1/show saves when the venue names none
+
+
+# --- the device port ----------------------------------------------------------------------
+
+
+class ServiceDevices:
+    """``controller.playback.Devices`` over the service's drivers and live readings."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._changed = asyncio.Event()
+
+    def signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def feed(self) -> None:
+        """Wake waiters whenever readings arrive (the service's live view is updated by its
+        own task; this feed only says 'look again')."""
+        sub = self.service.live_feed("playback")
+        try:
+            with contextlib.suppress(Exception):
+                while True:
+                    await sub.get_batch()
+                    await asyncio.sleep(0)  # let the live view store the batch first
+                    self.signal()
+        finally:
+            sub.close()
+
+    def _driver(self, device: str) -> Any:
+        driver = self.service.drivers.get(device)
+        if driver is None:
+            raise DeviceUnavailable(f"{device} has no driver on this node")
+        return driver
+
+    async def execute(
+        self, device: str, command: str, args: Mapping[str, Any], origin: Origin
+    ) -> Any:
+        return await device_command(
+            self.service.journal, origin, self._driver(device), command, args
+        )
+
+    async def write(self, device: str, point: str, value: float, origin: Origin) -> Any:
+        driver = self._driver(device)
+        for name, spec in driver.device.profile.commands.items():
+            if len(spec.writes) == 1 and spec.writes[0].point == point and spec.writes[0].arg:
+                return await self.execute(device, name, {spec.writes[0].arg: value}, origin)
+        raise CommandError(f"{device}: no command of its profile writes '{point}'")
+
+    def read(self, device: str, point: str) -> PointValue | None:
+        r = self.service.live.get((device, point))
+        return None if r is None else PointValue(r.value, r.quality.value, r.ts_wall)
+
+    async def wait_for(
+        self, device: str, point: str, condition: Callable[[Any], bool]
+    ) -> PointValue:
+        while True:
+            changed = self._changed
+            pv = self.read(device, point)
+            if pv is not None and pv.quality == "good" and condition(pv.value):
+                return pv
+            await changed.wait()
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+
+def venue_groups(path: Path) -> dict[str, list[str]]:
+    """The venue's ``[[groups]]`` labels with their device ids (the file keeps them; the
+    expanded venue does not)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    groups: dict[str, list[str]] = {}
+    for g in raw.get("groups", []):
+        if not isinstance(g, dict) or not isinstance(g.get("label"), str):
+            continue
+        first, count, pattern = g.get("first", 1), g.get("count", 0), g.get("id", "")
+        with contextlib.suppress(Exception):
+            groups[g["label"]] = [pattern.format(n=first + i, i=i) for i in range(count)]
+    return groups
+
+
+def catalogue(service: Service) -> Catalogue:
+    venue = service.venue
+    routed = {u for out in venue.config.dmx.outputs for u in out.universes}
+    fixtures_u = {
+        d.transport.universe for d in venue.devices if isinstance(d.transport, DmxTransport)
+    }
+    return Catalogue.from_devices(
+        venue.devices, venue_groups(venue.path), universes=routed | fixtures_u
+    )
+
+
+def show_path(service: Service) -> Path:
+    return service.venue.resolve(service.venue.config.show or DEFAULT_SHOW_FILE)
+
+
+def _lighting_groups(service: Service, playback_show: Any) -> dict[str, list[str]]:
+    groups = venue_groups(service.venue.path)
+    if playback_show is not None:
+        groups.update({k: list(v) for k, v in playback_show.groups.items()})
+    return groups
+
+
+def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
+    """Build the cue engine, load the venue's show (a bad show is logged and not loaded: the
+    service runs, and a fixed show can be PUT), and start the device feed."""
+    show = None
+    if service.venue.config.show is not None:
+        try:
+            show = load_show(show_path(service), catalogue(service))
+        except ShowError as exc:
+            log.error("show not loaded:\n%s", exc)
+    devices = ServiceDevices(service)
+    axes = [
+        d.id
+        for d in service.devices.values()
+        if "move_to" in d.profile.commands
+        and d.profile.commands["move_to"].moves_machinery
+        and "stop" in d.profile.commands
+    ]
+    lighting = (
+        EngineLighting(service.lighting, _lighting_groups(service, show))
+        if service.lighting is not None
+        else None
+    )
+    service.playback = Playback(
+        show,
+        lighting=lighting,
+        devices=devices,
+        machinery=Machinery(devices, axes),
+        journal=service.journal,
+        clock=LoopClock(),
+    )
+    return tg.create_task(devices.feed(), name="playback-feed")
+
+
+async def stop(service: Service, feed: asyncio.Task[None] | None) -> None:
+    if service.playback is not None:
+        await service.playback.close()
+    if feed is not None:
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+
+
+# --- requests -----------------------------------------------------------------------------
+
+ListId = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+CueRef = Annotated[StrictStr | StrictInt | StrictFloat, Field(union_mode="left_to_right")]
+Command = Literal["go", "back", "stop", "pause", "resume", "panic", "standby", "release"]
+
+
+class CommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    list: ListId | None = None
+    cue: CueRef | None = None
+    fade_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 0.0
+
+
+class WsCommand(CommandIn):
+    type: Literal["playback"]
+    id: Annotated[StrictStr | StrictInt, Field(union_mode="left_to_right")] | None = None
+    command: Command
+
+
+def _cue(cue: Any) -> Any:
+    if isinstance(cue, float):
+        if not math.isfinite(cue):
+            raise PlaybackError("cue must be a finite number", 422)
+        return Decimal(repr(cue))
+    return cue
+
+
+async def run_command(
+    playback: Playback, command: str, body: CommandIn, origin: Origin
+) -> dict[str, Any]:
+    """One command, as every front end issues it."""
+    lst, cue = body.list, _cue(body.cue)
+    if command == "go":
+        return await playback.go(lst, cue, origin)
+    if command == "back":
+        return await playback.back(lst, origin)
+    if command == "stop":
+        return await playback.stop(lst, cue, origin)
+    if command == "pause":
+        return await playback.pause(lst, origin)
+    if command == "resume":
+        return await playback.resume(lst, origin)
+    if command == "panic":
+        return await playback.panic(origin)
+    if command == "standby":
+        if cue is None:
+            raise PlaybackError("standby needs a cue", 422)
+        return await playback.standby(lst, cue, origin)
+    if command == "release":
+        return await playback.release(lst, body.fade_s, origin)
+    raise PlaybackError(f"unknown command '{command}'", 422)
+
+
+def _origin(request: Request) -> Origin:
+    peer = f" {request.client.host}:{request.client.port}" if request.client else ""
+    agent = request.headers.get("x-flytower-client", "")
+    if agent:
+        return Origin(SourceKind.SCRIPT, f"{agent[:100]}{peer}")
+    return Origin(SourceKind.USER, f"rest{peer}")
+
+
+def router(service: Service) -> APIRouter:
+    api = APIRouter(tags=["playback"])
+
+    def engine() -> Playback:
+        if service.playback is None:
+            raise HTTPException(503, "the cue engine is not running")
+        return service.playback
+
+    @api.get("/api/v1/playback")
+    async def snapshot() -> dict[str, Any]:
+        return engine().snapshot()
+
+    def route(command: str) -> None:
+        async def handler(
+            request: Request, body: Annotated[CommandIn | None, Body()] = None
+        ) -> dict[str, Any]:
+            try:
+                out = await run_command(engine(), command, body or CommandIn(), _origin(request))
+            except PlaybackError as exc:
+                raise HTTPException(exc.status, exc.reason) from exc
+            return {"ok": True, **out}
+
+        handler.__name__ = f"playback_{command}"
+        api.post(f"/api/v1/playback/{command}", name=f"playback_{command}")(handler)
+
+    for command in ("go", "back", "stop", "pause", "resume", "panic", "standby", "release"):
+        route(command)
+
+    @api.get("/api/v1/show")
+    async def get_show() -> dict[str, Any]:
+        pb = engine()
+        if pb.show is None:
+            raise HTTPException(404, "no show is loaded")
+        return show_data(pb.show)
+
+    @api.put("/api/v1/show")
+    async def put_show(
+        request: Request,
+        data: Annotated[dict[str, Any], Body()],
+        validate_only: Annotated[bool, Query()] = False,
+    ) -> dict[str, Any]:
+        pb = engine()
+        cat = catalogue(service)
+        path = show_path(service)
+        try:
+            show = parse_show(data, path.name, cat)
+        except ShowError as exc:
+            raise HTTPException(422, exc.problems) from exc
+        except (RecursionError, ValueError) as exc:
+            raise HTTPException(422, f"show: {exc}") from exc
+        if validate_only:
+            return {"ok": True, "valid": True, "title": show.show.title}
+        if any(r["running"] for r in pb.snapshot()["lists"]):
+            raise HTTPException(409, "cues are running: stop them before loading a show")
+        try:
+            show = await asyncio.to_thread(save_show, path, show, cat)
+            await pb.load(show, _origin(request))
+        except ShowError as exc:
+            raise HTTPException(422, exc.problems) from exc
+        except PlaybackError as exc:
+            raise HTTPException(exc.status, exc.reason) from exc
+        if isinstance(pb.lighting, EngineLighting):
+            pb.lighting.groups.update({k: tuple(v) for k, v in show.groups.items()})
+        return {"ok": True, "title": show.show.title, "file": path.name}
+
+    return api
+
+
+# --- WebSocket ----------------------------------------------------------------------------
+
+
+async def ws_command(service: Service, msg: dict[str, Any], peer: str) -> dict[str, Any]:
+    """A ``{"type": "playback", ...}`` message: run it, return the reply message."""
+    ident = msg.get("id") if isinstance(msg.get("id"), str | int) else None
+    try:
+        cmd = WsCommand.model_validate(msg)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
+        )
+        return {
+            "type": "playback.result",
+            "id": ident,
+            "ok": False,
+            "status": 422,
+            "detail": detail[:500],
+        }
+    if service.playback is None:
+        return {
+            "type": "playback.result",
+            "id": ident,
+            "ok": False,
+            "status": 503,
+            "detail": "the cue engine is not running",
+        }
+    origin = Origin(SourceKind.USER, f"ws {peer}")
+    try:
+        out = await run_command(service.playback, cmd.command, cmd, origin)
+    except PlaybackError as exc:
+        return {
+            "type": "playback.result",
+            "id": cmd.id,
+            "ok": False,
+            "status": exc.status,
+            "detail": exc.reason,
+        }
+    return {"type": "playback.result", "id": cmd.id, "ok": True, **out}
+
+
+async def ws_feed(service: Service, send: Callable[[dict[str, Any]], Any]) -> None:
+    """Send the playback snapshot now and after every change, at most 10 times a second;
+    while cues run, also every 0.1 s so progress moves."""
+    pb = service.playback
+    if pb is None:
+        return
+    version = -1
+    while True:
+        snap = pb.snapshot()
+        running = any(r["running"] for r in snap["lists"])
+        if snap["show"] is None:  # nothing to show: clients of readings only see no change
+            version = await pb.wait_changed(snap["version"])
+            continue
+        if snap["version"] != version or running:
+            version = snap["version"]
+            await send({"type": "playback", "snapshot": snap})
+        if not running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pb.wait_changed(version), 5.0)
+        await asyncio.sleep(WS_PLAYBACK_INTERVAL_S)
