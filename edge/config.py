@@ -162,11 +162,15 @@ class DmxInputConfig(_Strict):
     universes: list[int] = Field(min_length=1)
     bind: str = "0.0.0.0"
     udp_port: int | None = Field(default=None, ge=1, le=65535)
+    # The console's layer in the lighting engine's merge (docs/lighting.md): at 100 it merges
+    # HTP with cue lists of the same priority; above them, it overrides them.
+    priority: int = Field(default=100, ge=0, le=199)
 
 
 class DmxConfig(_Strict):
     outputs: list[DmxOutputConfig] = Field(default_factory=list)
     input: DmxInputConfig | None = None
+    rate_hz: float = Field(default=44.0, ge=1.0, le=1000.0)  # the lighting engine's frame rate
 
     @model_validator(mode="after")
     def _each_universe_once(self) -> Self:

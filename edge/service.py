@@ -76,7 +76,6 @@ def reading_key(r: Reading) -> tuple[str, str]:
 
 
 SIMULATORS_READY_S = 120.0  # a large venue is ready in seconds; computing room IRs takes longer
-CONSOLE_PRIORITY = 100  # a console on the DMX input merges HTP with cue lists (lighting.md)
 LIVE_FEED_POINTS = 100_000  # a LATEST feed holds one slot per point: room for a large venue
 
 
@@ -410,13 +409,13 @@ def _lighting_engine(
     """The lighting engine over this node's DMX fixtures, sending through the DMX router.
 
     Every universe an output carries is rendered (empty ones too, so receivers see a live
-    source); a console on the DMX inputs is a source at ``CONSOLE_PRIORITY`` (docs/lighting.md).
+    source); a console on the DMX inputs is a source at ``[dmx.input] priority`` (docs/lighting.md).
     """
     routed = {u for oc in cfg.outputs for u in oc.universes}
-    engine = LightingEngine(Patch.from_devices(devices, routed), dmx.outputs)
+    engine = LightingEngine(Patch.from_devices(devices, routed), dmx.outputs, rate_hz=cfg.rate_hz)
     inputs = [p for p in dmx.ports if isinstance(p, SacnInput | ArtNetInput)]
-    if inputs:
-        engine.add_input("console", inputs, CONSOLE_PRIORITY)
+    if inputs and cfg.input is not None:
+        engine.add_input("console", inputs, cfg.input.priority)
     return engine
 
 

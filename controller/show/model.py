@@ -494,7 +494,7 @@ class CueList(_Strict):
     id: Name
     name: str = Field(default="", max_length=200)
     mode: ListMode = ListMode.TRACKING
-    priority: int = Field(default=100, ge=1, le=200)
+    priority: int = Field(default=100, ge=1, le=199)
     """Merge priority against other lists, manual faders and DMX input (higher wins)."""
     go_debounce_s: Seconds = 0.3
     """Minimum time between two GOs; a GO sooner than this after the last one is ignored."""
