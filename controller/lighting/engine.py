@@ -47,6 +47,7 @@ U8 = npt.NDArray[np.uint8]
 DEFAULT_RATE_HZ = 44.0
 MAX_PRIORITY = 200
 LATE_AFTER_S = 0.002  # a frame starting this long after its deadline counts as late
+EARLY_GAP_S = 0.003  # early frames: at most one per this, and none this close to a deadline
 RING = 1024  # frame start times kept for the statistics (~23 s at 44 Hz)
 
 
@@ -219,6 +220,8 @@ class Source:
         self.releasing[idx] = False
         self.w_start[idx] = 1.0
         self.w_target[idx] = 1.0
+        if delay == 0:
+            self.engine.changed()
 
     def release(
         self,
@@ -246,6 +249,7 @@ class Source:
         self.releasing[idx] = True
         if fade == 0:
             self._retire(t)
+        self.engine.changed()
         return int(idx.size)
 
     def driven(self) -> list[str]:
@@ -313,6 +317,7 @@ class FrameStats:
     frames: int = 0
     late: int = 0
     skipped: int = 0
+    early: int = 0  # frames sent between deadlines because the look changed (not in jitter)
     send_errors: int = 0
     cpu_s: float = 0.0
     started: float | None = None
@@ -340,6 +345,7 @@ class FrameStats:
             "frames": self.frames,
             "late_frames": self.late,
             "skipped_frames": self.skipped,
+            "early_frames": self.early,
             "send_errors": self.send_errors,
             "last_render_ms": round(self.last_render_ms, 3),
         }
@@ -376,6 +382,7 @@ class LightingEngine:
         rate_hz: float = DEFAULT_RATE_HZ,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        early_frames: bool | None = None,
     ) -> None:
         if not (
             isinstance(rate_hz, int | float) and math.isfinite(rate_hz) and 1 <= rate_hz <= 1000
@@ -402,6 +409,12 @@ class LightingEngine:
         self.frame: U8 = np.zeros((len(patch.universes), 512), np.uint8)
         self.stats = FrameStats.new(self.period_s)
         self._stop = asyncio.Event()
+        # A change (a GO's snap, a release, a fader) is sent at once in an extra frame rather
+        # than at the next deadline, so GO -> wire is the command path, not up to one period.
+        # It needs the real clock (the wait has a real timeout): off with an injected sleep.
+        self.early_frames = sleep is asyncio.sleep if early_frames is None else early_frames
+        self._changed = asyncio.Event()
+        self._last_send = -math.inf
 
     # --- sources and faders --------------------------------------------------------------------
 
@@ -455,6 +468,12 @@ class LightingEngine:
             self.patch.members(name)  # raises for an unknown fixture or group
         self.faders[name] = lv
         self._rescale()
+        self.changed()
+
+    def changed(self) -> None:
+        """Something the next frame shows changed now: send it without waiting (early frames)."""
+        if self.early_frames:
+            self._changed.set()
 
     def _rescale(self) -> None:
         scale = np.full(self.patch.size, self.faders.get("grand", 1.0))
@@ -540,6 +559,7 @@ class LightingEngine:
         return self.patch.values_of(fid, self.levels)
 
     async def send(self, now: float | None = None) -> None:
+        self._last_send = self.clock() if now is None else now
         self.render(now)
         if self.output is not None:
             try:
@@ -571,9 +591,28 @@ class LightingEngine:
                 missed = int((now - deadline) // period) + 1
                 self.stats.skipped += missed
                 deadline += missed * period
-            delay = deadline - now
-            if delay > 0:
-                await self._sleep(delay)  # stop() is seen within one period
+            await self._until(deadline)  # stop() is seen within one period
+
+    async def _until(self, deadline: float) -> None:
+        """Wait for ``deadline``, sending an early frame whenever the look changes meanwhile,
+        at most one per ``EARLY_GAP_S`` and never within ``EARLY_GAP_S`` of the deadline."""
+        while (delay := deadline - self.clock()) > 0:
+            if not self.early_frames:
+                await self._sleep(delay)
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), delay)
+            except TimeoutError:
+                return
+            now = self.clock()
+            gap = self._last_send + EARLY_GAP_S - now
+            if gap > 0:  # a frame just went out: let a burst of changes share the next one
+                await asyncio.sleep(min(gap, max(0.0, deadline - now)))
+                now = self.clock()
+            if deadline - now > EARLY_GAP_S and not self._stop.is_set():
+                await self.send(now)
+                self.stats.early += 1
 
     def status(self) -> dict[str, Any]:
         now = self.clock()

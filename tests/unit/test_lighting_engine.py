@@ -441,3 +441,33 @@ async def test_deadlines_advance_by_the_period_and_skip_when_far_behind() -> Non
     assert starts[3:6] == pytest.approx([0.10, 0.12, 0.14])
     assert engine.stats.skipped == 2
     assert engine.stats.frames == len(starts)
+
+
+async def test_a_change_goes_out_at_once_in_an_early_frame() -> None:
+    """At 1 Hz the next deadline is a second away: a snap, a release and a fader move each go
+    out in an extra frame long before it (a GO is on the wire after its command path, not up
+    to a period later); a fade with a delay waits, as there is nothing new to show yet."""
+    sink = Sink()
+    engine = LightingEngine(make_patch(), sink, rate_hz=1)
+    task = asyncio.create_task(engine.run())
+    try:
+        await asyncio.wait_for(_frames(sink, 1), 5)  # the regular frame at t=0
+        src = engine.source("a")
+        src.set({"rack-1": {"dimmer_3": 100}})
+        await asyncio.wait_for(_frames(sink, 2), 0.5)
+        assert sink.frames[-1][2][2] == 255
+        src.fade({"rack-1": {"dimmer_3": 0}}, 0.0, delay_s=0.2)
+        await asyncio.sleep(0.05)
+        assert len(sink.frames) == 2  # a delayed change sends nothing early
+        await asyncio.sleep(0.1)  # early frames are spaced: let the next change go out alone
+        engine.set_fader("grand", 0.5)
+        await asyncio.wait_for(_frames(sink, 3), 0.5)
+        assert engine.stats.early == 2 and engine.stats.frames == 1  # early ones not in jitter
+    finally:
+        engine.stop()
+        await task
+
+
+async def _frames(sink: Sink, n: int) -> None:
+    while len(sink.frames) < n:  # noqa: ASYNC110 (the sink has no event per frame count)
+        await asyncio.sleep(0.001)
