@@ -4,6 +4,7 @@ flytower check VENUE       validate a venue file and every profile it uses (exit
 flytower run VENUE         run the service (and the simulators the venue declares)
 flytower simulate VENUE    run only the simulators the venue declares (--processes N to split)
 flytower hil SCENARIO      run a hardware-in-loop scenario against the simulated venue
+flytower journal prune VENUE --before DATE   delete old journal events (journalled)
 """
 
 from __future__ import annotations
@@ -98,6 +99,39 @@ def _hil(args: argparse.Namespace) -> int:
     return int(hil.main(parser.parse_args(args.rest)))
 
 
+def _journal_prune(args: argparse.Namespace) -> int:
+    """The journal's one deleting path, for an administrator (docs/journal.md, Retention)."""
+    import datetime as dt
+    import getpass
+
+    from edge.config import load_venue
+    from edge.journal import JournalStore, journal_path
+
+    try:
+        venue = load_venue(args.venue)
+        before = dt.datetime.fromisoformat(args.before)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"--before: {exc} (expected an ISO date or time, e.g. 2026-01-31)", file=sys.stderr)
+        return 1
+    if before.tzinfo is None:
+        before = before.astimezone()  # a local date, as an operator means it
+    path = journal_path(venue.store_path)
+    if not path.exists():
+        print(f"{path}: no journal", file=sys.stderr)
+        return 1
+
+    async def prune() -> int:
+        async with JournalStore(path) as journal:
+            return await journal.prune(before.timestamp(), who=f"cli {getpass.getuser()}")
+
+    deleted = asyncio.run(prune())
+    print(f"{path}: {deleted} event(s) requested before {before.isoformat()} deleted")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="flytower", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_simulate_arguments(p)
     p.set_defaults(fn=_simulate)
+    p = sub.add_parser("journal", help="administer the journal (prune)")
+    jsub = p.add_subparsers(dest="journal_cmd", required=True)
+    jp = jsub.add_parser("prune", help="delete events requested before a date (journalled)")
+    jp.add_argument("venue", type=Path)
+    jp.add_argument("--before", required=True, help="ISO date or time, e.g. 2026-01-31")
+    jp.set_defaults(fn=_journal_prune)
     p = sub.add_parser(
         "hil",
         help="run a hardware-in-loop scenario against the simulated venue (see hil --help)",
