@@ -41,7 +41,7 @@ from pydantic import BaseModel
 from controller.journal import Origin, SourceKind
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
-from edge import api_journal, api_lighting, api_playback
+from edge import api_journal, api_lighting, api_playback, api_timecode
 from edge.journal import device_command
 
 if TYPE_CHECKING:
@@ -339,5 +339,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(api_journal.router(service))
     app.include_router(api_lighting.router(service))
     app.include_router(api_playback.router(service))
+    app.include_router(api_timecode.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

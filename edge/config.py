@@ -185,6 +185,38 @@ class DmxConfig(_Strict):
         return self
 
 
+class TimecodeConfig(_Strict):
+    """The timecode the cue engine chases (docs/interfaces/timecode.md, "Service wiring").
+
+    ``artnet``: ArtTimeCode of stream ``artnet_stream``, on the ``[dmx.input]`` socket when it
+    receives Art-Net, else on a socket of its own (``artnet_bind``:``artnet_port``, 6454 by
+    default). ``mtc``: MIDI timecode from the raw MIDI device ``mtc_device``. The chase
+    settings are ``controller.timecode.ChaseConfig``'s."""
+
+    source: Literal["artnet", "mtc", "none"] = "none"
+    artnet_stream: int = Field(default=0, ge=0, le=255)
+    artnet_bind: str = Field(default="0.0.0.0", min_length=1)
+    artnet_port: int | None = Field(default=None, ge=1, le=65535)
+    mtc_device: str | None = Field(default=None, min_length=1)
+    freewheel_s: float = Field(default=2.0, ge=0, le=3600, allow_inf_nan=False)
+    dropout_frames: float = Field(default=4.0, gt=0, le=1000, allow_inf_nan=False)
+    relocate_frames: float = Field(default=2.0, gt=0, le=1000, allow_inf_nan=False)
+    rearm_on_backward: bool = False
+
+    @model_validator(mode="after")
+    def _source_keys(self) -> Self:
+        if self.source == "mtc" and self.mtc_device is None:
+            raise ValueError("source 'mtc' needs 'mtc_device' (a raw MIDI device)")
+        own = {"artnet": {"artnet_stream", "artnet_bind", "artnet_port"}, "mtc": {"mtc_device"}}
+        for src, keys in own.items():
+            stray = sorted(keys & self.model_fields_set) if self.source != src else []
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)}: only for source '{src}' (source is '{self.source}')"
+                )
+        return self
+
+
 class TelemetryConfig(_Strict):
     store: str = "var/telemetry.sqlite3"
     retention_days: float = Field(default=30, gt=0)
@@ -220,6 +252,7 @@ class VenueConfig(_Strict):
     osc: OscConfig = Field(default_factory=OscConfig)
     dmx: DmxConfig = Field(default_factory=DmxConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    timecode: TimecodeConfig = Field(default_factory=TimecodeConfig)
     show: str | None = None
     profile_dirs: list[str] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
@@ -238,6 +271,36 @@ class VenueConfig(_Strict):
                 raise ValueError(f"devices.{dev.id}.node: no node '{dev.node}' (nodes: {nodes})")
             if dev.transport.kind == "mqtt" and self.mqtt.mode == "off":
                 raise ValueError(f"devices.{dev.id}: an mqtt device needs mqtt.mode other than off")
+        return self
+
+    @model_validator(mode="after")
+    def _timecode_socket(self) -> Self:
+        tc, dmx = self.timecode, self.dmx
+        if tc.source != "artnet":
+            return self
+        shared = dmx.input is not None and "artnet" in dmx.input.protocols
+        if shared:
+            assert dmx.input is not None
+            port = dmx.input.udp_port or 6454
+            if {"artnet_bind", "artnet_port"} & tc.model_fields_set:
+                raise ValueError(
+                    "timecode: ArtTimeCode arrives on the [dmx.input] Art-Net socket "
+                    f"(port {port}); remove timecode.artnet_bind and timecode.artnet_port"
+                )
+            return self
+        # Without a [dmx.input], an Art-Net output binds 6454 itself (edge/dmx.py, for ArtPoll
+        # replies); two sockets on one port would split the timecode between them.
+        clash = [
+            i
+            for i, out in enumerate(dmx.outputs)
+            if out.protocol == "artnet" and out.udp_port is None
+        ]
+        if dmx.input is None and clash and (tc.artnet_port or 6454) == 6454:
+            raise ValueError(
+                f"timecode: dmx.outputs[{clash[0]}] binds Art-Net port 6454 too; add a "
+                "[dmx.input] with protocols = ['artnet'] (timecode then shares its socket) "
+                "or set timecode.artnet_port"
+            )
         return self
 
 

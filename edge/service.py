@@ -63,6 +63,7 @@ from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
 from edge.journal import JournalStore, device_command, journal_path
 from edge.store import TelemetryStore
+from edge.timecode import ServiceTimecode
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Service:
         self.dmx: edge_dmx.DmxPorts | None = None
         self.lighting: LightingEngine | None = None
         self.playback: Playback | None = None  # the cue engine (edge/api_playback.py)
+        self.timecode: ServiceTimecode | None = None  # the chased timecode (edge/timecode.py)
         self.run_simulators = simulators
         self.run_lighting = lighting  # False: the DMX ports open, nothing renders into them
         self.devices: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
@@ -203,6 +205,7 @@ class Service:
                 self.dmx = await edge_dmx.open_dmx(cfg.dmx, cfg.venue.id, self.node, stack)
                 if cfg.dmx.outputs and self.run_lighting:
                     self.lighting = _lighting_engine(self.dmx, cfg.dmx, self.devices.values())
+            await self._open_timecode(stack)
             if cfg.osc.enabled:
                 udp, tcp = self.osc_ports or (None, None)
                 self.osc = await stack.enter_async_context(
@@ -219,6 +222,7 @@ class Service:
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
                 playback_feed = self._start_playback(tg)
+                timecode_task = self._start_timecode(tg)
                 lighting_task = (
                     tg.create_task(self.lighting.run(), name="lighting")
                     if self.lighting is not None
@@ -249,6 +253,7 @@ class Service:
                 server.should_exit = True
                 await api_task
                 await self._stop_playback(playback_feed)  # before drivers and lighting
+                await self._stop_timecode(timecode_task)
                 if self.lighting is not None and lighting_task is not None:
                     self.lighting.stop()  # the last frame holds until the ports close
                     await _finish([lighting_task], 1.0)
@@ -273,6 +278,31 @@ class Service:
         from edge import api_playback
 
         await api_playback.stop(self, feed)
+
+    async def _open_timecode(self, stack: contextlib.AsyncExitStack) -> None:
+        """The venue's ``[timecode]`` source: Art-Net timecode on the ``[dmx.input]`` socket
+        when there is one, else on a socket of its own; or MTC from a raw MIDI device."""
+        cfg = self.venue.config.timecode
+        if cfg.source == "none":
+            return
+        shared = None
+        if self.dmx is not None:
+            shared = next((p for p in self.dmx.ports if isinstance(p, ArtNetInput)), None)
+        self.timecode = ServiceTimecode(cfg, self.journal)
+        await self.timecode.open(stack, shared)
+
+    def _start_timecode(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        """Chase (and journal) the timecode; ``wait.timecode`` actions wait on it."""
+        if self.timecode is None:
+            return None
+        if self.playback is not None:
+            self.playback.timecode = self.timecode.source
+        return tg.create_task(self.timecode.run(), name="timecode")
+
+    async def _stop_timecode(self, task: asyncio.Task[None] | None) -> None:
+        if self.timecode is not None and task is not None:
+            self.timecode.stop()  # the clock events already queued are journalled first
+            await _finish([task], 2.0)
 
     def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None] | None:
         driver: DeviceDriver
