@@ -209,7 +209,7 @@ def rotary_goal(angle: float, target: float, direction: int, turn: float = 360.0
     more than half a turn, 2: anticlockwise. The target is reached on the first pass.
     """
     forward = wrap(target - angle, turn)
-    if forward > turn - 1e-6:  # on the target but for float rounding: no extra turn
+    if forward < 1e-6 or forward > turn - 1e-6:  # on the target but for rounding: no turn
         forward = 0.0
     if direction == CLOCKWISE:
         delta = forward

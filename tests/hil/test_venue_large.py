@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,15 @@ def wait_for(what: str, timeout_s: float, check: Any, procs: list[subprocess.Pop
             last_error = str(exc)
         time.sleep(0.2)
     pytest.fail(f"timed out after {timeout_s} s waiting for {what} {last_error}")
+
+
+def service_frames(api: int) -> int:
+    """Frames the service's lighting engine has sent (regular and early), or 0 without one."""
+    try:
+        stats = get(api, "/api/v1/lighting")["stats"]
+    except urllib.error.HTTPError:
+        return 0
+    return int(stats["frames"]) + int(stats.get("early_frames", 0))
 
 
 def cpu_s(pid: int) -> float:
@@ -263,7 +273,9 @@ def test_large_venue_starts_fast_and_runs_at_its_rates(
         s0 = get(control, "/sim/v1/stats")
         service_cpu0 = cpu_s(service.pid)
         t0, before = device_stats(api)
+        frames0 = service_frames(api)
         time.sleep(MEASURE_S)
+        frames1 = service_frames(api)
         t1, after = device_stats(api)
         service_cpu1 = cpu_s(service.pid)
         s1 = get(control, "/sim/v1/stats")
@@ -327,7 +339,11 @@ def test_large_venue_starts_fast_and_runs_at_its_rates(
         received += b["frames"] - a["frames"]
         lost += sum(s["lost"] for s in b["universes"].values())
         lost -= sum(s["lost"] for s in a["universes"].values())
-    sent_hz = recent_rate(sender.times) if sender else DMX_HZ
+    # What the receivers must keep up with is what was sent: the service's lighting engine
+    # renders all 64 universes at up to 44 Hz, as fast as the service's one core allows.
+    sent_hz = recent_rate(sender.times) if sender else (frames1 - frames0) / dt
+    if sender is None:
+        print(f"service: lighting engine {sent_hz:.1f} frames/s of {DMX_HZ:g} Hz (64 universes)")
     if universes:
         rates_hz = sorted(universes.values())
         print(

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from simulators.core import DeviceSpec, FaultError, SimulationError
@@ -140,6 +140,7 @@ def test_stop_distance_is_never_shorter_than_the_plain_ramp(
     raw_target=st.integers(0, 35999),
     direction=st.sampled_from([0, 1, 2]),
 )
+@example(angle=-2.3645363484688672e-57, raw_target=0, direction=2)  # on target: no full turn
 def test_rotary_goal_reaches_the_target_angle_the_way_it_was_told(
     angle: float, raw_target: int, direction: int
 ) -> None:
