@@ -201,6 +201,8 @@ def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
         journal=service.journal,
         clock=LoopClock(),
     )
+    if service.timecode is not None:  # timecode-triggered cues, rebuilt on every show load
+        service.timecode.attach(service.playback)
     return tg.create_task(devices.feed(), name="playback-feed")
 
 

@@ -22,6 +22,18 @@ receive callback; they go through a bounded queue (1 024; when full, events are 
 counted in ``journal.dropped``: a hostile sender relocating on every packet must not grow
 memory) to a writer task that appends them in batches. ``run()`` also polls the clock so
 dropouts (freewheel, lost) are noticed without a packet arriving.
+
+Timecode triggers: ``attach(playback)`` (called by edge/api_playback.py once the cue engine
+exists) registers every cue of the loaded show that has a ``timecode`` with a
+``controller.timecode.TriggerScheduler`` over the clock, and registers them again whenever the
+playback's show changes (``PUT /api/v1/show``). There are two schedulers, made once and polled
+for the whole run: one for lists with ``timecode_rearm = "never"`` and one for
+``"on_backward"`` (the venue's ``rearm_on_backward`` makes the first re-arm too). Because they
+are polled all along, a show loaded while the master runs starts from where the master is: the
+triggers it is already past do not fire (as after a forward relocate) and stay armed. A firing
+runs ``Playback.start(list, cue, Origin(TIMECODE, "<source> at <label>"))`` in a task of its
+own; the playback journals it (or its refusal) like any other start. The poller wakes at most
+10 ms apart while triggers are armed (just after the next one is due), else every 20 ms.
 """
 
 from __future__ import annotations
@@ -34,18 +46,21 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from controller.journal import JournalEvent, Result, SourceKind
-from controller.playback import PlaybackError
+from controller.journal import JournalEvent, Origin, Result, SourceKind
+from controller.playback import Playback, PlaybackError
+from controller.show import Show
 from controller.timecode import (
     ChaseClock,
     ChaseConfig,
     ChaseEvent,
     ChaseReading,
     ChaseState,
+    Firing,
     FrameRate,
     Timecode,
     TimecodeError,
     TimecodeInput,
+    TriggerScheduler,
 )
 from drivers.dmx import ArtNetInput
 from drivers.dmx.artnet import ARTNET_PORT
@@ -58,6 +73,7 @@ log = logging.getLogger(__name__)
 JOURNAL_QUEUE = 1024  # clock events waiting for the journal; beyond it they are dropped
 JOURNAL_BATCH = 256
 POLL_S = 0.02  # how often dropouts are looked for (freewheel after 4 frames = 160 ms at 25)
+TRIGGER_POLL_S = 0.01  # at most this long between polls while timecode triggers are armed
 MAX_WAIT_SLEEP_S = 0.25  # a waiter re-reads the clock at least this often
 
 _RATES = {
@@ -160,6 +176,21 @@ class ServiceTimecode:
         self.journalled = 0
         self._queue: asyncio.Queue[JournalEvent | None] = asyncio.Queue(JOURNAL_QUEUE)
         self._stopping = False
+        # Timecode triggers: keyed by "re-arm on a backward relocate" (module docstring).
+        self.schedulers = {
+            False: TriggerScheduler(
+                self.clock, on_fire=self._on_fire, rearm_on_backward=cfg.rearm_on_backward
+            ),
+            True: TriggerScheduler(self.clock, on_fire=self._on_fire, rearm_on_backward=True),
+        }
+        self.playback: Playback | None = None
+        self.triggers_fired = 0
+        self.triggers_failed = 0
+        self.last_trigger_error = ""
+        self._show: Show | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        # Strong references: a task the loop holds only weakly may vanish mid-start.
+        self._firings: set[asyncio.Task[None]] = set()
 
     async def open(self, stack: contextlib.AsyncExitStack, shared: ArtNetInput | None) -> None:
         """Attach to ``shared`` (the [dmx.input] Art-Net socket) or open our own input."""
@@ -185,6 +216,70 @@ class ServiceTimecode:
             self.link = await stack.enter_async_context(mtc)
             self.origin = f"timecode mtc {cfg.mtc_device}"
         log.info("%s: chasing", self.origin)
+
+    # --- triggers --------------------------------------------------------------------------
+
+    def attach(self, playback: Playback) -> None:
+        """Start cues of ``playback``'s show at their timecode; follow its show changes."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.playback = playback
+        self._unsubscribe = playback.subscribe(self._on_playback_change)
+        self.load_triggers(playback.show)
+
+    def _on_playback_change(self) -> None:
+        if self.playback is not None and self.playback.show is not self._show:
+            self.load_triggers(self.playback.show)
+
+    def load_triggers(self, show: Show | None) -> None:
+        """Register the timecode cues of ``show`` (None: none), all armed; the previous show's
+        triggers are dropped."""
+        self._show = show
+        for scheduler in self.schedulers.values():
+            scheduler.clear()
+        cues = [] if show is None else show.timecode_cues()
+        for tc in cues:
+            self.schedulers[tc.rearm_on_backward].add(
+                tc.at, tc.list_id, tc.cue, key=f"{tc.list_id}/{tc.cue}"
+            )
+        if cues:
+            log.info("%s: %d timecode trigger(s)", self.origin, len(cues))
+
+    def _on_fire(self, firing: Firing) -> None:
+        playback = self.playback
+        if playback is None:
+            return
+        trigger = firing.trigger
+        origin = Origin(SourceKind.TIMECODE, f"{self.origin} at {trigger.at}"[:200])
+        task = asyncio.get_running_loop().create_task(
+            self._start(playback, trigger.cue_list, trigger.cue, origin),
+            name=f"timecode-trigger {trigger.key}",
+        )
+        self._firings.add(task)
+        task.add_done_callback(self._firings.discard)
+
+    async def _start(self, playback: Playback, cue_list: str, cue: str, origin: Origin) -> None:
+        try:
+            await playback.start(cue_list, cue, origin)  # journalled by the playback
+            self.triggers_fired += 1
+        except Exception as exc:  # refused (panic, no such cue after a reload) or failed
+            self.triggers_failed += 1
+            self.last_trigger_error = f"{cue_list}/{cue}: {exc}"[:500]
+            log.warning("timecode trigger %s/%s: %s", cue_list, cue, exc)
+
+    def _triggers_status(self) -> dict[str, Any]:
+        armed = sorted(
+            (t for s in self.schedulers.values() for t in s.armed()),
+            key=lambda t: t.at.to_seconds(),
+        )
+        fired = sorted(k for s in self.schedulers.values() for k in s.fired())
+        return {
+            "armed": [{"list": t.cue_list, "cue": t.cue, "at": str(t.at)} for t in armed],
+            "fired": fired,
+            "started": self.triggers_fired,
+            "failed": self.triggers_failed,
+            "last_error": self.last_trigger_error,
+        }
 
     # --- journal ---------------------------------------------------------------------------
 
@@ -233,6 +328,11 @@ class ServiceTimecode:
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            if self._firings:  # starts in flight finish (they only start cues)
+                await asyncio.gather(*list(self._firings), return_exceptions=True)
 
     def stop(self) -> None:
         self._stopping = True
@@ -241,8 +341,17 @@ class ServiceTimecode:
 
     async def _poll(self) -> None:
         while True:
-            self.clock.poll(time.monotonic())
-            await asyncio.sleep(POLL_S)
+            now = time.monotonic()
+            self.clock.poll(now)
+            sleep = POLL_S
+            for scheduler in self.schedulers.values():
+                scheduler.poll(now)
+                if scheduler.armed():
+                    sleep = TRIGGER_POLL_S
+                    wait = scheduler.seconds_until_next(now)
+                    if wait is not None:
+                        sleep = min(sleep, wait + 0.0005)
+            await asyncio.sleep(sleep)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -262,6 +371,7 @@ class ServiceTimecode:
             "generation": r.generation,
             "events": {e.value: n for e, n in sorted(self.clock.events.items())},
             "waiting": self.source.waiting,
+            "triggers": self._triggers_status(),
             "input": {
                 "accepted": self.input.accepted,
                 "ignored": self.input.ignored,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from controller.timecode import Timecode, TimecodeError
 from drivers.model import CommandError, Device, DmxTransport, PointSpec, Profile
 
 from .model import (
@@ -151,6 +152,7 @@ class _Checker:
                         self._action(f"{ck}.parts[{p.part}].actions[{ai}]", action)
         self._check_follow_cycles()
         self._check_start_cycles()
+        self._check_timecodes()
         return self.problems
 
     def add(self, key: str, what: str) -> None:
@@ -484,6 +486,59 @@ class _Checker:
                 f"lists[{first}]",
                 f"cue lists start each other in a ring ({chain}): a list.start cycle never settles",
             )
+
+    # --- timecode triggers ----------------------------------------------------------------
+
+    def _check_timecodes(self) -> None:
+        """Cue ``timecode`` labels: they exist at the list's rate (frames below the rate, not
+        a label drop-frame skips; ``;`` only at 29.97 drop-frame), no two cues of a list share
+        one, and no cue with a timecode is also started by the follow / auto-continue of the
+        cue before it (two clocks would start it: which runs, or whether it runs twice,
+        would depend on where the master is)."""
+        for li, cl in enumerate(self.show.lists):
+            lk = list_key(li, cl)
+            rate = self.show.timecode_rate(cl)
+            seen: dict[Timecode, str] = {}
+            for cue in cl.cues:
+                if cue.timecode is None:
+                    continue
+                key = f"{lk}.{cue_key(cue)}.timecode"
+                if ";" in cue.timecode and not rate.drop_frame:
+                    self.add(
+                        key,
+                        f"timecode {cue.timecode}: ';' marks a drop-frame label but the "
+                        f"list's rate is {rate.label} fps",
+                    )
+                    continue
+                try:
+                    at = Timecode.parse(cue.timecode, rate)
+                except TimecodeError as exc:
+                    self.add(key, f"timecode {exc} (the list's rate is {rate.label} fps)")
+                    continue
+                text = format_cue_number(cue.number)
+                if at in seen:
+                    self.add(key, f"timecode {at} is also the trigger of cue {seen[at]}")
+                else:
+                    seen[at] = text
+            n = len(cl.cues)
+            at_index = {c.number: i for i, c in reversed(list(enumerate(cl.cues)))}
+            for i, cue in enumerate(cl.cues):
+                if not cue.automatic:
+                    continue
+                if cue.next is not None:
+                    j = at_index.get(cue.next)
+                else:
+                    j = i + 1 if i + 1 < n else (0 if cl.loop and n else None)
+                if j is None or cl.cues[j].timecode is None:
+                    continue
+                target = cl.cues[j]
+                how = "follows" if cue.follow else "auto-continues"
+                self.add(
+                    f"{lk}.{cue_key(target)}.timecode",
+                    f"cue {format_cue_number(target.number)} has a timecode trigger and cue "
+                    f"{format_cue_number(cue.number)} {how} into it: start it by one or the "
+                    "other",
+                )
 
 
 def _components(edges: dict[str, list[str]]) -> list[list[str]]:

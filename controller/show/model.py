@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
@@ -36,6 +37,8 @@ from pydantic import (
     PlainSerializer,
     model_validator,
 )
+
+from controller.timecode import FrameRate, Timecode, TimecodeError
 
 SHOW_VERSION = 1
 """The version of the show file format this code reads and writes."""
@@ -124,6 +127,13 @@ class Curve(StrEnum):
     LINEAR = "linear"
     S = "s"  # smoothstep: slow start and end (a console's "S" or "ease in-out")
     LOG = "log"  # fast start, slow end: perceived as even for intensities
+
+
+class TimecodeRearm(StrEnum):
+    """When a fired timecode trigger of a list may fire again (docs/interfaces/timecode.md)."""
+
+    NEVER = "never"  # once per show run (until the show is loaded again)
+    ON_BACKWARD = "on_backward"  # re-armed when the master jumps back before it (rehearsal)
 
 
 class ListMode(StrEnum):
@@ -363,6 +373,30 @@ class WaitPoint(_Wait):
 
 
 _TIMECODE = re.compile(r"^([0-9]{2}):([0-5][0-9]):([0-5][0-9])[:;]([0-9]{2})$")
+TIMECODE_FPS = (24, 25, 29.97, 30)
+_FPS_RATES = {
+    24.0: FrameRate.FPS_24,
+    25.0: FrameRate.FPS_25,
+    29.97: FrameRate.FPS_29_97_DF,
+    30.0: FrameRate.FPS_30,
+}
+
+
+def _fps(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("timecode_fps is a number: 24, 25, 29.97 or 30")
+    if float(value) not in _FPS_RATES:
+        raise ValueError(f"timecode_fps must be 24, 25, 29.97 or 30, not {value:g}")
+    return float(value)
+
+
+TimecodeFps = Annotated[float, BeforeValidator(_fps)]
+"""A timecode rate: 24, 25, 29.97 (drop-frame, as Art-Net and MTC carry it) or 30."""
+
+
+def rate_of(fps: float) -> FrameRate:
+    """The ``controller.timecode.FrameRate`` of a show's ``fps`` (29.97 is drop-frame)."""
+    return _FPS_RATES[float(fps)]
 
 
 class WaitTimecode(_Wait):
@@ -463,11 +497,21 @@ class Cue(_Strict):
     follow: bool = False
     auto_continue_s: Seconds | None = None
     next: CueNumber | None = None
+    timecode: str | None = None
+    """A timecode trigger: the cue starts when the chased timecode passes this label
+    (``HH:MM:SS:FF``) at the list's ``timecode_fps`` (else the show's). The rate-dependent
+    checks (frames, drop-frame labels, duplicates) are ``controller.show.check``'s."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.follow and self.auto_continue_s is not None:
             raise ValueError("a cue takes 'follow' or 'auto_continue_s', not both")
+        if self.timecode is not None:
+            m = _TIMECODE.match(self.timecode)
+            if m is None:
+                raise ValueError(f"timecode {self.timecode[:40]!r} is not HH:MM:SS:FF")
+            if int(m.group(1)) > 23:
+                raise ValueError(f"timecode {self.timecode}: hours must be 00 … 23")
         seen: set[int] = set()
         for p in self.parts:
             if p.part in seen:
@@ -500,6 +544,10 @@ class CueList(_Strict):
     """Minimum time between two GOs; a GO sooner than this after the last one is ignored."""
     loop: bool = False
     """After the last cue, the first cue is next (a list that runs round)."""
+    timecode_fps: TimecodeFps | None = None
+    """The rate of the cues' ``timecode`` labels (None: the show's ``timecode_fps``)."""
+    timecode_rearm: TimecodeRearm = TimecodeRearm.NEVER
+    """Whether a backward relocate of the master re-arms fired triggers at or after it."""
     cues: list[Cue] = Field(default_factory=list, max_length=10_000)
 
     def cue(self, number: Decimal) -> Cue | None:
@@ -537,6 +585,18 @@ class ShowInfo(_Strict):
     venue: str | None = Field(default=None, max_length=64)
     """The venue id the show was written for (informative; the catalogue is what is checked)."""
     notes: str = Field(default="", max_length=10_000)
+    timecode_fps: TimecodeFps = 25.0
+    """The rate of cue ``timecode`` labels in lists that name none."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimecodeCue:
+    """A cue with a timecode trigger, its label parsed at its list's rate."""
+
+    list_id: str
+    cue: str  # the cue number as text (``format_cue_number``)
+    at: Timecode
+    rearm_on_backward: bool
 
 
 class Show(_Strict):
@@ -556,3 +616,25 @@ class Show(_Strict):
             if cl.id == list_id:
                 return cl
         return None
+
+    def timecode_rate(self, cue_list: CueList) -> FrameRate:
+        """The rate of ``cue_list``'s timecode labels: its own, else the show's."""
+        fps = cue_list.timecode_fps
+        return rate_of(self.show.timecode_fps if fps is None else fps)
+
+    def timecode_cues(self) -> list[TimecodeCue]:
+        """Every cue with a ``timecode``, in file order. Labels that do not exist at their
+        rate are left out (``check_show`` refuses them, so a loaded show has none)."""
+        out: list[TimecodeCue] = []
+        for cl in self.lists:
+            rate = self.timecode_rate(cl)
+            rearm = cl.timecode_rearm is TimecodeRearm.ON_BACKWARD
+            for cue in cl.cues:
+                if cue.timecode is None:
+                    continue
+                try:
+                    at = Timecode.parse(cue.timecode, rate)
+                except TimecodeError:
+                    continue
+                out.append(TimecodeCue(cl.id, format_cue_number(cue.number), at, rearm))
+        return out
