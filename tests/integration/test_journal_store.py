@@ -20,6 +20,7 @@ import pytest
 from controller.journal import JournalEvent, Origin, Result, SourceKind, journalled
 from drivers.model import CommandError
 from edge.journal import (
+    _SELECT_JSON,
     COLUMNS,
     SCHEMA_VERSION,
     JournalQuery,
@@ -360,3 +361,111 @@ async def test_query_json_is_the_same_events_as_query(tmp_path: Path) -> None:
                         assert got[key] == pytest.approx(want[key], abs=1e-6)
                         got[key] = want[key]
                 assert got == want
+
+
+async def test_a_device_query_is_covered_by_the_side_table_and_matches_query(
+    tmp_path: Path,
+) -> None:
+    events = [
+        ev(T0 + i, targets=("a", "b", "a") if i % 3 == 0 else ("a",), kind=kind)
+        for i, kind in enumerate([SourceKind.USER, SourceKind.OSC, SourceKind.FOLLOW] * 4)
+    ]
+    path = tmp_path / "j.sqlite3"
+    async with JournalStore(path) as j:
+        await j.append_many(events)
+        await j.append(ev(T0 + 99, targets=("b",), args={"x": [1, 2]}))
+        queries = [
+            JournalQuery(device="a"),
+            JournalQuery(device="b", limit=None),
+            JournalQuery(device="a", since=T0 + 2, until=T0 + 7),
+            JournalQuery(device="a", source=SourceKind.OSC, limit=2),
+            JournalQuery(device="nobody"),
+        ]
+        for q in queries:
+            objects, more = await j.query(q)
+            texts, more_json = await j.query_json(q)
+            assert more == more_json
+            assert [json.loads(t)["seq"] for t in texts] == [e.seq for e in objects]
+            sql, params = q.sql(newest_first=True, select=_SELECT_JSON)
+            # One range of the side table's key, in order: no journal row, no sort.
+            plan = [str(r[3]) for r in raw(path, "EXPLAIN QUERY PLAN " + sql, *params)]
+            assert "FROM journal_target t WHERE" in sql and "j." not in sql
+            assert [p.split(" (")[0] for p in plan] == ["SEARCH t USING PRIMARY KEY"], plan
+    # A target named twice in one event is one row of the side table.
+    assert raw(path, "SELECT count(*) FROM journal_target WHERE seq = 1") == [(2,)]
+
+
+V1_SCHEMA = """
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, executed REAL, duration_s REAL,
+    source_kind TEXT NOT NULL, source TEXT NOT NULL, command TEXT NOT NULL, cue_list TEXT,
+    cue TEXT, targets TEXT NOT NULL,
+    result TEXT NOT NULL CHECK (result IN ('ok', 'refused', 'failed')),
+    reason TEXT NOT NULL, args TEXT NOT NULL
+);
+CREATE INDEX journal_ts ON journal (ts);
+CREATE INDEX journal_source_ts ON journal (source_kind, ts);
+CREATE TABLE journal_target (
+    target TEXT NOT NULL, ts REAL NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (target, ts, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only: events cannot be deleted'); END;
+CREATE TRIGGER journal_target_no_delete BEFORE DELETE ON journal_target
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only: events cannot be deleted'); END;
+INSERT INTO journal VALUES
+    (1, 1700000000.5, NULL, NULL, 'user', 'rest', 'device.stop', NULL, NULL, '["a","b"]',
+     'refused', 'no', '{}'),
+    (2, 1700000001.0, 1700000001.25, 0.25, 'osc', 'osc x', 'go', 'main', '1.5', '["a"]',
+     'ok', '', '{"p":1}'),
+    (3, 1700000002.0, NULL, NULL, 'system', 'node', 'service.start', NULL, NULL, '[]',
+     'ok', '', '{}');
+INSERT INTO journal_target VALUES ('a', 1700000000.5, 1), ('b', 1700000000.5, 1),
+    ('a', 1700000001.0, 2);
+PRAGMA user_version=1;
+"""
+
+
+async def test_a_schema_1_journal_is_migrated_on_open_without_touching_events(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(V1_SCHEMA)
+    events_before = raw(path, "SELECT * FROM journal ORDER BY seq")
+    async with JournalStore(path) as j:
+        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert raw(path, "SELECT * FROM journal ORDER BY seq") == events_before
+        for q in (JournalQuery(device="a"), JournalQuery(device="b")):
+            objects, _ = await j.query(q)
+            texts, _ = await j.query_json(q)
+            assert [json.loads(t) for t in texts] == [e.as_dict() for e in objects]
+        assert [e.seq for e in (await j.query(JournalQuery(device="a")))[0]] == [1, 2]
+        assert await j.append(ev(T0 + 5, targets=("b",))) == 4  # numbering goes on
+        assert [
+            json.loads(t)["seq"] for t in (await j.query_json(JournalQuery(device="b")))[0]
+        ] == [
+            1,
+            4,
+        ]
+    with contextlib.closing(sqlite3.connect(path)) as db:  # append-only holds after migrating
+        for sql in ("DELETE FROM journal_target", "UPDATE journal_target SET doc = ''"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                db.execute(sql)
+    assert raw(path, "PRAGMA integrity_check") == [("ok",)]
+    async with JournalStore(path) as j:  # reopening a migrated file changes nothing
+        assert await j.count() == 4
+
+
+async def test_a_schema_1_journal_that_cannot_be_migrated_is_refused_untouched(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(V1_SCHEMA.replace("""'["a"]'""", """'["a"'"""))  # targets not JSON
+    before = raw(path, "SELECT * FROM sqlite_master"), raw(path, "SELECT * FROM journal")
+    with pytest.raises(RuntimeError, match=r"cannot migrate journal schema 1 to 2 \(.*JSON"):
+        async with JournalStore(path):
+            pass
+    assert (raw(path, "SELECT * FROM sqlite_master"), raw(path, "SELECT * FROM journal")) == before
+    assert raw(path, "PRAGMA user_version") == [(1,)]
