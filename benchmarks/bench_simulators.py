@@ -11,10 +11,9 @@ Reference, same run, same load: the bare cost of that traffic without a simulati
 a pymodbus SimDevice with static registers; a plain aiomqtt client publishing the same message
 rate; a UDP socket that only receives the same frames; a UDP socket that echoes each query.
 The acoustic room is one per venue, not per device: its figure is the realtime convolution of
-its speaker-mic paths, against the same convolution done offline in one piece. A family that
-cannot run here (not built) is reported as skipped, with the reason. Last, the cost per device
-is turned into how many devices of each family one core carries, and what the large venue
-needs (``examples/venue-large.toml``).
+its speaker-mic paths, against the same convolution done offline in one piece. Last, the cost
+per device is turned into how many devices of each family one core carries, and what the large
+venue needs (``examples/venue-large.toml``).
 
 ``python -m benchmarks.bench_simulators`` runs it alone; ``python -m benchmarks`` runs all.
 
@@ -27,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import importlib.util
 import json
 import os
 import shutil
@@ -131,10 +129,6 @@ def report(name: str, devices: int, ours: float, ref: float, what: str) -> None:
         f"   {'':<10} reference {1000 * ref_per_dev:7.3f} ms   ratio ours/ref "
         f"{per_dev / ref_per_dev if ref_per_dev else float('inf'):.2f}"
     )
-
-
-def available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 # --- machinery over Modbus --------------------------------------------------------------------
@@ -579,24 +573,12 @@ def large_venue_needs() -> None:
 
 
 async def run() -> None:
-    benches = [
-        ("machinery", "simulators.machinery", bench_machinery),
-        ("mqtt gear", "simulators.gear", bench_mqtt),
-        ("dmx", "simulators.lighting", bench_dmx),
-        ("osc", "simulators.osc_matrix", bench_osc),
-    ]
-    for name, module, bench in benches:
-        if available(module):
-            await bench()
-        else:
-            print(f"   {name:<10} skipped: {module} is not built yet")
-    if available("simulators.acoustics"):
-        bench_room()
-    else:
-        print(f"   {'room':<10} skipped: simulators.acoustics is not built yet")
-    if PER_CORE:
-        large_venue_needs()
-
+    await bench_machinery()
+    await bench_mqtt()
+    await bench_dmx()
+    await bench_osc()
+    bench_room()
+    large_venue_needs()
 
 if __name__ == "__main__":
     kind, *rest = sys.argv[1:] or ["all"]

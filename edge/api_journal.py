@@ -83,10 +83,6 @@ def router(service: Service) -> APIRouter:
         if format == "csv":
             body, media, ext = export_csv(service.journal, q), "text/csv; charset=utf-8", "csv"
         else:
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError as exc:
-                raise HTTPException(501, "Parquet export needs pyarrow installed") from exc
             body, media, ext = (
                 export_parquet(service.journal, q),
                 "application/vnd.apache.parquet",
