@@ -44,18 +44,20 @@ from pydantic import (
 )
 
 from controller.journal import Origin, SourceKind
+from controller.lighting import LightingError
 from controller.playback import (
     EngineLighting,
     LoopClock,
     Machinery,
     Playback,
+    PlaybackConfig,
     PlaybackError,
     PointValue,
 )
 from controller.show import Catalogue, ShowError, load_show, parse_show, save_show
 from controller.show.file import show_data
 from drivers.base import DeviceUnavailable
-from drivers.model import CommandError, DmxTransport
+from drivers.model import CommandError, ConfigError, DmxTransport
 from edge.journal import device_command
 
 if TYPE_CHECKING:
@@ -188,11 +190,15 @@ def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
         and d.profile.commands["move_to"].moves_machinery
         and "stop" in d.profile.commands
     ]
-    lighting = (
-        EngineLighting(service.lighting, _lighting_groups(service, show))
-        if service.lighting is not None
-        else None
-    )
+    panic = service.venue.config.panic
+    lighting = None
+    if service.lighting is not None:
+        try:
+            lighting = EngineLighting(
+                service.lighting, _lighting_groups(service, show), panic.lighting
+            )
+        except LightingError as exc:  # a group the patch does not have
+            raise ConfigError(service.venue.path, [f"panic.lighting: {exc}"]) from None
     service.playback = Playback(
         show,
         lighting=lighting,
@@ -200,6 +206,7 @@ def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
         machinery=Machinery(devices, axes),
         journal=service.journal,
         clock=LoopClock(),
+        config=PlaybackConfig(panic_fade_s=panic.fade_s),
     )
     if service.timecode is not None:  # timecode-triggered cues, rebuilt on every show load
         service.timecode.attach(service.playback)

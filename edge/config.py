@@ -27,6 +27,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.show.model import Level
 from drivers.model import (
     PROTOCOL_TRANSPORTS,
     ConfigError,
@@ -185,6 +186,16 @@ class DmxConfig(_Strict):
         return self
 
 
+class PanicConfig(_Strict):
+    """What panic does beyond stopping every list and every axis (docs/playback.md)."""
+
+    fade_s: float = Field(default=1.0, ge=0.0, le=60.0, allow_inf_nan=False)
+    """Lighting's fade to the safe look."""
+    lighting: list[Level] = Field(default_factory=list, max_length=1000)
+    """The safe look: these levels (work lights, house lights) above a blackout of every
+    other intensity. Empty: a blackout."""
+
+
 class TimecodeConfig(_Strict):
     """The timecode the cue engine chases (docs/interfaces/timecode.md, "Service wiring").
 
@@ -253,6 +264,7 @@ class VenueConfig(_Strict):
     dmx: DmxConfig = Field(default_factory=DmxConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     timecode: TimecodeConfig = Field(default_factory=TimecodeConfig)
+    panic: PanicConfig = Field(default_factory=PanicConfig)
     show: str | None = None
     profile_dirs: list[str] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
@@ -387,6 +399,15 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
         if isinstance(t, DmxTransport) and t.universe not in routed:
             problems.append(
                 f"devices.{patched.id}.transport: universe {t.universe} is sent by "
+                "no [[dmx.outputs]]"
+            )
+    fixtures = {d.id for d in devices if isinstance(d.transport, DmxTransport)}
+    for i, lv in enumerate(config.panic.lighting):
+        if lv.fixture is not None and lv.fixture not in fixtures:
+            problems.append(f"panic.lighting[{i}].fixture: no DMX fixture '{lv.fixture}'")
+        if lv.channel is not None and lv.channel.universe not in routed:
+            problems.append(
+                f"panic.lighting[{i}].channel: universe {lv.channel.universe} is sent by "
                 "no [[dmx.outputs]]"
             )
     if problems:

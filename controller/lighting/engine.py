@@ -101,15 +101,48 @@ class Source:
         self.fade_end = -math.inf  # when the last fade set so far lands
         self._plan: tuple[int, npt.NDArray[np.intp] | None, npt.NDArray[np.intp] | None] | None
         self._plan = None
+        # The source's own clock, which stands still while it is paused: fades, delays and
+        # releases are stored and evaluated in it (``_local``); LTP stamps stay engine time.
+        self.held_s = 0.0  # engine time spent paused so far
+        self.paused_at: float | None = None
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, priority={self.priority}, kind={self.kind!r})"
+
+    # --- the source's clock ----------------------------------------------------------------------
+
+    def _local(self, now: float) -> float:
+        """Engine time ``now`` on the source's clock (frozen at the pause while paused)."""
+        return (now if self.paused_at is None else min(now, self.paused_at)) - self.held_s
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+    def pause(self, now: float | None = None) -> bool:
+        """Hold every fade, delay and release of this source where it is now (the output keeps
+        the present look). Returns False if it was already paused."""
+        if self.paused_at is not None:
+            return False
+        self.paused_at = self.engine.clock() if now is None else now
+        return True
+
+    def resume(self, now: float | None = None) -> bool:
+        """Carry on every held fade from where it stood, taking the rest of its time."""
+        if self.paused_at is None:
+            return False
+        t = self.engine.clock() if now is None else now
+        self.held_s += max(0.0, t - self.paused_at)
+        self.paused_at = None
+        self.engine.changed()
+        return True
 
     # --- evaluation (vectorised over every attribute) ------------------------------------------
 
     def values(self, now: float, idx: npt.NDArray[np.int64] | None = None) -> F64:
         """Every attribute's value at ``now`` (or those of ``idx``). The result for all
         attributes may be the source's own array: read it, do not change it."""
+        now = self._local(now)
         if idx is not None:
             p = curves.progress(now, self.t0[idx], self.dur[idx])
             y = curves.apply(p, self.curve[idx])
@@ -159,7 +192,7 @@ class Source:
         if idx is None and not self.releasing.any():
             return None
         sl: Any = slice(None) if idx is None else idx
-        p = curves.progress(now, self.w_t0[sl], self.w_dur[sl])
+        p = curves.progress(self._local(now), self.w_t0[sl], self.w_dur[sl])
         ws = self.w_start[sl]
         result: F64 = ws + (self.w_target[sl] - ws) * p
         return result
@@ -168,7 +201,7 @@ class Source:
         """Attributes whose release has finished stop being driven."""
         if not self.releasing.any():
             return
-        done = self.releasing & (now >= self.w_t0 + self.w_dur)
+        done = self.releasing & (self._local(now) >= self.w_t0 + self.w_dur)
         if done.any():
             self.active[done] = False
             self.releasing[done] = False
@@ -204,16 +237,17 @@ class Source:
         start = self.engine.merged_at(t)[idx]
         if own.any():
             start[own] = self.values(t, idx[own])
+        lt = self._local(t)
         self.start[idx] = start
         self.target[idx] = vals
-        self.t0[idx] = t + delay
+        self.t0[idx] = lt + delay
         self.dur[idx] = fade
         self.curve[idx] = code
         # The per-frame path: a 0 s fade is a 1 ns one ending at its start time.
-        self._t0e[idx] = t + delay - (0.0 if fade > 0 else 1e-9)
+        self._t0e[idx] = lt + delay - (0.0 if fade > 0 else 1e-9)
         self._inv[idx] = 1.0 / max(fade, 1e-9)
         self._delta[idx] = vals - start
-        self.fade_end = max(self.fade_end, t + delay + fade)
+        self.fade_end = max(self.fade_end, lt + delay + fade)
         self._plan = None
         self.stamp[idx] = t
         self.active[idx] = True
@@ -244,7 +278,7 @@ class Source:
         assert w is not None
         self.w_start[idx] = w
         self.w_target[idx] = 0.0
-        self.w_t0[idx] = t
+        self.w_t0[idx] = self._local(t)
         self.w_dur[idx] = fade
         self.releasing[idx] = True
         if fade == 0:
@@ -258,7 +292,7 @@ class Source:
         return sorted({owners[i] for i in np.flatnonzero(self.active)})
 
     def fading(self, now: float | None = None) -> bool:
-        t = self.engine.clock() if now is None else now
+        t = self._local(self.engine.clock() if now is None else now)
         a = self.active
         return bool(np.any(a & (t < self.t0 + self.dur)) or np.any(self.releasing))
 
@@ -628,6 +662,7 @@ class LightingEngine:
                     "kind": s.kind,
                     "fixtures": s.driven(),
                     "fading": s.fading(now),
+                    "paused": s.paused,
                 }
                 for s in self.sources.values()
             ],

@@ -78,7 +78,7 @@ SYSTEM = Origin(SourceKind.SYSTEM, "playback")
 @dataclass(frozen=True)
 class PlaybackConfig:
     panic_fade_s: float = PANIC_FADE_S
-    """Time of panic's fade to the safe look (blackout of intensities)."""
+    """Time of panic's fade to the safe look (``Lighting.panic``)."""
     debounce_s: float | None = None
     """Minimum time between GOs of a list for every list (None: each list's go_debounce_s)."""
     arrival_tolerance: float = ARRIVAL_TOLERANCE
@@ -146,6 +146,9 @@ class _RunningAction:
     reason: str = ""
     progress_fn: Callable[[], float | None] | None = None
     moving: tuple[str, ...] = ()
+    targets: dict[str, dict[str, float]] = field(default_factory=dict)  # a move's, per axis
+    held: bool = False  # a move stopped by pause, sent again on resume
+    failure: asyncio.Future[str] | None = None  # set when a resumed move could not restart
 
 
 @dataclass
@@ -445,18 +448,72 @@ class Playback:
         return await self._pause(list_id, origin, False)
 
     async def _pause(self, list_id: str | None, origin: Origin, pause: bool) -> dict[str, Any]:
+        """Pause holds a list where it stands: its clock (delays, waits' timeouts, timers), its
+        lighting fades (its source of the lighting engine), and its moves in flight (a
+        controlled stop of those axes; resume sends them to the same targets again)."""
+
         async def do() -> dict[str, Any]:
             if self.show is None:
                 raise Refused("no cue engine: no show is loaded")
             runs = [self._run_of(list_id)] if list_id is not None else list(self.lists.values())
+            failures: dict[str, str] = {}
+            axes: list[str] = []
             for run in runs:
+                if run.paused == pause:
+                    continue
                 run.lclock.pause() if pause else run.lclock.resume()
+                if self.lighting is not None:
+                    if pause:
+                        self.lighting.pause(run.cl.id, run.cl.priority)
+                    else:
+                        self.lighting.resume(run.cl.id, run.cl.priority)
+                moves = [
+                    ra
+                    for rc in run.running.values()
+                    for ra in rc.actions
+                    if ra.state == "running" and ra.targets and ra.held != pause
+                ]
+                for ra in moves:
+                    ra.held = pause
+                    axes.extend(ra.targets)
+                failures.update(await self._hold_moves(moves, pause, origin))
             self._notify()
-            return {"lists": [r.cl.id for r in runs]} | (
+            if failures:
+                raise RuntimeError(
+                    ("pause: " if pause else "resume: ")
+                    + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
+                )
+            return {"lists": [r.cl.id for r in runs], "axes": axes} | (
                 {"list": list_id} if list_id is not None else {}
             )
 
         return await self._command("pause" if pause else "resume", origin, list_id, None, do)
+
+    async def _hold_moves(
+        self, moves: list[_RunningAction], pause: bool, origin: Origin
+    ) -> dict[str, str]:
+        """Stop (pause) or restart (resume) the axes of running moves; the axes that failed,
+        with why. A move that cannot restart fails its action, with the reason."""
+        calls = [
+            (
+                ra,
+                dev,
+                self.machinery.stop(dev, origin)
+                if pause
+                else self.machinery.move(dev, args, origin),
+            )
+            for ra in moves
+            for dev, args in ra.targets.items()
+        ]
+        results = await asyncio.gather(*(c for _, _, c in calls), return_exceptions=True)
+        failures: dict[str, str] = {}
+        for (ra, dev, _), r in zip(calls, results, strict=True):
+            if not isinstance(r, BaseException):
+                continue
+            failures[dev] = f"{type(r).__name__}: {r}"
+            if not pause and ra.failure is not None and not ra.failure.done():
+                ra.failure.set_result(f"{dev} did not restart after resume: {r}")
+        return failures
 
     async def release(
         self, list_id: str | None = None, fade_s: float = 0.0, origin: Origin = SYSTEM
@@ -800,6 +857,8 @@ class Playback:
             if pv is not None and _number(pv.value):
                 starts[dev] = float(pv.value)
         ra.moving = tuple(targets)
+        ra.targets = targets
+        ra.failure = asyncio.get_running_loop().create_future()
 
         def progress() -> float | None:
             parts = []
@@ -830,12 +889,24 @@ class Playback:
         def arrived(target: float) -> Callable[[Any], bool]:
             return lambda v: _near(v, target, tol)
 
-        await asyncio.gather(
-            *(
-                self.devices.wait_for(dev, POSITION_POINT, arrived(args["position"]))
-                for dev, args in targets.items()
+        arrivals = asyncio.ensure_future(
+            asyncio.gather(
+                *(
+                    self.devices.wait_for(dev, POSITION_POINT, arrived(args["position"]))
+                    for dev, args in targets.items()
+                )
             )
         )
+        try:
+            either: set[asyncio.Future[Any]] = {arrivals, ra.failure}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not arrivals.done():
+                arrivals.cancel()
+                await asyncio.gather(arrivals, return_exceptions=True)
+        if ra.failure.done():
+            raise PlaybackError(ra.failure.result())
+        arrivals.result()
 
     # --- observation ----------------------------------------------------------------------
 

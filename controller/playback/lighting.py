@@ -5,7 +5,9 @@ levels (fixture, group or DMX channel; an attribute or, without one, the fixture
 are resolved here into the engine's ``{fixture: {attribute: value}}`` targets. Split up/down
 times are honoured by fading the values that rise and those that fall separately (rising is
 judged against the engine's present output). Panic is a source above every list
-(``PANIC_SOURCE`` at the engine's top priority) that fades every HTP attribute to zero.
+(``PANIC_SOURCE`` at the engine's top priority) that fades to the safe look: every HTP
+attribute to zero, except what the venue's safe look sets (work lights, house lights, exit
+routes: ``safe_look``), so people on stage are not left in the dark while machinery stops.
 """
 
 from __future__ import annotations
@@ -26,10 +28,22 @@ Targets = dict[str, dict[str, Value]]
 
 class EngineLighting:
     def __init__(
-        self, engine: LightingEngine, groups: Mapping[str, Sequence[str]] | None = None
+        self,
+        engine: LightingEngine,
+        groups: Mapping[str, Sequence[str]] | None = None,
+        safe_look: Sequence[Level] = (),
     ) -> None:
+        """``safe_look``: the levels panic fades to above the blackout of every other
+        intensity. They are resolved now, so a safe look naming nothing patched is refused
+        (``LightingError``) when the service starts, not found out during a panic."""
         self.engine = engine
         self.groups = {k: tuple(v) for k, v in (groups or {}).items()}
+        self.safe_look = tuple(safe_look)
+        for i, lv in enumerate(self.safe_look):
+            try:
+                self.targets([lv])
+            except LightingError as exc:
+                raise LightingError(f"safe look [{i}]: {exc}") from None
 
     # --- resolution -----------------------------------------------------------------------
 
@@ -149,6 +163,8 @@ class EngineLighting:
             for i, name in enumerate(pf.attributes):
                 if patch.htp[pf.first + i]:
                     targets.setdefault(fid, {})[name] = from_raw(pf.profile.points[name], 0)
+        for fid, attrs in self.targets(self.safe_look).items():
+            targets.setdefault(fid, {}).update(attrs)
         src = self.engine.source(PANIC_SOURCE, MAX_PRIORITY, kind="panic")
         if targets:
             src.fade(targets, fade_s)
@@ -157,3 +173,9 @@ class EngineLighting:
         src = self.engine.sources.get(PANIC_SOURCE)
         if src is not None:
             src.release(fade_s=fade_s)
+
+    def pause(self, layer: str, priority: int) -> None:
+        self.engine.source(layer, priority).pause()
+
+    def resume(self, layer: str, priority: int) -> None:
+        self.engine.source(layer, priority).resume()

@@ -79,10 +79,19 @@ class Lighting(Protocol):
         ...
 
     def panic(self, fade_s: float) -> None:
-        """Fade to the safe look (blackout of intensities) above every layer."""
+        """Fade to the safe look above every layer: every intensity to zero but the venue's
+        safe-look levels (work lights)."""
         ...
 
     def clear_panic(self, fade_s: float) -> None: ...
+
+    def pause(self, layer: str, priority: int) -> None:
+        """Hold every fade of ``layer`` where it stands (changes made meanwhile snap)."""
+        ...
+
+    def resume(self, layer: str, priority: int) -> None:
+        """Carry on the held fades of ``layer`` with the rest of their time."""
+        ...
 
 
 class Devices(Protocol):

@@ -55,6 +55,9 @@ def venue(tmp_path: Path) -> Path:
 show = "show.toml"
 [osc]
 enabled = true
+[panic]
+fade_s = 0.2
+lighting = [{{ fixture = "work-1", level = 80 }}]
 [[dmx.outputs]]
 protocol = "sacn"
 universes = [1]
@@ -70,6 +73,12 @@ udp_port = {free_port()}
 id = "par-1"
 profile = "led_par_rgbw"
 transport = { kind = "dmx", universe = 1, address = 1 }
+simulate = { model = "led_par_rgbw" }
+
+[[devices]]
+id = "work-1"
+profile = "led_par_rgbw"
+transport = { kind = "dmx", universe = 1, address = 9 }
 simulate = { model = "led_par_rgbw" }
 """
     path.write_text(text)
@@ -184,6 +193,12 @@ async def test_websocket_and_osc_reach_the_same_engine(rig: Rig) -> None:
     assert reply_panic.status_code == 200, reply_panic.text
     snap = (await rig.api.get("/api/v1/playback")).json()
     assert snap["panic"] is True
+
+    async def safe_look() -> bool:  # the work light up, everything else out, on the wire
+        work, par = await rig.truth("work-1"), await rig.truth("par-1")
+        return bool(work.get("intensity") == 80 and par.get("intensity") == 0)
+
+    await wait_until(safe_look, 10, "the panic safe look on the simulated fixtures")
 
 
 @pytest.mark.parametrize(

@@ -209,6 +209,60 @@ def test_a_new_fade_starts_where_the_source_is(engine: LightingEngine, clock: Cl
     assert slot(engine, 1, 1) == 64
 
 
+def test_a_paused_source_holds_its_fades_and_resumes_with_the_rest_of_the_time(
+    engine: LightingEngine, clock: Clock
+) -> None:
+    t0 = clock.t
+    src = engine.source("a")
+    other = engine.source("b")
+    src.fade({"par-1": {"intensity": 100}}, 2.0)
+    src.fade({"par-2": {"intensity": 100}}, 1.0, delay_s=1.0)
+    other.fade({"rack-1": {"dimmer_1": 100}}, 2.0)
+    assert src.pause(t0 + 0.5) and not src.pause(t0 + 0.6)
+    for t in (t0 + 0.5, t0 + 1.5, t0 + 30.0):
+        engine.render(t)
+        assert slot(engine, 1, 1) == 64 and slot(engine, 1, 9) == 0, t  # held where it stood
+    assert slot(engine, 2, 1) == 255  # another source's fade went on
+    assert src.fading(t0 + 30.0) and engine.status()["sources"][0]["paused"]
+    assert src.resume(t0 + 30.0) and not src.resume(t0 + 31.0)
+    engine.render(t0 + 30.5)  # 1.0 s of the 2.0 s fade now, and the delay has run out
+    assert slot(engine, 1, 1) == 128 and slot(engine, 1, 9) == 0
+    engine.render(t0 + 31.0)
+    assert slot(engine, 1, 1) == 191 and slot(engine, 1, 9) == 128
+    engine.render(t0 + 31.5)
+    assert slot(engine, 1, 1) == 255 and slot(engine, 1, 9) == 255
+    assert not src.fading(t0 + 31.5)
+
+
+def test_changes_while_paused_snap_but_fades_wait(engine: LightingEngine, clock: Clock) -> None:
+    t0 = clock.t
+    src = engine.source("a")
+    src.pause(t0)
+    src.fade({"par-1": {"intensity": 100}}, 0.0, now=t0 + 1.0)  # a snap shows at once
+    src.fade({"par-2": {"intensity": 100}}, 2.0, now=t0 + 1.0)  # a fade holds at its start
+    src.release(["par-1"], fade_s=0.0, now=t0 + 2.0)  # a 0 s release lets go at once
+    engine.render(t0 + 5.0)
+    assert slot(engine, 1, 1) == 0 and slot(engine, 1, 9) == 0
+    src.resume(t0 + 10.0)
+    engine.render(t0 + 11.0)
+    assert slot(engine, 1, 9) == 128
+
+
+def test_a_paused_release_holds_too(engine: LightingEngine, clock: Clock) -> None:
+    t0 = clock.t
+    src = engine.source("a")
+    src.set(
+        {"par-1": {"intensity": 100}},
+    )
+    src.release(fade_s=2.0, now=t0)
+    src.pause(t0 + 1.0)
+    engine.render(t0 + 9.0)
+    assert slot(engine, 1, 1) == 128 and src.driven() == ["par-1"]
+    src.resume(t0 + 9.0)
+    engine.render(t0 + 10.0)
+    assert slot(engine, 1, 1) == 0 and src.driven() == []
+
+
 def test_tracking_values_persist_until_changed(engine: LightingEngine, clock: Clock) -> None:
     src = engine.source("a")
     src.set({"par-1": {"intensity": 50}})

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from controller.journal import JournalEvent, Origin, Result, SourceKind
-from controller.lighting import LightingEngine, Patch
+from controller.lighting import LightingEngine, LightingError, Patch
 from controller.playback import (
     EngineLighting,
     Machinery,
@@ -23,6 +23,7 @@ from controller.playback import (
     VirtualClock,
 )
 from controller.show import loads_show
+from controller.show.model import Level
 from drivers.model import PROFILE_DIR, DmxTransport, load_profile
 
 USER = Origin(SourceKind.USER, "test")
@@ -261,6 +262,58 @@ async def test_pause_holds_delays_and_resume_continues(rig: Rig) -> None:
     assert [c[0] for c in rig.journal.commands()][:3] == ["go", "pause", "resume"]
 
 
+async def test_pause_holds_the_lists_fades_and_resume_takes_the_rest(rig: Rig) -> None:
+    await rig.advance(1)
+    await rig.pb.go(cue=1, origin=USER)  # par-1 to 100 % over 2 s
+    await rig.advance(0.5)
+    assert rig.level("par-1") == pytest.approx(25, abs=0.5)
+    await rig.pb.pause("main", origin=USER)
+    await rig.advance(10)
+    assert rig.level("par-1") == pytest.approx(25, abs=0.5)  # held
+    action = rig.lst()["running"][0]["actions"][0]
+    assert action["progress"] == pytest.approx(0.25, abs=0.01)
+    await rig.pb.resume("main", origin=USER)
+    await rig.advance(0.5)
+    assert rig.level("par-1") == pytest.approx(50, abs=0.5)
+    await rig.advance(1.0)
+    assert rig.level("par-1") == pytest.approx(100, abs=0.5)
+    assert rig.engine.sources["main"].paused is False
+
+
+async def test_pause_stops_a_move_in_flight_and_resume_sends_it_again(rig: Rig) -> None:
+    rig.devices.set("hoist-1", "position", 9000.0)
+    await rig.pb.go(cue=2, origin=USER)
+    await rig.advance(0.1)
+    rig.devices.set("hoist-1", "position", 6000.0)
+    out = await rig.pb.pause(origin=USER)
+    assert out["axes"] == ["hoist-1"]
+    assert ("hoist-1", "stop", {}, "test") in rig.devices.calls
+    assert (await rig.pb.pause(origin=USER))["axes"] == []  # already paused: nothing again
+    moves = [c for c in rig.devices.calls if c[1] == "move_to"]
+    await rig.pb.resume(origin=USER)
+    again = [c for c in rig.devices.calls if c[1] == "move_to"]
+    assert len(again) == len(moves) + 1 and again[-1][2]["position"] == 3000.0
+    assert again[-1][3] == "test"  # the resume is who sent it
+    rig.devices.set("hoist-1", "position", 3000.0)
+    await rig.advance(0.1)
+    assert rig.lst()["current"]["number"] == "3"  # arrived, followed
+
+
+async def test_a_move_that_cannot_restart_fails_its_action(rig: Rig) -> None:
+    rig.devices.set("hoist-1", "position", 9000.0)
+    await rig.pb.go(cue=2, origin=USER)
+    await rig.advance(0.1)
+    await rig.pb.pause(origin=USER)
+    rig.devices.fail.add(("hoist-1", "move_to"))
+    with pytest.raises(RuntimeError, match="resume: hoist-1: RuntimeError: hoist-1 refused"):
+        await rig.pb.resume(origin=USER)
+    await rig.advance(0.1)
+    failed = [e for e in rig.journal.events if e.command == "action.machinery.move"]
+    assert failed and "did not restart after resume" in failed[0].reason
+    assert rig.lst()["running"] == [] and rig.lst()["current"]["number"] == "2"  # no follow
+    assert ("resume", "failed") in [(c[0], c[1]) for c in rig.journal.commands()]
+
+
 async def test_stop_cue_stops_its_axes(rig: Rig) -> None:
     rig.devices.set("hoist-1", "position", 9000.0)
     await rig.pb.go(cue=2, origin=USER)
@@ -289,6 +342,30 @@ async def test_panic_blacks_out_stops_all_and_next_go_restores(rig: Rig) -> None
     await rig.advance(2.1)
     assert rig.level("par-1") == pytest.approx(100, abs=0.5)
     assert rig.pb.snapshot()["panic"] is False
+
+
+async def test_panic_fades_to_the_safe_look_not_a_blackout() -> None:
+    rig = Rig()
+    rig.pb.lighting = EngineLighting(
+        rig.engine, {"all": ["par-1", "par-2"]}, [Level(fixture="par-2", level=60)]
+    )
+    try:
+        await rig.pb.go(cue=1, origin=USER)
+        await rig.advance(3)
+        await rig.pb.panic(origin=USER)
+        await rig.advance(1.0)
+        assert rig.level("par-1") == pytest.approx(0, abs=0.5)
+        assert rig.level("par-2") == pytest.approx(60, abs=0.5)  # the work light stays on
+    finally:
+        await rig.pb.close()
+
+
+def test_a_safe_look_naming_nothing_patched_is_refused_up_front() -> None:
+    rig = Rig()
+    with pytest.raises(LightingError, match=r"safe look \[1\]: .*'ghost'"):
+        EngineLighting(
+            rig.engine, {}, [Level(fixture="par-1", level=5), Level(group="ghost", level=5)]
+        )
 
 
 async def test_concurrent_lists_priority_and_cue_only(rig: Rig) -> None:

@@ -215,6 +215,10 @@ def test_dmx_fixtures_patch_and_route(tmp_path: Path) -> None:
     venue = load_venue(dmx_venue(tmp_path, DMX_VENUE))
     assert [d.transport.endpoint for d in venue.devices] == ["dmx://1/1", "dmx://1/5"]
     assert [o.protocol for o in venue.config.dmx.outputs] == ["sacn", "enttec"]
+    assert venue.config.panic.fade_s == 1.0 and venue.config.panic.lighting == []
+    safe = DMX_VENUE + '[panic]\nfade_s = 3\nlighting = [{ fixture = "par2", level = 60 }]\n'
+    panic = load_venue(dmx_venue(tmp_path, safe)).config.panic
+    assert panic.fade_s == 3.0 and panic.lighting[0].fixture == "par2"
 
 
 @pytest.mark.parametrize(
@@ -254,6 +258,23 @@ def test_dmx_fixtures_patch_and_route(tmp_path: Path) -> None:
             ),
             "a dmx profile needs kind 'dmx', not 'modbus-tcp'",
         ),
+        (
+            lambda t: t + '[panic]\nlighting = [{ fixture = "par9", level = 50 }]\n',
+            "panic.lighting[0].fixture: no DMX fixture 'par9'",
+        ),
+        (
+            lambda t: (
+                t + "[panic]\nlighting = [{ channel = { universe = 5, address = 1 }, "
+                "level = 50 }]\n"
+            ),
+            "panic.lighting[0].channel: universe 5 is sent by no [[dmx.outputs]]",
+        ),
+        (
+            lambda t: t + '[panic]\nlighting = [{ fixture = "par1", level = 150 }]\n',
+            "level 150 % is outside 0 … 100 %",
+        ),
+        (lambda t: t + "[panic]\nfade_s = -1\n", "panic.fade_s"),
+        (lambda t: t + "[panic]\nfade = 1\n", "panic.fade"),
     ],
 )
 def test_dmx_venue_errors_are_precise(tmp_path: Path, edit: Any, expected: str) -> None:
