@@ -1,0 +1,839 @@
+"""The safety supervisor: every motion command passes here, and so does every axis's status.
+
+What it holds (docs/machinery.md is the operator's reference):
+
+- **Axes**: each machinery device with its limits (``AxisLimits``: soft limits inside the
+  drive's travel, speed, acceleration, jerk, load, following error) and its EN 17206 use case.
+  Its state (``AxisState``) follows from its latest status and from what the supervisor asked:
+  offline, disabled, idle, moving, stopping, faulted, e-stopped.
+- **Moves**: one plan (``controller.motion.planner``) for one or several axes; setpoints along
+  it are streamed every cycle through ``AxisIO.stream`` (the drivers write them with the
+  heartbeat). A move is refused, with the reason and nothing moving, when any rule would be
+  broken: software E-stop latched, no live hold-to-run enable, an axis unknown / offline /
+  faulted / e-stopped / stale / already moving, a target outside the soft limits or not a
+  number, a speed above the axis's or its use case's limit, a locked group moved in part, an
+  interlock blocking, a collision zone entered anywhere along the planned trajectories of every
+  axis (moving ones included). A performer move waits for a second operator's confirmation.
+- **Aborts**, checked on every status and every cycle: overload and slack rope (load cell),
+  following error, stale telemetry, the enable released, an interlock starting to block, a
+  soft limit passed, a drive fault or e-stop input. An abort stops the axis — and its whole
+  group when the group is ``safe`` or ``locked`` — and says why.
+- **Software E-stop**: latched; stops every axis at once (``MachineryConfig.stop_category``);
+  a drive's e-stop input latches it too. Its reset is explicit and refused while any axis
+  still reports its e-stop input.
+
+Stops (IEC 60204-1), what ``AxisIO.stop`` is asked for:
+
+- ``CONTROLLED`` (category 2): ramp down at the move's deceleration and hold under power: the
+  operator's or a cue's stop, the enable released.
+- ``QUICK`` (category 2, at the drive's quick-stop deceleration): aborts of one axis or group.
+- ``QUICK_OFF`` (category 1: quick-stop ramp, then power off and the brake applied): the
+  software E-stop (``stop_category = 1``, the default).
+
+The supervisor is plain logic over ``AxisIO`` (the drivers, wired by edge/) and a clock, so the
+cycle can be driven by ``tick(now)`` in tests; ``run()`` ticks it at ``cycle_hz`` on drift-free
+deadlines. Everything it decides is journalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
+from controller.motion.config import USE_CASES, MachineryConfig, UseCase
+from controller.motion.planner import Kinematics, Plan, PlanError, State, plan_move
+from controller.motion.zones import Track, Zone, check_zones
+from drivers.model import CommandError
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR = Origin(SourceKind.SYSTEM, "safety supervisor")
+ARRIVAL_TOLERANCE = 2.0  # an axis has arrived within this of its target (its unit)
+LAG_CYCLES = 1.5  # a drive's status lags the setpoint it was sent by about this many cycles
+
+
+class MotionRefused(CommandError):
+    """A motion command the supervisor will not carry out; the message says why."""
+
+
+class StopKind(StrEnum):
+    CONTROLLED = "controlled"  # category 2, the move's deceleration, holding under power
+    QUICK = "quick"  # category 2 at the quick-stop deceleration, holding under power
+    QUICK_OFF = "quick-off"  # category 1: quick-stop ramp, then power off and brake
+
+
+class AxisState(StrEnum):
+    OFFLINE = "offline"
+    DISABLED = "disabled"
+    IDLE = "idle"
+    MOVING = "moving"
+    STOPPING = "stopping"
+    FAULTED = "faulted"
+    ESTOPPED = "e-stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class AxisStatus:
+    """One decoded status of an axis, with its monotonic receive time."""
+
+    t: float
+    position: float | None
+    velocity: float | None = 0.0
+    load: float | None = None
+    enabled: bool = False
+    fault: bool = False
+    estop: bool = False
+    fault_code: int = 0
+    good: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AxisLimits:
+    """An axis's resolved limits (the venue's ``[machinery.axes]`` over its profile)."""
+
+    soft_min: float
+    soft_max: float
+    speed: float
+    acceleration: float
+    jerk: float = math.inf
+    max_load: float | None = None
+    min_load: float | None = None
+    following_error: float = 50.0
+    use_case: UseCase = UseCase.SCENERY
+    rotary: bool = False
+    group: str | None = None
+
+
+class AxisIO(Protocol):
+    """The drivers, as the supervisor drives them."""
+
+    def stream(self, axis: str, target: float, speed: float, acceleration: float) -> None:
+        """The setpoint the next cycle writes (run to ``target``), with the heartbeat."""
+        ...
+
+    async def stop(self, axis: str, kind: StopKind) -> None:
+        """Write a stop now, outside the cycle."""
+        ...
+
+    async def enable(self, axis: str) -> None:
+        """Switch the drive on (holding where it is), ready for setpoints."""
+        ...
+
+
+PointReader = Callable[[str, str], Any]
+"""Latest good value of a device point, or None (interlock conditions)."""
+
+
+@dataclass
+class Move:
+    id: int
+    plan: Plan
+    targets: dict[str, float]
+    speeds: dict[str, float]
+    accelerations: dict[str, float]
+    origin: Origin
+    created: float
+    start: float | None = None  # monotonic, once streaming
+    state: str = "pending"  # pending (confirmation), running, done, aborted, refused
+    reason: str = ""
+    confirmed_by: str | None = None
+    triggers: list[tuple[str, float, asyncio.Event]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return self.plan.axes
+
+    def elapsed(self, now: float) -> float:
+        return 0.0 if self.start is None else max(0.0, now - self.start)
+
+
+@dataclass
+class _Axis:
+    name: str
+    limits: AxisLimits
+    status: AxisStatus | None = None
+    move: Move | None = None
+    stopping: bool = False
+    aborted: str = ""  # why the last move of this axis stopped short
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: MachineryConfig,
+        limits: Mapping[str, AxisLimits],
+        io: AxisIO,
+        journal: JournalSink,
+        *,
+        points: PointReader | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.io = io
+        self.journal = journal
+        self.points = points or (lambda device, point: None)
+        self.clock = clock
+        self.wall = wall
+        self.axes = {name: _Axis(name, lim) for name, lim in limits.items()}
+        self.zones = [Zone(z.name, tuple(z.axes), z.min_gap, dict(z.offsets)) for z in config.zones]
+        self.period = 1.0 / config.cycle_hz
+        self.estop_latched = False
+        self.estop_reason = ""
+        self.enables: dict[str, float] = {}  # holder -> monotonic expiry
+        self.moves: dict[int, Move] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_flag = asyncio.Event()
+        self.late_ticks = 0
+        self.ticks = 0
+
+    # --- observation -----------------------------------------------------------------------
+
+    def stale(self, ax: _Axis, now: float) -> bool:
+        st = ax.status
+        return (
+            st is None
+            or not st.good
+            or st.position is None
+            or now - st.t > self.config.stale_cycles * self.period
+        )
+
+    def state(self, axis: str, now: float | None = None) -> AxisState:
+        ax = self.axes[axis]
+        t = self.clock() if now is None else now
+        st = ax.status
+        if self.stale(ax, t) or st is None:
+            return AxisState.OFFLINE
+        if st.estop:
+            return AxisState.ESTOPPED
+        if st.fault:
+            return AxisState.FAULTED
+        if ax.move is not None and ax.move.state == "running":
+            return AxisState.MOVING
+        if ax.stopping or abs(st.velocity or 0.0) > 0.5:
+            return AxisState.STOPPING
+        return AxisState.IDLE if st.enabled else AxisState.DISABLED
+
+    def enabled(self, now: float | None = None) -> bool:
+        t = self.clock() if now is None else now
+        return any(exp > t for exp in self.enables.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        axes = {}
+        for name, ax in self.axes.items():
+            st, lim = ax.status, ax.limits
+            axes[name] = {
+                "state": self.state(name, now).value,
+                "position": None if st is None else st.position,
+                "velocity": None if st is None else st.velocity,
+                "load": None if st is None else st.load,
+                "fault_code": None if st is None else st.fault_code,
+                "soft_min": lim.soft_min,
+                "soft_max": lim.soft_max,
+                "max_speed": lim.speed,
+                "use_case": lim.use_case.value,
+                "group": lim.group,
+                "move": None if ax.move is None else ax.move.id,
+                "last_abort": ax.aborted,
+            }
+        return {
+            "estop": {"latched": self.estop_latched, "reason": self.estop_reason},
+            "enable": {"live": self.enabled(now), "holders": sorted(self.enables)},
+            "axes": axes,
+            "moves": [self._move_view(m, now) for m in self.moves.values()],
+            "cycle": {"hz": self.config.cycle_hz, "ticks": self.ticks, "late": self.late_ticks},
+        }
+
+    def _move_view(self, m: Move, now: float) -> dict[str, Any]:
+        t = m.elapsed(now)
+        return {
+            "id": m.id,
+            "state": m.state,
+            "axes": list(m.axes),
+            "targets": m.targets,
+            "duration_s": m.plan.duration,
+            "progress": min(1.0, t / m.plan.duration) if m.plan.duration > 0 else 1.0,
+            "remaining_s": max(0.0, m.plan.duration - t) if m.start is not None else None,
+            "reason": m.reason,
+            "source": m.origin.source,
+        }
+
+    # --- journal ---------------------------------------------------------------------------
+
+    async def _journal(
+        self,
+        origin: Origin,
+        command: str,
+        result: Result,
+        *,
+        targets: Sequence[str] = (),
+        reason: str = "",
+        args: Mapping[str, Any] | None = None,
+    ) -> None:
+        now = self.wall()
+        try:
+            await self.journal.append(
+                JournalEvent(
+                    kind=origin.kind,
+                    source=origin.source,
+                    command=command,
+                    result=result,
+                    requested=now,
+                    executed=None if result is Result.REFUSED else now,
+                    reason=reason,
+                    targets=tuple(targets),
+                    args=dict(args or {}),
+                )
+            )
+        except Exception:  # the journal must never stop a stop
+            log.exception("journal append failed for %s", command)
+
+    async def _refuse(
+        self, origin: Origin, command: str, reason: str, targets: Sequence[str] = ()
+    ) -> MotionRefused:
+        await self._journal(origin, command, Result.REFUSED, targets=targets, reason=reason)
+        return MotionRefused(reason)
+
+    # --- hold-to-run -----------------------------------------------------------------------
+
+    def keep_enabled(self, holder: str, now: float | None = None) -> float:
+        """Renew ``holder``'s hold-to-run enable; returns its expiry (monotonic)."""
+        if not holder:
+            raise MotionRefused("an enable needs the holder's name")
+        t = self.clock() if now is None else now
+        exp = t + self.config.enable_timeout_s
+        self.enables[holder] = exp
+        return exp
+
+    def release_enable(self, holder: str) -> None:
+        self.enables.pop(holder, None)
+
+    # --- E-stop ----------------------------------------------------------------------------
+
+    async def estop(self, origin: Origin, reason: str = "software E-stop") -> dict[str, str]:
+        """Latch the E-stop and stop every axis at once; returns axes whose stop failed."""
+        first = not self.estop_latched
+        self.estop_latched = True
+        if first:
+            self.estop_reason = reason
+        for m in list(self.moves.values()):
+            self._end(m, "aborted", f"E-stop: {reason}")
+        kind = StopKind.QUICK_OFF if self.config.stop_category == 1 else StopKind.QUICK
+        failures = await self._stop_axes(list(self.axes), kind)
+        await self._journal(
+            origin,
+            "estop",
+            Result.FAILED if failures else Result.OK,
+            targets=list(self.axes),
+            reason="; ".join(f"{k}: {v}" for k, v in sorted(failures.items())) or reason,
+        )
+        return failures
+
+    async def reset_estop(self, origin: Origin) -> None:
+        """Unlatch the software E-stop: refused while any axis reports its e-stop input."""
+        active = [n for n, ax in self.axes.items() if ax.status is not None and ax.status.estop]
+        if active:
+            raise await self._refuse(
+                origin,
+                "estop.reset",
+                f"E-stop inputs still active on {', '.join(sorted(active))}: clear them first",
+            )
+        self.estop_latched = False
+        self.estop_reason = ""
+        await self._journal(origin, "estop.reset", Result.OK, targets=list(self.axes))
+
+    # --- moves -----------------------------------------------------------------------------
+
+    async def move(
+        self,
+        targets: Mapping[str, float],
+        origin: Origin,
+        *,
+        speed: float | None = None,
+        acceleration: float | None = None,
+        relative: bool = False,
+        synchronized: bool = True,
+    ) -> Move:
+        """Check and plan a move, then start it (or hold it for confirmation when a performer
+        axis is in it). Raises ``MotionRefused`` with the reason; nothing moves then."""
+        now = self.clock()
+        names = list(targets)
+        try:
+            move = self._plan(targets, now, speed, acceleration, relative, synchronized, origin)
+        except MotionRefused as exc:
+            raise await self._refuse(origin, "move", str(exc), names) from None
+        self.moves[move.id] = move
+        args = {
+            "move": move.id,
+            "targets": move.targets,
+            "duration_s": round(move.plan.duration, 3),
+        }
+        needs_two = any(USE_CASES[self.axes[a].limits.use_case].two_person for a in names)
+        if needs_two:
+            await self._journal(origin, "move.request", Result.OK, targets=names, args=args)
+            self._spawn(self._expire(move))
+            return move
+        await self._start(move, origin)
+        return move
+
+    async def confirm(self, move_id: int, origin: Origin) -> Move:
+        """The second person's confirmation of a pending (performer) move."""
+        move = self.moves.get(move_id)
+        if move is None or move.state != "pending":
+            raise await self._refuse(
+                origin, "move.confirm", f"no move {move_id} awaits confirmation"
+            )
+        if origin.source == move.origin.source:
+            raise await self._refuse(
+                origin,
+                "move.confirm",
+                "two-person rule: the confirmation must come from another operator than "
+                f"'{move.origin.source}'",
+                list(move.axes),
+            )
+        # the world may have changed since the request: check everything again
+        try:
+            self._check_axes(list(move.axes), self.clock(), origin)
+        except MotionRefused as exc:
+            self._end(move, "refused", str(exc))
+            raise await self._refuse(origin, "move.confirm", str(exc), list(move.axes)) from None
+        move.confirmed_by = origin.source
+        await self._start(move, origin)
+        return move
+
+    async def _expire(self, move: Move) -> None:
+        await asyncio.sleep(self.config.confirm_timeout_s)
+        if move.state == "pending":
+            self._end(move, "refused", "no second confirmation in time")
+            await self._journal(
+                SUPERVISOR,
+                "move.expired",
+                Result.REFUSED,
+                targets=list(move.axes),
+                reason=f"move {move.id}: no second confirmation in "
+                f"{self.config.confirm_timeout_s:g} s",
+            )
+
+    def _check_axes(self, names: list[str], now: float, origin: Origin) -> None:
+        if self.estop_latched:
+            raise MotionRefused(f"E-stop is latched ({self.estop_reason}): reset it first")
+        if not self.enabled(now):
+            raise MotionRefused("no hold-to-run enable: hold the enable while the axes move")
+        for a in names:
+            if a not in self.axes:
+                raise MotionRefused(f"no axis '{a}'")
+            st = self.state(a, now)
+            if st in (AxisState.OFFLINE, AxisState.FAULTED, AxisState.ESTOPPED):
+                extra = ""
+                status = self.axes[a].status
+                if st is AxisState.FAULTED and status is not None:
+                    extra = f" (fault code {status.fault_code})"
+                raise MotionRefused(f"{a} is {st.value}{extra}")
+            busy = self.axes[a].move
+            if busy is not None and busy.state in ("running", "pending"):
+                raise MotionRefused(f"{a} is already in move {busy.id}: stop it first")
+            if st is AxisState.STOPPING:
+                raise MotionRefused(f"{a} is still stopping")
+        blocked = self._blocking_interlocks(names)
+        if blocked:
+            raise MotionRefused(blocked[0])
+
+    def _plan(
+        self,
+        targets: Mapping[str, float],
+        now: float,
+        speed: float | None,
+        acceleration: float | None,
+        relative: bool,
+        synchronized: bool,
+        origin: Origin,
+    ) -> Move:
+        names = list(targets)
+        if not names:
+            raise MotionRefused("a move needs at least one axis")
+        for name, value in (("speed", speed), ("acceleration", acceleration)):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise MotionRefused(f"{name} must be a finite number > 0, not {value!r}")
+        self._check_axes(names, now, origin)
+        for group in {self.axes[a].limits.group for a in names} - {None}:
+            mode = self.config.groups[group].mode if group in self.config.groups else "free"
+            members = {n for n, ax in self.axes.items() if ax.limits.group == group}
+            if mode == "locked" and not members <= set(names):
+                missing = ", ".join(sorted(members - set(names)))
+                raise MotionRefused(f"group '{group}' is locked: move it whole (missing {missing})")
+        states: dict[str, State] = {}
+        absolute: dict[str, float] = {}
+        kin: dict[str, Kinematics] = {}
+        speeds: dict[str, float] = {}
+        accels: dict[str, float] = {}
+        for a in names:
+            ax = self.axes[a]
+            lim = ax.limits
+            st = ax.status
+            assert st is not None
+            assert st.position is not None
+            value = targets[a]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise MotionRefused(f"{a}: target must be a number, not {value!r}")
+            if not math.isfinite(value):
+                raise MotionRefused(f"{a}: target must be a finite number, not {value!r}")
+            goal = st.position + value if relative else float(value)
+            if not lim.rotary and not lim.soft_min <= goal <= lim.soft_max:
+                raise MotionRefused(
+                    f"{a}: target {goal:g} is outside its soft limits "
+                    f"{lim.soft_min:g} … {lim.soft_max:g}"
+                )
+            cap = lim.speed
+            rule = USE_CASES[lim.use_case]
+            if rule.speed_cap is not None:
+                cap = min(cap, float(getattr(self.config, rule.speed_cap)))
+            v = cap if speed is None else float(speed)
+            if v > cap:
+                why = f" ({lim.use_case.value})" if cap < lim.speed else ""
+                raise MotionRefused(f"{a}: speed {v:g} is above its limit {cap:g}{why}")
+            acc = lim.acceleration if acceleration is None else float(acceleration)
+            if acc > lim.acceleration:
+                raise MotionRefused(
+                    f"{a}: acceleration {acc:g} is above its limit {lim.acceleration:g}"
+                )
+            states[a] = State(st.position, 0.0)
+            absolute[a] = goal
+            kin[a] = Kinematics(v, acc, lim.jerk)
+            speeds[a], accels[a] = v, acc
+        try:
+            plan = plan_move(states, absolute, kin, synchronized=synchronized)
+        except PlanError as exc:
+            raise MotionRefused(str(exc)) from None
+        for a in names:
+            lim = self.axes[a].limits
+            if lim.rotary:
+                continue
+            lo, hi = plan.extrema(a)
+            if lo < lim.soft_min - 1e-6 or hi > lim.soft_max + 1e-6:
+                raise MotionRefused(f"{a}: the path leaves its soft limits ({lo:g} … {hi:g})")
+        conflict = check_zones(self.zones, self._tracks(now, plan, now), now, moving=names)
+        if conflict is not None:
+            raise MotionRefused(str(conflict))
+        return Move(next(self._ids), plan, absolute, speeds, accels, origin, now)
+
+    def _tracks(self, now: float, new: Plan | None = None, start: float = 0.0) -> dict[str, Track]:
+        tracks: dict[str, Track] = {}
+        for name, ax in self.axes.items():
+            st = ax.status
+            pos = st.position if st is not None and st.position is not None else math.nan
+            if new is not None and name in new.index:
+                tracks[name] = Track(pos, new, start)
+            elif ax.move is not None and ax.move.state == "running" and ax.move.start is not None:
+                tracks[name] = Track(pos, ax.move.plan, ax.move.start)
+            elif not math.isnan(pos):
+                tracks[name] = Track(pos)
+        return tracks
+
+    async def _start(self, move: Move, origin: Origin) -> None:
+        results = await asyncio.gather(
+            *(self.io.enable(a) for a in move.axes), return_exceptions=True
+        )
+        failed = {
+            a: r for a, r in zip(move.axes, results, strict=True) if isinstance(r, BaseException)
+        }
+        if failed:
+            reason = "; ".join(f"{a}: {r}" for a, r in failed.items())
+            self._end(move, "refused", f"could not enable: {reason}")
+            await self._journal(
+                origin, "move", Result.FAILED, targets=list(move.axes), reason=reason
+            )
+            raise MotionRefused(f"could not enable: {reason}")
+        move.state = "running"
+        move.start = self.clock()
+        for a in move.axes:
+            ax = self.axes[a]
+            ax.move, ax.stopping, ax.aborted = move, False, ""
+        self._stream(move, move.start)
+        await self._journal(
+            origin,
+            "move",
+            Result.OK,
+            targets=list(move.axes),
+            args={
+                "move": move.id,
+                "targets": move.targets,
+                "duration_s": round(move.plan.duration, 3),
+                **({"confirmed_by": move.confirmed_by} if move.confirmed_by else {}),
+            },
+        )
+
+    def trigger(self, move: Move, axis: str, position: float) -> asyncio.Event:
+        """An event set when ``axis`` of ``move`` passes ``position`` (position-triggered cues)."""
+        if axis not in move.plan.index:
+            raise MotionRefused(f"{axis} is not in move {move.id}")
+        ev = asyncio.Event()
+        move.triggers.append((axis, float(position), ev))
+        return ev
+
+    # --- stops -----------------------------------------------------------------------------
+
+    async def stop(
+        self, axes: Iterable[str], origin: Origin, kind: StopKind = StopKind.CONTROLLED
+    ) -> dict[str, str]:
+        names = list(axes)
+        unknown = [a for a in names if a not in self.axes]
+        if unknown:
+            raise await self._refuse(origin, "stop", f"no axis '{unknown[0]}'", names)
+        for a in names:
+            m = self.axes[a].move
+            if m is not None and m.state in ("running", "pending"):
+                self._end(m, "aborted", f"stopped by {origin.source or origin.kind.value}")
+        failures = await self._stop_axes(names, kind)
+        await self._journal(
+            origin,
+            "stop",
+            Result.FAILED if failures else Result.OK,
+            targets=names,
+            reason="; ".join(f"{k}: {v}" for k, v in sorted(failures.items())),
+            args={"kind": kind.value},
+        )
+        return failures
+
+    async def stop_all(self, origin: Origin) -> dict[str, str]:
+        return await self.stop(list(self.axes), origin)
+
+    async def _stop_axes(self, names: Sequence[str], kind: StopKind) -> dict[str, str]:
+        for a in names:
+            self.axes[a].stopping = True
+        results = await asyncio.gather(
+            *(self.io.stop(a, kind) for a in names), return_exceptions=True
+        )
+        return {
+            a: f"{type(r).__name__}: {r}"
+            for a, r in zip(names, results, strict=True)
+            if isinstance(r, BaseException)
+        }
+
+    def _end(self, move: Move, state: str, reason: str = "") -> None:
+        if move.state in ("done", "aborted", "refused"):
+            return
+        move.state, move.reason = state, reason
+        for a in move.axes:
+            ax = self.axes[a]
+            if ax.move is move:
+                ax.move = None
+                if state == "aborted":
+                    ax.aborted = reason
+        move.done.set()
+        self.moves.pop(move.id, None)
+
+    async def _abort(
+        self, axes: Sequence[str], reason: str, kind: StopKind = StopKind.QUICK
+    ) -> None:
+        """Stop ``axes`` and every axis their safe/locked groups hold, and the moves they are in."""
+        hit = set(axes)
+        for a in list(hit):
+            group = self.axes[a].limits.group
+            cfg = self.config.groups.get(group) if group is not None else None
+            if cfg is not None and cfg.mode in ("safe", "locked"):
+                hit |= {n for n, ax in self.axes.items() if ax.limits.group == group}
+        for a in list(hit):
+            m = self.axes[a].move
+            if m is not None:
+                hit |= set(m.axes)
+                self._end(m, "aborted", reason)
+        names = sorted(hit)
+        log.warning("abort %s: %s", ", ".join(names), reason)
+        failures = await self._stop_axes(names, kind)
+        await self._journal(
+            SUPERVISOR,
+            "abort",
+            Result.FAILED if failures else Result.OK,
+            targets=names,
+            reason=reason
+            + ("; " + "; ".join(f"{k}: {v}" for k, v in failures.items()) if failures else ""),
+        )
+
+    # --- inputs: statuses ------------------------------------------------------------------
+
+    def status(self, axis: str, st: AxisStatus) -> None:
+        """A status of ``axis`` arrived: keep it and run the checks that depend on it."""
+        ax = self.axes.get(axis)
+        if ax is None:
+            return
+        ax.status = st
+        if ax.stopping and abs(st.velocity or 0.0) <= 0.5 and ax.move is None:
+            ax.stopping = False
+        reason = self._status_abort(ax, st)
+        if reason is not None:
+            if st.estop and not self.estop_latched:
+                self._spawn(self.estop(SUPERVISOR, f"e-stop input of {axis}"))
+            elif ax.move is not None:
+                self._spawn(self._abort([axis], reason))
+
+    def _status_abort(self, ax: _Axis, st: AxisStatus) -> str | None:
+        lim = ax.limits
+        if st.estop:
+            return f"{ax.name}: e-stop input"
+        if ax.move is None or ax.move.state != "running":
+            return None
+        if st.fault:
+            return f"{ax.name}: drive fault {st.fault_code}"
+        if not st.good or st.position is None:
+            return f"{ax.name}: bad status"
+        if lim.max_load is not None and st.load is not None and st.load > lim.max_load:
+            return f"{ax.name}: overload {st.load:g} > {lim.max_load:g}"
+        if lim.min_load is not None and st.load is not None and st.load < lim.min_load:
+            return f"{ax.name}: slack rope (load {st.load:g} < {lim.min_load:g})"
+        if not lim.rotary and not (lim.soft_min - 1.0 <= st.position <= lim.soft_max + 1.0):
+            return f"{ax.name}: position {st.position:g} outside its soft limits"
+        move = ax.move
+        if move.start is not None:
+            lag = LAG_CYCLES * self.period
+            expected = move.plan.position(ax.name, st.t - move.start - lag)
+            err = abs(st.position - expected)
+            if err > lim.following_error:
+                return (
+                    f"{ax.name}: following error {err:.0f} > {lim.following_error:g} "
+                    f"(at {st.position:.0f}, planned {expected:.0f})"
+                )
+        return None
+
+    # --- the cycle -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """One cycle: stream every running move's setpoints and run the time-based checks."""
+        self.ticks += 1
+        if self.enables:
+            for holder, exp in list(self.enables.items()):
+                if exp <= now:
+                    del self.enables[holder]
+        moving = [m for m in self.moves.values() if m.state == "running"]
+        if moving and not self.enabled(now):
+            axes = [a for m in moving for a in m.axes]
+            for m in moving:
+                self._end(m, "aborted", "hold-to-run enable released")
+            self._spawn(self._released(axes))
+            return
+        for m in moving:
+            stale = [a for a in m.axes if self.stale(self.axes[a], now)]
+            if stale:
+                self._spawn(self._abort(stale, f"stale telemetry from {', '.join(stale)}"))
+                continue
+            blocked = self._blocking_interlocks(list(m.axes))
+            if blocked:
+                self._spawn(self._abort(list(m.axes), blocked[0]))
+                continue
+            self._stream(m, now)
+            self._fire_triggers(m)
+            if self._arrived(m, now):
+                self._end(m, "done")
+                self._spawn(
+                    self._journal(
+                        m.origin,
+                        "move.done",
+                        Result.OK,
+                        targets=list(m.axes),
+                        args={"move": m.id},
+                    )
+                )
+
+    async def _released(self, axes: Sequence[str]) -> None:
+        failures = await self._stop_axes(list(axes), StopKind.CONTROLLED)
+        await self._journal(
+            SUPERVISOR,
+            "abort",
+            Result.FAILED if failures else Result.OK,
+            targets=list(axes),
+            reason="hold-to-run enable released",
+        )
+
+    def _stream(self, m: Move, now: float) -> None:
+        assert m.start is not None
+        # one cycle ahead: the drive reaches the setpoint as the next one is written
+        pos = m.plan.at(now - m.start + self.period)[0]
+        for i, a in enumerate(m.axes):
+            self.io.stream(a, float(pos[i]), m.speeds[a], m.accelerations[a])
+
+    def _arrived(self, m: Move, now: float) -> bool:
+        if m.start is None or now - m.start < m.plan.duration:
+            return False
+        for a in m.axes:
+            st = self.axes[a].status
+            if st is None or st.position is None:
+                return False
+            if abs(st.position - m.targets[a]) > ARRIVAL_TOLERANCE:
+                return False
+        return True
+
+    def _fire_triggers(self, m: Move) -> None:
+        if not m.triggers:
+            return
+        keep = []
+        for axis, position, ev in m.triggers:
+            st = self.axes[axis].status
+            start = m.plan.position(axis, 0.0)
+            if st is not None and st.position is not None:
+                passed = (st.position - position) * (start - position) <= 0
+                if passed:
+                    ev.set()
+                    continue
+            keep.append((axis, position, ev))
+        m.triggers = keep
+
+    def _blocking_interlocks(self, axes: Sequence[str]) -> list[str]:
+        out = []
+        for lock in self.config.interlocks:
+            hit = [a for a in axes if a in lock.axes]
+            if not hit:
+                continue
+            cond = lock.block_when
+            value = self.points(cond.device, cond.point)
+            if value is None:
+                out.append(
+                    f"interlock '{lock.name}': {cond.device}.{cond.point} is unknown, "
+                    f"so {', '.join(hit)} may not move"
+                )
+            elif cond.met(value):
+                out.append(f"interlock '{lock.name}': {cond} blocks {', '.join(hit)}")
+        return out
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self) -> None:
+        """Tick at ``cycle_hz`` on drift-free deadlines until ``close()``."""
+        self._stop_flag.clear()
+        deadline = self.clock()
+        while not self._stop_flag.is_set():
+            self.tick(self.clock())
+            deadline += self.period
+            now = self.clock()
+            if now > deadline:
+                missed = int((now - deadline) // self.period) + 1
+                self.late_ticks += missed
+                deadline += missed * self.period
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_flag.wait(), max(0.0, deadline - now))
+
+    async def close(self) -> None:
+        self._stop_flag.set()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
