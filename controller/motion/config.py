@@ -29,6 +29,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drivers.model import Profile
+
 Finite = Field(allow_inf_nan=False)
 
 
@@ -50,6 +52,24 @@ USE_CASES: Mapping[UseCase, UseCaseRules] = {
     UseCase.OVER_PEOPLE: UseCaseRules(True, False, "over_people_speed"),
     UseCase.PERFORMER: UseCaseRules(True, True, "performer_speed"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class AxisLimits:
+    """An axis's resolved limits (the venue's ``[machinery.axes]`` over its profile:
+    ``resolve_limits``)."""
+
+    soft_min: float
+    soft_max: float
+    speed: float
+    acceleration: float
+    jerk: float = math.inf
+    max_load: float | None = None
+    min_load: float | None = None
+    following_error: float = 50.0
+    use_case: UseCase = UseCase.SCENERY
+    rotary: bool = False
+    group: str | None = None
 
 
 class _Strict(BaseModel):
@@ -204,3 +224,76 @@ class MachineryConfig(_Strict):
             if cfg.group is not None and cfg.group not in self.groups:
                 raise ValueError(f"axes.{axis}.group: no group '{cfg.group}' in [machinery.groups]")
         return self
+
+
+# --- resolution against the venue's devices -------------------------------------------------
+
+POSITION, SPEED, ACCELERATION, MOVE = "position", "speed_limit", "acceleration", "move_to"
+
+
+def is_axis(profile: Profile) -> bool:
+    """A device the supervisor owns: its ``move_to`` moves machinery."""
+    cmd = profile.commands.get(MOVE)
+    return cmd is not None and cmd.moves_machinery and POSITION in profile.points
+
+
+def resolve_limits(
+    config: MachineryConfig, profiles: Mapping[str, Profile]
+) -> tuple[dict[str, AxisLimits], list[str]]:
+    """Every axis of the venue (each device whose profile moves machinery) with its limits:
+    ``[machinery.axes]`` over the profile's ranges. Returns the limits and the problems (an
+    entry for a device that is not an axis, soft limits outside the travel, limits above what
+    the drive accepts)."""
+    problems: list[str] = []
+    limits: dict[str, AxisLimits] = {}
+    for name in config.axes:
+        if name not in profiles:
+            problems.append(f"machinery.axes.{name}: no device '{name}'")
+        elif not is_axis(profiles[name]):
+            problems.append(
+                f"machinery.axes.{name}: '{profiles[name].id}' is not a machinery axis "
+                f"(no '{MOVE}' that moves machinery)"
+            )
+    for name, profile in profiles.items():
+        if not is_axis(profile):
+            continue
+        cfg = config.axes.get(name, AxisConfig())
+        where = f"machinery.axes.{name}"
+        pos = profile.points[POSITION]
+        travel_lo = pos.min if pos.min is not None else -math.inf
+        travel_hi = pos.max if pos.max is not None else math.inf
+        rotary = cfg.rotary or profile.device_class == "turntable"
+        lo = cfg.soft_min if cfg.soft_min is not None else travel_lo
+        hi = cfg.soft_max if cfg.soft_max is not None else travel_hi
+        if not rotary and (lo < travel_lo or hi > travel_hi):
+            problems.append(
+                f"{where}: soft limits {lo:g} … {hi:g} must lie inside the travel "
+                f"{travel_lo:g} … {travel_hi:g} of '{profile.id}'"
+            )
+        top: dict[str, float | None] = {}
+        for point, key in ((SPEED, "max_speed"), (ACCELERATION, "max_acceleration")):
+            spec = profile.points.get(point)
+            drive_max = spec.max if spec is not None else None
+            mine = getattr(cfg, key)
+            if mine is not None and drive_max is not None and mine > drive_max:
+                problems.append(f"{where}.{key}: {mine:g} is above the drive's {drive_max:g}")
+            top[key] = mine if mine is not None else drive_max
+        if top["max_speed"] is None or top["max_acceleration"] is None:
+            problems.append(
+                f"{where}: set max_speed and max_acceleration ('{profile.id}' has none)"
+            )
+            continue
+        limits[name] = AxisLimits(
+            soft_min=lo,
+            soft_max=hi,
+            speed=float(top["max_speed"]),
+            acceleration=float(top["max_acceleration"]),
+            jerk=cfg.max_jerk if cfg.max_jerk is not None else math.inf,
+            max_load=cfg.max_load,
+            min_load=cfg.min_load,
+            following_error=cfg.following_error,
+            use_case=cfg.use_case,
+            rotary=rotary,
+            group=cfg.group,
+        )
+    return limits, problems

@@ -49,7 +49,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
-from controller.motion.config import USE_CASES, MachineryConfig, UseCase
+from controller.motion.config import USE_CASES, AxisLimits, MachineryConfig
 from controller.motion.planner import Kinematics, Plan, PlanError, State, plan_move
 from controller.motion.zones import Track, Zone, check_zones
 from drivers.model import CommandError
@@ -94,23 +94,6 @@ class AxisStatus:
     estop: bool = False
     fault_code: int = 0
     good: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class AxisLimits:
-    """An axis's resolved limits (the venue's ``[machinery.axes]`` over its profile)."""
-
-    soft_min: float
-    soft_max: float
-    speed: float
-    acceleration: float
-    jerk: float = math.inf
-    max_load: float | None = None
-    min_load: float | None = None
-    following_error: float = 50.0
-    use_case: UseCase = UseCase.SCENERY
-    rotary: bool = False
-    group: str | None = None
 
 
 class AxisIO(Protocol):

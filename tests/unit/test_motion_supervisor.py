@@ -411,3 +411,41 @@ async def test_position_triggers_fire_as_the_axis_passes(r: Rig) -> None:
 def test_machinery_config_errors_are_precise(data: Any, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         MachineryConfig.model_validate(data)
+
+
+def test_limits_come_from_the_profiles_under_the_venue_settings() -> None:
+    from controller.motion.config import resolve_limits
+    from drivers.model import PROFILE_DIR, load_profile
+
+    def prof(name: str) -> Any:
+        return load_profile(PROFILE_DIR / f"{name}.toml")
+
+    profiles = {"h1": prof("hoist"), "tt": prof("turntable"), "par": prof("led_par_rgbw")}
+    cfg = MachineryConfig.model_validate(
+        {"axes": {"h1": {"soft_min": 200, "soft_max": 11_000, "max_speed": 800, "max_jerk": 4000}}}
+    )
+    limits, problems = resolve_limits(cfg, profiles)
+    assert problems == [] and set(limits) == {"h1", "tt"}
+    h1 = limits["h1"]
+    assert (h1.soft_min, h1.soft_max, h1.speed, h1.acceleration, h1.jerk) == (
+        200,
+        11_000,
+        800,
+        2000,
+        4000,
+    )
+    assert limits["tt"].rotary and limits["tt"].jerk == math.inf
+    bad = MachineryConfig.model_validate(
+        {
+            "axes": {
+                "h1": {"soft_max": 12_500, "max_speed": 2000},
+                "par": {},
+                "ghost": {},
+            }
+        }
+    )
+    _, problems = resolve_limits(bad, profiles)
+    assert "machinery.axes.par: 'led_par_rgbw' is not a machinery axis" in problems[0]
+    assert "machinery.axes.ghost: no device 'ghost'" in problems[1]
+    assert any("soft limits 0 … 12500 must lie inside the travel 0 … 12000" in p for p in problems)
+    assert any("max_speed: 2000 is above the drive's 1500" in p for p in problems)
