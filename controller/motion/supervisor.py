@@ -344,12 +344,13 @@ class Supervisor:
         targets: Mapping[str, float],
         origin: Origin,
         *,
-        speed: float | None = None,
-        acceleration: float | None = None,
+        speed: float | Mapping[str, float] | None = None,
+        acceleration: float | Mapping[str, float] | None = None,
         relative: bool = False,
         synchronized: bool = True,
     ) -> Move:
-        """Check and plan a move, then start it (or hold it for confirmation when a performer
+        """Check and plan a move (``speed``/``acceleration``: one for every axis, or per axis;
+        None: each axis's limit), then start it (or hold it for confirmation when a performer
         axis is in it). Raises ``MotionRefused`` with the reason; nothing moves then."""
         now = self.clock()
         names = list(targets)
@@ -437,8 +438,8 @@ class Supervisor:
         self,
         targets: Mapping[str, float],
         now: float,
-        speed: float | None,
-        acceleration: float | None,
+        speed: float | Mapping[str, float] | None,
+        acceleration: float | Mapping[str, float] | None,
         relative: bool,
         synchronized: bool,
         origin: Origin,
@@ -446,14 +447,23 @@ class Supervisor:
         names = list(targets)
         if not names:
             raise MotionRefused("a move needs at least one axis")
-        for name, value in (("speed", speed), ("acceleration", acceleration)):
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise MotionRefused(f"{name} must be a finite number > 0, not {value!r}")
+
+        def per_axis(name: str, given: float | Mapping[str, float] | None) -> dict[str, float]:
+            values = dict(given) if isinstance(given, Mapping) else {}
+            if given is not None and not isinstance(given, Mapping):
+                values = dict.fromkeys(names, given)
+            for value in values.values():
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                    or value <= 0
+                ):
+                    raise MotionRefused(f"{name} must be a finite number > 0, not {value!r}")
+            return values
+
+        speeds_in = per_axis("speed", speed)
+        accels_in = per_axis("acceleration", acceleration)
         self._check_axes(names, now, origin)
         for group in {self.axes[a].limits.group for a in names} - {None}:
             mode = self.config.groups[group].mode if group in self.config.groups else "free"
@@ -487,11 +497,11 @@ class Supervisor:
             rule = USE_CASES[lim.use_case]
             if rule.speed_cap is not None:
                 cap = min(cap, float(getattr(self.config, rule.speed_cap)))
-            v = cap if speed is None else float(speed)
+            v = float(speeds_in.get(a, cap))
             if v > cap:
                 why = f" ({lim.use_case.value})" if cap < lim.speed else ""
                 raise MotionRefused(f"{a}: speed {v:g} is above its limit {cap:g}{why}")
-            acc = lim.acceleration if acceleration is None else float(acceleration)
+            acc = float(accels_in.get(a, lim.acceleration))
             if acc > lim.acceleration:
                 raise MotionRefused(
                     f"{a}: acceleration {acc:g} is above its limit {lim.acceleration:g}"

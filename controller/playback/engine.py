@@ -494,26 +494,42 @@ class Playback:
     ) -> dict[str, str]:
         """Stop (pause) or restart (resume) the axes of running moves; the axes that failed,
         with why. A move that cannot restart fails its action, with the reason."""
-        calls = [
-            (
-                ra,
-                dev,
-                self.machinery.stop(dev, origin)
-                if pause
-                else self.machinery.move(dev, args, origin),
-            )
-            for ra in moves
-            for dev, args in ra.targets.items()
-        ]
-        results = await asyncio.gather(*(c for _, _, c in calls), return_exceptions=True)
         failures: dict[str, str] = {}
-        for (ra, dev, _), r in zip(calls, results, strict=True):
+        if pause:
+            calls = [(dev, self.machinery.stop(dev, origin)) for ra in moves for dev in ra.targets]
+            results = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
+            for (dev, _), r in zip(calls, results, strict=True):
+                if isinstance(r, BaseException):
+                    failures[dev] = f"{type(r).__name__}: {r}"
+            return failures
+        restarts = await asyncio.gather(
+            *(self.machinery.move_many(ra.targets, origin) for ra in moves),
+            return_exceptions=True,
+        )
+        for ra, r in zip(moves, restarts, strict=True):
             if not isinstance(r, BaseException):
+                self._watch_abort(ra, r)
                 continue
-            failures[dev] = f"{type(r).__name__}: {r}"
-            if not pause and ra.failure is not None and not ra.failure.done():
-                ra.failure.set_result(f"{dev} did not restart after resume: {r}")
+            axes = ", ".join(ra.targets)
+            failures[axes] = str(r) if isinstance(r, PlaybackError) else f"{type(r).__name__}: {r}"
+            if ra.failure is not None and not ra.failure.done():
+                ra.failure.set_result(f"{axes} did not restart after resume: {failures[axes]}")
         return failures
+
+    @staticmethod
+    def _watch_abort(ra: _RunningAction, aborted: asyncio.Future[str] | None) -> None:
+        """A move the machinery layer aborts (the safety supervisor: overload, E-stop, ...)
+        fails its action with the reason, rather than waiting for an arrival."""
+        if aborted is None:
+            return
+
+        def passed_on(f: asyncio.Future[str]) -> None:
+            if ra.held:
+                return  # stopped by our own pause: resume sends it again
+            if not f.cancelled() and ra.failure is not None and not ra.failure.done():
+                ra.failure.set_result(f.result())
+
+        aborted.add_done_callback(passed_on)
 
     async def release(
         self, list_id: str | None = None, fade_s: float = 0.0, origin: Origin = SYSTEM
@@ -873,17 +889,7 @@ class Playback:
             return min(parts) if parts else None
 
         ra.progress_fn = progress
-        results = await asyncio.gather(
-            *(self.machinery.move(dev, args, origin) for dev, args in targets.items()),
-            return_exceptions=True,
-        )
-        errors = [
-            f"{dev}: {r}"
-            for dev, r in zip(targets, results, strict=True)
-            if isinstance(r, BaseException)
-        ]
-        if errors:
-            raise PlaybackError("; ".join(errors))
+        self._watch_abort(ra, await self.machinery.move_many(targets, origin))
         tol = self.config.arrival_tolerance
 
         def arrived(target: float) -> Callable[[Any], bool]:

@@ -146,6 +146,25 @@ class Machinery:
     async def stop(self, device: str, origin: Origin) -> Any:
         return await self.devices.execute(device, STOP_COMMAND, {}, origin)
 
+    async def move_many(
+        self, targets: Mapping[str, Mapping[str, Any]], origin: Origin
+    ) -> asyncio.Future[str] | None:
+        """Start every axis of ``targets`` towards its ``position`` as one move; raise
+        ``PlaybackError`` with the reasons if it did not start. Returns a future that is given
+        the reason if the move is later aborted (None: this layer has no such signal)."""
+        results = await asyncio.gather(
+            *(self.move(dev, args, origin) for dev, args in targets.items()),
+            return_exceptions=True,
+        )
+        errors = [
+            f"{dev}: {r}"
+            for dev, r in zip(targets, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
+        if errors:
+            raise PlaybackError("; ".join(errors))
+        return None
+
     async def stop_all(self, origin: Origin) -> dict[str, str]:
         """A controlled stop of every axis at once; returns the axes that failed, with why."""
         results = await asyncio.gather(

@@ -305,7 +305,7 @@ async def test_a_move_that_cannot_restart_fails_its_action(rig: Rig) -> None:
     await rig.advance(0.1)
     await rig.pb.pause(origin=USER)
     rig.devices.fail.add(("hoist-1", "move_to"))
-    with pytest.raises(RuntimeError, match="resume: hoist-1: RuntimeError: hoist-1 refused"):
+    with pytest.raises(RuntimeError, match="resume: hoist-1: hoist-1: hoist-1 refused move_to"):
         await rig.pb.resume(origin=USER)
     await rig.advance(0.1)
     failed = [e for e in rig.journal.events if e.command == "action.machinery.move"]
