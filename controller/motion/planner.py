@@ -138,10 +138,16 @@ class Plan:
         t = self._tr.get_first_time_at_position(self.index[axis], float(position))
         return None if t is None else float(t)
 
-    def peak_speed(self, axis: str, dt: float = 0.01) -> float:
-        _, pos = self.sample(dt)
-        col = pos[:, self.index[axis]]
-        return float(np.max(np.abs(np.diff(col))) / dt) if col.size > 1 else 0.0
+    def peaks(self, dt: float = 0.01) -> dict[str, tuple[float, float]]:
+        """Each axis's highest speed and acceleration (magnitudes) on the plan."""
+        n = max(1, math.ceil(self.duration / dt))
+        v_top = np.zeros(len(self.axes))
+        a_top = np.zeros(len(self.axes))
+        for t in np.linspace(0.0, self.duration, n + 1).tolist():
+            _, v, a = self._tr.at_time(t)
+            np.maximum(v_top, np.abs(v), out=v_top)
+            np.maximum(a_top, np.abs(a), out=a_top)
+        return {ax: (float(v_top[i]), float(a_top[i])) for i, ax in enumerate(self.axes)}
 
 
 def _input(

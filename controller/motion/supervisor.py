@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
 from controller.motion.config import USE_CASES, AxisLimits, MachineryConfig
+from controller.motion.learning import Learning
 from controller.motion.planner import Kinematics, Plan, PlanError, State, plan_move
 from controller.motion.zones import Track, Zone, check_zones
 from drivers.model import CommandError
@@ -129,6 +130,7 @@ class Move:
     state: str = "pending"  # pending (confirmation), running, done, aborted, refused
     reason: str = ""
     confirmed_by: str | None = None
+    warnings: list[str] = field(default_factory=list)  # beyond what the axes have shown
     triggers: list[tuple[str, float, asyncio.Event]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -148,6 +150,7 @@ class _Axis:
     move: Move | None = None
     stopping: bool = False
     aborted: str = ""  # why the last move of this axis stopped short
+    following_error: float | None = None  # of the last status, while moving
 
 
 class Supervisor:
@@ -180,6 +183,7 @@ class Supervisor:
         self._stop_flag = asyncio.Event()
         self.late_ticks = 0
         self.ticks = 0
+        self.learning = Learning()
 
     # --- observation -----------------------------------------------------------------------
 
@@ -230,6 +234,7 @@ class Supervisor:
                 "group": lim.group,
                 "move": None if ax.move is None else ax.move.id,
                 "last_abort": ax.aborted,
+                "shown": self.learning.shown(name),
             }
         return {
             "estop": {"latched": self.estop_latched, "reason": self.estop_reason},
@@ -251,6 +256,7 @@ class Supervisor:
             "remaining_s": max(0.0, m.plan.duration - t) if m.start is not None else None,
             "reason": m.reason,
             "source": m.origin.source,
+            "warnings": m.warnings,
         }
 
     # --- journal ---------------------------------------------------------------------------
@@ -363,6 +369,7 @@ class Supervisor:
             "move": move.id,
             "targets": move.targets,
             "duration_s": round(move.plan.duration, 3),
+            **({"warnings": move.warnings} if move.warnings else {}),
         }
         needs_two = any(USE_CASES[self.axes[a].limits.use_case].two_person for a in names)
         if needs_two:
@@ -524,7 +531,12 @@ class Supervisor:
         conflict = check_zones(self.zones, self._tracks(now, plan, now), now, moving=names)
         if conflict is not None:
             raise MotionRefused(str(conflict))
-        return Move(next(self._ids), plan, absolute, speeds, accels, origin, now)
+        move = Move(next(self._ids), plan, absolute, speeds, accels, origin, now)
+        peaks = plan.peaks()
+        move.warnings = self.learning.warnings(
+            {a: p[0] for a, p in peaks.items()}, {a: p[1] for a, p in peaks.items()}
+        )
+        return move
 
     def _tracks(self, now: float, new: Plan | None = None, start: float = 0.0) -> dict[str, Track]:
         tracks: dict[str, Track] = {}
@@ -569,6 +581,7 @@ class Supervisor:
                 "targets": move.targets,
                 "duration_s": round(move.plan.duration, 3),
                 **({"confirmed_by": move.confirmed_by} if move.confirmed_by else {}),
+                **({"warnings": move.warnings} if move.warnings else {}),
             },
         )
 
@@ -669,7 +682,10 @@ class Supervisor:
         ax.status = st
         if ax.stopping and abs(st.velocity or 0.0) <= 0.5 and ax.move is None:
             ax.stopping = False
+        ax.following_error = None
         reason = self._status_abort(ax, st)
+        if st.good:
+            self.learning.observe(axis, st.t, st.velocity, st.load, ax.following_error)
         if reason is not None:
             if st.estop and not self.estop_latched:
                 self._spawn(self.estop(SUPERVISOR, f"e-stop input of {axis}"))
@@ -697,6 +713,7 @@ class Supervisor:
             lag = LAG_CYCLES * self.period
             expected = move.plan.position(ax.name, st.t - move.start - lag)
             err = abs(st.position - expected)
+            ax.following_error = err
             if err > lim.following_error:
                 return (
                     f"{ax.name}: following error {err:.0f} > {lim.following_error:g} "
