@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from controller.journal import Origin, Result, SourceKind
-from controller.motion.config import MachineryConfig
+from controller.motion.config import AxisLimits, MachineryConfig
 from controller.motion.cues import SupervisedMachinery
-from controller.motion.supervisor import AxisLimits, StopKind, Supervisor
+from controller.motion.supervisor import StopKind, Supervisor
 from controller.playback import Playback, PointValue, VirtualClock
 from controller.show import loads_show
 from tests.unit.test_motion_supervisor import Axes, Journal

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from controller.journal import JournalEvent, Origin, Result, SourceKind
-from controller.motion.config import MachineryConfig, UseCase
+from controller.motion.config import AxisLimits, MachineryConfig, UseCase
 from controller.motion.supervisor import (
-    AxisLimits,
     AxisState,
     AxisStatus,
     MotionRefused,
