@@ -58,6 +58,7 @@ from controller.show import Catalogue, ShowError, load_show, parse_show, save_sh
 from controller.show.file import show_data
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, ConfigError, DmxTransport
+from edge.audio import ServiceAudio
 from edge.journal import device_command
 
 if TYPE_CHECKING:
@@ -158,7 +159,10 @@ def catalogue(service: Service) -> Catalogue:
         d.transport.universe for d in venue.devices if isinstance(d.transport, DmxTransport)
     }
     return Catalogue.from_devices(
-        venue.devices, venue_groups(venue.path), universes=routed | fixtures_u
+        venue.devices,
+        venue_groups(venue.path),
+        universes=routed | fixtures_u,
+        media_dir=show_path(service).parent,
     )
 
 
@@ -207,6 +211,7 @@ def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
         journal=service.journal,
         clock=LoopClock(),
         config=PlaybackConfig(panic_fade_s=panic.fade_s),
+        audio=ServiceAudio(service.drivers, media_dir=lambda: show_path(service).parent),
     )
     if service.timecode is not None:  # timecode-triggered cues, rebuilt on every show load
         service.timecode.attach(service.playback)

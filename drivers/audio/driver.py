@@ -19,6 +19,12 @@ Three parts, as every driver (STYLE.md):
 The processor runs in the host process; it is made there by the picklable ``factory`` from the
 stream's format (``ProcessorFactory``), so ``drivers/`` never imports ``dsp/``: ``edge/`` passes
 a factory from ``dsp/``.
+
+Control: ``AudioDriver.control(payload)`` sends a payload down to the running processor
+(``host.Controllable``: the file player of ``player.py``, the sound-field engine later); what it
+reports comes back to ``on_event`` as ``("event", payload)`` or ``("control_error", text)``, on
+the event loop. When a stream ends (stopped, or died: the processor and its state die with it)
+``on_event`` gets ``("stream_lost", reason)``, so whoever waits on the processor can give up.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import logging
 import multiprocessing
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -51,6 +58,7 @@ OPEN_TIMEOUT_S = 20.0  # a cold spawn imports numpy, scipy and PortAudio: second
 STOP_TIMEOUT_S = 5.0
 
 Event = tuple[Any, ...]
+EventSink = Callable[[Event], None]
 
 
 class StreamAborted(AudioError):
@@ -229,6 +237,15 @@ class AudioConnection:
                 return None
         return self._events.popleft() if self._events else None
 
+    def control(self, payload: Any) -> None:
+        """Send ``payload`` to the processor (``host.Controllable``); never waits for it."""
+        if self._conn is None or self._proc is None or not self._proc.is_alive():
+            raise AudioError("the audio host is not running")
+        try:
+            self._conn.send(("control", payload))
+        except OSError as exc:  # the host is going away; its sentinel tells the rest
+            raise AudioError(f"the audio host is not reachable: {exc}") from exc
+
     # --- figures ------------------------------------------------------------------------
 
     def snapshot(self) -> AudioStats:
@@ -270,8 +287,10 @@ class AudioDriver:
         on_health: HealthSink | None = None,
         sink: ReadingSink | None = None,
         report_interval_s: float = 1.0,
+        on_event: EventSink | None = None,
     ) -> None:
         self.name = name
+        self._on_event = on_event
         self.config = config
         self._factory = factory
         self._sink = sink
@@ -294,6 +313,25 @@ class AudioDriver:
     def snapshot(self) -> AudioStats:
         """The running stream's figures (those of the last stream while none runs)."""
         return self._conn.snapshot() if self._conn is not None else self._last
+
+    @property
+    def streaming(self) -> bool:
+        """A stream is open (``control`` can reach its processor)."""
+        return self._conn is not None
+
+    def control(self, payload: Any) -> None:
+        """Send ``payload`` to the running stream's processor; ``AudioError`` if none runs."""
+        if self._conn is None:
+            raise AudioError(f"{self.name}: no audio stream running ({self.health.reason})")
+        self._conn.control(payload)
+
+    def _emit(self, event: Event) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:  # a listener's bug must not stop the supervisor
+            log.exception("%s: audio event listener failed on %r", self.name, event[0])
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self.run(), name=f"{self.name}:audio")
@@ -325,11 +363,16 @@ class AudioDriver:
                     backoff.reset()
                     self._tracker.succeeded()
                     log.info("%s: streaming on %s", self.name, conn.info.get("device"))
+                    lost = "stopped"
                     try:
                         await self._serve(conn)
+                    except StreamAborted as exc:
+                        lost = str(exc)
+                        raise
                     finally:
                         self._last = conn.snapshot()
                         self._conn = None
+                        self._emit(("stream_lost", lost))
             except AudioError as exc:
                 if not self._stop.is_set():
                     self._tracker.failed(str(exc), offline=True)
@@ -345,6 +388,8 @@ class AudioDriver:
                 kind = event[0]
                 if kind == "processor_error":
                     self.last_processor_error = str(event[1])
+                elif kind in ("event", "control_error"):
+                    self._emit(event)
                 elif kind in ("aborted", "exited"):
                     raise StreamAborted(str(event[1]))
             if time.monotonic() >= deadline:

@@ -119,6 +119,11 @@ class CallbackEngine:
         self._all_outputs_mapped = config.n_out == config.device_outputs
         self._bypassed = False
 
+    @property
+    def processor(self) -> Processor:
+        """The processor this engine calls (the host hands it control messages)."""
+        return self._process
+
     def __call__(
         self, indata: Block, outdata: Block, frames: int, time_info: object, status: StatusFlags
     ) -> None:

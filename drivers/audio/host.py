@@ -21,8 +21,19 @@ picklable: a module-level function or a dataclass instance. Messages go over a p
 
 - child to parent: ``("ready", info)``, ``("failed", kind, text)`` with kind ``device`` /
   ``format`` / ``other``, ``("processor_error", text)``, ``("aborted", reason)``,
-  ``("stopped", "")``;
-- parent to child: ``("stop",)``; a closed pipe also means stop.
+  ``("stopped", "")``, ``("event", payload)`` (what the processor reports, see below),
+  ``("control_error", text)`` (a control message the processor refused or failed on);
+- parent to child: ``("stop",)``; a closed pipe also means stop; ``("control", payload)``.
+
+The control channel: ``("control", payload)`` is handed, in this process's control loop (never
+in the audio thread), to the processor's ``control(payload)`` method if it has one
+(``Controllable``). That method may do slow work (decode a file, design a filter) and then
+hands the result to the callback by a single reference store that the callback picks up on its
+next block: it never blocks the callback and takes no lock. What the processor wants to say
+(a voice started, ended, failed) it returns from ``poll_events()``, which the loop calls every
+``CONTROL_PERIOD_S`` and after every control message; each payload goes up as
+``("event", payload)``. A control method that raises does not stop the stream: its exception
+goes up as ``("control_error", text)``. Payloads are pickled: module-level classes only.
 
 Counters travel through a shared ``RawArray`` of float64 (``engine.Slot``), written by the
 callback without a lock and read by the parent whenever it likes.
@@ -38,7 +49,7 @@ import os
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -50,6 +61,15 @@ ProcessorFactory = Callable[[StreamFormat], Processor]
 
 CONTROL_PERIOD_S = 0.05
 EXIT_ABORTED = 3
+
+
+@runtime_checkable
+class Controllable(Protocol):
+    """A processor that takes control messages (in the host's control loop, not the callback)."""
+
+    def control(self, payload: Any) -> None: ...
+
+    def poll_events(self) -> list[Any]: ...
 
 
 def _query(sd: Any) -> tuple[list[AudioDevice], int | None]:
@@ -172,11 +192,22 @@ def _control_loop(
     reported_errors = 0.0
     last_callbacks = -1.0
     last_progress = time.monotonic()
+    processor = engine.processor
+    controllable = processor if isinstance(processor, Controllable) else None
     while True:
         try:
             if conn.poll(CONTROL_PERIOD_S):
-                conn.recv()  # the only message the parent sends is "stop"
-                return ""
+                message = conn.recv()
+                if not isinstance(message, tuple) or not message or message[0] != "control":
+                    return ""  # "stop" (anything else is a parent we do not understand: stop)
+                began = time.monotonic()
+                _control(controllable, message[1:], conn)
+                # Time the control loop spent in the processor (decoding a long file) is not
+                # the stream stalling: the callback is judged from when the loop looks again.
+                last_progress += time.monotonic() - began
+            if controllable is not None:
+                for payload in controllable.poll_events():
+                    conn.send(("event", payload))
         except (EOFError, OSError):
             return ""  # the parent has gone: stop quietly
         stats[Slot.CPU_LOAD] = stream.cpu_load
@@ -192,6 +223,20 @@ def _control_loop(
             last_callbacks, last_progress = callbacks, now
         elif now - last_progress > stall_timeout_s:
             return f"no audio callback for {now - last_progress:.1f} s (stream stalled)"
+
+
+def _control(controllable: Controllable | None, args: tuple[Any, ...], conn: Connection) -> None:
+    """Hand one control payload to the processor; its failure goes up, the stream runs on."""
+    if controllable is None:
+        conn.send(("control_error", "this stream's processor takes no control messages"))
+        return
+    if len(args) != 1:
+        conn.send(("control_error", f"a control message carries one payload, got {len(args)}"))
+        return
+    try:
+        controllable.control(args[0])
+    except Exception as exc:  # a bad payload must not take the stream down
+        conn.send(("control_error", f"{type(exc).__name__}: {exc}"))
 
 
 def main() -> None:
