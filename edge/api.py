@@ -41,7 +41,7 @@ from pydantic import BaseModel
 from controller.journal import Origin, SourceKind
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
-from edge import api_journal, api_lighting, api_playback, api_timecode
+from edge import api_configurations, api_journal, api_lighting, api_playback, api_timecode
 from edge.journal import device_command
 
 if TYPE_CHECKING:
@@ -325,6 +325,7 @@ def create_app(service: Service) -> FastAPI:
                 tg.create_task(receive())
                 tg.create_task(send())
                 tg.create_task(api_playback.ws_feed(service, socket.send_json))
+                tg.create_task(api_configurations.ws_feed(service, socket.send_json))
         except* (WebSocketDisconnect, RuntimeError):
             pass  # the client went away (RuntimeError: sending on a closed socket)
         finally:
@@ -336,6 +337,7 @@ def create_app(service: Service) -> FastAPI:
     async def console() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    app.include_router(api_configurations.router(service))
     app.include_router(api_journal.router(service))
     app.include_router(api_lighting.router(service))
     app.include_router(api_playback.router(service))

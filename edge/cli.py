@@ -5,6 +5,8 @@ flytower run VENUE         run the service (and the simulators the venue declare
 flytower simulate VENUE    run only the simulators the venue declares (--processes N to split)
 flytower hil SCENARIO      run a hardware-in-loop scenario against the simulated venue
 flytower journal prune VENUE --before DATE   delete old journal events (journalled)
+flytower configuration preview VENUE NAME [--from NAME]   try a venue configuration switch
+                           on the simulators (progress, timings, a plot in hil-out/)
 """
 
 from __future__ import annotations
@@ -132,6 +134,12 @@ def _journal_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configuration_preview(args: argparse.Namespace) -> int:
+    from edge import configuration_preview
+
+    return configuration_preview.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="flytower", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     jp.add_argument("venue", type=Path)
     jp.add_argument("--before", required=True, help="ISO date or time, e.g. 2026-01-31")
     jp.set_defaults(fn=_journal_prune)
+    p = sub.add_parser("configuration", help="venue configurations (docs/configurations.md)")
+    csub = p.add_subparsers(dest="configuration_cmd", required=True)
+    cp = csub.add_parser("preview", help="run a switch on the simulated venue and report it")
+    from edge.configuration_preview import add_arguments as add_preview_arguments
+
+    add_preview_arguments(cp)
+    cp.set_defaults(fn=_configuration_preview)
     p = sub.add_parser(
         "hil",
         help="run a hardware-in-loop scenario against the simulated venue (see hil --help)",

@@ -27,6 +27,14 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.configurations import (
+    Configuration,
+    ConfigurationSettings,
+    axis_info,
+    check_configurations,
+)
+from controller.configurations.model import ConfigName
+from controller.motion.config import MachineryConfig, resolve_limits
 from controller.show.model import Level
 from drivers.model import (
     PROTOCOL_TRANSPORTS,
@@ -265,6 +273,10 @@ class VenueConfig(_Strict):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     timecode: TimecodeConfig = Field(default_factory=TimecodeConfig)
     panic: PanicConfig = Field(default_factory=PanicConfig)
+    machinery: MachineryConfig = Field(default_factory=MachineryConfig)
+    # Named whole-venue setups and how switches run (docs/configurations.md).
+    configurations: dict[ConfigName, Configuration] = Field(default_factory=dict, max_length=200)
+    configuration_settings: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
     show: str | None = None
     profile_dirs: list[str] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
@@ -349,6 +361,7 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
     """Validate parsed venue data; ``path`` names it in errors and anchors relative paths.
 
     Groups are expanded first (``expand_venue``)."""
+    raw = data
     data, origins = _expand(data, path)
     try:
         config = VenueConfig.model_validate(data)
@@ -401,6 +414,8 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
                 f"devices.{patched.id}.transport: universe {t.universe} is sent by "
                 "no [[dmx.outputs]]"
             )
+    _, machinery_problems = resolve_limits(config.machinery, {d.id: d.profile for d in devices})
+    problems.extend(machinery_problems)
     fixtures = {d.id for d in devices if isinstance(d.transport, DmxTransport)}
     for i, lv in enumerate(config.panic.lighting):
         if lv.fixture is not None and lv.fixture not in fixtures:
@@ -410,9 +425,44 @@ def parse_venue(data: dict[str, Any], path: Path) -> Venue:
                 f"panic.lighting[{i}].channel: universe {lv.channel.universe} is sent by "
                 "no [[dmx.outputs]]"
             )
+    problems.extend(_check_configurations(config, devices, raw, path))
     if problems:
         raise ConfigError(path, problems)
     return Venue(path, config, devices)
+
+
+def _check_configurations(
+    config: VenueConfig, devices: list[Device], data: dict[str, Any], path: Path
+) -> list[str]:
+    """``[configurations.NAME]`` against the devices: axes, travel, fixtures, groups."""
+    if not config.configurations:
+        return []
+    axes = {d.id: info for d in devices if (info := axis_info(d)) is not None}
+    fixtures = [d for d in devices if isinstance(d.transport, DmxTransport)]
+    raw_groups = data.get("groups")
+    if raw_groups is None and path.is_file():
+        # Already expanded (the HIL rig, a preview): the labels are in the venue file, where
+        # the service's lighting reads them too (edge/api_playback.py venue_groups).
+        try:
+            raw_groups = read_toml(path).get("groups")
+        except ConfigError:
+            raw_groups = None
+    labels = {
+        g["label"]
+        for g in (raw_groups if isinstance(raw_groups, list) else [])
+        if isinstance(g, dict) and isinstance(g.get("label"), str)
+    }
+    # A group is a venue [[groups]] label or a fixture class (the lighting patch's groups).
+    groups = labels | {d.profile.device_class for d in fixtures}
+    routed = {u for out in config.dmx.outputs for u in out.universes}
+    return check_configurations(
+        config.configurations,
+        axes,
+        [d.id for d in config.devices],
+        [d.id for d in fixtures],
+        groups,
+        routed,
+    )
 
 
 def _check_transports(devices: list[Device]) -> list[str]:

@@ -270,13 +270,16 @@ class Service:
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
     def _start_playback(self, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
-        from edge import api_playback  # the API module imports the service's types
+        from edge import api_configurations, api_playback  # they import the service's types
 
-        return api_playback.start(self, tg)
+        feed = api_playback.start(self, tg)
+        api_configurations.start(self)  # venue configurations, over the cue engine's ports
+        return feed
 
     async def _stop_playback(self, feed: asyncio.Task[None]) -> None:
-        from edge import api_playback
+        from edge import api_configurations, api_playback
 
+        await api_configurations.stop(self)  # a running switch stops its axes first
         await api_playback.stop(self, feed)
 
     async def _open_timecode(self, stack: contextlib.AsyncExitStack) -> None:
