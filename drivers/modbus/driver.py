@@ -25,6 +25,12 @@ write waits at most for the one request already on the wire, so two heartbeat wr
 most one period plus one timeout apart: 50 + 100 = 150 ms for the hoist, inside the drive's
 200 ms watchdog. (pymodbus's default 0.5 s would let one slow poll trip the watchdog.)
 
+Cycle mode. With ``cycle_hz`` (a machinery axis streamed by the motion layer), one
+``AxisCycle`` (``cycle.py``) replaces the poll and heartbeat loops: per cycle one FC 23
+transaction writes the setpoint and heartbeat and reads the status block; ``driver.cycle`` is
+the motion layer's API (setpoints, stop writes, statuses, statistics). TCP only: an RS-485 line
+at 19 200 Bd carries about 30 such transactions a second in all.
+
 Missed cycles. A poll cycle (one deadline) counts as missed when its poll fails or ends after
 the next deadline, and every deadline skipped after an overrun or while a silent unit is only
 probed is missed too; both are counted in ``DriverStats``.
@@ -37,7 +43,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from drivers.base import (
@@ -49,6 +55,7 @@ from drivers.base import (
     StopFlag,
 )
 from drivers.modbus.codec import encode, plan_reads
+from drivers.modbus.cycle import AxisCycle, AxisStatus
 from drivers.modbus.link import (
     ModbusLink,
     ModbusRequestError,
@@ -99,9 +106,13 @@ class ModbusDeviceDriver:
         on_health: HealthSink | None = None,
         *,
         max_in_flight: int = 1,
+        cycle_hz: float | None = None,
+        on_status: Callable[[AxisStatus], None] | None = None,
     ) -> None:
         if not isinstance(device.transport, ModbusTcpTransport | ModbusRtuTransport):
             raise TypeError(f"{device.id}: not a Modbus transport ({device.transport.kind})")
+        if cycle_hz is not None and not isinstance(device.transport, ModbusTcpTransport):
+            raise ValueError(f"{device.id}: the axis cycle runs over Modbus TCP only")
         self.device = device
         self.transport: ModbusTcpTransport | ModbusRtuTransport = device.transport
         self.unit = device.transport.unit
@@ -118,6 +129,10 @@ class ModbusDeviceDriver:
         self._link: ModbusLink | None = None
         self._heartbeat = 0
         self._stop = StopFlag()
+        # Cycle mode (module docstring): the motion layer's API is ``driver.cycle``.
+        self.cycle: AxisCycle | None = None
+        if cycle_hz is not None:
+            self.cycle = AxisCycle(device, cycle_hz, self._tracker, sink, on_status)
 
     @property
     def health(self) -> Health:
@@ -160,9 +175,15 @@ class ModbusDeviceDriver:
     def _open_link(self) -> contextlib.AbstractAsyncContextManager[ModbusLink]:
         if isinstance(self.transport, ModbusRtuTransport):
             return shared_serial_link(self.transport)
-        return ModbusLink.tcp(self.transport, self.max_in_flight)
+        # The cycle uses the lean transport (lean.py; why: docs/decisions.md).
+        return ModbusLink.tcp(self.transport, self.max_in_flight, lean=self.cycle is not None)
 
     async def _serve(self, link: ModbusLink, backoff: Backoff) -> None:
+        if self.cycle is not None:
+            await self.cycle.run(
+                link, self.unit, self.timeout_s, self._stop, self._silent_limit, backoff
+            )
+            return
         async with asyncio.TaskGroup() as tg:
             if self.device.profile.heartbeat is not None:
                 tg.create_task(self._heartbeat_loop(link), name=f"{self.device.id}:heartbeat")

@@ -41,6 +41,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
 from drivers.modbus.codec import ReadBlock, describe_exception
+from drivers.modbus.lean import LeanTcpClient
 from drivers.model import ModbusRtuTransport, ModbusTcpTransport, ModbusWire
 
 READ_FUNCTION = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -60,6 +61,14 @@ class ModbusRequestError(RuntimeError):
 
 class ModbusTimeout(ModbusRequestError):
     """No (valid) answer within the request's timeout."""
+
+
+class ModbusExceptionAnswer(ModbusRequestError):
+    """The device answered with a Modbus exception response; ``code`` is its exception code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class RequestScheduler:
@@ -138,6 +147,52 @@ class LinkSession:
             raise ModbusRequestError(f"{what}: short answer, {len(values)} of {block.count}")
         return [int(v) for v in values[: block.count]]
 
+    async def read_write(
+        self,
+        unit: int,
+        read_start: int,
+        read_count: int,
+        write_start: int,
+        registers: list[int],
+        timeout_s: float,
+    ) -> list[int]:
+        """FC 23: write ``registers`` from ``write_start``, then read ``read_count`` registers.
+
+        The device performs the write before the read (Modbus application protocol v1.1b3,
+        6.17), so the answer already reflects the write. ModbusExceptionAnswer (code 1 from a
+        device without FC 23), ModbusRequestError or ModbusTimeout if it fails.
+        """
+        client = self._link.client
+        what = f"read/write holding {read_start}+{read_count} <- {write_start}+{len(registers)}"
+        rr = await self._link.execute(
+            what,
+            23,
+            timeout_s,
+            lambda: client.readwrite_registers(
+                read_address=read_start,
+                read_count=read_count,
+                write_address=write_start,
+                values=registers,
+                device_id=unit,
+            ),
+        )
+        values: list[int] = rr.registers
+        if len(values) < read_count:
+            raise ModbusRequestError(f"{what}: short answer, {len(values)} of {read_count}")
+        return values[:read_count] if len(values) > read_count else values
+
+    async def write_block(
+        self, unit: int, start: int, registers: list[int], timeout_s: float
+    ) -> None:
+        """FC 16 of ``registers`` from ``start`` (also for one register)."""
+        client = self._link.client
+        await self._link.execute(
+            f"write holding {start}+{len(registers)}",
+            16,
+            timeout_s,
+            lambda: client.write_registers(start, registers, device_id=unit),
+        )
+
     async def write(
         self, unit: int, wire: ModbusWire, registers: list[int], timeout_s: float
     ) -> None:
@@ -171,7 +226,7 @@ class ModbusLink:
 
     def __init__(
         self,
-        client: AsyncModbusTcpClient | AsyncModbusSerialClient,
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient | LeanTcpClient,
         name: str,
         max_in_flight: int = 1,
     ) -> None:
@@ -180,7 +235,12 @@ class ModbusLink:
         self.scheduler = RequestScheduler(max_in_flight)
 
     @classmethod
-    def tcp(cls, transport: ModbusTcpTransport, max_in_flight: int = 1) -> Self:
+    def tcp(cls, transport: ModbusTcpTransport, max_in_flight: int = 1, lean: bool = False) -> Self:
+        name = f"{transport.host}:{transport.port}"
+        if lean:
+            # The axis cycle's transport (lean.py: pymodbus PDUs without its client); it takes
+            # one request at a time, which the scheduler guarantees with max_in_flight 1.
+            return cls(LeanTcpClient(transport.host, transport.port, 2 * transport.timeout_s), name)
         # reconnect_delay=0: pymodbus must not reconnect behind our back; the supervisor does.
         # retries=0: a missed poll is reported as such; the next cycle is the retry.
         # timeout (also the connect timeout) twice ours, so that ours fires first.
@@ -275,7 +335,8 @@ class ModbusLink:
         except ModbusException as exc:
             raise ModbusRequestError(f"{what}: {exc}") from exc
         if rr.isError():
-            raise ModbusRequestError(f"{what}: {describe_exception(rr.exception_code)}")
+            code = int(rr.exception_code)
+            raise ModbusExceptionAnswer(f"{what}: {describe_exception(code)}", code)
         if rr.function_code != function_code:
             raise ModbusRequestError(
                 f"{what}: answer has function code {rr.function_code}, expected {function_code}"
