@@ -337,10 +337,11 @@ def create_app(service: Service) -> FastAPI:
     async def console() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    # The cue engine's routes first: a GO matches before the other routes are tried.
+    app.include_router(api_playback.router(service))
     app.include_router(api_configurations.router(service))
     app.include_router(api_journal.router(service))
     app.include_router(api_lighting.router(service))
-    app.include_router(api_playback.router(service))
     app.include_router(api_timecode.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -99,6 +99,12 @@ def start(service: Service) -> Switcher | None:
         current=_read_current(path),
     )
     _SWITCHERS[id(service)] = sw
+
+    async def on_panic(origin: Origin) -> None:
+        if sw.running:
+            await sw.abort(origin, "panic")
+
+    pb.on_panic.append(on_panic)
     return sw
 
 

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import math
 import tomllib
+import weakref
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -397,16 +398,52 @@ async def ws_command(service: Service, msg: dict[str, Any], peer: str) -> dict[s
     return {"type": "playback.result", "id": cmd.id, "ok": True, **out}
 
 
+class _Fanout:
+    """What every WebSocket client of one cue engine shares: the snapshot (built once per
+    version, and at most twice per interval while cues run, not once per client) and a turn.
+
+    The turn spreads a fan-out over turns of the event loop, one client per turn (the lock is
+    held across one ``sleep(0)``, then handed to the next client, whose wake-up comes after
+    the loop has polled its sockets again). Without it every client woken by a change sent in
+    the same turn: with 50 consoles a GO arriving meanwhile waited ~10 ms for all of them
+    (``python -m benchmarks go_latency``, p99), and so did the lighting engine's next frame. A
+    client's own send is outside the turn, so a slow client never holds up the others."""
+
+    def __init__(self) -> None:
+        self.turn = asyncio.Lock()
+        self.snap: dict[str, Any] | None = None
+        self.at = -math.inf
+        self.running = False
+
+    def snapshot(self, pb: Playback) -> tuple[dict[str, Any], bool]:
+        now = asyncio.get_running_loop().time()
+        snap = self.snap
+        stale = self.running and now - self.at >= WS_PLAYBACK_INTERVAL_S / 2
+        if snap is None or snap["version"] != pb.version or stale:
+            snap = self.snap = pb.snapshot()
+            self.at = now
+            self.running = any(r["running"] for r in snap["lists"])
+        return snap, self.running
+
+
+_FANOUTS: weakref.WeakKeyDictionary[Playback, _Fanout] = weakref.WeakKeyDictionary()
+
+
 async def ws_feed(service: Service, send: Callable[[dict[str, Any]], Any]) -> None:
     """Send the playback snapshot now and after every change, at most 10 times a second;
-    while cues run, also every 0.1 s so progress moves."""
+    while cues run, also every 0.1 s so progress moves (a snapshot shared by the clients may
+    be up to half that interval old)."""
     pb = service.playback
     if pb is None:
         return
+    fan = _FANOUTS.get(pb)
+    if fan is None:
+        fan = _FANOUTS[pb] = _Fanout()
     version = -1
     while True:
-        snap = pb.snapshot()
-        running = any(r["running"] for r in snap["lists"])
+        async with fan.turn:
+            await asyncio.sleep(0)  # hold the turn across one turn of the loop
+        snap, running = fan.snapshot(pb)
         if snap["show"] is None:  # nothing to show: clients of readings only see no change
             version = await pb.wait_changed(snap["version"])
             continue

@@ -19,8 +19,9 @@ processor factory runs in the stream's child process, so it is picklable.
   ``STOP_FADE_S`` fade, waits (briefly) for the player to confirm, and re-raises. Failures
   (file not found, unreadable, too long, channels, voice limit, stream down) raise
   ``PlaybackError`` with the reason.
-- ``soundfield``: no sound-field engine on this node yet (issue 7): ``PlaybackError``. The seam
-  is the ``soundfield`` argument: an object with ``async recall(mode, fade_s, origin)``.
+- ``soundfield``: no sound-field engine on this node yet (issue 7): ``Unavailable`` (a
+  ``PlaybackError``). The seam is the ``soundfield`` argument: an object with
+  ``async recall(mode, fade_s, origin)``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from controller.journal import Origin
-from controller.playback.ports import PlaybackError
+from controller.playback.ports import PlaybackError, Unavailable
 from drivers.audio import AudioConfig, AudioDriver, AudioError, StreamFormat
 from drivers.audio.engine import Processor
 from drivers.audio.player import (
@@ -324,7 +325,7 @@ class ServiceAudio:
 
     async def soundfield(self, mode: str, fade_s: float, origin: Origin) -> None:
         if self._soundfield is None:
-            raise PlaybackError(
+            raise Unavailable(
                 f"cannot recall sound-field mode '{mode}': no sound-field engine on this node "
                 "yet (issue 7)"
             )

@@ -180,6 +180,10 @@ class DmxConfig(_Strict):
     outputs: list[DmxOutputConfig] = Field(default_factory=list)
     input: DmxInputConfig | None = None
     rate_hz: float = Field(default=44.0, ge=1.0, le=1000.0)  # the lighting engine's frame rate
+    # A change (a GO) goes out at once in an extra frame rather than at the next deadline
+    # (docs/lighting.md, "Early frames"); off: frames only on the fixed rate, as E1.31 §6.6.1
+    # asks of a source unless the user configures otherwise.
+    early_frames: bool = True
 
     @model_validator(mode="after")
     def _each_universe_once(self) -> Self:

@@ -445,7 +445,12 @@ def _lighting_engine(
     source); a console on the DMX inputs is a source at ``[dmx.input] priority`` (docs/lighting.md).
     """
     routed = {u for oc in cfg.outputs for u in oc.universes}
-    engine = LightingEngine(Patch.from_devices(devices, routed), dmx.outputs, rate_hz=cfg.rate_hz)
+    engine = LightingEngine(
+        Patch.from_devices(devices, routed),
+        dmx.outputs,
+        rate_hz=cfg.rate_hz,
+        early_frames=None if cfg.early_frames else False,
+    )
     inputs = [p for p in dmx.ports if isinstance(p, SacnInput | ArtNetInput)]
     if inputs and cfg.input is not None:
         engine.add_input("console", inputs, cfg.input.priority)

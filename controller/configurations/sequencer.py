@@ -53,6 +53,7 @@ from controller.playback.ports import (
     Machinery,
     PlaybackError,
     Refused,
+    Unavailable,
 )
 
 from .model import (
@@ -655,7 +656,7 @@ class Switcher:
         try:
             await self.audio.soundfield(mode, run.config.acoustics_fade_s, who)
         except Exception as exc:
-            if "no sound-field engine" in str(exc):  # an Audio port without the engine yet
+            if isinstance(exc, Unavailable):  # an Audio port without the engine yet
                 run.acoustics = {"state": "skipped", "reason": f"skipped: {exc}"}
                 await self._event(
                     who,
@@ -816,10 +817,10 @@ class Switcher:
         return _true(self.devices.read(axis, point))
 
     async def _commands(self, run: _Run, axes: list[_Axis], command: str, who: Origin) -> None:
-        """Bolt commands: machinery commands that are not moves. They go to the device layer
-        (journalled as ``device.release_bolts``); ``Machinery`` has no general command yet."""
+        """Bolt commands: machinery commands that are not moves, through ``Machinery`` as
+        every machinery command (journalled as ``device.release_bolts``)."""
         results = await asyncio.gather(
-            *(self.machinery.devices.execute(a.id, command, {}, who) for a in axes),
+            *(self.machinery.command(a.id, command, {}, who) for a in axes),
             return_exceptions=True,
         )
         errors = []

@@ -21,6 +21,18 @@ The model (docs/lighting.md has it in full):
 Rendering runs at ``rate_hz`` (44 by default) on deadlines of a monotonic clock: deadline k
 is start + k periods (``deadline += period``), so a slow frame never shifts the ones after it;
 a frame more than a whole period late skips the frames it missed instead of bursting them.
+
+**Early frames.** A change that shows now (a GO's snap, a release, a fader) calls ``changed()``,
+which schedules one callback on the loop (``call_soon``: every change of the same loop turn
+shares it); the callback renders and puts the universes whose slots changed on the wire
+synchronously (``DmxOutputs.send_frame_now``), before the rest of the command's work (its
+journal commit, the WebSocket snapshots) gets the loop or the GIL. So GO -> wire is the command
+path itself: no wake-up of the loop task, no wait for the next deadline. Early frames do not move
+the deadline grid and stay out of the interval/jitter figures; they are rate limited by a token
+bucket (``EARLY_BURST`` back to back, one more per ``EARLY_GAP_S``), so a flood of changes adds
+at most ~333 frames a second to the fixed rate, as the former "one per 3 ms" did, while a GO
+never waits behind a frame that just went out; a change that finds the bucket empty goes out
+when a token is back or with the next deadline frame, whichever is first.
 """
 
 from __future__ import annotations
@@ -47,12 +59,15 @@ U8 = npt.NDArray[np.uint8]
 DEFAULT_RATE_HZ = 44.0
 MAX_PRIORITY = 200
 LATE_AFTER_S = 0.002  # a frame starting this long after its deadline counts as late
-EARLY_GAP_S = 0.003  # early frames: at most one per this, and none this close to a deadline
+EARLY_GAP_S = 0.003  # early frames: one more allowed per this (at most ~333 a second) ...
+EARLY_BURST = 4  # ... and this many back to back (a token bucket)
 RING = 1024  # frame start times kept for the statistics (~23 s at 44 Hz)
 
 
 class FrameSink(Protocol):
-    """What the engine sends frames to (``drivers.dmx.DmxOutputs`` or one output)."""
+    """What the engine sends frames to (``drivers.dmx.DmxOutputs`` or one output). A sink that
+    also has ``send_frame_now(frame)`` (sending before it returns, as ``DmxOutputs`` does) gets
+    early frames that way; any other gets them from a task (``send_frame`` on a copy)."""
 
     async def send_frame(self, frame: Mapping[int, Any]) -> None: ...
 
@@ -361,6 +376,12 @@ class FrameStats:
     def new(cls, period_s: float) -> FrameStats:
         return cls(period_s, np.zeros(RING))
 
+    def record_early(self, cpu_s: float) -> None:
+        """An early frame: counted and its CPU time kept, but not a frame start of the grid
+        (so not in the rate, interval or jitter figures)."""
+        self.early += 1
+        self.cpu_s += cpu_s
+
     def record(self, start: float, deadline: float, cpu_s: float) -> None:
         if self.started is None:
             self.started = start
@@ -445,10 +466,15 @@ class LightingEngine:
         self._stop = asyncio.Event()
         # A change (a GO's snap, a release, a fader) is sent at once in an extra frame rather
         # than at the next deadline, so GO -> wire is the command path, not up to one period.
-        # It needs the real clock (the wait has a real timeout): off with an injected sleep.
+        # It needs the real clock (its rate limit is in real time): off with an injected sleep.
         self.early_frames = sleep is asyncio.sleep if early_frames is None else early_frames
-        self._changed = asyncio.Event()
-        self._last_send = -math.inf
+        self._running = False  # early frames only while the fixed-rate loop runs
+        self._dirty = False  # a change not yet in any frame sent
+        self._early_handle: asyncio.Handle | None = None  # the scheduled early frame
+        self._tokens = float(EARLY_BURST)  # the early frames' token bucket
+        self._tokens_at = -math.inf
+        self._sent: U8 = self.frame.copy()  # the slots last put on the wire, per universe
+        self._pending_sends: set[asyncio.Task[None]] = set()  # early frames of async sinks
 
     # --- sources and faders --------------------------------------------------------------------
 
@@ -505,9 +531,17 @@ class LightingEngine:
         self.changed()
 
     def changed(self) -> None:
-        """Something the next frame shows changed now: send it without waiting (early frames)."""
-        if self.early_frames:
-            self._changed.set()
+        """Something the next frame shows changed now: send it without waiting for the next
+        deadline, in an early frame at the next turn of the loop (every change of this turn
+        shares it)."""
+        self._dirty = True
+        if not (self.early_frames and self._running) or self._early_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the loop: the next deadline frame carries the change
+            return
+        self._early_handle = loop.call_soon(self._early)
 
     def _rescale(self) -> None:
         scale = np.full(self.patch.size, self.faders.get("grand", 1.0))
@@ -593,14 +627,78 @@ class LightingEngine:
         return self.patch.values_of(fid, self.levels)
 
     async def send(self, now: float | None = None) -> None:
-        self._last_send = self.clock() if now is None else now
+        """Render the frame at ``now`` and send every universe (a deadline frame)."""
+        self._dirty = False
         self.render(now)
+        self._sent[:] = self.frame
         if self.output is not None:
             try:
                 await self.output.send_frame(self.frames())
             except (OSError, ValueError) as exc:  # outputs count their own errors; be safe
-                self.stats.send_errors += 1
-                log.warning("lighting: sending a frame failed: %s", exc)
+                self._send_failed(exc)
+
+    def _send_failed(self, exc: Exception) -> None:
+        self.stats.send_errors += 1
+        log.warning("lighting: sending a frame failed: %s", exc)
+
+    # --- early frames ------------------------------------------------------------------------
+
+    def _take_token(self, now: float) -> float:
+        """Take a token of the early frames' bucket: 0.0 if one was there, else how long until
+        one is (nothing taken)."""
+        refill = (now - self._tokens_at) / EARLY_GAP_S
+        self._tokens = min(float(EARLY_BURST), self._tokens + refill)
+        self._tokens_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) * EARLY_GAP_S
+
+    def _early(self) -> None:
+        """The scheduled early frame: render now and send the universes that changed since the
+        last frame on the wire, synchronously where the sink can."""
+        self._early_handle = None
+        if not (self._dirty and self._running) or self._stop.is_set():
+            return  # a deadline frame carried the change meanwhile, or the loop stopped
+        now = self.clock()
+        wait = self._take_token(now)
+        if wait > 0:
+            # A flood of changes: try again when a token is back; if the deadline frame comes
+            # first it carries the change (and clears _dirty), and the retry sends nothing.
+            self._early_handle = asyncio.get_running_loop().call_later(wait, self._early)
+            return
+        cpu0 = time.thread_time()
+        self._dirty = False
+        frame = self.render(now)
+        rows = np.flatnonzero((frame != self._sent).any(axis=1))
+        if rows.size == 0:  # the change does not show yet (a fade's first instant): no frame
+            self._tokens += 1.0
+            return
+        self._sent[rows] = frame[rows]
+        universes = self.patch.universes
+        sub = {universes[i]: frame[i] for i in rows.tolist()}
+        if self.output is not None:
+            now_fn = getattr(self.output, "send_frame_now", None)
+            try:
+                if now_fn is not None:
+                    now_fn(sub)
+                else:  # an async-only sink: from a task, on a copy (the frame is re-rendered)
+                    task = asyncio.get_running_loop().create_task(
+                        self._send_later({u: d.copy() for u, d in sub.items()}),
+                        name="lighting-early-frame",
+                    )
+                    self._pending_sends.add(task)  # a strong reference until it is done
+                    task.add_done_callback(self._pending_sends.discard)
+            except (OSError, ValueError) as exc:
+                self._send_failed(exc)
+        self.stats.record_early(time.thread_time() - cpu0)
+
+    async def _send_later(self, sub: Mapping[int, U8]) -> None:
+        assert self.output is not None
+        try:
+            await self.output.send_frame(sub)
+        except Exception as exc:  # nobody awaits this task: count and say it here
+            self._send_failed(exc)
 
     # --- the fixed-rate loop -----------------------------------------------------------------
 
@@ -608,45 +706,35 @@ class LightingEngine:
         self._stop.set()
 
     async def run(self) -> None:
-        """Render and send a frame at every deadline until ``stop()``."""
+        """Render and send a frame at every deadline until ``stop()``; changes in between go
+        out in early frames (``changed()``)."""
         period = self.period_s
         self._stop.clear()
         deadline = self.clock()
-        while not self._stop.is_set():
-            start = self.clock()
-            cpu0 = time.thread_time()
-            await self.send(start)
-            self.stats.record(start, deadline, time.thread_time() - cpu0)
-            deadline += period
-            now = self.clock()
-            if now - deadline >= period:
-                # A whole frame or more behind: skip to the next deadline still ahead rather
-                # than burst the missed frames out back to back.
-                missed = int((now - deadline) // period) + 1
-                self.stats.skipped += missed
-                deadline += missed * period
-            await self._until(deadline)  # stop() is seen within one period
-
-    async def _until(self, deadline: float) -> None:
-        """Wait for ``deadline``, sending an early frame whenever the look changes meanwhile,
-        at most one per ``EARLY_GAP_S`` and never within ``EARLY_GAP_S`` of the deadline."""
-        while (delay := deadline - self.clock()) > 0:
-            if not self.early_frames:
-                await self._sleep(delay)
-                return
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), delay)
-            except TimeoutError:
-                return
-            now = self.clock()
-            gap = self._last_send + EARLY_GAP_S - now
-            if gap > 0:  # a frame just went out: let a burst of changes share the next one
-                await asyncio.sleep(min(gap, max(0.0, deadline - now)))
+        self._running = True
+        try:
+            while not self._stop.is_set():
+                start = self.clock()
+                cpu0 = time.thread_time()
+                await self.send(start)
+                self.stats.record(start, deadline, time.thread_time() - cpu0)
+                deadline += period
                 now = self.clock()
-            if deadline - now > EARLY_GAP_S and not self._stop.is_set():
-                await self.send(now)
-                self.stats.early += 1
+                if now - deadline >= period:
+                    # A whole frame or more behind: skip to the next deadline still ahead
+                    # rather than burst the missed frames out back to back.
+                    missed = int((now - deadline) // period) + 1
+                    self.stats.skipped += missed
+                    deadline += missed * period
+                if (delay := deadline - self.clock()) > 0:
+                    await self._sleep(delay)  # stop() is seen within one period
+        finally:
+            self._running = False
+            if self._early_handle is not None:
+                self._early_handle.cancel()
+                self._early_handle = None
+            if self._pending_sends:  # early frames of an async sink still on their way
+                await asyncio.gather(*self._pending_sends, return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         now = self.clock()

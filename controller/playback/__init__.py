@@ -22,6 +22,7 @@ from .ports import (
     PointValue,
     Refused,
     TimecodeSource,
+    Unavailable,
 )
 
 __all__ = [
@@ -39,5 +40,6 @@ __all__ = [
     "PointValue",
     "Refused",
     "TimecodeSource",
+    "Unavailable",
     "VirtualClock",
 ]

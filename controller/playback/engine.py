@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -149,6 +149,11 @@ class _RunningAction:
     targets: dict[str, dict[str, float]] = field(default_factory=dict)  # a move's, per axis
     held: bool = False  # a move stopped by pause, sent again on resume
     failure: asyncio.Future[str] | None = None  # set when a resumed move could not restart
+    # A lighting action without delay is set by the GO itself (``_start``), so its early frame
+    # leaves before the GO's journal commit and snapshots; its task then only times the fade
+    # (and fails the action with ``lit_error``, if setting it failed).
+    lit: bool = False
+    lit_error: Exception | None = None
 
 
 @dataclass
@@ -217,6 +222,9 @@ class Playback:
         self.show: Show | None = None
         self.lists: dict[str, _ListRun] = {}
         self.panicked = False
+        # Others that must stop on panic (a venue configuration switch): called after the
+        # lists, the lighting and the axes; their failures are panic's failures.
+        self.on_panic: list[Callable[[Origin], Awaitable[Any]]] = []
         self.version = 0
         self._changed = asyncio.Event()
         self._listeners: list[Callable[[], None]] = []
@@ -561,6 +569,13 @@ class Playback:
                 except Exception as exc:
                     failures["lighting"] = f"{type(exc).__name__}: {exc}"
             failures.update(await self.machinery.stop_all(origin))
+            for hook in list(self.on_panic):
+                try:
+                    await hook(origin)
+                except Refused:
+                    pass  # nothing of theirs was running
+                except Exception as exc:
+                    failures[getattr(hook, "__qualname__", "hook")] = f"{type(exc).__name__}: {exc}"
             self.panicked = True
             self._notify()
             if failures:
@@ -628,6 +643,16 @@ class Playback:
             rc.actions.append(
                 _RunningAction(i, part, action, rc.go_at + part_delay + action.delay_s, duration)
             )
+        if not run.paused:  # GO -> wire: lighting that starts now is set before any task runs
+            for ra in rc.actions:
+                if ra.starts_at <= rc.go_at and isinstance(
+                    ra.action, LightingLevels | LightingPreset
+                ):
+                    ra.lit = True
+                    try:
+                        self._light(run, ra.action)
+                    except Exception as exc:  # the action's task fails with it
+                        ra.lit_error = exc
         run.running[rc.seq] = rc
         run.current = index
         run.standby = run.cl.next_of(index)
@@ -746,19 +771,10 @@ class Playback:
         a = ra.action
         lc = run.lclock
         if isinstance(a, LightingLevels | LightingPreset):
-            if self.lighting is None:
-                raise PlaybackError("no lighting engine on this node")
-            scale = a.level / 100.0 if isinstance(a, LightingPreset) else 1.0
-            self.lighting.levels(
-                run.cl.id,
-                run.cl.priority,
-                self._lighting_levels(a),
-                fade_s=a.fade_s,
-                up_s=a.up_s,
-                down_s=a.down_s,
-                curve=a.curve.value,
-                scale=scale,
-            )
+            if not ra.lit:
+                self._light(run, a)
+            elif ra.lit_error is not None:
+                raise ra.lit_error
             await lc.sleep(ra.duration or 0.0)
         elif isinstance(a, MachineryMove):
             targets = {ax.device: _move_args(ax.position, ax, a.profile) for ax in a.axes}
@@ -841,6 +857,21 @@ class Playback:
             await self._stop_list(self._run_of(a.list), origin)
         else:  # pragma: no cover - the model's union is closed
             raise PlaybackError(f"unknown action {a!r}")
+
+    def _light(self, run: _ListRun, a: LightingLevels | LightingPreset) -> None:
+        if self.lighting is None:
+            raise PlaybackError("no lighting engine on this node")
+        scale = a.level / 100.0 if isinstance(a, LightingPreset) else 1.0
+        self.lighting.levels(
+            run.cl.id,
+            run.cl.priority,
+            self._lighting_levels(a),
+            fade_s=a.fade_s,
+            up_s=a.up_s,
+            down_s=a.down_s,
+            curve=a.curve.value,
+            scale=scale,
+        )
 
     async def _timed(
         self, lc: _ListClock, coro: Coroutine[Any, Any, Any], limit_s: float | None, what: str

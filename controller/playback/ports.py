@@ -38,6 +38,11 @@ class PlaybackError(Exception):
         self.status = status
 
 
+class Unavailable(PlaybackError):
+    """This node has no such subsystem (no sound-field engine, no audio output): the action
+    cannot run here at all, which callers may treat as skipped rather than failed."""
+
+
 class Refused(PlaybackError):
     """Not done, on purpose (debounce, nothing on standby, no show): journalled as refused."""
 
@@ -145,6 +150,13 @@ class Machinery:
 
     async def stop(self, device: str, origin: Origin) -> Any:
         return await self.devices.execute(device, STOP_COMMAND, {}, origin)
+
+    async def command(
+        self, device: str, name: str, args: Mapping[str, Any], origin: Origin
+    ) -> Any:
+        """Any other machinery command of ``device``'s profile (bolts, brakes): through the
+        same choke point as moves, so the safety supervisor sees it."""
+        return await self.devices.execute(device, name, args, origin)
 
     async def move_many(
         self, targets: Mapping[str, Mapping[str, Any]], origin: Origin

@@ -3,7 +3,10 @@
 Every output is an async context manager that owns its socket (or serial fd) and takes whole
 frames: ``await out.send_frame({universe: data})``, data being bytes or a uint8 array of up to
 512 slots. The fixed-rate lighting engine (controller/) decides *when* frames go out; an output
-only puts them on the wire, plus what its protocol needs between frames:
+only puts them on the wire, plus what its protocol needs between frames. Art-Net and sACN
+outputs, and the ``DmxOutputs`` router, also take a frame synchronously (``send_frame_now``:
+every packet is with the kernel when it returns), which the engine's early frames use so that a
+GO's change is on the wire without waiting for a turn of the loop.
 
 - keep-alive: a universe that has not been sent for ``keepalive_s`` (1 s) is re-sent, so a
   receiver never reaches E1.31's 2.5 s data-loss timeout while a look holds still;
@@ -160,6 +163,12 @@ class _DatagramOutput:
 
     async def send_frame(self, frame: Mapping[int, FrameData]) -> None:
         """Send each universe of ``frame`` now (ValueError for a bad universe or frame)."""
+        self.send_frame_now(frame)
+
+    def send_frame_now(self, frame: Mapping[int, FrameData]) -> None:
+        """``send_frame`` without a coroutine: every packet is handed to the kernel before
+        this returns (a datagram transport with nothing queued sends at once), so a caller on
+        the loop puts a frame on the wire without waiting for a turn of the loop."""
         if self._transport is None:
             raise RuntimeError(f"{self.name} is not open")
         now = time.monotonic()
@@ -443,6 +452,9 @@ class EnttecProOutput:
         self._fd: int | None = None
         self._backoff = Backoff()
         self._retry_at = 0.0
+        # Frames may come from the fixed-rate loop and from an early frame's task at once: a
+        # write that has to wait for the device must finish before the next message starts.
+        self._writing = asyncio.Lock()
 
     @property
     def stats(self) -> DriverStats:
@@ -504,7 +516,8 @@ class EnttecProOutput:
                 self._lost(f"cannot open {self.path}: {exc.strerror or exc}")
                 return
         try:
-            await self._write(message)
+            async with self._writing:
+                await self._write(message)
         except OSError as exc:
             self._lost(f"write to {self.path} failed: {exc.strerror or exc}")
             return
@@ -537,6 +550,7 @@ class DmxOutputs:
     def __init__(self) -> None:
         self._routes: dict[int, list[tuple[DmxOutput, int]]] = {}
         self.unrouted = 0
+        self._later: set[asyncio.Task[None]] = set()
 
     def route(self, universe: int, output: DmxOutput, as_universe: int | None = None) -> None:
         """Send ``universe`` to ``output`` as ``as_universe`` (default: the same number)."""
@@ -551,7 +565,9 @@ class DmxOutputs:
                 seen.setdefault(id(output), output)
         return list(seen.values())
 
-    async def send_frame(self, frame: Mapping[int, FrameData]) -> None:
+    def _split(
+        self, frame: Mapping[int, FrameData]
+    ) -> list[tuple[DmxOutput, dict[int, FrameData]]]:
         per_output: dict[int, tuple[DmxOutput, dict[int, FrameData]]] = {}
         for universe, data in frame.items():
             routes = self._routes.get(universe)
@@ -560,8 +576,34 @@ class DmxOutputs:
                 continue
             for output, target in routes:
                 per_output.setdefault(id(output), (output, {}))[1][target] = data
-        for output, sub in per_output.values():
+        return list(per_output.values())
+
+    async def send_frame(self, frame: Mapping[int, FrameData]) -> None:
+        for output, sub in self._split(frame):
             await output.send_frame(sub)
+
+    def send_frame_now(self, frame: Mapping[int, FrameData]) -> None:
+        """Send ``frame`` before returning through every output that can (Art-Net, sACN:
+        ``send_frame_now``); an output that may have to wait (ENTTEC) gets it from a task
+        started now, on a copy of the slots. The lighting engine's early frames use this."""
+        for output, sub in self._split(frame):
+            now_fn = getattr(output, "send_frame_now", None)
+            if now_fn is not None:
+                now_fn(sub)
+                continue
+            copy: dict[int, FrameData] = {u: slots(d) for u, d in sub.items()}
+            task = asyncio.get_running_loop().create_task(
+                self._send_later(output, copy), name=f"{output.name}:early-frame"
+            )
+            self._later.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._later.discard)
+
+    @staticmethod
+    async def _send_later(output: DmxOutput, sub: dict[int, FrameData]) -> None:
+        try:
+            await output.send_frame(sub)
+        except Exception as exc:  # nobody awaits this task: say it here, once per frame
+            log.warning("%s: sending a frame failed: %r", output.name, exc)
 
 
 __all__ = [

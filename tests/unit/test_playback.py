@@ -457,3 +457,21 @@ async def test_notifications_and_load_refused_while_running(rig: Rig) -> None:
     await rig.pb.stop(origin=USER)
     await rig.pb.load(loads_show(SHOW), USER)
     assert rig.lst()["standby"]["number"] == "1"
+
+
+async def test_panic_calls_its_hooks_and_reports_their_failures(rig: Rig) -> None:
+    seen: list[str] = []
+
+    async def idle(origin: Origin) -> None:
+        seen.append(origin.source)
+        raise Refused("nothing running")
+
+    async def broken(origin: Origin) -> None:
+        raise OSError("switch would not stop")
+
+    rig.pb.on_panic.append(idle)
+    await rig.pb.panic(origin=USER)
+    assert seen == ["test"]
+    rig.pb.on_panic.append(broken)
+    with pytest.raises(RuntimeError, match="switch would not stop"):
+        await rig.pb.panic(origin=USER)
