@@ -12,6 +12,10 @@ to narrow the feed; anything malformed gets an ``error`` message and the connect
 Playback (docs/playback.md, ``edge/api_playback.py``): ``{"type": "playback", "command": …}``
 messages run cue-engine commands and are answered with ``playback.result``; while a show is
 loaded the server also sends ``{"type": "playback", "snapshot": …}`` on every change.
+Machinery (docs/machinery.md, ``edge/api_machinery.py``): ``{"type": "machinery", "command":
+…}`` (enable, release, move, stop, confirm, estop, estop.reset) answered with
+``machinery.result``; on a node with axes the server sends ``{"type": "machinery",
+"snapshot": …}`` every 0.1 s while anything moves or an enable is held, else every second.
 """
 
 from __future__ import annotations
@@ -41,8 +45,14 @@ from pydantic import BaseModel
 from controller.journal import Origin, SourceKind
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
-from edge import api_configurations, api_journal, api_lighting, api_playback, api_timecode
-from edge.journal import device_command
+from edge import (
+    api_configurations,
+    api_journal,
+    api_lighting,
+    api_machinery,
+    api_playback,
+    api_timecode,
+)
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -250,7 +260,7 @@ def create_app(service: Service) -> FastAPI:
         if driver is None:
             raise HTTPException(503, f"device '{device_id}' has no running driver")
         try:
-            writes = await device_command(service.journal, _origin(request), driver, command, args)
+            writes = await service.command(driver, command, args, _origin(request))
         except CommandError as exc:
             raise HTTPException(422, str(exc)) from exc
         except DeviceUnavailable as exc:
@@ -278,6 +288,9 @@ def create_app(service: Service) -> FastAPI:
                     msg = json.loads(text)
                     if isinstance(msg, dict) and msg.get("type") == "playback":
                         await socket.send_json(await api_playback.ws_command(service, msg, peer))
+                        continue
+                    if isinstance(msg, dict) and msg.get("type") == "machinery":
+                        await socket.send_json(await api_machinery.ws_command(service, msg, peer))
                         continue
                     if not isinstance(msg, dict) or msg.get("type") != "subscribe":
                         raise ValueError('expected {"type": "subscribe", "devices": [...]}')
@@ -326,6 +339,7 @@ def create_app(service: Service) -> FastAPI:
                 tg.create_task(send())
                 tg.create_task(api_playback.ws_feed(service, socket.send_json))
                 tg.create_task(api_configurations.ws_feed(service, socket.send_json))
+                tg.create_task(api_machinery.ws_feed(service, socket.send_json))
         except* (WebSocketDisconnect, RuntimeError):
             pass  # the client went away (RuntimeError: sending on a closed socket)
         finally:
@@ -341,6 +355,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(api_playback.router(service))
     app.include_router(api_configurations.router(service))
     app.include_router(api_journal.router(service))
+    app.include_router(api_machinery.router(service))
     app.include_router(api_lighting.router(service))
     app.include_router(api_timecode.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

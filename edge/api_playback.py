@@ -46,6 +46,7 @@ from pydantic import (
 
 from controller.journal import Origin, SourceKind
 from controller.lighting import LightingError
+from controller.motion.cues import SupervisedMachinery
 from controller.playback import (
     EngineLighting,
     LoopClock,
@@ -60,7 +61,6 @@ from controller.show.file import show_data
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, ConfigError, DmxTransport
 from edge.audio import ServiceAudio
-from edge.journal import device_command
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -107,9 +107,7 @@ class ServiceDevices:
     async def execute(
         self, device: str, command: str, args: Mapping[str, Any], origin: Origin
     ) -> Any:
-        return await device_command(
-            self.service.journal, origin, self._driver(device), command, args
-        )
+        return await self.service.command(self._driver(device), command, args, origin)
 
     async def write(self, device: str, point: str, value: float, origin: Origin) -> Any:
         driver = self._driver(device)
@@ -204,11 +202,16 @@ def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
             )
         except LightingError as exc:  # a group the patch does not have
             raise ConfigError(service.venue.path, [f"panic.lighting: {exc}"]) from None
+    machinery = (
+        SupervisedMachinery(service.supervisor, devices)
+        if service.supervisor is not None
+        else Machinery(devices, axes)
+    )
     service.playback = Playback(
         show,
         lighting=lighting,
         devices=devices,
-        machinery=Machinery(devices, axes),
+        machinery=machinery,
         journal=service.journal,
         clock=LoopClock(),
         config=PlaybackConfig(panic_fade_s=panic.fade_s),

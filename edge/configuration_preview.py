@@ -5,7 +5,8 @@ The HIL rig (``edge.hil``) is reused as it is: the venue moved onto free loopbac
 process, and this runner talking to it only over REST as a console does. With ``--from`` the
 venue is first switched to that configuration (the simulators start from the positions their
 ``simulate`` tables give, not from where the real venue stands). The switch is then run while
-the terminal shows a status line (overall fraction, phase, elapsed, remaining); at the end the
+the terminal shows a status line (overall fraction, phase, elapsed, remaining), the preview
+holding the machinery's hold-to-run enable as the operator would; at the end the
 per-phase and per-axis timings are printed, and ``OUT/positions.png`` (every axis' position
 over time, phases shaded) and ``OUT/summary.json`` are written.
 
@@ -103,16 +104,23 @@ async def preview(
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.bound_api_port}", timeout=10) as api,
         ):
             await _positions_known(api, sorted(set(axes)), progress)
-            if start:
-                progress.event(f"switching to '{start}' first")
-                first = await _switch(api, start, progress, None)
-                if first["state"] != "done":
-                    raise PreviewError(
-                        f"the switch to '{start}' {first['state']}: {first['reason']}"
-                    )
-            progress.event(f"switching to '{name}'")
-            samples: list[tuple[float, dict[str, float | None]]] = []
-            final = await _switch(api, name, progress, samples)
+            # On the simulators the preview is the operator: it holds the hold-to-run enable
+            # (docs/machinery.md) for the whole run, as the console's enable would be held.
+            keeper = asyncio.create_task(_hold_enable(api))
+            try:
+                if start:
+                    progress.event(f"switching to '{start}' first")
+                    first = await _switch(api, start, progress, None)
+                    if first["state"] != "done":
+                        raise PreviewError(
+                            f"the switch to '{start}' {first['state']}: {first['reason']}"
+                        )
+                progress.event(f"switching to '{name}'")
+                samples: list[tuple[float, dict[str, float | None]]] = []
+                final = await _switch(api, name, progress, samples)
+            finally:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
     finally:
         progress.done()
         root.removeHandler(handler)
@@ -121,6 +129,13 @@ async def preview(
             h.setLevel(level)
     report(final, samples, out, print)
     return 0 if final["state"] == "done" else 1
+
+
+async def _hold_enable(api: httpx.AsyncClient) -> None:
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            await api.post("/api/v1/machinery/enable", json={"holder": "preview"})
+        await asyncio.sleep(0.1)
 
 
 async def _positions_known(api: httpx.AsyncClient, axes: list[str], progress: Any) -> None:

@@ -21,7 +21,6 @@ from drivers.model import CommandError
 from drivers.osc import OscRequest, OscRequestError, OscRouter, OscServerConfig
 from drivers.osc import address_space as space
 from edge.config import OscConfig
-from edge.journal import device_command
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -54,7 +53,7 @@ def build_router(service: Service) -> OscRouter:
         args = req.args.get("args") or {}
         try:
             origin = Origin(SourceKind.OSC, f"{req.address} from {req.source}")
-            writes = await device_command(service.journal, origin, driver, name, args)
+            writes = await service.command(driver, name, args, origin)
         except (CommandError, DeviceUnavailable) as exc:
             raise OscRequestError(str(exc)) from exc
         return {"writes": [[point, value] for point, value in writes]}

@@ -35,6 +35,7 @@ import uvicorn
 
 from controller.journal import JournalEvent, Origin, Result, SourceKind
 from controller.lighting import LightingEngine, Patch
+from controller.motion.supervisor import Supervisor
 from controller.playback import Playback
 from drivers.base import DeviceDriver, DeviceUnavailable
 from drivers.dmx import ArtNetInput, SacnInput
@@ -49,6 +50,7 @@ from drivers.model import (
     MqttTransport,
     OscTransport,
     Reading,
+    Value,
 )
 from drivers.mqtt.driver import MqttDeviceDriver
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
@@ -56,12 +58,14 @@ from drivers.osc import OscServer
 from drivers.osc.device import OscDeviceDriver
 from edge import audio as edge_audio
 from edge import dmx as edge_dmx
+from edge import machinery as edge_machinery
 from edge import mqtt as edge_mqtt
 from edge import osc as edge_osc
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
 from edge.journal import JournalStore, device_command, journal_path
+from edge.machinery import CycleIO
 from edge.store import TelemetryStore
 from edge.timecode import ServiceTimecode
 
@@ -113,6 +117,9 @@ class Service:
         self.dmx: edge_dmx.DmxPorts | None = None
         self.lighting: LightingEngine | None = None
         self.playback: Playback | None = None  # the cue engine (edge/api_playback.py)
+        # the safety supervisor of the node's machinery axes (edge/machinery.py)
+        self.supervisor: Supervisor | None = None
+        self.cycle_io: CycleIO = CycleIO({})
         self.timecode: ServiceTimecode | None = None  # the chased timecode (edge/timecode.py)
         self.run_simulators = simulators
         self.run_lighting = lighting  # False: the DMX ports open, nothing renders into them
@@ -221,6 +228,7 @@ class Service:
                 writer = tg.create_task(self._store_writer(store_sub), name="store-writer")
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
+                supervisor_task = self._start_supervisor(tg)
                 playback_feed = self._start_playback(tg)
                 timecode_task = self._start_timecode(tg)
                 lighting_task = (
@@ -253,6 +261,11 @@ class Service:
                 server.should_exit = True
                 await api_task
                 await self._stop_playback(playback_feed)  # before drivers and lighting
+                if self.supervisor is not None and supervisor_task is not None:
+                    # Moves end; the drives' watchdogs stop any axis still moving once the
+                    # cycles (and with them the heartbeats) stop below.
+                    await self.supervisor.close()
+                    await _finish([supervisor_task], 1.0)
                 await self._stop_timecode(timecode_task)
                 if self.lighting is not None and lighting_task is not None:
                     self.lighting.stop()  # the last frame holds until the ports close
@@ -268,6 +281,14 @@ class Service:
                     await _finish([mqtt_task], 3.0)
                 stop.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
+
+    def _start_supervisor(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        """The safety supervisor of the node's axes, before their drivers and the cue engine."""
+        self.supervisor = edge_machinery.build(self)
+        if self.supervisor is None:
+            return None
+        tg.create_task(edge_machinery.learn(self), name="machinery-learn")
+        return tg.create_task(self.supervisor.run(), name="supervisor")
 
     def _start_playback(self, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
         from edge import api_configurations, api_playback  # they import the service's types
@@ -309,7 +330,9 @@ class Service:
 
     def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None] | None:
         driver: DeviceDriver
-        if isinstance(dev.transport, ModbusTcpTransport | ModbusRtuTransport):
+        if self.supervisor is not None and dev.id in self.supervisor.axes:
+            driver = edge_machinery.driver_for(self, dev)  # cycled, its statuses supervised
+        elif isinstance(dev.transport, ModbusTcpTransport | ModbusRtuTransport):
             driver = ModbusDeviceDriver(dev, self.readings.publish_many, self._on_health)
         elif isinstance(dev.transport, MqttTransport):
             assert self.mqtt is not None  # the venue refuses mqtt devices with mqtt off
@@ -362,8 +385,19 @@ class Service:
         if driver is None:
             raise DeviceUnavailable(f"{device} has no driver on this node")
         origin = Origin(SourceKind.MQTT, f"mqtt {device}/cmd/{name}")
-        writes = await device_command(self.journal, origin, driver, name, args)
+        writes = await self.command(driver, name, args, origin)
         return {"writes": [[point, value] for point, value in writes]}
+
+    async def command(
+        self, driver: DeviceDriver, name: str, args: Mapping[str, Any], origin: Origin
+    ) -> list[tuple[str, Value]]:
+        """A device command from any front end (REST, OSC, MQTT, a cue's ``device.command``):
+        what moves machinery goes through the safety supervisor; the rest to the driver. Both
+        are journalled before the caller hears back."""
+        supervised = await edge_machinery.gate(self, driver, name, args, origin)
+        if supervised is not None:
+            return supervised
+        return await device_command(self.journal, origin, driver, name, args)
 
     async def _open_journal(self, stack: contextlib.AsyncExitStack) -> None:
         """The journal opens before any command can arrive and closes after the last one;

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import settings
 
@@ -265,6 +266,55 @@ async def run_service(venue_path: Path, **kwargs: Any) -> AsyncIterator[Service]
             pytest.fail("service did not stop within 15 s; tasks: " + "; ".join(stuck))
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def hold_enable(api: httpx.AsyncClient, holder: str = "test desk") -> AsyncIterator[None]:
+    """Hold the machinery's hold-to-run enable (docs/machinery.md) through the REST API, as a
+    console does, renewed every 0.1 s; released on exit."""
+
+    async def keep() -> None:
+        while True:
+            r = await api.post("/api/v1/machinery/enable", json={"holder": holder})
+            assert r.status_code == 200, r.text
+            await asyncio.sleep(0.1)
+
+    r = await api.post("/api/v1/machinery/enable", json={"holder": holder})
+    assert r.status_code == 200, r.text  # held before the caller's first command
+    task = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(httpx.HTTPError, RuntimeError):  # RuntimeError: client closed
+            await api.delete("/api/v1/machinery/enable", params={"holder": holder})
+
+
+@contextlib.asynccontextmanager
+async def operator_enable(service: Service, holder: str = "test operator") -> AsyncIterator[None]:
+    """Hold the hold-to-run enable of an in-process service's supervisor directly (for tests of
+    other front ends that move machinery: MQTT, OSC), renewed every 0.1 s."""
+    sup = service.supervisor
+    if sup is None:
+        yield
+        return
+    sup.keep_enabled(holder)
+
+    async def keep() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            sup.keep_enabled(holder)
+
+    task = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sup.release_enable(holder)
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:

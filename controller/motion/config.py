@@ -212,14 +212,6 @@ class MachineryConfig(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Self:
-        for z in self.zones:
-            for a in z.axes:
-                if a not in self.axes:
-                    raise ValueError(f"zones.{z.name}: no axis '{a}' in [machinery.axes]")
-        for lock in self.interlocks:
-            for a in lock.axes:
-                if a not in self.axes:
-                    raise ValueError(f"interlocks.{lock.name}: no axis '{a}' in [machinery.axes]")
         for axis, cfg in self.axes.items():
             if cfg.group is not None and cfg.group not in self.groups:
                 raise ValueError(f"axes.{axis}.group: no group '{cfg.group}' in [machinery.groups]")
@@ -296,4 +288,26 @@ def resolve_limits(
             rotary=rotary,
             group=cfg.group,
         )
+    axes = {n for n, p in profiles.items() if is_axis(p)}
+    for z in config.zones:
+        problems.extend(
+            f"machinery.zones.{z.name}: no axis '{a}' on this venue"
+            for a in z.axes
+            if a not in axes
+        )
+    for lock in config.interlocks:
+        problems.extend(
+            f"machinery.interlocks.{lock.name}: no axis '{a}' on this venue"
+            for a in lock.axes
+            if a not in axes
+        )
+        if lock.block_when.device not in profiles:
+            problems.append(
+                f"machinery.interlocks.{lock.name}.block_when: no device '{lock.block_when.device}'"
+            )
+        elif lock.block_when.point not in profiles[lock.block_when.device].points:
+            problems.append(
+                f"machinery.interlocks.{lock.name}.block_when: '{lock.block_when.device}' has no "
+                f"point '{lock.block_when.point}'"
+            )
     return limits, problems

@@ -26,9 +26,12 @@ Stops (IEC 60204-1), what ``AxisIO.stop`` is asked for:
 
 - ``CONTROLLED`` (category 2): ramp down at the move's deceleration and hold under power: the
   operator's or a cue's stop, the enable released.
-- ``QUICK`` (category 2, at the drive's quick-stop deceleration): aborts of one axis or group.
-- ``QUICK_OFF`` (category 1: quick-stop ramp, then power off and the brake applied): the
-  software E-stop (``stop_category = 1``, the default).
+- ``QUICK`` (category 1: the drive's quick-stop ramp, then power off and the brake applied):
+  aborts of an axis or a group, panic, and the software E-stop (``stop_category = 1``, the
+  default).
+- ``QUICK_HOLD`` (category 2 at the quick-stop deceleration): the software E-stop with
+  ``stop_category = 2``.
+- ``PARK``: an axis that arrived goes off power onto its brake.
 
 The supervisor is plain logic over ``AxisIO`` (the drivers, wired by edge/) and a clock, so the
 cycle can be driven by ``tick(now)`` in tests; ``run()`` ticks it at ``cycle_hz`` on drift-free
@@ -58,8 +61,11 @@ from drivers.model import CommandError
 log = logging.getLogger(__name__)
 
 SUPERVISOR = Origin(SourceKind.SYSTEM, "safety supervisor")
-ARRIVAL_TOLERANCE = 2.0  # an axis has arrived within this of its target (its unit)
+ARRIVAL_TOLERANCE = 1.0  # arrived: at rest within this of its target (the map's in_position)
+SETTLE_TOLERANCE = 10.0  # past its plan and this close, a move gives way to the next one
 LAG_CYCLES = 1.5  # a drive's status lags the setpoint it was sent by about this many cycles
+CATCH_UP = 2.0  # 1/s: extra speed per unit the axis lags behind its plan
+MIN_SPEED = 1.0  # the lowest speed limit a drive takes (the map's register 102 minimum)
 
 
 class MotionRefused(CommandError):
@@ -67,9 +73,10 @@ class MotionRefused(CommandError):
 
 
 class StopKind(StrEnum):
-    CONTROLLED = "controlled"  # category 2, the move's deceleration, holding under power
-    QUICK = "quick"  # category 2 at the quick-stop deceleration, holding under power
-    QUICK_OFF = "quick-off"  # category 1: quick-stop ramp, then power off and brake
+    CONTROLLED = "controlled"  # category 2: the move's deceleration, holding under power
+    QUICK = "quick"  # category 1: the quick-stop ramp, then power off and brake
+    QUICK_HOLD = "quick-hold"  # category 2 at the quick-stop deceleration, holding under power
+    PARK = "park"  # at rest after a move: power off, brake applied
 
 
 class AxisState(StrEnum):
@@ -319,7 +326,7 @@ class Supervisor:
             self.estop_reason = reason
         for m in list(self.moves.values()):
             self._end(m, "aborted", f"E-stop: {reason}")
-        kind = StopKind.QUICK_OFF if self.config.stop_category == 1 else StopKind.QUICK
+        kind = StopKind.QUICK if self.config.stop_category == 1 else StopKind.QUICK_HOLD
         failures = await self._stop_axes(list(self.axes), kind)
         await self._journal(
             origin,
@@ -433,6 +440,9 @@ class Supervisor:
                     extra = f" (fault code {status.fault_code})"
                 raise MotionRefused(f"{a} is {st.value}{extra}")
             busy = self.axes[a].move
+            if busy is not None and self._settling(busy, now):
+                self._finish(busy)  # its plan is over: it only settles on its target
+                busy = None
             if busy is not None and busy.state in ("running", "pending"):
                 raise MotionRefused(f"{a} is already in move {busy.id}: stop it first")
             if st is AxisState.STOPPING:
@@ -749,16 +759,53 @@ class Supervisor:
             self._stream(m, now)
             self._fire_triggers(m)
             if self._arrived(m, now):
-                self._end(m, "done")
-                self._spawn(
-                    self._journal(
-                        m.origin,
-                        "move.done",
-                        Result.OK,
-                        targets=list(m.axes),
-                        args={"move": m.id},
-                    )
-                )
+                self._finish(m)
+                self._spawn(self._park(list(m.axes)))
+
+    def _settling(self, m: Move, now: float) -> bool:
+        """``m``'s plan is over and every axis is within ``SETTLE_TOLERANCE`` of its target,
+        still closing the last of the distance on the drive's own ramp."""
+        if m.state != "running" or m.start is None or now - m.start < m.plan.duration:
+            return False
+        for a in m.axes:
+            st = self.axes[a].status
+            if st is None or st.position is None:
+                return False
+            if abs(st.position - m.targets[a]) > SETTLE_TOLERANCE:
+                return False
+        return True
+
+    def _finish(self, m: Move) -> None:
+        self._end(m, "done")
+        self._spawn(
+            self._journal(
+                m.origin, "move.done", Result.OK, targets=list(m.axes), args={"move": m.id}
+            )
+        )
+
+    async def _park(self, axes: list[str]) -> None:
+        """Axes that arrived go onto their brakes (a failure is logged: the drive holds)."""
+        results = await asyncio.gather(
+            *(self.io.stop(a, StopKind.PARK) for a in axes), return_exceptions=True
+        )
+        for a, r in zip(axes, results, strict=True):
+            if isinstance(r, BaseException):
+                log.warning("%s: parking after its move failed: %s", a, r)
+
+    def may_actuate(self, axis: str, *, needs_enable: bool) -> str | None:
+        """Why a machinery command other than a move (bolts, a fault reset) may not go to
+        ``axis`` now, or None."""
+        if needs_enable and self.estop_latched:
+            return f"E-stop is latched ({self.estop_reason})"
+        if needs_enable and not self.enabled():
+            return "no hold-to-run enable"
+        ax = self.axes[axis]
+        if ax.move is not None and ax.move.state in ("running", "pending"):
+            return f"{axis} is in move {ax.move.id}"
+        st = ax.status
+        if st is not None and abs(st.velocity or 0.0) > 0.5:
+            return f"{axis} is moving"
+        return None
 
     async def _released(self, axes: Sequence[str]) -> None:
         failures = await self._stop_axes(list(axes), StopKind.CONTROLLED)
@@ -771,11 +818,30 @@ class Supervisor:
         )
 
     def _stream(self, m: Move, now: float) -> None:
+        """Each axis's setpoint for the next cycle: run to the move's target at the speed the
+        plan has one cycle ahead, plus ``CATCH_UP`` per second of the distance the axis lags
+        behind its plan (never above the move's speed, never below ``MIN_SPEED``).
+
+        A drive of the machinery map runs to a target on its own ramp and brakes to stop there
+        (modbus-machinery.md §7.4), so streaming the plan's *positions* as targets makes it
+        brake every cycle and fall behind; its speed limit, though, is live and is reached at
+        its acceleration, so the plan's *velocity* is what it can follow."""
         assert m.start is not None
-        # one cycle ahead: the drive reaches the setpoint as the next one is written
-        pos = m.plan.at(now - m.start + self.period)[0]
+        t = now - m.start + self.period
+        pos, vel, _ = m.plan.at(t)
+        over = t >= m.plan.duration  # the drive's own ramp brings it onto the target now
         for i, a in enumerate(m.axes):
-            self.io.stream(a, float(pos[i]), m.speeds[a], m.accelerations[a])
+            target = m.targets[a]
+            if over:
+                self.io.stream(a, target, m.speeds[a], self.axes[a].limits.acceleration)
+                continue
+            v = abs(float(vel[i]))
+            st = self.axes[a].status
+            if st is not None and st.position is not None:
+                toward = 1.0 if target >= st.position else -1.0
+                v += CATCH_UP * max(0.0, (float(pos[i]) - st.position) * toward)
+            speed = min(max(v, MIN_SPEED), m.speeds[a])
+            self.io.stream(a, target, speed, self.axes[a].limits.acceleration)
 
     def _arrived(self, m: Move, now: float) -> bool:
         if m.start is None or now - m.start < m.plan.duration:
@@ -784,7 +850,7 @@ class Supervisor:
             st = self.axes[a].status
             if st is None or st.position is None:
                 return False
-            if abs(st.position - m.targets[a]) > ARRIVAL_TOLERANCE:
+            if abs(st.position - m.targets[a]) > ARRIVAL_TOLERANCE or abs(st.velocity or 0) > 0.5:
                 return False
         return True
 

@@ -119,6 +119,7 @@ class StopKind(IntEnum):
     """
 
     QUICK = CW_QUICK_STOP  # 16: quick-stop ramp, then power off and brake: category 1
+    QUICK_HOLD = CW_ENABLE | CW_QUICK_STOP  # 17: quick-stop ramp, stays enabled: category 2
     CONTROLLED = CW_ENABLE | CW_STOP  # 5: ramp at register 103, stays enabled: category 2
     DISABLE = 0  # 0: ramp at register 103, then power off and brake: category 1
 

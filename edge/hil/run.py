@@ -437,13 +437,17 @@ async def run_scenario(sc: LoadedScenario, out: Path, progress: Progress) -> Run
         timeline = Timeline(result, api, sim, sampler, t0, progress)
         sampler.on_sample.append(timeline.show)
         watch = asyncio.create_task(_watch(sim_proc, svc_task, result, t0), name="hil-watch")
+        # The runner is the operator: it holds the machinery's hold-to-run enable for the whole
+        # run (docs/machinery.md), as the console's enable would be held during a show.
+        enable = asyncio.create_task(hold_enable(api), name="hil-enable")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(sampler.run(info.duration_s), name="hil-sampler")
                 tg.create_task(timeline.run(info.duration_s), name="hil-timeline")
         finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            for task in (watch, enable):
+                task.cancel()
+            await asyncio.gather(watch, enable, return_exceptions=True)
         result.elapsed = time.monotonic() - t0
         for judge in result.judges:
             judge.finish(result.elapsed)
@@ -453,6 +457,15 @@ async def run_scenario(sc: LoadedScenario, out: Path, progress: Progress) -> Run
             )
     progress.done()
     return result
+
+
+async def hold_enable(api: httpx.AsyncClient, holder: str = "hil runner") -> None:
+    """Renew the hold-to-run enable every 0.1 s until cancelled (a node without machinery
+    answers 404, which is fine)."""
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            await api.post("/api/v1/machinery/enable", json={"holder": holder})
+        await asyncio.sleep(0.1)
 
 
 async def _wait_online(

@@ -8,6 +8,7 @@ drives everything through the HTTP API and the WebSocket like a script or the co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ from edge.config import load_venue
 from tests.conftest import (
     RealServer,
     free_port,
+    hold_enable,
     run_service,
     wait_for_port,
     wait_until,
@@ -93,12 +95,16 @@ async def test_move_to_converges_and_is_recorded(venue: Path, mosquitto: RealSer
 
     listener = asyncio.create_task(listen())
     try:
-        async with run_service(venue) as service:
+        async with (
+            run_service(venue) as service,
+            contextlib.AsyncExitStack() as stack,
+        ):
             base = f"http://127.0.0.1:{service.bound_api_port}"
             async with httpx.AsyncClient(base_url=base, timeout=5) as client:
                 await wait_online(client, ["hoist-1", "hoist-2", "hoist-3"])
                 before = await points(client, "hoist-1")
                 assert before["position"] == pytest.approx(2000, abs=0.1)
+                await stack.enter_async_context(hold_enable(client))  # the operator
 
                 res = await client.post(
                     "/api/v1/devices/hoist-1/commands/move_to",
@@ -117,6 +123,8 @@ async def test_move_to_converges_and_is_recorded(venue: Path, mosquitto: RealSer
                     await wait_until(arrived, 10, "hoist-1 to reach 3500 mm")
                 except BaseException:
                     print(f"hoist-1 points at the time-out: {last}")
+                    snap = (await client.get("/api/v1/machinery")).json()
+                    print(f"supervisor: {snap['axes']['hoist-1']} moves {snap['moves']}")
                     raise
                 after = await points(client, "hoist-1")
                 assert after["velocity"] == 0
@@ -163,7 +171,14 @@ async def test_out_of_range_target_is_refused_and_nothing_moves(venue: Path) -> 
             await asyncio.sleep(0.5)
             p = await points(client, "hoist-1")
             assert p["position"] == pytest.approx(2000, abs=0.1)
-            assert p["target_position"] == pytest.approx(2000, abs=0.1)
+            assert p.get("target_position") is None  # the axis cycle wrote no setpoint
+
+
+async def _keep_enabled(client: httpx.AsyncClient) -> None:
+    while True:
+        with contextlib.suppress(httpx.HTTPError, RuntimeError):  # RuntimeError: client closed
+            await client.post("/api/v1/machinery/enable", json={"holder": "test"})
+        await asyncio.sleep(0.1)
 
 
 async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) -> None:
@@ -173,15 +188,25 @@ async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) 
         base = f"http://127.0.0.1:{service.bound_api_port}"
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
             await wait_online(client, ["hoist-1"])
-            res = await client.post(
-                "/api/v1/devices/hoist-1/commands/move_to", json={"position": 11000, "speed": 800}
-            )
-            assert res.status_code == 200
+            r = await client.post("/api/v1/machinery/enable", json={"holder": "test"})
+            assert r.status_code == 200
+            enable = asyncio.create_task(_keep_enabled(client))  # held until the service is gone
+            try:
+                res = await client.post(
+                    "/api/v1/devices/hoist-1/commands/move_to",
+                    json={"position": 11000, "speed": 800},
+                )
+                assert res.status_code == 200, res.text
 
-            async def moving() -> bool:
-                return bool((await points(client, "hoist-1"))["moving"])
+                async def moving() -> bool:
+                    return bool((await points(client, "hoist-1"))["moving"])
 
-            await wait_until(moving, 5, "hoist-1 moving")
+                await wait_until(moving, 5, "hoist-1 moving")
+            except BaseException:
+                enable.cancel()
+                raise
+    enable.cancel()
+    await asyncio.gather(enable, return_exceptions=True)
     # The service is gone; read the drive directly over Modbus, as an independent master.
     modbus = AsyncModbusTcpClient("127.0.0.1", port=port)
     await modbus.connect()

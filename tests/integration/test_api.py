@@ -22,7 +22,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from edge.service import Service
-from tests.conftest import free_port, run_service, simulators, wait_until, write_venue
+from tests.conftest import (
+    free_port,
+    hold_enable,
+    run_service,
+    simulators,
+    wait_until,
+    write_venue,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -268,32 +275,29 @@ async def test_invalid_commands_are_422_and_nothing_moves(api: Api) -> None:
     # Refused means refused: no write reached the drive.
     await asyncio.sleep(0.2)
     p = await _points(c, "hoist-1")
-    assert p["target_position"] == pytest.approx(2000, abs=0.1)
     assert p["position"] == pytest.approx(2000, abs=0.1)
     assert not p["moving"]
+    # the axis cycle publishes what it writes: nothing was written, so no target either
+    assert p.get("target_position") is None
     await _still_healthy(c)
 
 
 async def test_a_valid_command_still_works_after_the_invalid_ones(api: Api) -> None:
     for _, kwargs, _ in INVALID_COMMANDS[:5]:
         await api.client.post(MOVE_TO, **kwargs)
-    res = await api.client.post(MOVE_TO, json={"position": 2100, "speed": 1000})
-    assert res.status_code == 200, res.text
-    assert res.json() == {
-        "device": "hoist-1",
-        "command": "move_to",
-        "writes": {
-            "target_position": 2100.0,
-            "speed_limit": 1000.0,
-            "acceleration": 500.0,
-            "control_word": 3,
-        },
-    }
+    async with hold_enable(api.client):
+        res = await api.client.post(MOVE_TO, json={"position": 2100, "speed": 1000})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        # a hoist's move_to is a move of the safety supervisor (docs/machinery.md)
+        assert (body["device"], body["command"]) == ("hoist-1", "move_to")
+        assert body["writes"]["target_position"] == 2100.0 and body["writes"]["move"] >= 1
 
-    async def target_set() -> bool:
-        return bool((await _points(api.client, "hoist-1"))["target_position"] == 2100)
+        async def arrived() -> bool:
+            position = (await _points(api.client, "hoist-1"))["position"]
+            return bool(abs(position - 2100) < 2)
 
-    await wait_until(target_set, 5, "the drive to read back the new target")
+        await wait_until(arrived, 10, "the hoist at its new target")
 
 
 async def test_undecodable_json_is_a_client_error(api: Api) -> None:
@@ -405,7 +409,7 @@ async def test_hostile_device_ids_are_404_never_500(api: Api) -> None:
     assert not wrong, "\n".join(wrong)
     # The device that exists was not touched by the near-misses above.
     p = await _points(c, "hoist-1")
-    assert p["target_position"] == pytest.approx(2000, abs=0.1)
+    assert p["position"] == pytest.approx(2000, abs=0.1) and p.get("target_position") is None
     await _still_healthy(c)
 
 
@@ -435,9 +439,11 @@ async def test_commands_to_an_unreachable_device_are_503(tmp_path: Path) -> None
         assert "not connected" in res.json()["detail"]
         assert "hoist-1" in res.json()["detail"]
 
-        res = await c.post(MOVE_TO, json={"position": 3000})
-        assert res.status_code == 503
-        assert "not connected" in res.json()["detail"]
+        # a move is the safety supervisor's: refused, with the axis's state as the reason
+        async with hold_enable(c):
+            res = await c.post(MOVE_TO, json={"position": 3000})
+        assert res.status_code == 422
+        assert "hoist-1 is offline" in res.json()["detail"]
 
         # Validation still comes first: a bad command is 422 whatever the device's state.
         res = await c.post(MOVE_TO, json={"position": 99999})
@@ -467,13 +473,16 @@ async def _recv(ws: ClientConnection, timeout_s: float = WS_TIMEOUT_S) -> dict[s
 async def _recv_type(
     ws: ClientConnection, kind: str, timeout_s: float = WS_TIMEOUT_S
 ) -> dict[str, Any]:
-    """The next message of ``kind``, skipping the live feed (readings, health) in between."""
+    """The next message of ``kind``, skipping the live feeds (readings, health, the machinery
+    snapshot) in between."""
     deadline = time.monotonic() + timeout_s
     while True:
         msg = await _recv(ws, max(0.01, deadline - time.monotonic()))
         if msg["type"] == kind:
             return msg
-        assert msg["type"] in ("readings", "health"), f"unexpected {msg} while waiting for {kind}"
+        assert msg["type"] in ("readings", "health", "machinery"), (
+            f"unexpected {msg} while waiting for {kind}"
+        )
 
 
 async def test_ws_sends_a_snapshot_then_readings(api: Api) -> None:

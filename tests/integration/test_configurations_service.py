@@ -18,7 +18,14 @@ import pytest
 import websockets
 
 from edge.service import Service
-from tests.conftest import free_port, run_service, simulators, wait_until, write_venue
+from tests.conftest import (
+    free_port,
+    hold_enable,
+    run_service,
+    simulators,
+    wait_until,
+    write_venue,
+)
 
 pytestmark = pytest.mark.integration
 LO = "127.0.0.1"
@@ -95,6 +102,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             )
 
         await wait_until(positioned, 10, "both hoists have a position")
+        await stack.enter_async_context(hold_enable(api))  # hold-to-run, as the console does
         yield Rig(svc, api, sim)
 
 
@@ -131,7 +139,8 @@ async def test_switch_moves_the_simulated_axes_and_is_journalled(rig: Rig) -> No
         "configuration.axis",
         "configuration.acoustics",
         "configuration.end",
-        "device.move_to",
+        "move",  # each axis's move, by the safety supervisor
+        "move.done",
     ):
         assert f'"{command}"' in text, command
     assert "configuration up" in text and "no sound-field engine" in text
@@ -187,7 +196,7 @@ async def test_abort_mid_way_stops_the_axes(rig: Rig) -> None:
     assert listing["current"] == "unknown"
     events = (await rig.api.get("/api/v1/journal", params={"limit": 500})).json()
     text = json.dumps(events)
-    assert '"configuration.abort"' in text and '"device.stop"' in text
+    assert '"configuration.abort"' in text and '"stop"' in text  # the supervisor's stops
     assert '"aborted"' in text
 
 

@@ -23,7 +23,15 @@ from drivers.model import OscTransport
 from drivers.osc import OscClient
 from edge.journal import JournalQuery, JournalStore, journal_path
 from edge.service import Service
-from tests.conftest import RealServer, free_port, run_service, simulators, wait_until, write_venue
+from tests.conftest import (
+    RealServer,
+    free_port,
+    operator_enable,
+    run_service,
+    simulators,
+    wait_until,
+    write_venue,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +67,7 @@ async def running(tmp_path: Path, mosquitto: RealServer) -> AsyncIterator[Runnin
             return r is not None and r.value is not None
 
         await wait_until(positioned, 10, "hoist-1 has a position")
+        await stack.enter_async_context(operator_enable(svc))
         yield Running(svc, client)
 
 
@@ -100,8 +109,10 @@ async def test_commands_from_rest_osc_and_mqtt_are_journalled_with_their_source(
             "/flytower/device/hoist-1/command/stop", json.dumps({}), timeout_s=3
         )
         assert reply.ok, reply
-    (e,) = await _events(c, source="osc")
+    # the device command, and the supervisor's stop it became (docs/machinery.md)
+    e, sup = await _events(c, source="osc")
     assert (e["command"], e["result"], e["targets"]) == ("device.stop", "ok", ["hoist-1"])
+    assert (sup["command"], sup["result"]) == ("stop", "ok")
     assert e["source"].startswith("/flytower/device/hoist-1/command/stop from osc.udp://")
 
     # MQTT: a command on the device's cmd topic, answered on its reply topic.
@@ -117,17 +128,25 @@ async def test_commands_from_rest_osc_and_mqtt_are_journalled_with_their_source(
             async for message in m.messages:
                 assert json.loads(message.payload)["id"] == "j1"
                 break
-    (e,) = await _events(c, source="mqtt")
+    e, _ = await _events(c, source="mqtt")
     assert (e["command"], e["targets"], e["source"]) == (
         "device.stop",
         ["hoist-1"],
         "mqtt hoist-1/cmd/stop",
     )
 
-    # The service's own start is journalled by the system; the device filter sees 4 events.
-    (start,) = await _events(c, source="system")
+    # The service's own start is journalled by the system; the device filter sees the four
+    # device commands, and the supervisor's move and stops beside them.
+    (start,) = [e for e in await _events(c, source="system") if e["command"] == "service.start"]
     assert start["command"] == "service.start"
-    assert len(await _events(c, device="hoist-1")) == 4
+    on_hoist = [e["command"] for e in await _events(c, device="hoist-1")]
+    assert [x for x in on_hoist if x.startswith("device.")] == [
+        "device.move_to",
+        "device.move_to",
+        "device.stop",
+        "device.stop",
+    ]
+    assert {"move", "stop"} <= set(on_hoist)
 
 
 async def _has(c: httpx.AsyncClient, **params: Any) -> bool:
@@ -146,23 +165,34 @@ async def test_the_stop_is_journalled_and_the_file_is_its_own(tmp_path: Path) ->
 
 async def test_window_limit_and_exports(running: Running) -> None:
     c = running.client
+
+    async def idle() -> bool:
+        return not (await c.get("/api/v1/machinery")).json()["moves"]
+
     for pos in (2010, 2020, 2030):
         assert (await c.post(MOVE_TO, json={"position": pos})).status_code == 200
-    body = (await c.get("/api/v1/journal", params={"limit": 2, "device": "hoist-1"})).json()
+        await wait_until(idle, 5, f"the move to {pos} done")  # one move of an axis at a time
+    params = {"limit": 2, "device": "hoist-1", "source": "user"}
+    body = (await c.get("/api/v1/journal", params=params)).json()
     assert body["truncated"] is True
-    assert [e["args"]["position"] for e in body["events"]] == [2020, 2030]
+    # the newest two: the last request and what the supervisor made of it
+    assert {e["command"] for e in body["events"]} <= {"device.move_to", "move", "move.done"}
+    assert body["events"][-1]["command"] == "move.done"
 
-    res = await c.get("/api/v1/journal/export", params={"format": "csv", "device": "hoist-1"})
+    res = await c.get(
+        "/api/v1/journal/export", params={"format": "csv", "device": "hoist-1", "source": "user"}
+    )
     assert res.status_code == 200
     assert res.headers["content-type"].startswith("text/csv")
     assert 'filename="journal.csv"' in res.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(res.text, newline="")))
-    assert [json.loads(r["args"])["position"] for r in rows] == [2010, 2020, 2030]
+    asked = [json.loads(r["args"])["position"] for r in rows if r["command"] == "device.move_to"]
+    assert asked == [2010, 2020, 2030]
 
     res = await c.get("/api/v1/journal/export", params={"format": "parquet", "source": "user"})
     assert res.status_code == 200
     table = pq.read_table(io.BytesIO(res.content))
-    assert table.num_rows == 3
+    assert table.column("command").to_pylist().count("device.move_to") == 3
     assert set(table.column("source_kind").to_pylist()) == {"user"}
 
 

@@ -19,7 +19,14 @@ from drivers.model import OscTransport
 from drivers.osc import OscClient
 from edge.client import FlytowerClient, PlaybackRefused
 from edge.service import Service
-from tests.conftest import free_port, run_service, simulators, wait_until, write_venue
+from tests.conftest import (
+    free_port,
+    hold_enable,
+    run_service,
+    simulators,
+    wait_until,
+    write_venue,
+)
 
 pytestmark = pytest.mark.integration
 LO = "127.0.0.1"
@@ -113,6 +120,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             return r is not None and r.value is not None
 
         await wait_until(positioned, 10, "hoist-1 has a position")
+        await stack.enter_async_context(hold_enable(api))  # hold-to-run, as the console does
         yield Rig(svc, api, sim)
 
 

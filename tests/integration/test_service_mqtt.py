@@ -22,7 +22,15 @@ import aiomqtt
 import pytest
 
 from edge.service import Service
-from tests.conftest import RealServer, free_port, run_service, simulators, wait_until, write_venue
+from tests.conftest import (
+    RealServer,
+    free_port,
+    operator_enable,
+    run_service,
+    simulators,
+    wait_until,
+    write_venue,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +62,7 @@ async def service(tmp_path: Path, mosquitto: RealServer) -> AsyncIterator[Servic
             return r is not None and r.value is not None
 
         await wait_until(positioned, 10, "hoist-1 has a position")
+        await stack.enter_async_context(operator_enable(svc))
         yield svc
 
 

@@ -16,7 +16,14 @@ import pytest
 from drivers.model import OscTransport
 from drivers.osc import OscClient
 from edge.service import Service
-from tests.conftest import free_port, run_service, simulators, wait_until, write_venue
+from tests.conftest import (
+    free_port,
+    operator_enable,
+    run_service,
+    simulators,
+    wait_until,
+    write_venue,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +43,7 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
             return r is not None and r.value is not None
 
         await wait_until(positioned, 10, "hoist-1 has a position")
+        await stack.enter_async_context(operator_enable(svc))
         yield svc
 
 

@@ -1,0 +1,296 @@
+"""The safety supervisor in the running service against simulated drives over real Modbus TCP:
+every refusal leaves the drives standing, every stop shows on the simulated drive (ground truth
+from the simulators' control endpoint), and a ``kill -9`` of the service stops a moving axis by
+the drive's own watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edge.service import Service
+from tests.conftest import (
+    REPO,
+    free_port,
+    hold_enable,
+    run_service,
+    simulators,
+    wait_until,
+    write_venue,
+)
+
+pytestmark = pytest.mark.hil
+LO = "127.0.0.1"
+
+MACHINERY = """
+[machinery]
+enable_timeout_s = 0.5
+[machinery.axes.hoist-1]
+max_load = 400
+min_load = 50
+[machinery.axes.hoist-2]
+[[machinery.zones]]
+name = "flys"
+axes = ["hoist-1", "hoist-2"]
+min_gap = 500
+[[machinery.interlocks]]
+name = "one at a time"
+axes = ["hoist-3"]
+block_when = { device = "hoist-2", point = "moving", equals = true }
+"""
+
+
+def venue(tmp_path: Path) -> Path:
+    port = free_port()
+    path = write_venue(
+        tmp_path,
+        [
+            {"id": "hoist-1", "port": port, "unit": 1, "start": 1000},
+            {"id": "hoist-2", "port": port, "unit": 2, "start": 5000},
+            {"id": "hoist-3", "port": port, "unit": 3, "start": 8000},
+        ],
+    )
+    path.write_text(path.read_text().replace("[telemetry]", MACHINERY + "[telemetry]", 1))
+    return path
+
+
+class Rig:
+    def __init__(self, service: Service, api: httpx.AsyncClient, sim: httpx.AsyncClient) -> None:
+        self.service, self.api, self.sim = service, api, sim
+
+    async def truth(self, device: str) -> dict[str, Any]:
+        body = (await self.sim.get("/sim/v1/truth", params={"ids": device})).json()
+        return dict(body["devices"][device])
+
+    async def position(self, device: str) -> float:
+        return float((await self.truth(device))["position_mm"])
+
+    async def move(self, targets: dict[str, float], **kw: Any) -> httpx.Response:
+        return await self.api.post("/api/v1/machinery/move", json={"targets": targets, **kw})
+
+    async def at_rest(self, device: str) -> bool:
+        return abs(float((await self.truth(device))["velocity_mm_s"])) < 0.5
+
+    async def journal(self, command: str) -> list[dict[str, Any]]:
+        events = (await self.api.get("/api/v1/journal", params={"limit": 1000})).json()
+        return [e for e in events["events"] if e["command"] == command]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    path = venue(tmp_path)
+    async with contextlib.AsyncExitStack() as stack:
+        port = await stack.enter_async_context(simulators(path))
+        svc = await stack.enter_async_context(run_service(path))
+        api = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=f"http://{LO}:{svc.bound_api_port}",
+                timeout=5,
+                headers={"x-flytower-operator": "alice"},
+            )
+        )
+        sim = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://{LO}:{port}", timeout=5)
+        )
+
+        async def ready() -> bool:
+            snap = (await api.get("/api/v1/machinery")).json()
+            return all(a["state"] in ("disabled", "idle") for a in snap["axes"].values())
+
+        await wait_until(ready, 15, "every axis reporting")
+        yield Rig(svc, api, sim)
+
+
+async def test_no_enable_no_motion_then_a_supervised_move_arrives(rig: Rig) -> None:
+    r = await rig.move({"hoist-1": 1600})
+    assert r.status_code == 409 and "no hold-to-run enable" in r.json()["detail"]
+    # a device command that moves machinery goes through the supervisor too
+    r = await rig.api.post("/api/v1/devices/hoist-1/commands/move_to", json={"position": 1600})
+    assert r.status_code == 422 and "no hold-to-run enable" in r.json()["detail"]
+    await asyncio.sleep(0.3)
+    assert await rig.position("hoist-1") == pytest.approx(1000, abs=1)
+    async with hold_enable(rig.api):
+        r = await rig.move({"hoist-1": 1600, "hoist-3": 7000}, speed=600)
+        assert r.status_code == 200, r.text
+        move = r.json()
+
+        async def arrived() -> bool:
+            p1, p3 = await rig.position("hoist-1"), await rig.position("hoist-3")
+            return abs(p1 - 1600) < 3 and abs(p3 - 7000) < 3
+
+        await wait_until(arrived, 15, "both hoists on target")
+
+        async def journalled() -> bool:
+            done = await rig.journal("move.done")
+            return any(e["args"].get("move") == move["id"] for e in done)
+
+        await wait_until(journalled, 5, "move.done in the journal")
+    await wait_until(lambda: rig.at_rest("hoist-1"), 5, "hoist-1 at rest")
+    assert not (await rig.truth("hoist-1"))["enabled"]  # parked on its brake
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"targets": {"hoist-1": 12_500}}, 409, "outside its soft limits"),
+        ({"targets": {"hoist-1": 2000}, "speed": 5000}, 409, "above its limit 1500"),
+        ({"targets": {"ghost": 2000}}, 409, "no axis 'ghost'"),
+        ({"targets": {"hoist-1": "up"}}, 422, "targets"),
+        ({"targets": {}}, 422, "targets"),
+        ({"targets": {"hoist-1": 2000}, "extra": 1}, 422, "extra"),
+        ({"targets": {"hoist-1": 5200}}, 409, "collision zone 'flys'"),
+    ],
+)
+async def test_bad_moves_are_refused_and_nothing_moves(
+    rig: Rig, body: dict[str, Any], status: int, reason: str
+) -> None:
+    async with hold_enable(rig.api):
+        r = await rig.api.post("/api/v1/machinery/move", json=body)
+    assert r.status_code == status and reason in str(r.json()["detail"]), r.text
+    assert await rig.position("hoist-1") == pytest.approx(1000, abs=1)
+    assert await rig.at_rest("hoist-1")
+
+
+async def test_a_nan_target_is_refused(rig: Rig) -> None:
+    content = b'{"targets": {"hoist-1": NaN}}'
+    r = await rig.api.post(
+        "/api/v1/machinery/move", content=content, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+
+
+async def test_estop_stops_every_axis_and_needs_a_reset(rig: Rig) -> None:
+    async with hold_enable(rig.api):
+        assert (await rig.move({"hoist-1": 4000, "hoist-3": 11_000}, speed=800)).status_code == 200
+
+        async def moving() -> bool:
+            return not await rig.at_rest("hoist-1")
+
+        await wait_until(moving, 5, "hoist-1 moving")
+        r = await rig.api.post("/api/v1/machinery/estop", json={"reason": "test"})
+        assert r.status_code == 200 and r.json()["failed"] == {}
+        for axis in ("hoist-1", "hoist-3"):
+            await wait_until(lambda a=axis: rig.at_rest(a), 3, f"{axis} stopped")  # type: ignore[misc]
+            assert not (await rig.truth(axis))["enabled"]
+        r = await rig.move({"hoist-2": 6000})
+        assert r.status_code == 409 and "E-stop is latched" in r.json()["detail"]
+        # a hard-wired e-stop input keeps the reset refused
+        await rig.sim.post("/sim/v1/estop", json={"open": True})
+        await asyncio.sleep(0.3)
+        r = await rig.api.post("/api/v1/machinery/estop/reset")
+        assert r.status_code == 409 and "E-stop inputs still active" in r.json()["detail"]
+        await rig.sim.post("/sim/v1/estop", json={"open": False})
+        for axis in ("hoist-1", "hoist-2", "hoist-3"):
+            await rig.api.post(f"/api/v1/devices/{axis}/commands/reset_fault", json={})
+        await asyncio.sleep(0.3)
+        r = await rig.api.post("/api/v1/machinery/estop/reset")
+        assert r.status_code == 200, r.text
+    results = [e["result"] for e in await rig.journal("estop.reset")]
+    assert results == ["refused", "ok"]
+
+
+async def test_releasing_the_enable_stops_the_move(rig: Rig) -> None:
+    async with hold_enable(rig.api):
+        assert (await rig.move({"hoist-3": 2000}, speed=500)).status_code == 200
+        await asyncio.sleep(0.8)
+    await wait_until(lambda: rig.at_rest("hoist-3"), 5, "hoist-3 stopped")
+    assert await rig.position("hoist-3") > 2100
+    snap = (await rig.api.get("/api/v1/machinery")).json()
+    assert "enable released" in snap["axes"]["hoist-3"]["last_abort"]
+
+
+async def test_overload_aborts_the_move(rig: Rig) -> None:
+    async with hold_enable(rig.api):
+        assert (await rig.move({"hoist-1": 800}, speed=200)).status_code == 200
+        await asyncio.sleep(0.3)
+        r = await rig.sim.post("/sim/v1/devices/hoist-1/faults/overload", json={"extra_kg": 300})
+        assert r.status_code == 200, r.text
+        await wait_until(lambda: rig.at_rest("hoist-1"), 5, "hoist-1 stopped")
+    snap = (await rig.api.get("/api/v1/machinery")).json()
+    assert "overload" in snap["axes"]["hoist-1"]["last_abort"]
+    assert any("overload" in e["reason"] for e in await rig.journal("abort"))
+
+
+async def test_an_interlock_refuses_while_its_condition_holds(rig: Rig) -> None:
+    async with hold_enable(rig.api):
+        assert (await rig.move({"hoist-2": 7000}, speed=400)).status_code == 200
+
+        async def moving() -> bool:
+            return not await rig.at_rest("hoist-2")
+
+        await wait_until(moving, 5, "hoist-2 moving")
+        await asyncio.sleep(0.3)  # its moving point reaches the service's live view
+        r = await rig.move({"hoist-3": 9000})
+        assert r.status_code == 409 and "interlock 'one at a time'" in r.json()["detail"]
+
+
+async def test_kill_9_stops_a_moving_axis_by_its_watchdog(tmp_path: Path) -> None:
+    """The service as its own process, killed mid-move: the drive stops on its watchdog."""
+    path = venue(tmp_path)
+    api_port = free_port()
+    path.write_text(path.read_text().replace("port = 0", f"port = {api_port}", 1))
+    async with simulators(path) as sim_port:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            str(path),
+            "--no-simulators",
+            cwd=REPO,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with (
+                httpx.AsyncClient(base_url=f"http://{LO}:{api_port}", timeout=5) as api,
+                httpx.AsyncClient(base_url=f"http://{LO}:{sim_port}", timeout=5) as sim,
+            ):
+
+                async def up() -> bool:
+                    with contextlib.suppress(httpx.HTTPError):
+                        snap = (await api.get("/api/v1/machinery")).json()
+                        return snap["axes"]["hoist-3"]["state"] in ("disabled", "idle")
+                    return False
+
+                await wait_until(up, 30, "the service up with its axes")
+                async with hold_enable(api):
+                    r = await api.post(
+                        "/api/v1/machinery/move", json={"targets": {"hoist-3": 2000}, "speed": 800}
+                    )
+                    assert r.status_code == 200, r.text
+
+                    async def fast() -> bool:
+                        t = (await sim.get("/sim/v1/truth", params={"ids": "hoist-3"})).json()
+                        return abs(t["devices"]["hoist-3"]["velocity_mm_s"]) > 500
+
+                    await wait_until(fast, 5, "hoist-3 at speed")
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed = time.monotonic()
+
+                async def stopped() -> bool:
+                    t = (await sim.get("/sim/v1/truth", params={"ids": "hoist-3"})).json()
+                    d = t["devices"]["hoist-3"]
+                    return abs(d["velocity_mm_s"]) < 0.5 and d["fault"] == 1
+
+                await wait_until(stopped, 5, "hoist-3 stopped by its watchdog (fault 1)")
+                took = time.monotonic() - killed
+                print(
+                    f"\nwatchdog stop after kill -9: {took * 1000:.0f} ms (200 ms watchdog + ramp)"
+                )
+                assert math.isfinite(took)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await asyncio.wait_for(proc.wait(), 10)
