@@ -1,7 +1,7 @@
 """The safety supervisor in the running service against simulated drives over real Modbus TCP:
 every refusal leaves the drives standing, every stop shows on the simulated drive (ground truth
 from the simulators' control endpoint), and a ``kill -9`` of the service stops a moving axis by
-the drive's own watchdog."""
+the drive's own watchdog and leaves an intact journal holding every acknowledged command."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from edge.config import load_venue
+from edge.journal import JournalQuery, JournalStore, journal_path
 from edge.service import Service
 from tests.conftest import (
     REPO,
@@ -285,6 +288,7 @@ async def test_kill_9_stops_a_moving_axis_by_its_watchdog(tmp_path: Path) -> Non
                     return abs(d["velocity_mm_s"]) < 0.5 and d["fault"] == 1
 
                 await wait_until(stopped, 5, "hoist-3 stopped by its watchdog (fault 1)")
+                acknowledged = r.json()["id"]
                 took = time.monotonic() - killed
                 print(
                     f"\nwatchdog stop after kill -9: {took * 1000:.0f} ms (200 ms watchdog + ramp)"
@@ -294,3 +298,15 @@ async def test_kill_9_stops_a_moving_axis_by_its_watchdog(tmp_path: Path) -> Non
             if proc.returncode is None:
                 proc.kill()
             await asyncio.wait_for(proc.wait(), 10)
+    # The journal after the kill: intact, and every acknowledged command in it.
+    journal = journal_path(load_venue(path).store_path)
+    with sqlite3.connect(journal) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    async with JournalStore(journal) as j:
+        got, _ = await j.query(JournalQuery(limit=None))
+    commands = [e.event.command for e in got]
+    assert commands[0] == "service.start" and "service.stop" not in commands
+    moves = [e.event for e in got if e.event.command == "move"]
+    assert [m.args["move"] for m in moves] == [acknowledged]
+    assert "enable" in commands
+    assert [e.seq for e in got] == list(range(1, len(got) + 1))
