@@ -116,6 +116,50 @@ function connect() {
   };
 }
 
+// Hold-to-run (docs/machinery.md): machinery moves only while the enable is renewed; it is
+// renewed every 200 ms while the button is held, and released when it is let go, the pointer
+// is lost, or the window loses focus.
+const holder = `console ${Math.random().toString(36).slice(2, 8)}`;
+const holdButton = document.getElementById("hold");
+let holding = null;
+
+function renew() {
+  return fetch("/api/v1/machinery/enable", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ holder }),
+  }).catch(() => undefined);
+}
+
+function hold(on) {
+  if (on && holding === null) {
+    holding = setInterval(renew, 200);
+    renew().then(() => { if (holding !== null) holdButton.classList.add("held"); });
+  } else if (!on && holding !== null) {
+    clearInterval(holding);
+    holding = null;
+    holdButton.classList.remove("held");
+    fetch(`/api/v1/machinery/enable?holder=${encodeURIComponent(holder)}`, { method: "DELETE" })
+      .catch(() => undefined);
+  }
+}
+
+holdButton.addEventListener("pointerdown", (ev) => {
+  try { holdButton.setPointerCapture(ev.pointerId); } catch { /* a synthetic pointer */ }
+  hold(true);
+});
+for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) {
+  holdButton.addEventListener(name, () => hold(false));
+}
+window.addEventListener("blur", () => hold(false));
+document.getElementById("estop").addEventListener("click", () => {
+  fetch("/api/v1/machinery/estop", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ reason: "console E-stop" }),
+  });
+});
+
 fetch("/api/v1/health").then((r) => r.json()).then((h) => {
   document.getElementById("venue").textContent = `${h.venue} · node ${h.node}`;
 });

@@ -65,12 +65,22 @@ async def test_console_shows_live_position_and_moves_a_hoist(venue: Path, tmp_pa
             await card.locator("button[type=submit]").click()
             await expect(card.locator(".reason")).to_contain_text("above the maximum 12000 mm")
 
+            # Without the hold-to-run enable the safety supervisor refuses the move.
             await card.locator("input[name=position]").fill("2600")
             await card.locator("input[name=speed]").fill("1000")
+            await card.locator("button[type=submit]").click()
+            await expect(card.locator(".reason")).to_contain_text("no hold-to-run enable")
+
+            # Held (a second finger on the button, as on a tablet): the hoist moves.
+            hold = page.locator("#hold")
+            await hold.dispatch_event("pointerdown", {"pointerId": 7})
+            await expect(hold).to_have_class("held")
             await card.locator("button[type=submit]").click()
             await expect(card.locator(".reason")).to_have_text("")
             await expect(card.locator(".drive")).to_have_text("moving", timeout=5000)
             await expect(card.locator(".position")).to_have_text("2600.0", timeout=10_000)
             await page.screenshot(path=str(tmp_path / "console.png"))
+            await hold.dispatch_event("pointerup", {"pointerId": 7})
+            await expect(hold).not_to_have_class("held")
         finally:
             await browser.close()

@@ -29,6 +29,7 @@ from tests.conftest import (
     hold_enable,
     run_service,
     simulators,
+    wait_for_port,
     wait_until,
     write_venue,
 )
@@ -310,3 +311,68 @@ async def test_kill_9_stops_a_moving_axis_by_its_watchdog(tmp_path: Path) -> Non
     assert [m.args["move"] for m in moves] == [acknowledged]
     assert "enable" in commands
     assert [e.seq for e in got] == list(range(1, len(got) + 1))
+
+
+async def test_estop_during_a_64_axis_synchronised_move(
+    tmp_path: Path, simulator_process: Any
+) -> None:
+    """64 hoists on 4 gateways (the simulators in two processes of their own), one synchronised
+    move of all of them, a software E-stop mid-move: every drive stops and is switched off."""
+    ports = [free_port() for _ in range(4)]
+    axes = [f"hoist-{i + 1:02d}" for i in range(64)]
+    path = write_venue(
+        tmp_path,
+        [
+            {"id": a, "port": ports[i // 16], "unit": i % 16 + 1, "start": 2000, "poll_hz": 5}
+            for i, a in enumerate(axes)
+        ],
+    )
+    control = free_port()
+    simulator_process(path, processes=2, control_port=control)
+    for p in ports:
+        wait_for_port(p)
+    async with (
+        run_service(path) as svc,
+        httpx.AsyncClient(base_url=f"http://{LO}:{svc.bound_api_port}", timeout=10) as api,
+        httpx.AsyncClient(base_url=f"http://{LO}:{control}", timeout=10) as sim,
+    ):
+
+        async def ready() -> bool:
+            snap = (await api.get("/api/v1/machinery")).json()
+            return all(a["state"] in ("disabled", "idle") for a in snap["axes"].values())
+
+        await wait_until(ready, 30, "all 64 axes reporting")
+
+        async def truth() -> dict[str, Any]:
+            body = (await sim.get("/sim/v1/truth", params={"ids": ",".join(axes)})).json()
+            return dict(body["devices"])
+
+        async with hold_enable(api):
+            r = await api.post(
+                "/api/v1/machinery/move",
+                json={"targets": dict.fromkeys(axes, 1000), "relative": True, "speed": 400},
+            )
+            assert r.status_code == 200, r.text
+            assert len(r.json()["axes"]) == 64
+
+            async def all_moving() -> bool:
+                return all(abs(t["velocity_mm_s"]) > 50 for t in (await truth()).values())
+
+            await wait_until(all_moving, 10, "all 64 hoists moving together")
+            t0 = time.monotonic()
+            r = await api.post("/api/v1/machinery/estop", json={"reason": "64-axis test"})
+            took = time.monotonic() - t0
+            assert r.status_code == 200 and r.json()["failed"] == {}, r.text
+
+            async def all_stopped() -> bool:
+                t = await truth()
+                return all(abs(d["velocity_mm_s"]) < 0.5 and not d["enabled"] for d in t.values())
+
+            await wait_until(all_stopped, 5, "all 64 hoists stopped and switched off")
+        print(
+            f"\nE-stop of 64 moving axes: all stops acknowledged {took * 1000:.1f} ms after"
+        )
+        positions = [t["position_mm"] for t in (await truth()).values()]
+        assert all(2000 < p < 3000 for p in positions)  # stopped mid-move, not at the target
+        snap = (await api.get("/api/v1/machinery")).json()
+        assert snap["estop"]["latched"] and snap["moves"] == []
