@@ -369,10 +369,137 @@ async def test_estop_during_a_64_axis_synchronised_move(
                 return all(abs(d["velocity_mm_s"]) < 0.5 and not d["enabled"] for d in t.values())
 
             await wait_until(all_stopped, 5, "all 64 hoists stopped and switched off")
-        print(
-            f"\nE-stop of 64 moving axes: all stops acknowledged {took * 1000:.1f} ms after"
-        )
+        print(f"\nE-stop of 64 moving axes: all stops acknowledged {took * 1000:.1f} ms after")
         positions = [t["position_mm"] for t in (await truth()).values()]
         assert all(2000 < p < 3000 for p in positions)  # stopped mid-move, not at the target
         snap = (await api.get("/api/v1/machinery")).json()
         assert snap["estop"]["latched"] and snap["moves"] == []
+
+
+async def test_slack_rope_aborts_the_move(rig: Rig) -> None:
+    async with hold_enable(rig.api):
+        assert (await rig.move({"hoist-1": 3000}, speed=300)).status_code == 200
+        await asyncio.sleep(0.4)
+        r = await rig.sim.post("/sim/v1/devices/hoist-1/faults/slack_rope", json={})
+        assert r.status_code == 200, r.text
+        await wait_until(lambda: rig.at_rest("hoist-1"), 5, "hoist-1 stopped")
+    snap = (await rig.api.get("/api/v1/machinery")).json()
+    reason = snap["axes"]["hoist-1"]["last_abort"]
+    assert "slack rope" in reason or "drive fault 7" in reason, reason
+
+
+async def test_lost_telemetry_stops_the_axis(rig: Rig) -> None:
+    async with hold_enable(rig.api):
+        assert (await rig.move({"hoist-3": 6000}, speed=400)).status_code == 200
+        await asyncio.sleep(0.4)
+        r = await rig.sim.post("/sim/v1/devices/hoist-3/faults/comms_loss", json={})
+        assert r.status_code == 200, r.text
+
+        async def aborted() -> bool:
+            snap = (await rig.api.get("/api/v1/machinery")).json()
+            return bool(snap["axes"]["hoist-3"]["last_abort"]) and not snap["moves"]
+
+        await wait_until(aborted, 5, "the supervisor to abort hoist-3's move")
+        # the drive, cut off from the heartbeat as well, stops on its own watchdog
+        await wait_until(lambda: rig.at_rest("hoist-3"), 5, "hoist-3 stopped")
+    snap = (await rig.api.get("/api/v1/machinery")).json()
+    assert snap["axes"]["hoist-3"]["state"] == "offline"
+    reason = snap["axes"]["hoist-3"]["last_abort"]
+    assert "stale telemetry" in reason or "bad status" in reason, reason
+
+
+GROUPS = """
+[machinery]
+enable_timeout_s = 0.5
+confirm_timeout_s = 5
+[machinery.axes.hoist-1]
+use_case = "performer"
+max_load = 400
+min_load = 50
+[machinery.axes.hoist-2]
+group = "pair"
+[machinery.axes.hoist-3]
+group = "pair"
+[machinery.groups.pair]
+mode = "safe"
+"""
+
+
+@pytest.fixture
+async def rig2(tmp_path: Path) -> AsyncIterator[Rig]:
+    path = venue(tmp_path)
+    path.write_text(path.read_text().replace(MACHINERY, GROUPS, 1))
+    async with contextlib.AsyncExitStack() as stack:
+        port = await stack.enter_async_context(simulators(path))
+        svc = await stack.enter_async_context(run_service(path))
+        api = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=f"http://{LO}:{svc.bound_api_port}",
+                timeout=5,
+                headers={"x-flytower-operator": "alice"},
+            )
+        )
+        sim = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://{LO}:{port}", timeout=5)
+        )
+
+        async def ready() -> bool:
+            snap = (await api.get("/api/v1/machinery")).json()
+            return all(a["state"] in ("disabled", "idle") for a in snap["axes"].values())
+
+        await wait_until(ready, 15, "every axis reporting")
+        yield Rig(svc, api, sim)
+
+
+async def test_a_fault_stops_its_whole_group_and_refuses_the_faulted_axis(rig2: Rig) -> None:
+    rig = rig2
+    async with hold_enable(rig.api):
+        r = await rig.move({"hoist-2": 3000, "hoist-3": 6000}, speed=300)
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(0.5)
+        r = await rig.sim.post("/sim/v1/devices/hoist-2/faults/drive_trip", json={})
+        assert r.status_code == 200, r.text
+        for axis in ("hoist-2", "hoist-3"):
+            await wait_until(lambda a=axis: rig.at_rest(a), 5, f"{axis} stopped")  # type: ignore[misc]
+        snap = (await rig.api.get("/api/v1/machinery")).json()
+        assert "drive fault 4" in snap["axes"]["hoist-3"]["last_abort"]  # stopped as its group
+        r = await rig.move({"hoist-2": 5000})
+        assert r.status_code == 409 and "hoist-2 is faulted (fault code 4)" in r.json()["detail"]
+
+
+async def test_a_performer_move_needs_a_second_operator(rig2: Rig) -> None:
+    rig = rig2
+    async with hold_enable(rig.api):
+        r = await rig.move({"hoist-1": 1400}, speed=500)
+        assert r.status_code == 409 and "above its limit 300 (performer)" in r.json()["detail"]
+        r = await rig.move({"hoist-1": 1400})
+        assert r.status_code == 200 and r.json()["state"] == "pending"
+        move = r.json()["id"]
+        await asyncio.sleep(0.5)
+        assert await rig.position("hoist-1") == pytest.approx(1000, abs=1)  # nothing yet
+        r = await rig.api.post(f"/api/v1/machinery/moves/{move}/confirm")
+        assert r.status_code == 409 and "another operator than 'alice'" in r.json()["detail"]
+        r = await rig.api.post(
+            f"/api/v1/machinery/moves/{move}/confirm", headers={"x-flytower-operator": "bob"}
+        )
+        assert r.status_code == 200 and r.json()["state"] == "running", r.text
+
+        async def arrived() -> bool:
+            return abs(await rig.position("hoist-1") - 1400) < 1.5
+
+        await wait_until(arrived, 10, "hoist-1 at 1400")
+    confirmed = [e for e in await rig.journal("move") if e["args"].get("confirmed_by") == "bob"]
+    assert confirmed and confirmed[0]["source"] == "bob"
+
+
+async def test_a_following_error_aborts_the_move(rig: Rig) -> None:
+    async with hold_enable(rig.api):
+        assert (await rig.move({"hoist-3": 6000}, speed=400)).status_code == 200
+        await asyncio.sleep(0.5)
+        # the encoder count jumps 80 mm (inside the drive's 100 mm plausibility limit): the
+        # axis reports a position 80 mm off its plan
+        r = await rig.sim.post("/sim/v1/devices/hoist-3/faults/encoder_jump", json={"jump": 80})
+        assert r.status_code == 200, r.text
+        await wait_until(lambda: rig.at_rest("hoist-3"), 5, "hoist-3 stopped")
+    snap = (await rig.api.get("/api/v1/machinery")).json()
+    assert "following error" in snap["axes"]["hoist-3"]["last_abort"]
