@@ -106,7 +106,7 @@ async def preview(
             await _positions_known(api, sorted(set(axes)), progress)
             # On the simulators the preview is the operator: it holds the hold-to-run enable
             # (docs/machinery.md) for the whole run, as the console's enable would be held.
-            keeper = asyncio.create_task(_hold_enable(api))
+            keeper = asyncio.create_task(hil_run.hold_enable(api, "preview"))
             try:
                 if start:
                     progress.event(f"switching to '{start}' first")
@@ -129,13 +129,6 @@ async def preview(
             h.setLevel(level)
     report(final, samples, out, print)
     return 0 if final["state"] == "done" else 1
-
-
-async def _hold_enable(api: httpx.AsyncClient) -> None:
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            await api.post("/api/v1/machinery/enable", json={"holder": "preview"})
-        await asyncio.sleep(0.1)
 
 
 async def _positions_known(api: httpx.AsyncClient, axes: list[str], progress: Any) -> None:

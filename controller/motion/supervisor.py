@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 SUPERVISOR = Origin(SourceKind.SYSTEM, "safety supervisor")
 ARRIVAL_TOLERANCE = 1.0  # arrived: at rest within this of its target (the map's in_position)
 SETTLE_TOLERANCE = 10.0  # past its plan and this close, a move gives way to the next one
-LAG_CYCLES = 1.5  # a drive's status lags the setpoint it was sent by about this many cycles
+LAG_CYCLES = 2.0  # a status may lag the plan by up to this many cycles (following error band)
 CATCH_UP = 2.0  # 1/s: extra speed per unit the axis lags behind its plan
 MIN_SPEED = 1.0  # the lowest speed limit a drive takes (the map's register 102 minimum)
 
@@ -720,9 +720,21 @@ class Supervisor:
             return f"{ax.name}: position {st.position:g} outside its soft limits"
         move = ax.move
         if move.start is not None:
-            lag = LAG_CYCLES * self.period
-            expected = move.plan.position(ax.name, st.t - move.start - lag)
-            err = abs(st.position - expected)
+            # Where the plan says the axis is, give or take the cycle's timing: the speed sent
+            # is the plan's one cycle ahead, and a status can be a cycle or two old.
+            p, v, _ = move.plan.at(st.t - move.start)
+            i = move.plan.index[ax.name]
+            expected = float(p[i])
+            ends = (
+                expected - float(v[i]) * LAG_CYCLES * self.period,
+                expected + float(v[i]) * self.period,
+            )
+            lo, hi = min(ends), max(ends)
+            err = (
+                0.0
+                if lo <= st.position <= hi
+                else min(abs(st.position - lo), abs(st.position - hi))
+            )
             ax.following_error = err
             if err > lim.following_error:
                 return (

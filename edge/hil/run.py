@@ -463,7 +463,8 @@ async def hold_enable(api: httpx.AsyncClient, holder: str = "hil runner") -> Non
     """Renew the hold-to-run enable every 0.1 s until cancelled (a node without machinery
     answers 404, which is fine)."""
     while True:
-        with contextlib.suppress(httpx.HTTPError):
+        # RuntimeError: the client was closed under us (the caller is shutting down)
+        with contextlib.suppress(httpx.HTTPError, RuntimeError):
             await api.post("/api/v1/machinery/enable", json={"holder": holder})
         await asyncio.sleep(0.1)
 

@@ -21,6 +21,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from edge.config import load_venue
+from edge.hil.run import hold_enable as hold_enable_forever
 from tests.conftest import (
     RealServer,
     free_port,
@@ -174,13 +175,6 @@ async def test_out_of_range_target_is_refused_and_nothing_moves(venue: Path) -> 
             assert p.get("target_position") is None  # the axis cycle wrote no setpoint
 
 
-async def _keep_enabled(client: httpx.AsyncClient) -> None:
-    while True:
-        with contextlib.suppress(httpx.HTTPError, RuntimeError):  # RuntimeError: client closed
-            await client.post("/api/v1/machinery/enable", json={"holder": "test"})
-        await asyncio.sleep(0.1)
-
-
 async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) -> None:
     """No heartbeat, no motion: when the service stops mid-move the drive stops by itself."""
     port = load_venue(venue).devices[0].transport.port  # hoist-1's Modbus port
@@ -190,7 +184,7 @@ async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) 
             await wait_online(client, ["hoist-1"])
             r = await client.post("/api/v1/machinery/enable", json={"holder": "test"})
             assert r.status_code == 200
-            enable = asyncio.create_task(_keep_enabled(client))  # held until the service is gone
+            enable = asyncio.create_task(hold_enable_forever(client, "test"))  # past the service
             try:
                 res = await client.post(
                     "/api/v1/devices/hoist-1/commands/move_to",

@@ -91,9 +91,9 @@ class Rig:
         return [e for e in events["events"] if e["command"] == command]
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    path = venue(tmp_path)
+@contextlib.asynccontextmanager
+async def running(path: Path) -> AsyncIterator[Rig]:
+    """Simulators and the service for the venue at ``path``, once every axis reports."""
     async with contextlib.AsyncExitStack() as stack:
         port = await stack.enter_async_context(simulators(path))
         svc = await stack.enter_async_context(run_service(path))
@@ -114,6 +114,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
         await wait_until(ready, 15, "every axis reporting")
         yield Rig(svc, api, sim)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with running(venue(tmp_path)) as r:
+        yield r
 
 
 async def test_no_enable_no_motion_then_a_supervised_move_arrives(rig: Rig) -> None:
@@ -429,26 +435,8 @@ mode = "safe"
 async def rig2(tmp_path: Path) -> AsyncIterator[Rig]:
     path = venue(tmp_path)
     path.write_text(path.read_text().replace(MACHINERY, GROUPS, 1))
-    async with contextlib.AsyncExitStack() as stack:
-        port = await stack.enter_async_context(simulators(path))
-        svc = await stack.enter_async_context(run_service(path))
-        api = await stack.enter_async_context(
-            httpx.AsyncClient(
-                base_url=f"http://{LO}:{svc.bound_api_port}",
-                timeout=5,
-                headers={"x-flytower-operator": "alice"},
-            )
-        )
-        sim = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=f"http://{LO}:{port}", timeout=5)
-        )
-
-        async def ready() -> bool:
-            snap = (await api.get("/api/v1/machinery")).json()
-            return all(a["state"] in ("disabled", "idle") for a in snap["axes"].values())
-
-        await wait_until(ready, 15, "every axis reporting")
-        yield Rig(svc, api, sim)
+    async with running(path) as r:
+        yield r
 
 
 async def test_a_fault_stops_its_whole_group_and_refuses_the_faulted_axis(rig2: Rig) -> None:
