@@ -1,7 +1,7 @@
 """The switch from one venue configuration to another: a safe, journalled sequence with progress.
 
 A switch runs against the cue engine's ports (``controller.playback.ports``): every move and
-every stop passes ``Machinery`` (where the safety supervisor of issue 6 plugs in), arrival and
+every stop passes ``Machinery`` (in the service, the safety supervisor), arrival and
 progress are read through ``Devices.read``, the lighting state goes to its own layer of
 ``Lighting`` (``configuration``, below the cue lists by default), the acoustic mode to
 ``Audio.soundfield`` when the node has a sound-field engine. Time is a ``Clock``, so unit tests

@@ -5,9 +5,9 @@
   ``controller.lighting.LightingEngine`` to it.
 - ``Devices``: run a profile command on a device (journalled by the service with the origin
   it is given), write a point, read a point's latest value, wait for a point condition.
-- ``Machinery``: the one choke point every machinery command of a cue passes. Today it hands
-  the command to ``Devices``; the safety supervisor (issue 6) plugs in here, and panic calls
-  its ``stop_all``.
+- ``Machinery``: the one choke point every machinery command of a cue passes. This one hands
+  the command to ``Devices``; in the service it is ``controller.motion.cues
+  .SupervisedMachinery``, over the safety supervisor; panic calls its ``stop_all``.
 - ``Audio`` and ``TimecodeSource`` are optional: without them the actions that need them fail
   with a reason (journalled) and the rest of the cue runs.
 """
@@ -138,7 +138,7 @@ class TimecodeSource(Protocol):
 class Machinery:
     """Every machinery command of the cue engine passes here (moves, stops, stop-all).
 
-    The safety supervisor (issue 6) replaces or wraps this object: ``move`` and ``stop`` are
+    ``controller.motion.cues.SupervisedMachinery`` puts the safety supervisor here: these are
     the only ways a cue moves or stops an axis, and ``stop_all`` is what panic calls."""
 
     def __init__(self, devices: Devices, axes: Iterable[str] = ()) -> None:
@@ -151,9 +151,7 @@ class Machinery:
     async def stop(self, device: str, origin: Origin) -> Any:
         return await self.devices.execute(device, STOP_COMMAND, {}, origin)
 
-    async def command(
-        self, device: str, name: str, args: Mapping[str, Any], origin: Origin
-    ) -> Any:
+    async def command(self, device: str, name: str, args: Mapping[str, Any], origin: Origin) -> Any:
         """Any other machinery command of ``device``'s profile (bolts, brakes): through the
         same choke point as moves, so the safety supervisor sees it."""
         return await self.devices.execute(device, name, args, origin)
