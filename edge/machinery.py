@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ENABLE_TIMEOUT_S = 1.0  # the drive reports enabled (brake released) within this of the request
 LEARN_DAYS = 30
+LEARN_ROWS = 20_000  # the newest readings per point: as many as learning keeps (its WINDOW)
 STOPS = {
     StopKind.CONTROLLED: CycleStop.CONTROLLED,
     StopKind.QUICK: CycleStop.QUICK,
@@ -172,10 +173,10 @@ async def learn(service: Service) -> None:
     since = time.time() - LEARN_DAYS * 86400
     for axis in sup.axes:
         try:
-            v = await service.store.history(axis, "velocity", since, limit=200_000)
+            v = await service.store.history(axis, "velocity", since, limit=LEARN_ROWS)
             load = {
                 r.ts: r.value
-                for r in await service.store.history(axis, "load", since, limit=200_000)
+                for r in await service.store.history(axis, "load", since, limit=LEARN_ROWS)
             }
         except Exception as exc:  # the store is an aid here, never a reason not to start
             log.warning("machinery learning: history of %s not read: %s", axis, exc)
