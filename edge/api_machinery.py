@@ -82,7 +82,7 @@ async def enable(sup: Supervisor, holder: str, origin: Origin) -> dict[str, Any]
     fresh = not sup.enabled() or holder not in sup.enables
     expiry = sup.keep_enabled(holder)
     if fresh:  # journal taking the enable, not every renewal
-        await sup._journal(origin, "enable", Result.OK, args={"holder": holder})
+        await sup.journal_event(origin, "enable", Result.OK, args={"holder": holder})
     return {"holder": holder, "expires_in_s": max(0.0, expiry - sup.clock())}
 
 
@@ -90,7 +90,7 @@ async def release(sup: Supervisor, holder: str, origin: Origin) -> dict[str, Any
     held = holder in sup.enables
     sup.release_enable(holder)
     if held:
-        await sup._journal(origin, "enable.release", Result.OK, args={"holder": holder})
+        await sup.journal_event(origin, "enable.release", Result.OK, args={"holder": holder})
     return {"holder": holder, "released": held}
 
 
@@ -123,7 +123,7 @@ def router(service: Service) -> APIRouter:
             )
         except MotionRefused as exc:
             raise HTTPException(409, str(exc)) from None
-        return sup._move_view(m, sup.clock())
+        return sup.move_view(m, sup.clock())
 
     @api.post("/moves/{move_id}/confirm")
     async def confirm(move_id: int, request: Request) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def router(service: Service) -> APIRouter:
             m = await sup.confirm(move_id, origin_of(request))
         except MotionRefused as exc:
             raise HTTPException(409, str(exc)) from None
-        return sup._move_view(m, sup.clock())
+        return sup.move_view(m, sup.clock())
 
     @api.post("/stop")
     async def stop(body: StopIn, request: Request) -> dict[str, Any]:
@@ -208,11 +208,11 @@ async def ws_command(service: Service, msg: dict[str, Any], peer: str) -> dict[s
             mv = await sup.move(
                 m.targets, origin, speed=m.speed, acceleration=m.acceleration, relative=m.relative
             )
-            out = sup._move_view(mv, sup.clock())
+            out = sup.move_view(mv, sup.clock())
         elif m.command == "confirm":
             if m.move is None:
                 raise MotionRefused("confirm needs 'move'")
-            out = sup._move_view(await sup.confirm(m.move, origin), sup.clock())
+            out = sup.move_view(await sup.confirm(m.move, origin), sup.clock())
         elif m.command == "stop":
             axes = m.axes if m.axes is not None else list(sup.axes)
             out = {"failed": await sup.stop(axes, origin, StopKind(m.kind))}

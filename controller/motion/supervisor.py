@@ -247,11 +247,11 @@ class Supervisor:
             "estop": {"latched": self.estop_latched, "reason": self.estop_reason},
             "enable": {"live": self.enabled(now), "holders": sorted(self.enables)},
             "axes": axes,
-            "moves": [self._move_view(m, now) for m in self.moves.values()],
+            "moves": [self.move_view(m, now) for m in self.moves.values()],
             "cycle": {"hz": self.config.cycle_hz, "ticks": self.ticks, "late": self.late_ticks},
         }
 
-    def _move_view(self, m: Move, now: float) -> dict[str, Any]:
+    def move_view(self, m: Move, now: float) -> dict[str, Any]:
         t = m.elapsed(now)
         return {
             "id": m.id,
@@ -268,7 +268,7 @@ class Supervisor:
 
     # --- journal ---------------------------------------------------------------------------
 
-    async def _journal(
+    async def journal_event(
         self,
         origin: Origin,
         command: str,
@@ -299,7 +299,7 @@ class Supervisor:
     async def _refuse(
         self, origin: Origin, command: str, reason: str, targets: Sequence[str] = ()
     ) -> MotionRefused:
-        await self._journal(origin, command, Result.REFUSED, targets=targets, reason=reason)
+        await self.journal_event(origin, command, Result.REFUSED, targets=targets, reason=reason)
         return MotionRefused(reason)
 
     # --- hold-to-run -----------------------------------------------------------------------
@@ -328,7 +328,7 @@ class Supervisor:
             self._end(m, "aborted", f"E-stop: {reason}")
         kind = StopKind.QUICK if self.config.stop_category == 1 else StopKind.QUICK_HOLD
         failures = await self._stop_axes(list(self.axes), kind)
-        await self._journal(
+        await self.journal_event(
             origin,
             "estop",
             Result.FAILED if failures else Result.OK,
@@ -348,7 +348,7 @@ class Supervisor:
             )
         self.estop_latched = False
         self.estop_reason = ""
-        await self._journal(origin, "estop.reset", Result.OK, targets=list(self.axes))
+        await self.journal_event(origin, "estop.reset", Result.OK, targets=list(self.axes))
 
     # --- moves -----------------------------------------------------------------------------
 
@@ -380,7 +380,7 @@ class Supervisor:
         }
         needs_two = any(USE_CASES[self.axes[a].limits.use_case].two_person for a in names)
         if needs_two:
-            await self._journal(origin, "move.request", Result.OK, targets=names, args=args)
+            await self.journal_event(origin, "move.request", Result.OK, targets=names, args=args)
             self._spawn(self._expire(move))
             return move
         await self._start(move, origin)
@@ -415,7 +415,7 @@ class Supervisor:
         await asyncio.sleep(self.config.confirm_timeout_s)
         if move.state == "pending":
             self._end(move, "refused", "no second confirmation in time")
-            await self._journal(
+            await self.journal_event(
                 SUPERVISOR,
                 "move.expired",
                 Result.REFUSED,
@@ -571,7 +571,7 @@ class Supervisor:
         if failed:
             reason = "; ".join(f"{a}: {r}" for a, r in failed.items())
             self._end(move, "refused", f"could not enable: {reason}")
-            await self._journal(
+            await self.journal_event(
                 origin, "move", Result.FAILED, targets=list(move.axes), reason=reason
             )
             raise MotionRefused(f"could not enable: {reason}")
@@ -581,7 +581,7 @@ class Supervisor:
             ax = self.axes[a]
             ax.move, ax.stopping, ax.aborted = move, False, ""
         self._stream(move, move.start)
-        await self._journal(
+        await self.journal_event(
             origin,
             "move",
             Result.OK,
@@ -617,7 +617,7 @@ class Supervisor:
             if m is not None and m.state in ("running", "pending"):
                 self._end(m, "aborted", f"stopped by {origin.source or origin.kind.value}")
         failures = await self._stop_axes(names, kind)
-        await self._journal(
+        await self.journal_event(
             origin,
             "stop",
             Result.FAILED if failures else Result.OK,
@@ -673,7 +673,7 @@ class Supervisor:
         names = sorted(hit)
         log.warning("abort %s: %s", ", ".join(names), reason)
         failures = await self._stop_axes(names, kind)
-        await self._journal(
+        await self.journal_event(
             SUPERVISOR,
             "abort",
             Result.FAILED if failures else Result.OK,
@@ -790,7 +790,7 @@ class Supervisor:
     def _finish(self, m: Move) -> None:
         self._end(m, "done")
         self._spawn(
-            self._journal(
+            self.journal_event(
                 m.origin, "move.done", Result.OK, targets=list(m.axes), args={"move": m.id}
             )
         )
@@ -821,7 +821,7 @@ class Supervisor:
 
     async def _released(self, axes: Sequence[str]) -> None:
         failures = await self._stop_axes(list(axes), StopKind.CONTROLLED)
-        await self._journal(
+        await self.journal_event(
             SUPERVISOR,
             "abort",
             Result.FAILED if failures else Result.OK,
