@@ -278,6 +278,7 @@ class Supervisor:
         reason: str = "",
         args: Mapping[str, Any] | None = None,
     ) -> None:
+        """Append one event; a failing journal is logged and never stops a stop."""
         now = self.wall()
         try:
             await self.journal.append(
