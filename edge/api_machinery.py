@@ -79,7 +79,7 @@ def _supervisor(service: Service) -> Supervisor:
 
 
 async def enable(sup: Supervisor, holder: str, origin: Origin) -> dict[str, Any]:
-    fresh = not sup.enabled() or holder not in sup.enables
+    fresh = sup.enables.get(holder, -math.inf) <= sup.clock()  # not held (or lapsed) until now
     expiry = sup.keep_enabled(holder)
     if fresh:  # journal taking the enable, not every renewal
         await sup.journal_event(origin, "enable", Result.OK, args={"holder": holder})

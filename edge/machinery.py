@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from controller.journal import Origin, journalled
-from controller.motion.config import is_axis, resolve_limits
+from controller.motion.config import AxisLimits, is_axis, resolve_limits
 from controller.motion.supervisor import (
     AxisStatus,
     MotionRefused,
@@ -79,9 +79,9 @@ def status_of(st: CycleStatus) -> AxisStatus:
 class CycleIO:
     """``AxisIO`` over the axes' Modbus cycles."""
 
-    def __init__(self, supervisor_limits: Mapping[str, Any]) -> None:
+    def __init__(self, limits: Mapping[str, AxisLimits]) -> None:
         self.cycles: dict[str, AxisCycle] = {}
-        self.limits = supervisor_limits
+        self.limits = limits
         self._enabled: dict[str, asyncio.Event] = {}
 
     def attach(self, axis: str, cycle: AxisCycle) -> None:
@@ -139,9 +139,7 @@ def build(service: Service) -> Supervisor | None:
         r = service.live.get((device, name))
         return r.value if r is not None and r.quality is Quality.GOOD else None
 
-    sup = Supervisor(cfg, limits, io, service.journal, points=point)
-    service.cycle_io = io
-    return sup
+    return Supervisor(cfg, limits, io, service.journal, points=point)
 
 
 def driver_for(service: Service, device: Device) -> ModbusDeviceDriver:
@@ -161,7 +159,8 @@ def driver_for(service: Service, device: Device) -> ModbusDeviceDriver:
         on_status=on_status,
     )
     assert driver.cycle is not None
-    service.cycle_io.attach(axis, driver.cycle)
+    assert isinstance(sup.io, CycleIO)  # build() made it
+    sup.io.attach(axis, driver.cycle)
     return driver
 
 
@@ -251,16 +250,13 @@ async def gate(
         return await _as_device_command(service, origin, axis, name, args, stop)
     if name == RESET or spec.moves_machinery:
         problem = sup.may_actuate(axis, needs_enable=spec.moves_machinery)
-        if problem:
-            return await journalled(
-                service.journal,
-                origin,
-                f"device.{name}",
-                _raise(CommandError(f"{axis}: {name} refused: {problem}")),
-                targets=(axis,),
-                args=args,
-            )
-        return None
+        if problem is None:
+            return None  # the caller runs it through the driver, as any command
+
+        async def refuse() -> list[tuple[str, Value]]:
+            raise CommandError(f"{axis}: {name} refused: {problem}")
+
+        return await _as_device_command(service, origin, axis, name, args, refuse)
     return None
 
 
@@ -284,10 +280,3 @@ async def _as_device_command(
     return await journalled(
         service.journal, origin, f"device.{name}", run, targets=(axis,), args=args
     )
-
-
-def _raise(exc: Exception) -> Any:
-    async def fail() -> None:
-        raise exc
-
-    return fail

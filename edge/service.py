@@ -65,7 +65,6 @@ from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
 from edge.journal import JournalStore, device_command, journal_path
-from edge.machinery import CycleIO
 from edge.store import TelemetryStore
 from edge.timecode import ServiceTimecode
 
@@ -119,7 +118,6 @@ class Service:
         self.playback: Playback | None = None  # the cue engine (edge/api_playback.py)
         # the safety supervisor of the node's machinery axes (edge/machinery.py)
         self.supervisor: Supervisor | None = None
-        self.cycle_io: CycleIO = CycleIO({})
         self.timecode: ServiceTimecode | None = None  # the chased timecode (edge/timecode.py)
         self.run_simulators = simulators
         self.run_lighting = lighting  # False: the DMX ports open, nothing renders into them

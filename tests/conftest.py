@@ -27,6 +27,7 @@ import pytest
 from hypothesis import settings
 
 from edge.config import load_venue
+from edge.hil.run import hold_enable as keep_enabled
 from edge.service import Service
 from simulators import runner as simrunner
 from simulators import venue as simvenue
@@ -273,15 +274,9 @@ async def hold_enable(api: httpx.AsyncClient, holder: str = "test desk") -> Asyn
     """Hold the machinery's hold-to-run enable (docs/machinery.md) through the REST API, as a
     console does, renewed every 0.1 s; released on exit."""
 
-    async def keep() -> None:
-        while True:
-            r = await api.post("/api/v1/machinery/enable", json={"holder": holder})
-            assert r.status_code == 200, r.text
-            await asyncio.sleep(0.1)
-
     r = await api.post("/api/v1/machinery/enable", json={"holder": holder})
     assert r.status_code == 200, r.text  # held before the caller's first command
-    task = asyncio.create_task(keep())
+    task = asyncio.create_task(keep_enabled(api, holder))
     try:
         yield
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import sqlite3
@@ -300,7 +299,6 @@ async def test_kill_9_stops_a_moving_axis_by_its_watchdog(tmp_path: Path) -> Non
                 print(
                     f"\nwatchdog stop after kill -9: {took * 1000:.0f} ms (200 ms watchdog + ramp)"
                 )
-                assert math.isfinite(took)
         finally:
             if proc.returncode is None:
                 proc.kill()
