@@ -90,6 +90,17 @@ class Rig:
         return [e for e in events["events"] if e["command"] == command]
 
 
+async def reporting(api: httpx.AsyncClient) -> bool:
+    """Every axis cycled and (interlock venue) hoist-2's ``moving``, the interlock's input, read."""
+    axes = (await api.get("/api/v1/machinery")).json()["axes"]
+    if not all(a["state"] in ("disabled", "idle") for a in axes.values()):
+        return False
+    if "hoist-2" not in axes:
+        return True
+    points = (await api.get("/api/v1/devices/hoist-2/points")).json()
+    return any(p["name"] == "moving" and p["quality"] == "good" for p in points)
+
+
 @contextlib.asynccontextmanager
 async def running(path: Path) -> AsyncIterator[Rig]:
     """Simulators and the service for the venue at ``path``, once every axis reports."""
@@ -107,11 +118,7 @@ async def running(path: Path) -> AsyncIterator[Rig]:
             httpx.AsyncClient(base_url=f"http://{LO}:{port}", timeout=5)
         )
 
-        async def ready() -> bool:
-            snap = (await api.get("/api/v1/machinery")).json()
-            return all(a["state"] in ("disabled", "idle") for a in snap["axes"].values())
-
-        await wait_until(ready, 15, "every axis reporting")
+        await wait_until(lambda: reporting(api), 15, "every axis reporting")
         yield Rig(svc, api, sim)
 
 
@@ -269,8 +276,7 @@ async def test_kill_9_stops_a_moving_axis_by_its_watchdog(tmp_path: Path) -> Non
 
                 async def up() -> bool:
                     with contextlib.suppress(httpx.HTTPError):
-                        snap = (await api.get("/api/v1/machinery")).json()
-                        return snap["axes"]["hoist-3"]["state"] in ("disabled", "idle")
+                        return await reporting(api)
                     return False
 
                 await wait_until(up, 30, "the service up with its axes")
