@@ -26,10 +26,10 @@ What the motion layer uses (all on the driver's event loop):
 - ``await stop_axis(StopKind.QUICK)``: writes the stop's control word at once, outside the
   cycle's deadlines, at command priority (it waits at most for the one transaction on the
   wire), as a transaction of its own that also reads the status back, and returns when the
-  drive has answered. The stop **latches** in the cycle: every later
-  cycle writes the stop word (registers 104...105 only) and ``set_setpoint`` raises
-  ``AxisStopped`` until ``release_stop()``, which also forgets the last setpoint, so a released
-  axis never resumes an old run by itself.
+  drive has answered. The stop **latches** in the cycle: every later cycle writes the stop
+  word (registers 104...105 only) and ``set_setpoint`` raises ``AxisStopped`` until
+  ``release_stop()``, which also forgets the last setpoint, so a released axis never resumes
+  an old run by itself.
 - ``on_status``: a plain callback given every decoded ``AxisStatus`` with its monotonic receive
   time, good or bad, in the cycle task (keep it short; it must not block). 64 axes at 50 Hz
   are 3 200 statuses a second, so decoding is a handful of compiled readers and one slotted
@@ -212,6 +212,7 @@ class CycleStats:
     telemetry_dropped: int = 0
     rtt_s: list[float] = field(default_factory=list)
     stop_ack_s: list[float] = field(default_factory=list)
+    stop_sent_s: list[float] = field(default_factory=list)  # stop_axis() -> frame to the socket
     _next: int = 0
 
     def record_rtt(self, seconds: float) -> None:
@@ -364,6 +365,7 @@ class AxisCycle:
         self._setpoint_values: tuple[Value, ...] = ()
         self._stop_word: int | None = None
         self._out_of_cycle_at = -math.inf  # when a stop's own transaction was answered
+        self.stop_sent_at = -math.inf  # when the last stop frame went to the socket
         self._heartbeat = 0
         self._link: ModbusLink | None = None
         self._session: LinkSession | None = None
@@ -423,7 +425,8 @@ class AxisCycle:
         """Latch ``kind`` and write its control word now; the seconds until the drive's answer.
 
         The stop goes out at once, outside the cycle's deadlines, at command priority (it waits
-        at most for the one transaction on the wire), as a cycle transaction of its own: the
+        at most for the one transaction on the wire: a Modbus server need not take a pipelined
+        request, and pymodbus's drops it), as a cycle transaction of its own: the
         stop word and the heartbeat written (104...105), the status block read back in the
         same round trip and delivered like any status, so the caller's next status already
         shows the stop. A regular cycle due within half a period after it is skipped, so a
@@ -451,6 +454,7 @@ class AxisCycle:
         self._out_of_cycle_at = t0 + elapsed
         if len(self.stats.stop_ack_s) < RTT_SAMPLES:
             self.stats.stop_ack_s.append(elapsed)
+            self.stats.stop_sent_s.append(max(0.0, self.stop_sent_at - t0))
         return elapsed
 
     def release_stop(self) -> None:
@@ -546,6 +550,8 @@ class AxisCycle:
         try:
             t0 = time.monotonic()
             start, registers = self._write_block()  # after any stop that went first
+            if priority is Priority.COMMAND and self._stop_word is not None:
+                self.stop_sent_at = t0  # the frame goes to the socket in this same step
             session = self._session if self._session is not None else LinkSession(link)
             self._session = session
             if not self.stats.fallback:
