@@ -10,7 +10,7 @@ panic's ``stop_all`` is a quick stop of every axis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from controller.journal import Origin
@@ -53,6 +53,14 @@ class SupervisedMachinery(Machinery):
             return await self.supervisor.stop([device], origin)
         except MotionRefused as exc:
             raise PlaybackError(str(exc), 422) from None
+
+    def wait_position(
+        self, device: str, position: float, tolerance: float
+    ) -> Awaitable[Any] | None:
+        """A supervised axis is waited for on its 50 Hz status, not its telemetry."""
+        if device not in self.supervisor.axes:
+            return None
+        return self.supervisor.at_position(device, position, tolerance)
 
     async def stop_all(self, origin: Origin) -> dict[str, str]:
         return await self.supervisor.stop(list(self.supervisor.axes), origin, StopKind.QUICK)

@@ -158,6 +158,8 @@ class _Axis:
     stopping: bool = False
     aborted: str = ""  # why the last move of this axis stopped short
     following_error: float | None = None  # of the last status, while moving
+    # position waits: (position, tolerance, future given the status time), checked per status
+    waits: list[tuple[float, float, asyncio.Future[float]]] = field(default_factory=list)
 
 
 class Supervisor:
@@ -596,6 +598,32 @@ class Supervisor:
             },
         )
 
+    def at_position(self, axis: str, position: float, tolerance: float) -> asyncio.Future[float]:
+        """A future given the status time once ``axis`` reports a good position within
+        ``tolerance`` of ``position`` (the cue engine's ``wait.position``, at the cycle's rate).
+        Cancel it to stop waiting."""
+        ax = self.axes.get(axis)
+        if ax is None:
+            raise MotionRefused(f"no axis '{axis}'")
+        if not (math.isfinite(position) and math.isfinite(tolerance) and tolerance >= 0):
+            raise MotionRefused(f"{axis}: a position wait needs a finite position and tolerance")
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        ax.waits.append((float(position), float(tolerance), fut))
+        if ax.status is not None:
+            self._check_waits(ax, ax.status)
+        return fut
+
+    def _check_waits(self, ax: _Axis, st: AxisStatus) -> None:
+        keep = []
+        for position, tolerance, fut in ax.waits:
+            if fut.done():
+                continue
+            if st.good and st.position is not None and abs(st.position - position) <= tolerance:
+                fut.set_result(st.t)
+            else:
+                keep.append((position, tolerance, fut))
+        ax.waits = keep
+
     def trigger(self, move: Move, axis: str, position: float) -> asyncio.Event:
         """An event set when ``axis`` of ``move`` passes ``position`` (position-triggered cues)."""
         if axis not in move.plan.index:
@@ -694,6 +722,8 @@ class Supervisor:
         if ax.stopping and abs(st.velocity or 0.0) <= 0.5 and ax.move is None:
             ax.stopping = False
         ax.following_error = None
+        if ax.waits:
+            self._check_waits(ax, st)
         reason = self._status_abort(ax, st)
         if st.good:
             self.learning.observe(axis, st.t, st.velocity, st.load, ax.following_error)

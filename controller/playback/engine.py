@@ -817,7 +817,7 @@ class Playback:
             pos, tol = a.position, a.tolerance
             await self._timed(
                 lc,
-                self.devices.wait_for(a.device, POSITION_POINT, lambda v: _near(v, pos, tol)),
+                self._at_position(a.device, pos, tol),
                 a.timeout_s,
                 f"{a.device} did not reach {pos:g} ± {tol:g}",
             )
@@ -874,7 +874,7 @@ class Playback:
         )
 
     async def _timed(
-        self, lc: _ListClock, coro: Coroutine[Any, Any, Any], limit_s: float | None, what: str
+        self, lc: _ListClock, coro: Awaitable[Any], limit_s: float | None, what: str
     ) -> None:
         if limit_s is None:
             await coro
@@ -894,6 +894,17 @@ class Playback:
                 raise results[0]
             return
         raise PlaybackError(f"timeout after {limit_s:g} s: {what}")
+
+    def _at_position(self, device: str, position: float, tolerance: float) -> Awaitable[Any]:
+        """Done when ``device`` is within ``tolerance`` of ``position``: from the machinery
+        port's faster source when it has one (a supervised axis's cycle status), else from the
+        device's position point."""
+        fast = self.machinery.wait_position(device, position, tolerance)
+        if fast is not None:
+            return fast
+        return self.devices.wait_for(
+            device, POSITION_POINT, lambda v: _near(v, position, tolerance)
+        )
 
     async def _move(
         self, ra: _RunningAction, targets: dict[str, dict[str, float]], origin: Origin
@@ -922,16 +933,9 @@ class Playback:
         ra.progress_fn = progress
         self._watch_abort(ra, await self.machinery.move_many(targets, origin))
         tol = self.config.arrival_tolerance
-
-        def arrived(target: float) -> Callable[[Any], bool]:
-            return lambda v: _near(v, target, tol)
-
         arrivals = asyncio.ensure_future(
             asyncio.gather(
-                *(
-                    self.devices.wait_for(dev, POSITION_POINT, arrived(args["position"]))
-                    for dev, args in targets.items()
-                )
+                *(self._at_position(dev, args["position"], tol) for dev, args in targets.items())
             )
         )
         try:

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -173,6 +173,14 @@ class Machinery:
         ]
         if errors:
             raise PlaybackError("; ".join(errors))
+        return None
+
+    def wait_position(
+        self, device: str, position: float, tolerance: float
+    ) -> Awaitable[Any] | None:
+        """An awaitable done when ``device`` is within ``tolerance`` of ``position``, from a
+        source faster than its telemetry (the supervisor's axis cycle); None: wait on the
+        device's position point."""
         return None
 
     async def stop_all(self, origin: Origin) -> dict[str, str]:

@@ -172,3 +172,73 @@ async def test_panic_quick_stops_every_axis(rig: Rig) -> None:
     await rig.pb.panic(origin=USER)
     assert {("hoist-1", StopKind.QUICK), ("hoist-2", StopKind.QUICK)} <= set(rig.axes.stops)
     assert rig.sup.moves == {}
+
+
+WAIT_SHOW = """
+version = 1
+[show]
+title = "t"
+[[lists]]
+id = "main"
+go_debounce_s = 0
+[[lists.cues]]
+number = 1
+actions = [
+  { kind = "machinery.move", axes = [{ device = "hoist-1", position = 3000 }] },
+  { kind = "wait.position", device = "hoist-1", position = 2000, tolerance = 20, timeout_s = 30 },
+]
+"""
+
+
+def states(rig: Rig) -> dict[str, str]:
+    return {a["kind"]: a["state"] for cue in rig.running() for a in cue["actions"]}
+
+
+async def test_a_position_wait_on_a_supervised_axis_follows_its_cycle_status() -> None:
+    """``wait.position`` on a supervised axis completes on the 50 Hz status, as the axis passes
+    the position, without the device's telemetry (which this rig's devices refuse to serve)."""
+    rig = Rig()
+    rig.pb = Playback(
+        loads_show(WAIT_SHOW),
+        lighting=None,
+        devices=rig.devices,
+        machinery=SupervisedMachinery(rig.sup, rig.devices),
+        journal=rig.journal,
+        clock=rig.clock,
+    )
+
+    async def no_telemetry(*a: Any) -> Any:
+        raise AssertionError("a supervised axis is waited for on its cycle status")
+
+    rig.devices.wait_for = no_telemetry  # type: ignore[method-assign]
+    try:
+        rig.sup.keep_enabled("desk")
+        await rig.pb.go(origin=USER)
+        await rig.run(0.1)
+        assert states(rig) == {"machinery.move": "running", "wait.position": "running"}
+        passed = False
+        for _ in range(400):
+            await rig.run(0.02)
+            if states(rig) == {"machinery.move": "running", "wait.position": "done"}:
+                passed = True
+                break
+        assert passed, "the wait did not complete while the axis moved"
+        assert abs(rig.axes.pos["hoist-1"] - 2000) <= 20 + 1000 * 0.02  # one cycle at speed
+        assert not [e for e in rig.journal.events if e.result is not Result.OK]
+        await rig.run(5)
+        assert rig.running() == []
+    finally:
+        await rig.close()
+
+
+async def test_a_position_wait_is_refused_for_hostile_numbers(rig: Rig) -> None:
+    from controller.motion.supervisor import MotionRefused
+
+    with pytest.raises(MotionRefused, match="finite position"):
+        rig.sup.at_position("hoist-1", float("nan"), 1)
+    with pytest.raises(MotionRefused, match="finite position"):
+        rig.sup.at_position("hoist-1", 1, -1)
+    with pytest.raises(MotionRefused, match="no axis"):
+        rig.sup.at_position("hoist-9", 1, 1)
+    done = rig.sup.at_position("hoist-1", 1000, 0.5)  # already there
+    assert done.done()
