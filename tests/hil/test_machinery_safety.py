@@ -337,11 +337,13 @@ async def test_estop_during_a_64_axis_synchronised_move(
             for i, a in enumerate(axes)
         ],
     )
-    # This test is about the E-stop's fan-out, not the watchdog (test_kill_9 is): a 1 s drive
-    # watchdog rides out a loaded CI machine starving 64 cycles in one loop for 200 ms.
+    # This test is about the E-stop's fan-out, not the watchdog (test_kill_9 is) nor stale
+    # telemetry (test_lost_telemetry is): a 1 s drive watchdog and a 0.5 s staleness limit ride
+    # out a loaded machine starving 64 cycles in one loop for 200 ms.
     text = path.read_text().replace(
         "start_position_mm", "watchdog_ms_default = 1000, start_position_mm"
     )
+    text = text.replace("[telemetry]", "[machinery]\nstale_cycles = 25\n\n[telemetry]", 1)
     path.write_text(text)
     control = free_port()
     simulator_process(path, processes=2, control_port=control)
