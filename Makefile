@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # System packages the test suite's real peers need (REAL-PEERS.md).
-TEST_SYSTEM_PACKAGES := mosquitto mosquitto-clients chromium ola ola-python mbpoll socat jackd2 libportaudio2 openssl
+TEST_SYSTEM_PACKAGES := mosquitto mosquitto-clients chromium ola ola-python mbpoll socat jackd2 libportaudio2 openssl victoria-metrics
 
 .PHONY: run test lint bench hil system-deps clean
 

@@ -240,11 +240,62 @@ class TimecodeConfig(_Strict):
         return self
 
 
+class InfluxConfig(_Strict):
+    """``[telemetry.influxdb]``: mirror every reading into InfluxDB (docs/telemetry.md,
+    "InfluxDB sink"). Readings wait in a disk-backed queue (``queue``, an SQLite file relative
+    to the venue file) until the server acknowledges them.
+
+    The token is never written in the venue file: ``token_env`` names the environment variable
+    that holds it (unset: no token, as VictoriaMetrics and an open InfluxDB 1.x accept).
+    Beyond ``queue_max_readings`` or ``queue_max_bytes`` the oldest queued readings are dropped
+    and counted; ``high_water`` (a fraction of either limit) raises the queue alarm, which
+    clears below ``low_water``."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=500)
+    org: str = Field(default="", max_length=200)
+    bucket: str = Field(min_length=1, max_length=200)
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    queue: str = "var/influx-queue.sqlite3"
+    queue_max_readings: int = Field(default=10_000_000, ge=1000)
+    queue_max_bytes: int = Field(default=2 << 30, ge=1 << 20)
+    high_water: float = Field(default=0.8, gt=0, lt=1)
+    low_water: float = Field(default=0.6, gt=0, lt=1)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+    flush_timeout_s: float = Field(default=5.0, ge=0, le=300, allow_inf_nan=False)
+    timeout_s: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    backoff_min_s: float = Field(default=0.1, gt=0, le=60, allow_inf_nan=False)
+    backoff_max_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    max_future_s: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    max_past_s: float = Field(default=7 * 86400.0, gt=0, allow_inf_nan=False)
+    gzip: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.low_water >= self.high_water:
+            raise ValueError(
+                f"low_water ({self.low_water}) must be below high_water ({self.high_water})"
+            )
+        if self.backoff_min_s > self.backoff_max_s:
+            raise ValueError("backoff_min_s must not exceed backoff_max_s")
+        return self
+
+
 class TelemetryConfig(_Strict):
     store: str = "var/telemetry.sqlite3"
     retention_days: float = Field(default=30, gt=0)
     batch_max: int = Field(default=2000, ge=1, le=100_000)
     queue_size: int = Field(default=10_000, ge=1)
+    # --- embedded store: rollup tiers, retention per tier, bad input (edge/store.py;
+    # docs/telemetry.md, "Embedded store"). ``retention_days`` above is the raw tier's.
+    retention_1s_days: float = Field(default=90, gt=0, allow_inf_nan=False)
+    retention_1m_days: float = Field(default=1825, gt=0, allow_inf_nan=False)
+    rollup_interval_s: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+    prune_interval_s: float = Field(default=60.0, gt=0, le=86400, allow_inf_nan=False)
+    prune_chunk: int = Field(default=20_000, ge=100, le=1_000_000)
+    future_tolerance_s: float = Field(default=300.0, gt=0, le=86400, allow_inf_nan=False)
+    # --- end of the embedded store's fields
+    influxdb: InfluxConfig | None = None
 
 
 class SimulationConfig(_Strict):

@@ -58,6 +58,7 @@ from drivers.osc import OscServer
 from drivers.osc.device import OscDeviceDriver
 from edge import audio as edge_audio
 from edge import dmx as edge_dmx
+from edge import influx as edge_influx
 from edge import machinery as edge_machinery
 from edge import mqtt as edge_mqtt
 from edge import osc as edge_osc
@@ -127,6 +128,7 @@ class Service:
         self.health: dict[str, Health] = {}
         self.drivers: dict[str, DeviceDriver] = {}
         self.store = TelemetryStore(venue.store_path)
+        self.influx: edge_influx.InfluxSink | None = None  # [telemetry.influxdb] mirror
         self.journal = JournalStore(journal_path(venue.store_path))
         self.mqtt: MqttNodeLink | None = None
         self._mqtt_feed: Subscription[Reading] | None = None
@@ -191,11 +193,29 @@ class Service:
             "store", Overflow.BLOCK, maxsize=cfg.telemetry.queue_size
         )
         live_sub = self.live_feed("live")
+        influx_cfg = cfg.telemetry.influxdb
+        # BLOCK, like the store: the sink's queue is on disk, so an InfluxDB outage never
+        # pushes back; only a saturated CPU or disk would, and then nothing is lost.
+        influx_sub = (
+            self.readings.subscribe("influx", Overflow.BLOCK, maxsize=cfg.telemetry.queue_size)
+            if influx_cfg is not None
+            else None
+        )
         async with contextlib.AsyncExitStack() as stack:
             sims = await self._start_simulators() if self.run_simulators else None
             if sims is not None:
                 stack.push_async_callback(_stop_process, sims)
             await stack.enter_async_context(self.store)
+            if influx_cfg is not None:
+                self.influx = await stack.enter_async_context(
+                    edge_influx.from_config(
+                        influx_cfg,
+                        self.venue.resolve(influx_cfg.queue),
+                        cfg.venue.id,
+                        self.node,
+                        edge_influx.device_types(self.devices),
+                    )
+                )
             await self._open_journal(stack)
             pruned = await self.store.prune(cfg.telemetry.retention_days * 86400)
             if pruned:
@@ -224,6 +244,11 @@ class Service:
                 await self._simulators_ready(sims)
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(self._store_writer(store_sub), name="store-writer")
+                influx_task = (
+                    tg.create_task(self.influx.run(influx_sub), name="influx-sink")
+                    if self.influx is not None and influx_sub is not None
+                    else None
+                )
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
                 supervisor_task = self._start_supervisor(tg)
@@ -273,6 +298,9 @@ class Service:
                 await _finish(driver_tasks, 3.0)
                 store_sub.close()
                 await writer
+                if influx_sub is not None and influx_task is not None:
+                    influx_sub.close()
+                    await influx_task  # flushes for at most flush_timeout_s
                 live_sub.close()
                 if mqtt_task is not None and self._mqtt_feed is not None:
                     self._mqtt_feed.close()  # the link drains, says offline, and returns
