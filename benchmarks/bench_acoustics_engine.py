@@ -1,0 +1,309 @@
+"""Sound-field engine (dsp/engine.py): CPU share per output count and zone count, and a stream.
+
+Figures:
+
+1. **Tight loop**, 48 kHz / 128-frame blocks, no stream: the share of one core the engine
+   takes for 2, 8 and 16 outputs with 1 and 10 zones (every zone on every output: the worst
+   case), a crossfade running in one zone for the 1-zone rows too. Reference, same run: a bare
+   numpy copy of the same blocks (``np.copyto`` of a block into the output), i.e. what any
+   Python processor pays for being called at all; the ratio is engine / copy.
+2. **Stream**: the engine as the audio driver's processor on a real jackd (dummy backend,
+   8 outputs, 48 kHz, 128 frames) for ``--minutes`` (default: 20 s as part of ``make bench``;
+   DESIGN.md's figure is 10 minutes: ``python -m benchmarks.bench_acoustics_engine --minutes
+   10``): xruns, the callback's share of one core, and percentiles of the processor's own time
+   per block (recorded by ``TimedFactory`` into shared memory).
+
+DESIGN.md's target: 8 channels at <= 30 % of one core with no underruns in 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import multiprocessing
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dsp.engine import EngineConfig, SetField, SoundFieldEngine, SoundFieldFactory, ZoneConfig
+from dsp.field import EarlyPattern, FieldParams, LateParams
+
+RATE = 48000
+BLOCK = 128
+STREAM_OUTPUTS = 8
+STREAM_SECONDS = 20.0
+
+
+def field(n_out: int, seed: int = 0, t60_scale: float = 1.0) -> FieldParams:
+    """A concert-hall-like field: 4 taps per output within 80 ms, a 2 s late field."""
+    rng = np.random.default_rng(seed)
+    n = 4 * n_out
+    pattern = EarlyPattern(
+        rng.uniform(0.005, 0.08, n), rng.uniform(0.05, 0.3, n), np.arange(n) % n_out
+    )
+    t60 = np.array([2.4, 2.2, 2.0, 1.9, 1.7, 1.4]) * t60_scale
+    return FieldParams(n_out, np.full(n_out, 0.3), pattern, LateParams(t60, 0.06), late_db=-6.0)
+
+
+def engine_config(n_out: int, zones: int) -> EngineConfig:
+    outputs = tuple(range(n_out))
+    return EngineConfig(
+        tuple(ZoneConfig(f"z{i}", (i % 2,), outputs, field(n_out, i)) for i in range(zones))
+    )
+
+
+@dataclass(frozen=True)
+class _Shape:
+    samplerate: int
+    blocksize: int
+    n_in: int
+    n_out: int
+
+
+def tight_loop(
+    n_out: int, zones: int, blocks: int, fade: bool, repeats: int = 5
+) -> tuple[float, float]:
+    """(engine share of one core, bare-copy share) for ``blocks`` blocks of audio: the best of
+    ``repeats`` runs of each (the machine is shared: the minimum is the engine's own cost)."""
+    eng = SoundFieldEngine(engine_config(n_out, zones), _Shape(RATE, BLOCK, 2, n_out))
+    rng = np.random.default_rng(1)
+    inp = (rng.standard_normal((BLOCK, 2)) * 0.1).astype(np.float32)
+    out = np.zeros((BLOCK, n_out), dtype=np.float32)
+    wide = np.zeros((BLOCK, n_out), dtype=np.float32)
+    for _ in range(50):
+        eng(inp, out)
+    if fade:  # a crossfade over the whole measurement: two parameter sets run at once
+        fade_s = 2 * repeats * blocks * BLOCK / RATE
+        eng.control(SetField("z0", field(n_out, 99, 1.3), late_fade_s=fade_s))
+    engine_s = copy_s = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(blocks):
+            eng(inp, out)
+        engine_s = min(engine_s, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(blocks):
+            np.copyto(out, wide)
+        copy_s = min(copy_s, time.perf_counter() - t0)
+    if fade:
+        assert eng.fading("z0"), "the crossfade must last the whole measurement"
+    audio_s = blocks * BLOCK / RATE
+    return engine_s / audio_s, copy_s / audio_s
+
+
+# --- the stream ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimedFactory:
+    """The sound-field engine, timed per block into shared memory (``times``: a ring of
+    ``capacity`` float64 seconds, ``count[0]``: blocks so far). Picklable for the spawned audio
+    host; control messages pass through to the engine."""
+
+    inner: SoundFieldFactory
+    times: Any
+    count: Any
+    capacity: int
+
+    def __call__(self, fmt: Any) -> _Timed:
+        return _Timed(self.inner(fmt), self)
+
+
+class _Timed:
+    def __init__(self, engine: SoundFieldEngine, spec: TimedFactory) -> None:
+        self.engine = engine
+        self._times = np.frombuffer(memoryview(spec.times), dtype=np.float64)
+        self._count = np.frombuffer(memoryview(spec.count), dtype=np.float64)
+        self._capacity = spec.capacity
+        self._clock = time.perf_counter
+
+    def __call__(self, inp: NDArray[np.float32], out: NDArray[np.float32]) -> None:
+        t0 = self._clock()
+        self.engine(inp, out)
+        n = int(self._count[0])
+        self._times[n % self._capacity] = self._clock() - t0
+        self._count[0] = n + 1
+
+    def control(self, payload: Any) -> None:
+        self.engine.control(payload)
+
+    def poll_events(self) -> list[Any]:
+        return self.engine.poll_events()
+
+
+@dataclass(frozen=True)
+class TimedCopyFactory:
+    """The reference processor: copies input 1 to every output, timed like ``TimedFactory``."""
+
+    times: Any
+    count: Any
+    capacity: int
+
+    def __call__(self, fmt: Any) -> _TimedCopy:
+        return _TimedCopy(self)
+
+
+class _TimedCopy:
+    def __init__(self, spec: TimedCopyFactory) -> None:
+        self._times = np.frombuffer(memoryview(spec.times), dtype=np.float64)
+        self._count = np.frombuffer(memoryview(spec.count), dtype=np.float64)
+        self._capacity = spec.capacity
+        self._clock = time.perf_counter
+
+    def __call__(self, inp: NDArray[np.float32], out: NDArray[np.float32]) -> None:
+        t0 = self._clock()
+        np.copyto(out, inp[:, :1])
+        n = int(self._count[0])
+        self._times[n % self._capacity] = self._clock() - t0
+        self._count[0] = n + 1
+
+
+def timed_copy_factory(capacity: int = 1 << 20) -> TimedCopyFactory:
+    ctx = multiprocessing.get_context("spawn")
+    return TimedCopyFactory(
+        ctx.RawArray(ctypes.c_double, capacity), ctx.RawArray(ctypes.c_double, 1), capacity
+    )
+
+
+def timed_factory(config: EngineConfig, capacity: int = 1 << 20) -> TimedFactory:
+    ctx = multiprocessing.get_context("spawn")
+    return TimedFactory(
+        SoundFieldFactory(config),
+        ctx.RawArray(ctypes.c_double, capacity),
+        ctx.RawArray(ctypes.c_double, 1),
+        capacity,
+    )
+
+
+def block_times(factory: TimedFactory | TimedCopyFactory) -> NDArray[np.float64]:
+    """The recorded per-block processor times (the newest ``capacity`` of them)."""
+    n = int(np.frombuffer(memoryview(factory.count), dtype=np.float64)[0])
+    times = np.frombuffer(memoryview(factory.times), dtype=np.float64)
+    return np.array(times[: min(n, factory.capacity)])
+
+
+@dataclass
+class StreamResult:
+    audio_s: float
+    blocks: int
+    xruns: int
+    callback_share: float
+    busy_max_s: float
+    cpu_load: float
+    processor_ms: dict[str, float]
+    switches: int
+
+
+async def stream_run(
+    seconds: float,
+    jack_dir: Path,
+    zones: int = 1,
+    switch_every_s: float = 0.0,
+    reference: bool = False,
+) -> StreamResult:
+    """The engine on jackd's dummy backend for ``seconds``; optionally a mode switch in zone
+    z0 every ``switch_every_s`` (so crossfades are part of the run). ``reference``: the same
+    stream with a processor that only copies its input block to the outputs (what the
+    machine's load alone does to the stream)."""
+    from drivers.audio import AudioConfig, AudioDriver
+    from tests.peers.jack import JackServer
+
+    outs = tuple(range(1, STREAM_OUTPUTS + 1))
+    config = engine_config(STREAM_OUTPUTS, zones)
+    factory: TimedFactory | TimedCopyFactory = (
+        timed_copy_factory() if reference else timed_factory(config)
+    )
+    if reference:
+        switch_every_s = 0.0
+    switches = 0
+    with JackServer(jack_dir, inputs=2, outputs=STREAM_OUTPUTS, period=BLOCK) as jack:
+        cfg = AudioConfig(
+            device="JACK", jack_server=jack.name, blocksize=BLOCK, input_map=(1, 2),
+            output_map=outs, stall_timeout_s=5.0,
+        )  # fmt: skip
+        async with AudioDriver("field", cfg, factory) as drv:
+            for _ in range(600):  # one second of audio to settle, within 30 s
+                if drv.snapshot().callbacks >= RATE // BLOCK:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"the stream did not run: {drv.health.reason}")
+            before = drv.snapshot()
+            n_before = int(np.frombuffer(memoryview(factory.count), dtype=np.float64)[0])
+            end = time.monotonic() + seconds
+            next_switch = time.monotonic() + switch_every_s
+            while (now := time.monotonic()) < end:
+                if switch_every_s and now >= next_switch:
+                    params = field(STREAM_OUTPUTS, switches + 100, 1.0 + 0.2 * (switches % 2))
+                    drv.control(SetField("z0", params))
+                    switches += 1
+                    next_switch += switch_every_s
+                await asyncio.sleep(min(0.2, max(0.0, end - now)))
+            after = drv.snapshot()
+    times = block_times(factory)
+    n_after = int(np.frombuffer(memoryview(factory.count), dtype=np.float64)[0])
+    if n_after <= factory.capacity:  # else the ring holds the newest `capacity` blocks
+        times = times[n_before:n_after]
+    audio_s = (after.frames - before.frames) / RATE
+    pct = {
+        f"p{q}": 1000 * float(np.percentile(times, q)) if times.size else float("nan")
+        for q in (50, 90, 99, 99.9)
+    }
+    pct["max"] = 1000 * float(times.max(initial=0.0))
+    return StreamResult(
+        audio_s=audio_s,
+        blocks=after.callbacks - before.callbacks,
+        xruns=after.xruns - before.xruns,
+        callback_share=(after.busy_s - before.busy_s) / audio_s if audio_s else float("nan"),
+        busy_max_s=after.busy_max_s,
+        cpu_load=after.cpu_load,
+        processor_ms=pct,
+        switches=switches,
+    )
+
+
+def describe(r: StreamResult) -> str:
+    p = r.processor_ms
+    return (
+        f"{r.audio_s:.1f} s ({r.blocks} blocks), xruns {r.xruns}, callback "
+        f"{100 * r.callback_share:.1f} % of one core, max callback {1000 * r.busy_max_s:.2f} ms "
+        f"of {1000 * BLOCK / RATE:.2f} ms, PortAudio cpu_load {100 * r.cpu_load:.1f} %, "
+        f"mode switches {r.switches}; processor per block p50 {p['p50']:.3f} / p90 "
+        f"{p['p90']:.3f} / p99 {p['p99']:.3f} / p99.9 {p['p99.9']:.3f} / max {p['max']:.3f} ms"
+    )
+
+
+async def run(minutes: float | None = None) -> None:
+    blocks = 375  # 1 s of audio, best of 5, per row
+    print("   tight loop, 48 kHz / 128 frames (share of one core; ref: a bare numpy copy)")
+    for zones in (1, 10):
+        for n_out in (2, 8, 16):
+            share, ref = tight_loop(n_out, zones, blocks, fade=False)
+            line = f"   {zones:2d} zone(s) x {n_out:2d} outputs  {100 * share:6.1f} %"
+            if zones == 1:
+                fading, _ = tight_loop(n_out, zones, blocks, fade=True)
+                line += f"  (crossfading {100 * fading:5.1f} %)"
+            print(f"{line}   copy {100 * ref:5.2f} % (ref)   ratio {share / ref:6.0f}", flush=True)
+    seconds = STREAM_SECONDS if minutes is None else 60.0 * minutes
+    with tempfile.TemporaryDirectory() as tmp:
+        result = await stream_run(seconds, Path(tmp), zones=1, switch_every_s=5.0)
+        print(f"   jackd, {STREAM_OUTPUTS} outputs, 1 zone: {describe(result)}", flush=True)
+        copy = await stream_run(min(seconds, STREAM_SECONDS), Path(tmp), reference=True)
+        print(f"   jackd, the same stream copying its input (ref): {describe(copy)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--minutes", type=float, default=None, help="stream run length")
+    args = parser.parse_args()
+    asyncio.run(run(args.minutes))
+
+
+if __name__ == "__main__":
+    main()
