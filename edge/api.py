@@ -46,6 +46,7 @@ from controller.journal import Origin, SourceKind
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
 from edge import (
+    api_acoustics,
     api_configurations,
     api_journal,
     api_lighting,
@@ -358,5 +359,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(api_machinery.router(service))
     app.include_router(api_lighting.router(service))
     app.include_router(api_timecode.router(service))
+    app.include_router(api_acoustics.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

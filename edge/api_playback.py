@@ -215,7 +215,11 @@ def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
         journal=service.journal,
         clock=LoopClock(),
         config=PlaybackConfig(panic_fade_s=panic.fade_s),
-        audio=ServiceAudio(service.drivers, media_dir=lambda: show_path(service).parent),
+        audio=ServiceAudio(
+            service.drivers,
+            media_dir=lambda: show_path(service).parent,
+            soundfield=lambda: service.soundfield,
+        ),
     )
     if service.timecode is not None:  # timecode-triggered cues, rebuilt on every show load
         service.timecode.attach(service.playback)

@@ -2,8 +2,9 @@
 
 Each venue audio device is an ``AudioDriver`` stream whose processor is the file player
 (``drivers.audio.player``) over silence: when nothing plays the outputs are silent, and the
-stream still runs in real time and reports its xruns, load and latency. (The sound-field engine,
-issue 7, will be the player's ``inner`` processor: the player mixes files over it.) The
+stream still runs in real time and reports its xruns, load and latency. (On the device that
+runs the venue's sound field, ``[acoustics]``, the sound-field engine is the player's ``inner``
+processor: the player mixes files over it; ``edge.acoustics``.) The
 processor factory runs in the stream's child process, so it is picklable.
 
 ``PlayerLink`` is the parent's side of one stream's player: it sends commands through
@@ -19,9 +20,9 @@ processor factory runs in the stream's child process, so it is picklable.
   ``STOP_FADE_S`` fade, waits (briefly) for the player to confirm, and re-raises. Failures
   (file not found, unreadable, too long, channels, voice limit, stream down) raise
   ``PlaybackError`` with the reason.
-- ``soundfield``: no sound-field engine on this node yet (issue 7): ``Unavailable`` (a
-  ``PlaybackError``). The seam is the ``soundfield`` argument: an object with
-  ``async recall(mode, fade_s, origin)``.
+- ``soundfield``: recalls a mode on the node's sound field (``edge.acoustics``, the
+  ``soundfield`` argument, or a callable giving it); a node without one raises
+  ``Unavailable`` (a ``PlaybackError``).
 """
 
 from __future__ import annotations
@@ -89,11 +90,22 @@ def config_of(transport: AudioTransport) -> AudioConfig:
 # --- the player of one stream -----------------------------------------------------------------
 
 
+class InnerEvents(Protocol):
+    """The parent's side of the player's inner processor: its events, refusals, stream loss."""
+
+    def on_event(self, payload: Any) -> None: ...
+
+    def on_control_error(self, text: str) -> None: ...
+
+    def on_stream_lost(self, why: str) -> None: ...
+
+
 class PlayerLink:
     """The parent's side of one stream's file player: commands out, one future per voice."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, inner: InnerEvents | None = None) -> None:
         self.name = name
+        self.inner = inner  # the inner processor's side (the sound field), if any
         self.driver: AudioDriver | None = None
         self._voices: dict[str, asyncio.Future[Ended]] = {}
         self.positions: dict[str, float] = {}  # voice -> seconds into its file, last reported
@@ -103,12 +115,19 @@ class PlayerLink:
         """``AudioDriver``'s ``on_event`` (runs on the event loop)."""
         kind = event[0]
         if kind == "event":
-            self._player_event(event[1])
+            if isinstance(event[1], Position | Started | Ended | Failed):
+                self._player_event(event[1])
+            elif self.inner is not None:
+                self.inner.on_event(event[1])
         elif kind == "stream_lost":
             for voice in list(self._voices):
                 self._fail(voice, f"{self.name}: the audio stream ended ({event[1]})")
+            if self.inner is not None:
+                self.inner.on_stream_lost(str(event[1]))
         elif kind == "control_error":
-            log.warning("%s: the player refused a command: %s", self.name, event[1])
+            log.warning("%s: a control message was refused: %s", self.name, event[1])
+            if self.inner is not None:
+                self.inner.on_control_error(str(event[1]))
 
     def _player_event(self, ev: Any) -> None:
         if isinstance(ev, Position):
@@ -199,14 +218,21 @@ class AudioDevice:
     """An audio stream as a device: readings are the stream's figures; no commands. Its
     processor is the file player over silence (``player`` sends it sounds)."""
 
-    def __init__(self, device: Device, sink: ReadingSink, on_health: HealthSink) -> None:
+    def __init__(
+        self,
+        device: Device,
+        sink: ReadingSink,
+        on_health: HealthSink,
+        inner: Callable[[StreamFormat], Processor] | None = None,
+        inner_events: InnerEvents | None = None,
+    ) -> None:
         assert isinstance(device.transport, AudioTransport)
         self._device = device
-        self.player = PlayerLink(device.id)
+        self.player = PlayerLink(device.id, inner_events)
         self.driver = AudioDriver(
             device.id,
             config_of(device.transport),
-            PlayerFactory(inner=silence),
+            PlayerFactory(inner=inner or silence),
             on_health=on_health,
             sink=sink,
             on_event=self.player.on_event,
@@ -239,9 +265,9 @@ class AudioDevice:
 
 
 class SoundField(Protocol):
-    """What issue 7's sound-field engine will offer the cue engine."""
+    """The sound field the cue engine recalls modes on (``edge.acoustics``)."""
 
-    async def recall(self, mode: str, fade_s: float, origin: Origin) -> None: ...
+    async def recall(self, mode: str, fade_s: float | None, origin: Origin) -> Any: ...
 
 
 def media_path(media_dir: Path, file: str) -> Path:
@@ -278,7 +304,7 @@ class ServiceAudio:
         self,
         outputs: Mapping[str, object],
         media_dir: Path | Callable[[], Path],
-        soundfield: SoundField | None = None,
+        soundfield: SoundField | Callable[[], SoundField | None] | None = None,
         stop_fade_s: float = STOP_FADE_S,
     ) -> None:
         self._outputs = outputs
@@ -324,12 +350,13 @@ class ServiceAudio:
         )
 
     async def soundfield(self, mode: str, fade_s: float, origin: Origin) -> None:
-        if self._soundfield is None:
+        sf = self._soundfield() if callable(self._soundfield) else self._soundfield
+        if sf is None:
             raise Unavailable(
-                f"cannot recall sound-field mode '{mode}': no sound-field engine on this node "
-                "yet (issue 7)"
+                f"cannot recall sound-field mode '{mode}': this node has no sound field "
+                "([acoustics] in the venue file)"
             )
-        await self._soundfield.recall(mode, fade_s, origin)
+        await sf.recall(mode, fade_s, origin)
 
     def stop_all(self, fade_s: float = STOP_FADE_S) -> None:
         """Fade out every sound on every output (an operator's audio panic)."""

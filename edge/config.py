@@ -38,6 +38,7 @@ from controller.motion.config import MachineryConfig, resolve_limits
 from controller.show.model import Level
 from drivers.model import (
     PROTOCOL_TRANSPORTS,
+    AudioTransport,
     ConfigError,
     Device,
     DeviceId,
@@ -50,6 +51,7 @@ from drivers.model import (
     load_profile,
     read_toml,
 )
+from edge.acoustics import AcousticsConfig
 
 
 class _Strict(BaseModel):
@@ -290,7 +292,7 @@ class TelemetryConfig(_Strict):
     # docs/telemetry.md, "Embedded store"). ``retention_days`` above is the raw tier's.
     retention_1s_days: float = Field(default=90, gt=0, allow_inf_nan=False)
     retention_1m_days: float = Field(default=1825, gt=0, allow_inf_nan=False)
-    rollup_interval_s: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+    rollup_interval_s: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
     prune_interval_s: float = Field(default=60.0, gt=0, le=86400, allow_inf_nan=False)
     prune_chunk: int = Field(default=20_000, ge=100, le=1_000_000)
     future_tolerance_s: float = Field(default=300.0, gt=0, le=86400, allow_inf_nan=False)
@@ -329,6 +331,7 @@ class VenueConfig(_Strict):
     timecode: TimecodeConfig = Field(default_factory=TimecodeConfig)
     panic: PanicConfig = Field(default_factory=PanicConfig)
     machinery: MachineryConfig = Field(default_factory=MachineryConfig)
+    acoustics: AcousticsConfig | None = None  # the sound field (edge/acoustics.py)
     # Named whole-venue setups and how switches run (docs/configurations.md).
     configurations: dict[ConfigName, Configuration] = Field(default_factory=dict, max_length=200)
     configuration_settings: ConfigurationSettings = Field(default_factory=ConfigurationSettings)
@@ -350,7 +353,21 @@ class VenueConfig(_Strict):
                 raise ValueError(f"devices.{dev.id}.node: no node '{dev.node}' (nodes: {nodes})")
             if dev.transport.kind == "mqtt" and self.mqtt.mode == "off":
                 raise ValueError(f"devices.{dev.id}: an mqtt device needs mqtt.mode other than off")
+        if self.acoustics is not None:
+            self._acoustics_device(self.acoustics)
         return self
+
+    def _acoustics_device(self, ac: AcousticsConfig) -> None:
+        dev = next((d for d in self.devices if d.id == ac.device), None)
+        if dev is None or not isinstance(dev.transport, AudioTransport):
+            raise ValueError(f"acoustics.device: no audio device '{ac.device}'")
+        t = dev.transport
+        for z in ac.zones:
+            if max(z.inputs) > t.inputs or max(z.outputs) > t.outputs:
+                raise ValueError(
+                    f"acoustics: zone {z.name} names channels beyond device '{dev.id}' "
+                    f"({t.inputs} inputs, {t.outputs} outputs)"
+                )
 
     @model_validator(mode="after")
     def _timecode_socket(self) -> Self:

@@ -56,6 +56,7 @@ from drivers.mqtt.driver import MqttDeviceDriver
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.osc import OscServer
 from drivers.osc.device import OscDeviceDriver
+from edge import acoustics as edge_acoustics
 from edge import audio as edge_audio
 from edge import dmx as edge_dmx
 from edge import influx as edge_influx
@@ -117,6 +118,8 @@ class Service:
         self.dmx: edge_dmx.DmxPorts | None = None
         self.lighting: LightingEngine | None = None
         self.playback: Playback | None = None  # the cue engine (edge/api_playback.py)
+        self.soundfield: edge_acoustics.SoundFieldControl | None = None  # [acoustics]
+        self._soundfield_task: asyncio.Task[None] | None = None
         # the safety supervisor of the node's machinery axes (edge/machinery.py)
         self.supervisor: Supervisor | None = None
         self.timecode: ServiceTimecode | None = None  # the chased timecode (edge/timecode.py)
@@ -293,6 +296,10 @@ class Service:
                 if self.lighting is not None and lighting_task is not None:
                     self.lighting.stop()  # the last frame holds until the ports close
                     await _finish([lighting_task], 1.0)
+                if self.soundfield is not None and self._soundfield_task is not None:
+                    self._soundfield_task.cancel()
+                    await asyncio.gather(self._soundfield_task, return_exceptions=True)
+                    self.soundfield.close()
                 for driver in self.drivers.values():
                     driver.stop()
                 await _finish(driver_tasks, 3.0)
@@ -372,7 +379,20 @@ class Service:
         elif isinstance(dev.transport, OscTransport):
             driver = OscDeviceDriver(dev, self.readings.publish_many, self._on_health)
         elif isinstance(dev.transport, AudioTransport):
-            driver = edge_audio.AudioDevice(dev, self.readings.publish_many, self._on_health)
+            ac = self.venue.config.acoustics
+            if ac is not None and ac.device == dev.id:
+                # The venue's sound field runs in this stream, under the file player.
+                sf = self.soundfield = edge_acoustics.SoundFieldControl(ac)
+                audio = edge_audio.AudioDevice(
+                    dev, self.readings.publish_many, self._on_health, sf.factory(), sf
+                )
+                sf.send = audio.driver.control
+                self._soundfield_task = tg.create_task(
+                    sf.run(lambda: audio.driver.streaming), name="soundfield"
+                )
+            else:
+                audio = edge_audio.AudioDevice(dev, self.readings.publish_many, self._on_health)
+            driver = audio
         else:
             # DMX fixtures have no driver: the lighting engine renders them into universes.
             reason = "rendered by the lighting engine into its universe, not polled"

@@ -26,7 +26,9 @@ Each field has one writer: ``request`` (control), ``pos`` / ``gain`` / ``done`` 
 reference and int stores are atomic under the GIL, so a reader sees an old or a new value,
 never a torn one.
 
-Commands (payloads of ``("control", payload)``): ``Play``, ``SetLevel``, ``Stop``, ``StopAll``.
+Commands (payloads of ``("control", payload)``): ``Play``, ``SetLevel``, ``Stop``, ``StopAll``;
+any other payload goes to the inner processor's ``control`` when it has one (the sound-field
+engine's ``SetField``), and the inner processor's ``poll_events`` are sent up with the player's.
 Events (payloads of ``("event", payload)``): ``Started``, ``Position`` (every
 ``report_interval_s`` per voice), ``Ended`` (``stopped`` says whether a stop ended it),
 ``Failed`` with a ``FailReason`` and a message for a person.
@@ -400,6 +402,13 @@ class FilePlayer:
         """Carry out one command; failures become ``Failed`` events (never raise for a bad
         request: the stream must not care)."""
         self._reap()
+        if not isinstance(payload, Play | SetLevel | Stop | StopAll) and callable(
+            getattr(self._inner, "control", None)
+        ):
+            # Not a player command: the inner processor's (the sound-field engine's). What it
+            # raises goes up as a control_error, like any refused control message.
+            self._inner.control(payload)  # type: ignore[union-attr]
+            return
         voice = str(getattr(payload, "voice", ""))
         try:
             if isinstance(payload, Play):
@@ -479,7 +488,9 @@ class FilePlayer:
                 v.reported = now
                 self._events.append(Position(v.id, v.pos / self.fmt.samplerate, v.loops))
         events, self._events = self._events, []
-        return list(events)
+        poll = getattr(self._inner, "poll_events", None)
+        inner: list[Any] = poll() if callable(poll) else []
+        return [*events, *inner]
 
     @property
     def playing(self) -> list[str]:

@@ -311,3 +311,33 @@ def test_bad_commands_do_not_raise(tmp_path: Path) -> None:
     assert failed(player).reason is FailReason.BAD_REQUEST
     player.control(Stop("unknown"))  # nothing to stop: nothing to say
     assert [e for e in events(player) if isinstance(e, Failed)] == []
+
+
+class _Inner:
+    """An inner processor that takes control messages (the sound-field engine's shape)."""
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+
+    def __call__(self, inp: np.ndarray, out: np.ndarray) -> None:
+        out.fill(0.25)
+
+    def control(self, payload: object) -> None:
+        if payload == "bad":
+            raise ValueError("the inner processor refuses 'bad'")
+        self.got.append(payload)
+
+    def poll_events(self) -> list[object]:
+        return [("inner", len(self.got))]
+
+
+def test_other_payloads_go_to_the_inner_processor_and_its_events_come_back() -> None:
+    inner = _Inner()
+    player = FilePlayer(fmt(), inner=inner)
+    player.control(("set_field", 1))
+    assert inner.got == [("set_field", 1)]
+    assert ("inner", 1) in player.poll_events()
+    with pytest.raises(ValueError, match="refuses 'bad'"):  # the host reports a control_error
+        player.control("bad")
+    player.control(Stop("nobody", 0.0))  # a player command stays the player's
+    assert inner.got == [("set_field", 1)]
