@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # System packages the test suite's real peers need (REAL-PEERS.md).
 TEST_SYSTEM_PACKAGES := mosquitto mosquitto-clients chromium ola ola-python mbpoll socat jackd2 libportaudio2 openssl victoria-metrics
 
-.PHONY: run test lint bench hil system-deps clean
+.PHONY: run test lint bench bench-audio-long hil system-deps clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -36,8 +36,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 	$(BIN)/python tools/profile-docs --check
 
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m benchmarks
+
+# The sound-field engine on jackd for 10 minutes (issue 7: no xrun), against a copying stream.
+bench-audio-long: $(VENV)/.installed-test system-deps
+	$(BIN)/python -m benchmarks.bench_acoustics_engine --minutes 10
 
 # Every shipped hardware-in-loop scenario but the one that exists to fail; reports in hil-out/.
 HIL_SCENARIOS := $(filter-out examples/hil/venue-% examples/hil/deliberately-failing.toml,$(wildcard examples/hil/*.toml))
