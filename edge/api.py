@@ -52,6 +52,7 @@ from edge import (
     api_lighting,
     api_machinery,
     api_playback,
+    api_telemetry,
     api_timecode,
 )
 
@@ -360,5 +361,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(api_lighting.router(service))
     app.include_router(api_timecode.router(service))
     app.include_router(api_acoustics.router(service))
+    app.include_router(api_telemetry.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -67,7 +67,7 @@ from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
 from edge.journal import JournalStore, device_command, journal_path
-from edge.store import TelemetryStore
+from edge.store import StoreSettings, TelemetryStore, point_types
 from edge.timecode import ServiceTimecode
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,11 @@ class Service:
         self.live: dict[tuple[str, str], Reading] = {}
         self.health: dict[str, Health] = {}
         self.drivers: dict[str, DeviceDriver] = {}
-        self.store = TelemetryStore(venue.store_path)
+        self.store = TelemetryStore(
+            venue.store_path,
+            StoreSettings.from_config(cfg.telemetry),
+            dtypes=point_types(self.devices.values()),
+        )
         self.influx: edge_influx.InfluxSink | None = None  # [telemetry.influxdb] mirror
         self.journal = JournalStore(journal_path(venue.store_path))
         self.mqtt: MqttNodeLink | None = None

@@ -149,7 +149,7 @@ async def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA user_version=99")
         db.commit()
-    with pytest.raises(RuntimeError, match=r"schema 99 is newer than this Flytower \(1\)"):
+    with pytest.raises(RuntimeError, match=r"schema 99 is newer than this Flytower \(2\)"):
         async with TelemetryStore(path):
             pass
     assert raw(path, "PRAGMA user_version") == [(99,)]  # not downgraded
