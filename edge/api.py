@@ -38,8 +38,9 @@ from fastapi import (
     WebSocketDisconnect,
 )
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from controller.journal import Origin, SourceKind
@@ -55,6 +56,7 @@ from edge import (
     api_telemetry,
     api_timecode,
 )
+from edge import metrics as edge_metrics
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -137,6 +139,14 @@ def create_app(service: Service) -> FastAPI:
         docs_url="/api/docs",
         openapi_url="/api/v1/openapi.json",
     )
+
+    registry, http_seconds = edge_metrics.registry_for(service)
+    app.add_middleware(edge_metrics.TimingMiddleware, histogram=http_seconds)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text format (edge/metrics.py)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

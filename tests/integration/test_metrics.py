@@ -1,0 +1,64 @@
+"""``GET /metrics`` on the running service, scraped and parsed as Prometheus would.
+
+Two simulated hoists behind a real Modbus TCP socket: the scrape must parse with the Prometheus
+client's own parser and carry the devices' health and counters, the readings-bus queues, the
+store's counts, the axis cycles and the E-stop latch, and the API's request latency by route
+template (never by raw path: hostile paths must not grow the label set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import free_port, run_service, simulators, wait_until, write_venue
+
+pytestmark = pytest.mark.integration
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+async def test_the_scrape_parses_and_reports_the_service(tmp_path: Path) -> None:
+    port = free_port()
+    venue = write_venue(
+        tmp_path,
+        [
+            {"id": "hoist-1", "port": port, "unit": 1, "start": 2000},
+            {"id": "hoist-2", "port": port, "unit": 2, "start": 5000},
+        ],
+    )
+    async with (
+        simulators(venue),
+        run_service(venue) as service,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.bound_api_port}") as api,
+    ):
+
+        async def cycling() -> bool:
+            s = samples((await api.get("/metrics")).text)
+            cycles = {lab["axis"]: v for lab, v in s.get("flytower_axis_cycles_total", [])}
+            return len(cycles) == 2 and min(cycles.values()) > 10
+
+        await wait_until(cycling, 20, "both axes cycling in the scrape")
+        for path in ("/api/v1/devices/hoist-1", "/api/v1/devices/nope", "/../../etc/passwd"):
+            await api.get(path)
+        r = await api.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        s = samples(r.text)
+        health = {(lab["device"], lab["state"]): v for lab, v in s["flytower_device_health"]}
+        assert health[("hoist-1", "online")] == 1 and health[("hoist-1", "offline")] == 0
+        assert {lab["queue"] for lab, _ in s["flytower_queue_depth"]} >= {"store", "live"}
+        assert s["flytower_store_written_total"][0][1] > 0
+        assert s["flytower_estop_latched"][0][1] == 0
+        routes = {lab["route"] for lab, _ in s["flytower_http_request_seconds_count"]}
+        assert "/api/v1/devices/{device_id}" in routes and "/metrics" in routes
+        assert not any("passwd" in r or r.startswith("/..") for r in routes)
+        assert service.supervisor is not None
