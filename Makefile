@@ -41,7 +41,7 @@ bench: $(VENV)/.installed-test system-deps
 
 # The sound-field engine on jackd for 10 minutes (issue 7: no xrun), against a copying stream.
 bench-audio-long: $(VENV)/.installed-test system-deps
-	$(BIN)/python -m benchmarks.bench_acoustics_engine --minutes 10
+	$(BIN)/python -m benchmarks.bench_acoustics_engine --minutes 10 --rows 1x8,10x8
 
 # Every shipped hardware-in-loop scenario but the one that exists to fail; reports in hil-out/.
 HIL_SCENARIOS := $(filter-out examples/hil/venue-% examples/hil/deliberately-failing.toml,$(wildcard examples/hil/*.toml))

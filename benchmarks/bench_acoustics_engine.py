@@ -1,19 +1,23 @@
-"""Sound-field engine (dsp/engine.py): CPU share per output count and zone count, and a stream.
+"""Sound-field engine (dsp/engine.py): CPU share per (zones, outputs), warm and in a stream.
 
-Figures:
+Figures, for (zones, outputs) = (1, 2), (1, 8), (10, 2), (10, 8) (every zone on every output:
+the worst case; 10 zones fed by 2 input mixes), 48 kHz / 128-frame blocks:
 
-1. **Tight loop**, 48 kHz / 128-frame blocks, no stream: the share of one core the engine
-   takes for 2, 8 and 16 outputs with 1 and 10 zones (every zone on every output: the worst
-   case), a crossfade running in one zone for the 1-zone rows too. Reference, same run: a bare
-   numpy copy of the same blocks (``np.copyto`` of a block into the output), i.e. what any
-   Python processor pays for being called at all; the ratio is engine / copy.
-2. **Stream**: the engine as the audio driver's processor on a real jackd (dummy backend,
-   8 outputs, 48 kHz, 128 frames) for ``--minutes`` (default: 20 s as part of ``make bench``;
-   DESIGN.md's figure is 10 minutes: ``python -m benchmarks.bench_acoustics_engine --minutes
-   10``): xruns, the callback's share of one core, and percentiles of the processor's own time
-   per block (recorded by ``TimedFactory`` into shared memory).
+1. **Tight loop** (warm caches), no stream: the share of one core the engine takes, with a
+   crossfade running in every zone as well (every zone switching at once: a cue recalling a
+   mode everywhere). Reference, same run: a bare numpy copy of the same blocks (``np.copyto``
+   of a block into the output), what any Python processor pays for being called at all; the
+   ratio is engine / copy. BLAS runs on one thread, as in the audio host
+   (``single_threaded_blas``, which ``SoundFieldFactory`` calls).
+2. **Stream**: the engine as the audio driver's processor on a real jackd (dummy backend) for
+   ``--seconds`` per row (default 20 s as part of ``make bench``; DESIGN.md's figure is 10
+   minutes of 8 outputs: ``--minutes 10 --rows 1x8``), with a mode switch in zone z0 every 5
+   s; xruns, the callback's share of one core, and percentiles of the processor's own time per
+   block (recorded by ``TimedFactory`` into shared memory). Reference, same run, right after
+   each row: the same stream with a processor that copies its input (xruns and share).
 
-DESIGN.md's target: 8 channels at <= 30 % of one core with no underruns in 10 minutes.
+DESIGN.md's target: 8 channels at <= 30 % of one core with no underruns in 10 minutes; issue
+7 asks for at least 10 zones on one node.
 """
 
 from __future__ import annotations
@@ -31,13 +35,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dsp.engine import EngineConfig, SetField, SoundFieldEngine, SoundFieldFactory, ZoneConfig
+from dsp.engine import (
+    EngineConfig,
+    SetField,
+    SoundFieldEngine,
+    SoundFieldFactory,
+    ZoneConfig,
+    single_threaded_blas,
+)
 from dsp.field import EarlyPattern, FieldParams, LateParams
 
 RATE = 48000
 BLOCK = 128
 STREAM_OUTPUTS = 8
 STREAM_SECONDS = 20.0
+ROWS = ((1, 2), (1, 8), (10, 2), (10, 8))
 
 
 def field(n_out: int, seed: int = 0, t60_scale: float = 1.0) -> FieldParams:
@@ -70,7 +82,9 @@ def tight_loop(
     n_out: int, zones: int, blocks: int, fade: bool, repeats: int = 5
 ) -> tuple[float, float]:
     """(engine share of one core, bare-copy share) for ``blocks`` blocks of audio: the best of
-    ``repeats`` runs of each (the machine is shared: the minimum is the engine's own cost)."""
+    ``repeats`` runs of each (the machine is shared: the minimum is the engine's own cost).
+    ``fade``: every zone crossfades to another field over the whole measurement."""
+    single_threaded_blas()
     eng = SoundFieldEngine(engine_config(n_out, zones), _Shape(RATE, BLOCK, 2, n_out))
     rng = np.random.default_rng(1)
     inp = (rng.standard_normal((BLOCK, 2)) * 0.1).astype(np.float32)
@@ -80,7 +94,11 @@ def tight_loop(
         eng(inp, out)
     if fade:  # a crossfade over the whole measurement: two parameter sets run at once
         fade_s = 2 * repeats * blocks * BLOCK / RATE
-        eng.control(SetField("z0", field(n_out, 99, 1.3), late_fade_s=fade_s))
+        for z in range(zones):
+            params = field(n_out, 99 + z, 1.3)
+            eng.control(SetField(f"z{z}", params, early_fade_s=fade_s, late_fade_s=fade_s))
+        for _ in range(2 * zones):  # every set taken up (one slot start per block)
+            eng(inp, out)
     engine_s = copy_s = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -92,7 +110,7 @@ def tight_loop(
             np.copyto(out, wide)
         copy_s = min(copy_s, time.perf_counter() - t0)
     if fade:
-        assert eng.fading("z0"), "the crossfade must last the whole measurement"
+        assert all(eng.fading(f"z{z}") for z in range(zones)), "fades must last the whole run"
     audio_s = blocks * BLOCK / RATE
     return engine_s / audio_s, copy_s / audio_s
 
@@ -206,6 +224,7 @@ async def stream_run(
     zones: int = 1,
     switch_every_s: float = 0.0,
     reference: bool = False,
+    n_out: int = STREAM_OUTPUTS,
 ) -> StreamResult:
     """The engine on jackd's dummy backend for ``seconds``; optionally a mode switch in zone
     z0 every ``switch_every_s`` (so crossfades are part of the run). ``reference``: the same
@@ -214,15 +233,15 @@ async def stream_run(
     from drivers.audio import AudioConfig, AudioDriver
     from tests.peers.jack import JackServer
 
-    outs = tuple(range(1, STREAM_OUTPUTS + 1))
-    config = engine_config(STREAM_OUTPUTS, zones)
+    outs = tuple(range(1, n_out + 1))
+    config = engine_config(n_out, zones)
     factory: TimedFactory | TimedCopyFactory = (
         timed_copy_factory() if reference else timed_factory(config)
     )
     if reference:
         switch_every_s = 0.0
     switches = 0
-    with JackServer(jack_dir, inputs=2, outputs=STREAM_OUTPUTS, period=BLOCK) as jack:
+    with JackServer(jack_dir, inputs=2, outputs=n_out, period=BLOCK) as jack:
         cfg = AudioConfig(
             device="JACK", jack_server=jack.name, blocksize=BLOCK, input_map=(1, 2),
             output_map=outs, stall_timeout_s=5.0,
@@ -240,7 +259,7 @@ async def stream_run(
             next_switch = time.monotonic() + switch_every_s
             while (now := time.monotonic()) < end:
                 if switch_every_s and now >= next_switch:
-                    params = field(STREAM_OUTPUTS, switches + 100, 1.0 + 0.2 * (switches % 2))
+                    params = field(n_out, switches + 100, 1.0 + 0.2 * (switches % 2))
                     drv.control(SetField("z0", params))
                     switches += 1
                     next_switch += switch_every_s
@@ -279,30 +298,50 @@ def describe(r: StreamResult) -> str:
     )
 
 
-async def run(minutes: float | None = None) -> None:
+def parse_rows(text: str) -> tuple[tuple[int, int], ...]:
+    """``"1x2,10x8"`` -> ((1, 2), (10, 8)): zones x outputs."""
+    rows = []
+    for item in text.split(","):
+        zones, _, outputs = item.strip().partition("x")
+        rows.append((int(zones), int(outputs)))
+    return tuple(rows)
+
+
+async def run(
+    seconds: float = STREAM_SECONDS, rows: tuple[tuple[int, int], ...] = ROWS, stream: bool = True
+) -> None:
     blocks = 375  # 1 s of audio, best of 5, per row
-    print("   tight loop, 48 kHz / 128 frames (share of one core; ref: a bare numpy copy)")
-    for zones in (1, 10):
-        for n_out in (2, 8, 16):
-            share, ref = tight_loop(n_out, zones, blocks, fade=False)
-            line = f"   {zones:2d} zone(s) x {n_out:2d} outputs  {100 * share:6.1f} %"
-            if zones == 1:
-                fading, _ = tight_loop(n_out, zones, blocks, fade=True)
-                line += f"  (crossfading {100 * fading:5.1f} %)"
-            print(f"{line}   copy {100 * ref:5.2f} % (ref)   ratio {share / ref:6.0f}", flush=True)
-    seconds = STREAM_SECONDS if minutes is None else 60.0 * minutes
+    print("   tight loop, 48 kHz / 128 frames, warm (share of one core; ref: a bare numpy copy)")
+    for zones, n_out in rows:
+        share, ref = tight_loop(n_out, zones, blocks, fade=False)
+        fading, _ = tight_loop(n_out, zones, blocks, fade=True)
+        print(
+            f"   {zones:2d} zone(s) x {n_out:2d} outputs  {100 * share:5.1f} %  (every zone "
+            f"crossfading {100 * fading:5.1f} %)   copy {100 * ref:5.2f} % (ref)   ratio "
+            f"{share / ref:5.0f}",
+            flush=True,
+        )
+    if not stream:
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        result = await stream_run(seconds, Path(tmp), zones=1, switch_every_s=5.0)
-        print(f"   jackd, {STREAM_OUTPUTS} outputs, 1 zone: {describe(result)}", flush=True)
-        copy = await stream_run(min(seconds, STREAM_SECONDS), Path(tmp), reference=True)
-        print(f"   jackd, the same stream copying its input (ref): {describe(copy)}")
+        for zones, n_out in rows:
+            result = await stream_run(seconds, Path(tmp), zones, 5.0, n_out=n_out)
+            print(f"   jackd, {zones} zone(s) x {n_out} outputs: {describe(result)}", flush=True)
+            copy = await stream_run(min(seconds, STREAM_SECONDS), Path(tmp), reference=True,
+                                    n_out=n_out)  # fmt: skip
+            print(f"   jackd, the same stream copying its input (ref): {describe(copy)}",
+                  flush=True)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--minutes", type=float, default=None, help="stream run length")
+    parser.add_argument("--minutes", type=float, default=None, help="stream run length per row")
+    parser.add_argument("--seconds", type=float, default=STREAM_SECONDS, help="(or) in seconds")
+    parser.add_argument("--rows", type=parse_rows, default=ROWS, help="e.g. 1x8,10x8")
+    parser.add_argument("--no-stream", action="store_true", help="the tight loop only")
     args = parser.parse_args()
-    asyncio.run(run(args.minutes))
+    seconds = args.seconds if args.minutes is None else 60.0 * args.minutes
+    asyncio.run(run(seconds, args.rows, not args.no_stream))
 
 
 if __name__ == "__main__":

@@ -5,47 +5,55 @@ A **zone** (``ZoneConfig``) mixes some processor inputs to one source and render
 (``SoundFieldEngine``) is the audio driver's processor: ``engine(inp, out)`` per block, in
 PortAudio's callback; ``SoundFieldFactory`` is the picklable factory the audio host calls.
 
-Per zone and block (``block`` frames; a stream block longer than ``MAX_BLOCK`` is processed as
-equal sub-blocks):
+**Batched**: a Python callback pays per numpy call (1-5 us each), not per sample, so nothing
+loops over zones in the audio thread except a few attribute checks. Per block (``block``
+frames; a stream block longer than ``MAX_BLOCK`` is processed as equal sub-blocks):
 
-1. **source**: ``np.dot`` of the input block with the zone's input weights, stored into a
-   circular history (``max_early_delay_s`` long) and band-split for the late path; zones fed
-   by the same inputs share one source;
-2. **direct + early**: one tap per direct channel (``direct_delay_s``, ``direct_gain[j]``) and
-   one per early reflection (``delay, gain * 10**(early_db/20), channel``); one ``np.take``
-   gathers ``[block, taps]`` from the history, one ``np.matmul`` with a ``[taps, width]`` gain
-   matrix puts them on the outputs. A tap of delay 0 is heard in the same block: this path adds
-   **no latency** beyond the stream's own (its latency is the tap's delay, exactly);
-3. **late**: the source is split into octave bands (``late.BandHistory``, latency
-   ``PathLatency.crossover_samples``), and each parameter set's ``late.LateReverb`` reads its
-   band input pre-delayed so that the late field starts at ``late.delay_s`` — but never before
-   ``late_min_samples`` = crossover latency + shortest delay line (about 33 ms at 48 kHz);
-   a shorter ``delay_s`` is rendered at that minimum, and ``latency()`` says so.
+1. **sources** (``_Sources``): one ``matmul`` mixes the input block into every source (zones
+   fed by the same inputs share one), stored into a mirrored history (``max_early_delay_s``
+   long) and band-split for the late path, all sources at once (``late.BandHistory``);
+2. **direct + early** (``_EarlyBank``): every tap of every parameter set in one table (a tap:
+   a delay and a gain per output; equal delays merged); one ``np.take`` gathers ``[block,
+   taps]`` from the histories, one ``np.matmul`` with the ``[taps, width]`` gains puts them on
+   the outputs. A tap of delay 0 is heard in the same block: this path adds **no latency**
+   beyond the stream's own (its latency is the tap's delay, exactly);
+3. **late** (``late.LateBank``, one per network size): the FDNs of every zone in one set of
+   arrays, a slot per network (zone ``i``'s playing one in slot ``i``, a network fading in in a
+   secondary slot), each reading its band input pre-delayed so that the late field starts at
+   ``late.delay_s`` — but never before ``late_min_samples`` = crossover latency + shortest
+   delay line (about 33 ms at 48 kHz); a shorter ``delay_s`` is rendered at that minimum, and
+   ``latency()`` says so.
 
 **Mode switches** (``SetField`` through ``control``): the control thread (never the audio
-thread) validates the parameters and builds a complete new parameter set (``_Render``: tap
-matrix, index arrays, its own late network and buffers), then publishes it by one reference
-store (``zone.request``). The audio thread picks it up at the next block boundary (unless a
-fade is running: then the newest request waits for the fade to end) and runs old and new side
-by side: direct + early crossfade linearly over ``early_fade_s`` (the two are the same signal
-with different gains: amplitudes add), the late fields with equal power (``cos``/``sin``) over
-``late_fade_s`` (two different networks: uncorrelated, powers add). The new network starts
-empty and fills while it fades in; the old one keeps its input and decays while it fades out.
-At the end the new set becomes the active one; the old one goes back to the control thread,
-which releases it once the audio thread has moved on two blocks (so the audio thread never
-frees arrays either).
+thread) validates the parameters and builds a complete new parameter set (``_Render``: taps,
+gains, its late network's matrices), publishes a new early bank that holds its taps, then the
+set by one reference store (``zone.request``). The audio thread picks it up at the next block
+boundary (unless a fade is running in the zone: then the newest request waits for the fade to
+end; and at most one set starts or ends per block in the whole engine: each clears or moves a
+late slot) and runs old and new side by side: direct + early crossfade linearly over
+``early_fade_s`` (the two are the same signal with different gains: amplitudes add), the late
+fields with equal power (``cos``/``sin``) over ``late_fade_s`` (two different networks:
+uncorrelated, powers add); each set's envelope is applied per block as a line (value and
+slope). The new network starts empty and fills while it fades in; the old one keeps its input
+and decays while it fades out. At the end the new network moves to the zone's slot; the old
+set goes back to the control thread, which releases it (and early banks no longer used) once
+the audio thread has moved on two blocks (so the audio thread never frees arrays either).
 
 **No allocation in the audio thread**: every buffer, index table and view is made in
 ``__init__`` or in ``control``; a block runs only ``take``, ``matmul``, ufuncs and ``copyto``
-with ``out=`` (no FFT call: pocketfft takes a work buffer per call; the band split's transforms
-are matrix products). Two numpy traps are avoided on purpose: a ufunc with a broadcast operand
-buffers, and a copy within one array takes a temporary. What stays true in Python: a call
-creates small transient objects (argument tuples, ints) from CPython's own pools
+with ``out=`` on contiguous operands (no FFT call: pocketfft takes a work buffer per call; the
+band split's transforms are matrix products). Numpy traps avoided on purpose: a ufunc with a
+broadcast or strided operand buffers, and a copy within one array takes a temporary. What
+stays true in Python: a call creates small transient objects (argument tuples, ints) from
+CPython's own pools, and a set starting or ending makes a few view objects
 (``tests/unit/test_dsp_engine.py`` measures the transient peak, < 1 KiB, and checks that
-nothing stays allocated).
+nothing stays allocated). BLAS runs on one thread (``single_threaded_blas``): OpenBLAS's
+worker threads are not real-time threads, and the batched products are large enough for it
+to use them.
 
-Single writer per field (no locks): ``request`` is written by the control thread only;
-``active``, ``incoming``, ``fade_pos``, ``blocks`` by the audio thread only.
+Single writer per field (no locks): ``request`` and ``_early_next`` are written by the
+control thread only; ``active``, ``incoming``, ``fade_pos``, ``blocks``, the banks' slots and
+envelopes by the audio thread only.
 
 ``render_ir`` runs this engine over an impulse: what the metrics measure is what plays.
 """
@@ -66,6 +74,7 @@ from dsp.field import BANDS_HZ, FieldParams, FloatArray
 from dsp.late import (
     MAX_BLOCK,
     BandHistory,
+    LateBank,
     LateLayout,
     LateReverb,
     design_crossover,
@@ -213,53 +222,59 @@ def _check_params(p: FieldParams, cfg: EngineConfig) -> None:
 
 
 class _Render:
-    """One parameter set of one zone: its tap matrix and its late network (built off-thread)."""
+    """One parameter set of one zone: its tap tables and its late network (built off-thread).
+
+    The audio thread reads the tap tables every block and copies the network's matrices into
+    a ``LateBank`` slot when the set comes in."""
 
     def __init__(self, zone: _Zone, params: FieldParams, paths: Sequence[str] = PATHS) -> None:
-        fs, b = zone.samplerate, zone.block
+        fs = zone.samplerate
+        src = zone.sources
         self.params = params
         self.fades = (1, 1)  # early and late fade lengths (samples) when this set comes in
         cols = zone.config.outputs
-        delays: list[int] = []
-        gains: list[tuple[int, float]] = []
+        # a tap is a delay and a gain per output: taps of equal delay (the direct sound to
+        # every output, above all) are one gather
+        taps: dict[int, FloatArray] = {}
+
+        def tap(delay: int, col: int, gain: float) -> None:
+            row = taps.get(delay)
+            if row is None:
+                row = taps[delay] = np.zeros(zone.width)
+            row[col] += gain
+
         if "direct" in paths:
             d = round(params.direct_delay_s * fs)
             for j, g in enumerate(np.asarray(params.direct_gain, float)):
-                delays.append(d)
-                gains.append((cols[j], float(g)))
+                tap(d, cols[j], float(g))
         if "early" in paths:
             scale = 10 ** (params.early_db / 20)
             for d_s, g, ch in zip(
                 params.early.delays_s, params.early.gains, params.early.channels, strict=True
             ):
-                delays.append(round(float(d_s) * fs))
-                gains.append((cols[int(ch)], float(g) * scale))
-        n_taps = max(1, len(delays))
-        g_mat = np.zeros((n_taps, zone.width))
-        for i, (col, g) in enumerate(gains):
-            g_mat[i, col] = g
-        tap_delays = np.array(delays or [0], dtype=np.intp)
-        self._g: F32 = g_mat.astype(np.float32)
-        self._tmd: Index = (np.arange(b)[:, None] - tap_delays[None, :]).astype(np.intp)
-        self._idx: Index = np.zeros((b, n_taps), dtype=np.intp)
-        self._taps: F32 = np.zeros((b, n_taps), dtype=np.float32)
-        self.early_out: F32 = np.zeros((b, zone.width), dtype=np.float32)
-        self.late_out: F32 = np.zeros((b, zone.width), dtype=np.float32)
+                tap(round(float(d_s) * fs), cols[int(ch)], float(g) * scale)
+        delays = sorted(taps)
+        self.g: F32 = np.array([taps[d] for d in delays], dtype=np.float32).reshape(
+            len(delays), zone.width
+        )
+        # tap k reads the mirrored history at base[k] + hist_pos + t (no wrap mask)
+        self.base: Index = (
+            zone.source * 2 * src.hist_cap + src.hist_cap - np.array(delays, dtype=np.intp)
+        ).astype(np.intp)
         requested = round(params.late.delay_s * fs)
-        minimum = zone.history.latency + zone.layout.min_latency
+        minimum = src.bands.latency + zone.layout.min_latency
         onset = max(requested, minimum)
         late_gain = 10 ** (params.late_db / 20) if "late" in paths else 0.0
-        self.has_late = late_gain != 0.0
         self.late = LateReverb(
             zone.layout,
             np.asarray(params.late.t60_s, dtype=np.float64),
             cols,
-            zone.history.energy,
+            src.bands.energy,
             onset - minimum,
             late_gain,
             seed=zone.seed,
         )
-        self.late.attach(zone.history)
+        self.late.attach(src.bands, zone.source)
         early_delays = [round(float(d) * fs) for d in params.early.delays_s]
         self.latency = PathLatency(
             direct_samples=round(params.direct_delay_s * fs),
@@ -267,59 +282,163 @@ class _Render:
             late_onset_samples=onset,
             late_min_samples=minimum,
             late_requested_samples=requested,
-            crossover_samples=zone.history.latency,
+            crossover_samples=src.bands.latency,
         )
 
-    def render(self, zone: _Zone) -> None:
-        """Fill ``early_out`` and ``late_out`` for the block just pushed into ``zone``."""
-        src = zone.source
-        idx = self._idx
-        np.add(self._tmd, src.hist_pos, out=idx)
-        np.bitwise_and(idx, src.hist_cap - 1, out=idx)
-        np.take(src.hist, idx, out=self._taps, mode="clip")
-        np.matmul(self._taps, self._g, out=self.early_out)
-        if self.has_late:
-            self.late.process(zone.history, self.late_out)
+
+class _EarlyBank:
+    """The direct and early taps of every parameter set the control thread holds, in one set
+    of arrays (built by the control thread, read by the audio thread): a block is one
+    ``take`` of ``[block, taps]`` from the sources' history and one ``matmul`` with the
+    ``[taps, width]`` gains, whatever the number of zones.
+
+    Each set has a row of ``env`` (per-sample gain, written by the audio thread): 1 for a
+    playing set, its fade envelope while it fades, 0 for a set that is not playing (one built
+    and not yet taken, or one retired and not yet released). While every row is 1 (no fade,
+    no idle set) the envelope is skipped (``clean``); otherwise each row's envelope over the
+    block is taken as a line (a linear fade is one, except in the block where it ends), and
+    two products with the gains scaled by value and slope make the faded sum."""
+
+    def __init__(self, renders: Sequence[_Render], block: int, width: int) -> None:
+        b = block
+        bases = [r.base for r in renders]
+        gains = [r.g for r in renders]
+        rows = [np.full(len(x), i, dtype=np.intp) for i, x in enumerate(bases)]
+        # one silent tap keeps the arrays non-empty
+        base = np.concatenate([*bases, np.zeros(1, dtype=np.intp)])
+        g = np.concatenate([*gains, np.zeros((1, width), dtype=np.float32)])
+        row = np.concatenate([*rows, np.zeros(1, dtype=np.intp)])
+        t = np.arange(b, dtype=np.intp)[:, None]
+        self.tmd: Index = np.ascontiguousarray(t + base[None, :])
+        self.g: F32 = np.ascontiguousarray(g, dtype=np.float32)
+        self.rows = {id(r): i for i, r in enumerate(renders)}
+        self.renders = list(renders)  # keeps the ids above unique while the bank lives
+        self.env: F32 = np.zeros((max(1, len(renders)), b), dtype=np.float32)
+        self.env_rows = list(self.env)
+        self.idx: Index = np.zeros_like(self.tmd)
+        self.taps: F32 = np.zeros(self.tmd.shape, dtype=np.float32)
+        self.out: F32 = np.zeros((b, width), dtype=np.float32)
+        self.clean = False
+        # fades: each row's envelope over the block as a line (value a, slope d); the gains
+        # are scaled by both and out = taps @ (g * a) + t * (taps @ (g * d))
+        self._first = self.env[:, 0]
+        self._last = self.env[:, b - 1]
+        self._a: F32 = np.zeros(len(self.env), dtype=np.float32)
+        self._d: F32 = np.zeros(len(self.env), dtype=np.float32)
+        self._row_of: Index = np.ascontiguousarray(np.repeat(row[:, None], width, axis=1))
+        self._coef: F32 = np.zeros_like(self.g)
+        self._ga: F32 = np.zeros_like(self.g)
+        self._gd: F32 = np.zeros_like(self.g)
+        self._slope: F32 = np.zeros((b, width), dtype=np.float32)
+        self._ramp: F32 = np.ascontiguousarray(
+            np.repeat(np.arange(b, dtype=np.float32)[:, None], width, axis=1)
+        )
+
+    def process(self, src: _Sources, acc: F32) -> None:
+        """Add the taps of the block just pushed into ``src`` into ``acc`` (audio thread)."""
+        np.add(self.tmd, src.hist_pos, out=self.idx)
+        np.take(src.hist_flat, self.idx, out=self.taps, mode="clip")
+        if self.clean:
+            np.matmul(self.taps, self.g, out=self.out)
+            np.add(acc, self.out, out=acc)
+            return
+        a, d, coef, b = self._a, self._d, self._coef, len(self._ramp)
+        np.copyto(a, self._first)
+        np.copyto(d, self._last)
+        np.subtract(d, a, out=d)
+        np.multiply(d, 1.0 / (b - 1), out=d)
+        np.take(a, self._row_of, out=coef, mode="clip")
+        np.multiply(self.g, coef, out=self._ga)
+        np.take(d, self._row_of, out=coef, mode="clip")
+        np.multiply(self.g, coef, out=self._gd)
+        np.matmul(self.taps, self._ga, out=self.out)
+        np.add(acc, self.out, out=acc)
+        np.matmul(self.taps, self._gd, out=self._slope)
+        np.multiply(self._slope, self._ramp, out=self._slope)
+        np.add(acc, self._slope, out=acc)
 
 
-class _Source:
-    """A mono source (the average of some inputs), its history and its band split. Zones fed
-    by the same inputs share one: the split is done once per block, not once per zone."""
+class _Sources:
+    """The mono sources (each the average of some inputs), their history and their band split,
+    all in one set of arrays. Zones fed by the same inputs share one source: the split is done
+    once per block for every source together, not once per zone."""
 
-    def __init__(self, inputs: tuple[int, ...], cfg: EngineConfig, fs: int, block: int,
+    def __init__(self, keys: Sequence[tuple[int, ...]], cfg: EngineConfig, fs: int, block: int,
                  n_in: int) -> None:  # fmt: skip
-        self.inputs = inputs
+        n = len(keys)
+        self.keys = list(keys)
         self.block = block
-        w_in = np.zeros(n_in, dtype=np.float32)
-        w_in[list(inputs)] = 1.0 / len(inputs)
-        self._w_in = w_in
-        self.mono: F32 = np.zeros(block, dtype=np.float32)
+        w = np.zeros((n_in, n), dtype=np.float32)
+        for i, inputs in enumerate(keys):
+            w[list(inputs), i] = 1.0 / len(inputs)
+        self._w = w
+        self._mono: F32 = np.zeros((block, n), dtype=np.float32)
+        self._mono_t = self._mono.T  # [sources, block]
         max_early = math.ceil(cfg.max_early_delay_s * fs)
-        self.hist_cap = 1 << (max_early + 2 * block).bit_length()
-        self.hist: F32 = np.zeros(self.hist_cap, dtype=np.float32)
-        self._hist_at = [self.hist[i : i + block] for i in range(0, self.hist_cap, block)]
+        self.hist_cap = cap = 1 << (max_early + 2 * block).bit_length()
+        self.hist: F32 = np.zeros((n, 2 * cap), dtype=np.float32)  # mirrored ring per source
+        self.hist_flat = self.hist.reshape(-1)
+        self._at = [self.hist[:, i : i + block] for i in range(0, cap, block)]
+        self._mirror = [self.hist[:, cap + i : cap + i + block] for i in range(0, cap, block)]
         self.hist_pos = 0
         max_late = math.ceil(cfg.max_late_delay_s * fs)
-        self.history = BandHistory(fs, block, max_late, cfg.crossover_taps)
+        self.bands = BandHistory(fs, block, max_late, cfg.crossover_taps, sources=n)
 
     def push(self, inp: F32) -> None:
         """Audio thread: mix, store and band-split one input block."""
-        np.dot(inp, self._w_in, out=self.mono)
+        np.matmul(inp, self._w, out=self._mono)
         b = self.block
         pos = self.hist_pos + b
         if pos == self.hist_cap:
             pos = 0
         self.hist_pos = pos
-        np.copyto(self._hist_at[pos // b], self.mono)
-        self.history.push(self.mono)
+        np.copyto(self._at[pos // b], self._mono_t)
+        np.copyto(self._mirror[pos // b], self._mono_t)
+        self.bands.push(self._mono_t)
+
+
+class _Group:
+    """The zones whose late networks share a layout, and their ``LateBank``: one primary slot
+    per zone (its playing network, slots ``0 .. zones - 1``) and as many secondaries (a network
+    fading in; when the fade ends it moves to the primary). Only slots up to the highest one
+    in use are computed."""
+
+    def __init__(self, layout: LateLayout, zones: int, bands: BandHistory) -> None:
+        self.layout = layout
+        self.zones = zones
+        self.bank = LateBank(layout, 2 * zones, bands)
+        self.bank.live = zones
+        self.bank.env[:zones] = 1.0
+        self.free = [True] * zones  # secondaries
+        self.fading = 0
+        self.out: F32 = np.zeros((layout.block, layout.width), dtype=np.float32)
+
+    def take_secondary(self) -> int:
+        for i in range(self.zones):
+            if self.free[i]:
+                self.free[i] = False
+                slot = self.zones + i
+                if slot >= self.bank.live:
+                    self.bank.live = slot + 1
+                return slot
+        return -1
+
+    def release_secondary(self, slot: int) -> None:
+        self.free[slot - self.zones] = True
+        live = self.zones
+        for i in range(self.zones - 1, -1, -1):
+            if not self.free[i]:
+                live = self.zones + i + 1
+                break
+        self.bank.live = live
 
 
 class _Zone:
     """A zone's state: its source, fade envelopes, the parameter sets."""
 
     def __init__(
-        self, config: ZoneConfig, engine_cfg: EngineConfig, source: _Source, fs: int,
-        block: int, width: int, seed: int,
+        self, config: ZoneConfig, engine_cfg: EngineConfig, sources: _Sources, source: int,
+        fs: int, block: int, width: int, seed: int,
     ) -> None:  # fmt: skip
         if max(config.outputs) >= width:
             raise ValueError(f"zone {config.name}: output {max(config.outputs)} >= {width}")
@@ -327,9 +446,12 @@ class _Zone:
         self.name = config.name
         self.samplerate, self.block, self.width, self.seed = fs, block, width, seed
         self.engine_cfg = engine_cfg
+        self.sources = sources
         self.source = source
-        self.history = source.history
         self.layout: LateLayout = make_layout(fs, block, width, len(config.outputs))
+        self.group: _Group | None = None  # set by the engine
+        self.slot = -1  # primary slot in the group's bank
+        self.in_slot = -1  # secondary slot of the incoming set
         self.request: _Render | None = None  # control thread writes
         self.active: _Render | None = None  # audio thread writes (below too)
         self.incoming: _Render | None = None
@@ -339,32 +461,34 @@ class _Zone:
         self.late_fade = 1
         self.fades_done = 0
         self.blocks = 0
-        ramp = np.arange(block, dtype=np.float32)
-        self._ramp = ramp
+        self._ramp = np.arange(block, dtype=np.float32)
         self._r: F32 = np.zeros(block, dtype=np.float32)
-        self._e_in: F32 = np.zeros((block, 1), dtype=np.float32)
-        self._e_out: F32 = np.zeros((block, 1), dtype=np.float32)
-        self._l_in: F32 = np.zeros((block, 1), dtype=np.float32)
-        self._l_out: F32 = np.zeros((block, 1), dtype=np.float32)
-        self._e_in_v = self._e_in[:, 0]
-        self._e_out_v = self._e_out[:, 0]
-        self._l_in_v = self._l_in[:, 0]
-        self._l_out_v = self._l_out[:, 0]
-        # A ufunc with a broadcast operand buffers (allocates); a broadcasting copyto does not.
-        # So each envelope is copied out to the full block width and multiplied from there.
-        self._envs: list[tuple[F32, F32]] = []
-        for column in (self._e_in, self._e_out, self._l_in, self._l_out):
-            full = np.zeros((block, width), dtype=np.float32)
-            self._envs.append((full, np.broadcast_to(column, (block, width))))
-        self._e_in_f, self._e_out_f, self._l_in_f, self._l_out_f = (f for f, _ in self._envs)
-        if config.params is not None:
-            _check_params(config.params, engine_cfg)
-            self.active = self.taken = self.request = _Render(self, config.params)
+        # envelope rows (per-sample gains) the audio thread writes during a fade: the early
+        # bank's rows of the incoming and the outgoing set, the late bank's slots
+        self._spare: F32 = np.zeros(block, dtype=np.float32)
+        self._e_in: F32 = self._spare
+        self._e_out: F32 = self._spare
+        self._l_in: F32 = self._spare
+        self._l_out: F32 = self._spare
+
+    def attach(self, group: _Group, slot: int) -> None:
+        """Engine set-up: the group whose bank runs this zone's late networks, and its slot."""
+        self.group, self.slot = group, slot
+        if self.config.params is not None:
+            _check_params(self.config.params, self.engine_cfg)
+            self.install(_Render(self, self.config.params))
+
+    def install(self, render: _Render) -> None:
+        """Play ``render`` at once, without a fade (set-up, ``render_ir``)."""
+        assert self.group is not None
+        self.active = self.taken = self.request = render
+        self.group.bank.load(self.slot, render.late)
+        self.group.bank.env[self.slot].fill(1.0)
 
     def prepare(
         self, params: FieldParams, early_fade_s: float | None, late_fade_s: float | None
     ) -> _Render:
-        """Control thread: validate and build a parameter set, then publish it."""
+        """Control thread: validate and build a parameter set (``control`` publishes it)."""
         if params.n_out != len(self.config.outputs):
             raise ValueError(
                 f"zone {self.name}: params have {params.n_out} outputs, the zone "
@@ -380,56 +504,83 @@ class _Zone:
             fades.append(max(1, round(v * self.samplerate)))
         render = _Render(self, params)
         render.fades = (fades[0], fades[1])
-        self.request = render
         return render
 
-    def process(self, acc: F32) -> None:
-        """Audio thread: render one block of this zone (its source is pushed) into ``acc``."""
-        b = self.block
-        req = self.request
-        if self.incoming is None and req is not None and req is not self.taken:
+    def step(self, engine: SoundFieldEngine) -> None:
+        """Audio thread, before the late banks run: take up a new parameter set, advance a
+        fade, end it. A set's start and end touch whole slots of the bank (a ring to clear or
+        to move, about 2 MB): at most one of them per block in the whole engine
+        (``engine.budget``); a set that has to wait starts (or ends) a block later."""
+        group = self.group
+        assert group is not None
+        self.blocks += 1
+        if self.incoming is None:
+            req = self.request
+            if req is None or req is self.taken or engine.budget == 0:
+                return
+            slot = group.take_secondary()
+            if slot < 0:  # cannot happen: a zone has one secondary and one fade at a time
+                return
+            engine.budget -= 1
+            group.bank.load(slot, req.late)
+            self.in_slot = slot
             self.taken = req
             self.incoming = req
             self.early_fade, self.late_fade = req.fades
             self.fade_pos = 0
+            self._l_in = group.bank.env[slot]
+            self._l_out = group.bank.env[self.slot]
+            group.fading += 1
+            group.bank.fading = True
+            engine.changed = True
+        elif self.fade_pos >= self.early_fade and self.fade_pos >= self.late_fade:
+            if engine.budget == 0:
+                self._envelopes()  # both at their end values: the new set alone, a block more
+                return
+            engine.budget -= 1
+            group.bank.move(self.in_slot, self.slot)
+            group.bank.env[self.slot].fill(1.0)
+            group.release_secondary(self.in_slot)
+            self.in_slot = -1
+            self.active = self.incoming
+            self.incoming = None
+            self.fades_done += 1
+            group.fading -= 1
+            group.bank.fading = group.fading > 0
+            engine.changed = True
+            return
+        self._envelopes()
+        self.fade_pos += self.block
+
+    def rows(self, bank: _EarlyBank) -> int:
+        """Audio thread, after a change: point this zone's envelopes at ``bank``'s rows and set
+        a playing set's row to 1; how many of the bank's rows are playing."""
         act, inc = self.active, self.incoming
-        if act is not None:
-            act.render(self)
+        a = bank.rows.get(id(act), -1) if act is not None else -1
         if inc is None:
-            if act is not None:
-                np.add(acc, act.early_out, out=acc)
-                np.add(acc, act.late_out, out=acc)
-        else:
-            inc.render(self)
-            self._envelopes()
-            np.multiply(inc.early_out, self._e_in_f, out=inc.early_out)
-            np.multiply(inc.late_out, self._l_in_f, out=inc.late_out)
-            np.add(acc, inc.early_out, out=acc)
-            np.add(acc, inc.late_out, out=acc)
-            if act is not None:
-                np.multiply(act.early_out, self._e_out_f, out=act.early_out)
-                np.multiply(act.late_out, self._l_out_f, out=act.late_out)
-                np.add(acc, act.early_out, out=acc)
-                np.add(acc, act.late_out, out=acc)
-            self.fade_pos += b
-            if self.fade_pos >= self.early_fade and self.fade_pos >= self.late_fade:
-                self.active = inc
-                self.incoming = None
-                self.fades_done += 1
-        self.blocks += 1
+            if a >= 0:
+                bank.env_rows[a].fill(1.0)
+                return 1
+            return 0
+        i = bank.rows.get(id(inc), -1)
+        self._e_in = bank.env_rows[i] if i >= 0 else self._spare
+        self._e_out = bank.env_rows[a] if a >= 0 else self._spare
+        self._envelopes()
+        return (a >= 0) + (i >= 0)
 
     def _envelopes(self) -> None:
+        """The block's fade envelopes: early linear (amplitudes add), late equal power."""
         r = self._r
         np.add(self._ramp, self.fade_pos + 1, out=r)
-        np.multiply(r, 1.0 / self.early_fade, out=self._e_in_v)
-        np.minimum(self._e_in_v, 1.0, out=self._e_in_v)
-        np.subtract(1.0, self._e_in_v, out=self._e_out_v)
+        np.multiply(r, 1.0 / self.early_fade, out=self._e_in)
+        np.minimum(self._e_in, 1.0, out=self._e_in)
+        if self.active is not None:
+            np.subtract(1.0, self._e_in, out=self._e_out)
         np.multiply(r, 0.5 * math.pi / self.late_fade, out=r)
         np.minimum(r, 0.5 * math.pi, out=r)
-        np.sin(r, out=self._l_in_v)
-        np.cos(r, out=self._l_out_v)
-        for full, column in self._envs:
-            np.copyto(full, column)
+        np.sin(r, out=self._l_in)
+        if self.active is not None:
+            np.cos(r, out=self._l_out)
 
 
 def processing_block(blocksize: int) -> int:
@@ -453,19 +604,32 @@ class SoundFieldEngine:
         self.blocksize = int(fmt.blocksize)
         self.block = processing_block(self.blocksize)
         self.n_in, self.n_out = int(fmt.n_in), int(fmt.n_out)
-        self.sources: list[_Source] = []
-        by_inputs: dict[tuple[int, ...], _Source] = {}
-        self.zones: list[_Zone] = []
-        for i, z in enumerate(config.zones):
+        keys: list[tuple[int, ...]] = []
+        for z in config.zones:
             if max(z.inputs) >= self.n_in:
                 raise ValueError(f"zone {z.name}: input {max(z.inputs)} >= {self.n_in} inputs")
             key = tuple(sorted(set(z.inputs)))
-            if key not in by_inputs:
-                by_inputs[key] = _Source(key, config, self.samplerate, self.block, self.n_in)
-                self.sources.append(by_inputs[key])
-            self.zones.append(
-                _Zone(z, config, by_inputs[key], self.samplerate, self.block, self.n_out, i)
-            )
+            if key not in keys:
+                keys.append(key)
+        self.sources = _Sources(keys, config, self.samplerate, self.block, self.n_in)
+        self.zones: list[_Zone] = [
+            _Zone(z, config, self.sources, keys.index(tuple(sorted(set(z.inputs)))),
+                  self.samplerate, self.block, self.n_out, i)
+            for i, z in enumerate(config.zones)
+        ]  # fmt: skip
+        # zones whose late networks have the same layout (lines, delays) share one bank
+        by_lines: dict[int, list[_Zone]] = {}
+        for zone in self.zones:
+            by_lines.setdefault(zone.layout.lines, []).append(zone)
+        self.groups: list[_Group] = []
+        for members in by_lines.values():
+            group = _Group(members[0].layout, len(members), self.sources.bands)
+            self.groups.append(group)
+            for slot, zone in enumerate(members):
+                zone.attach(group, slot)
+        self.budget = 1  # slot starts / ends per block (audio thread)
+        self.changed = True  # a set started or ended, or a new early bank (audio thread)
+        self.blocks = 0  # audio thread
         self._by_name = {z.name: z for z in self.zones}
         self._acc: F32 = np.zeros((self.block, self.n_out), dtype=np.float32)
         self._sub = self.blocksize // self.block
@@ -474,6 +638,9 @@ class SoundFieldEngine:
         self._events: list[Any] = []
         self._fades_reported = [0] * len(self.zones)
         self._alive: list[tuple[_Zone, _Render, int]] = []  # sets the control thread holds
+        self._early_next = self._early_bank()  # control thread writes
+        self.early = self._early_next  # audio thread writes
+        self._banks_retired: list[tuple[_EarlyBank, int]] = []
 
     def __call__(self, inp: F32, out: F32) -> None:
         """Audio thread: one stream block (``inp`` [frames, n_in], ``out`` [frames, n_out])."""
@@ -490,13 +657,55 @@ class SoundFieldEngine:
             self._block(i_v, o_v)
 
     def _block(self, inp: F32, out: F32) -> None:
-        acc = self._acc
-        acc.fill(0.0)
-        for source in self.sources:
-            source.push(inp)
+        self.sources.push(inp)
+        self.budget = 1
+        self.blocks += 1
         for zone in self.zones:
-            zone.process(acc)
+            zone.step(self)
+        # after the zones took up their requests: the control thread publishes a bank that
+        # holds a new set before the set itself, so this bank has every set now playing
+        early = self._early_next
+        if early is not self.early or self.changed:
+            self.early = early
+            self.changed = False
+            self._rows(early)
+        acc = self._acc
+        groups = self.groups
+        groups[0].bank.process(acc)
+        for group in groups[1:]:
+            group.bank.process(group.out)
+            np.add(acc, group.out, out=acc)
+        early.process(self.sources, acc)
         np.copyto(out, acc)
+
+    def _rows(self, early: _EarlyBank) -> None:
+        """Audio thread, after a change: every envelope row of the early bank anew."""
+        early.env.fill(0.0)
+        playing = 0
+        fading = False
+        for zone in self.zones:
+            playing += zone.rows(early)
+            fading = fading or zone.incoming is not None
+        early.clean = not fading and playing == len(early.renders)
+
+    def _early_bank(self) -> _EarlyBank:
+        """Control thread: a bank of every parameter set the audio thread may play."""
+        held: list[_Render] = []
+        for zone in self.zones:
+            for r in (zone.active, zone.incoming, zone.taken, zone.request):
+                if r is not None and not any(r is h for h in held):
+                    held.append(r)
+        for _, r, _ in self._alive:
+            if not any(r is h for h in held):
+                held.append(r)
+        return _EarlyBank(held, self.block, self.n_out)
+
+    def _publish_early(self) -> None:
+        """Control thread: publish a new early bank; the old one is dropped (here, not in the
+        audio thread) once the audio thread has used the new one for two blocks."""
+        old = self._early_next
+        self._early_next = self._early_bank()
+        self._banks_retired.append((old, -1))
 
     # --- control thread -------------------------------------------------------------------
 
@@ -517,10 +726,13 @@ class SoundFieldEngine:
         sys.setswitchinterval(min(interval, CONTROL_SWITCH_INTERVAL_S))
         try:
             render = zone.prepare(payload.params, payload.early_fade_s, payload.late_fade_s)
+            if previous is not None:
+                self._alive.append((zone, previous, -1))
+            self._alive.append((zone, render, -1))
+            self._publish_early()  # first the bank with the new set's taps, then the set
+            zone.request = render
         finally:
             sys.setswitchinterval(interval)
-        if previous is not None:
-            self._alive.append((zone, previous, -1))
         self._events.append(FieldReady(zone.name, render.latency))
         self._release()
 
@@ -547,7 +759,19 @@ class SoundFieldEngine:
                 keep.append((zone, render, zone.blocks))
             elif zone.blocks < seen_at + 2:
                 keep.append((zone, render, seen_at))
+        dropped = len(keep) < len(self._alive)
         self._alive = keep
+        if dropped:
+            self._publish_early()
+        banks: list[tuple[_EarlyBank, int]] = []
+        for bank, seen_at in self._banks_retired:
+            if bank is self.early:
+                banks.append((bank, -1))
+            elif seen_at < 0:
+                banks.append((bank, self.blocks))
+            elif self.blocks < seen_at + 2:
+                banks.append((bank, seen_at))
+        self._banks_retired = banks
 
     def latency(self, zone: str) -> PathLatency | None:
         """The latencies of ``zone``'s newest parameter set (None before any)."""
@@ -560,7 +784,52 @@ class SoundFieldEngine:
 
     def band_energy(self, zone: str) -> FloatArray:
         """The band filters' energies of ``zone`` (``late.late_energy``'s ``band_energy``)."""
-        return np.asarray(self._by_name[zone].history.energy, dtype=np.float64)
+        return np.asarray(self._by_name[zone].sources.bands.energy, dtype=np.float64)
+
+
+_BLAS_SET_THREADS = (
+    "openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",
+)
+
+
+def single_threaded_blas() -> int:
+    """Make every OpenBLAS loaded in this process run on one thread; return
+    how many libraries were set.
+
+    Why: OpenBLAS splits a product over its own worker threads once it is large enough (for
+    sgemm about 2^18 multiply-adds, for sgemv 9216), and the batched engine's products are.
+    The workers are ordinary threads: the real-time callback would wait for them, and on a
+    busy machine they wait for a core (a 0.6 MFLOP product measured 6 ms instead of 0.05 ms
+    with 2 cores loaded). One thread is also what a callback wants anyway. ``numpy`` and
+    ``scipy`` each bundle their own OpenBLAS; both are found through ``/proc/self/maps``
+    (Linux) and set through their exported ``*_set_num_threads`` (what ``threadpoolctl``
+    does). Elsewhere this does nothing: set ``OPENBLAS_NUM_THREADS=1`` in the audio host's
+    environment instead. Called by ``SoundFieldFactory`` (in the audio host, before the
+    stream starts)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return 0
+    done = 0
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _BLAS_SET_THREADS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn(1)
+                done += 1
+                break
+    return done
 
 
 @dataclass(frozen=True)
@@ -571,6 +840,7 @@ class SoundFieldFactory:
 
     def __call__(self, fmt: StreamShape) -> SoundFieldEngine:
         engine = SoundFieldEngine(self.config, fmt)
+        single_threaded_blas()
         # The audio host calls this once, before its stream starts. Everything that exists now
         # (numpy, scipy, sounddevice, the engine) is moved out of the cyclic garbage
         # collector's reach: a full collection over it takes ~40 ms with the GIL held, and it
@@ -619,7 +889,9 @@ def render_ir(
     engine = SoundFieldEngine(cfg, _Shape(samplerate, blocksize, 1, params.n_out))
     z = engine.zones[0]
     _check_params(params, cfg)
-    z.active = z.taken = z.request = _Render(z, params, paths)
+    z.install(_Render(z, params, paths))
+    engine._early_next = engine.early = engine._early_bank()
+    engine.changed = True
     n = round(seconds * samplerate)
     blocks = -(-n // blocksize)
     inp = np.zeros((blocksize, 1), dtype=np.float32)
@@ -655,4 +927,5 @@ __all__ = [
     "predicted_late_energy",
     "processing_block",
     "render_ir",
+    "single_threaded_blas",
 ]

@@ -11,8 +11,11 @@ Why this shape (the reasoning in full is in ``docs/acoustics.md``, "Late reverbe
 - **Block-wise, with no per-sample Python**: every delay line is longer than the processing
   block, so a whole block of line outputs depends only on samples written in earlier blocks. One
   ``np.take`` gathers the block of every line (and the input rows, see below), one batched
-  ``np.matmul`` computes the next block of line inputs, one ``np.matmul`` mixes the outputs. All
-  buffers, index arrays and views are made in ``__init__``.
+  ``np.matmul`` computes the next block of line inputs, one ``np.matmul`` mixes the outputs.
+  ``LateBank`` does this for the networks of every zone at once (one slot per network), so the
+  number of numpy calls per block does not grow with the zones. All buffers, index arrays and
+  views are made in ``__init__``; a ``LateReverb`` is one network's matrices, built outside
+  the audio thread and copied into a slot.
 - **Per-band decay without per-sample recursion**: a filter inside the loop (Jot's absorption
   filters) would need a per-sample IIR recursion, which numpy cannot vectorise across a block.
   Instead the input is split into the octave bands of ``BANDS_HZ`` *before* the network, and
@@ -38,14 +41,16 @@ Why this shape (the reasoning in full is in ``docs/acoustics.md``, "Late reverbe
   product), so a network left without input never decays into subnormal floats, which would
   make the matrix products many times slower. It adds a constant far below -300 dB.
 
-Threads: ``BandSplitter.process`` and ``LateReverb.process`` run in the audio thread and create
-no arrays; everything else (construction, design) runs outside it.
+Threads: ``BandSplitter.process``, ``BandHistory.push`` and ``LateBank.process`` / ``load`` /
+``move`` / ``clear`` run in the audio thread and create no arrays; everything else
+(construction, design, ``LateReverb``) runs outside it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -74,6 +79,8 @@ LATE_REFERENCE_T60_S = 1.0
 MAX_T60_S = 30.0
 MAX_BLOCK = 256
 BIAS = 1e-20
+ROW_SKEW = 16
+"""Floats (one 64-byte cache line) between a ``LateBank`` row's ring and the next row."""
 
 
 def band_edges(bands: tuple[int, ...] = BANDS_HZ) -> list[float]:
@@ -125,23 +132,29 @@ def design_crossover(
 
 
 class BandSplitter:
-    """Mono blocks in, ``[n_bands, block]`` band blocks out: uniformly partitioned overlap-save.
+    """Blocks of ``sources`` signals in, their octave bands out: uniformly partitioned
+    overlap-save, all sources at once.
 
     The filters are cut into partitions of ``block`` taps, each transformed with a DFT of
     ``2 * block``; a frequency-domain delay line keeps the spectra of the last ``P`` input
-    blocks (written twice, at ``c`` and ``c + P``, so the ``P`` newest are always one
-    contiguous view), and one batched matrix product per block sums ``H_p X_{n-p}`` for every
-    band and bin at once.
+    blocks of every source (written twice, at ``c`` and ``c + P``, so the ``P`` newest are
+    always one contiguous view), and one batched matrix product per block sums ``H_p X_{n-p}``
+    for every band, bin and source at once.
 
     The two transforms are matrix products, not FFT calls: a real DFT of 256 points is a
-    [256] x [256, 258] product (re/im interleaved, so the result *is* the complex64 spectrum
-    through a view), and the inverse needs only the valid half of the output, [258] x [258,
-    128] per band. At this size that costs what ``numpy.fft`` costs, and unlike pocketfft,
-    which takes a work buffer per call, it allocates nothing."""
+    [sources, 256] x [256, 258] product (re/im interleaved, so the result *is* the complex64
+    spectrum through a view), and the inverse needs only the valid half of the output, [258] x
+    [258, 128] per band and source. At this size that costs what ``numpy.fft`` costs, and
+    unlike pocketfft, which takes a work buffer per call, it allocates nothing. The two halves
+    of the transform window live in two alternating arrays (a copy within one array would
+    make numpy take a temporary)."""
 
-    def __init__(self, filters: FloatArray, block: int) -> None:
+    def __init__(self, filters: FloatArray, block: int, sources: int = 1) -> None:
         n_bands, taps = filters.shape
+        if sources < 1:
+            raise ValueError("a band splitter needs at least one source")
         self.block = block
+        self.sources = sources
         self.latency: int = int(taps) // 2
         self.parts = p = -(-taps // block)
         n, k = 2 * block, block + 1
@@ -165,54 +178,65 @@ class BandSplitter:
             inv[2 * i + 1] = np.fft.irfft(unit, n)[block:]
             unit[i] = 0.0
         self._inv: F32 = inv.astype(np.float32)
-        self._window: F32 = np.zeros(n, dtype=np.float32)
-        self._older = self._window[:block]
-        self._newer = self._window[block:]
-        self._spec_re: F32 = np.zeros(2 * k, dtype=np.float32)
-        self._spec = self._spec_re.view(np.complex64)
-        self._fdl: C64 = np.zeros((k, 2 * p), dtype=np.complex64)
-        self._columns = [self._fdl[:, c] for c in range(2 * p)]
-        self._views = [self._fdl[:, c + 1 : c + 1 + p, None] for c in range(p)]
-        self._sum: C64 = np.zeros((n_bands, k), dtype=np.complex64)
-        self._sum_kb = self._sum.T[:, :, None]  # [K, band, 1] view for the matmul's out
-        self._sum_re = self._sum.view(np.float32)  # [band, 2K]
+        # window w holds [older, newer]; the next block's window is the other one
+        self._windows: list[F32] = [np.zeros((sources, n), dtype=np.float32) for _ in range(2)]
+        self._w = 0
+        self._spec_re: F32 = np.zeros((sources, 2 * k), dtype=np.float32)
+        self._spec_t = self._spec_re.view(np.complex64).T  # [K, sources]
+        self._fdl: C64 = np.zeros((k, 2 * p, sources), dtype=np.complex64)
+        self._columns = [self._fdl[:, c, :] for c in range(2 * p)]
+        self._views = [self._fdl[:, c + 1 : c + 1 + p, :] for c in range(p)]
+        self._sum: C64 = np.zeros((sources, n_bands, k), dtype=np.complex64)
+        self._sum_kbs = self._sum.transpose(2, 1, 0)  # [K, band, sources] for the matmul's out
+        self._sum_re = self._sum.view(np.float32).reshape(sources * n_bands, 2 * k)
         self._c = 0
 
     def process(self, x: F32, out: F32) -> None:
-        """Filter one block ``x`` [block] into ``out`` [n_bands, block] (no arrays created)."""
-        np.copyto(self._older, self._newer)
-        np.copyto(self._newer, x)
-        np.matmul(self._window, self._fwd, out=self._spec_re)
+        """Filter one block ``x`` [sources, block] into ``out`` [sources * n_bands, block]
+        (source-major; no arrays created)."""
+        b = self.block
+        w = self._w
+        now, following = self._windows[w], self._windows[1 - w]
+        self._w = 1 - w
+        np.copyto(now[:, b:], x)
+        np.copyto(following[:, :b], x)
+        np.matmul(now, self._fwd, out=self._spec_re)
         c = self._c + 1
         if c == self.parts:
             c = 0
         self._c = c
-        np.copyto(self._columns[c], self._spec)
-        np.copyto(self._columns[c + self.parts], self._spec)
+        np.copyto(self._columns[c], self._spec_t)
+        np.copyto(self._columns[c + self.parts], self._spec_t)
         # the view for position c holds columns c+1 .. c+P: oldest .. newest (= c + P)
-        np.matmul(self._h, self._views[c], out=self._sum_kb)
+        np.matmul(self._h, self._views[c], out=self._sum_kbs)
         np.matmul(self._sum_re, self._inv, out=out)
 
 
 class BandHistory:
-    """The band-split input of a source, kept long enough for any late pre-delay.
+    """The band-split input of every source, kept long enough for any late pre-delay.
 
-    ``push`` splits the source's mono block and stores it twice, at ``pos`` and ``pos + cap``
-    (a mirrored ring): any ``block`` samples that end within the last ``cap`` are then one
-    contiguous slice, so a ``LateReverb`` reads its pre-delayed block through a view it made
-    beforehand (``window``), whatever its pre-delay (several can read at once during a
-    crossfade)."""
+    ``push`` splits the sources' block and stores it twice, at ``pos`` and ``pos + cap`` (a
+    mirrored ring) in ``data`` [sources, n_bands, 2 cap]: the block ``delay`` samples older
+    than the newest one of source ``s`` starts, in ``data`` flattened, at ``base(s, delay) +
+    pos`` (``0 <= delay <= cap - block``), one index table for any pre-delay."""
 
-    def __init__(self, samplerate: int, block: int, max_delay: int, taps: int | None = None):
+    def __init__(
+        self, samplerate: int, block: int, max_delay: int, taps: int | None = None,
+        sources: int = 1,
+    ) -> None:  # fmt: skip
         filters = design_crossover(samplerate, taps)
-        self.splitter = BandSplitter(filters, block)
+        self.splitter = BandSplitter(filters, block, sources)
         self.block = block
+        self.sources = sources
         self.n_bands = len(BANDS_HZ)
         self.cap = 1 << max(max_delay + 2 * block, 2 * block).bit_length()
-        self.data: F32 = np.zeros((self.n_bands, 2 * self.cap), dtype=np.float32)
-        self._views = [self.data[:, i : i + block] for i in range(0, self.cap, block)]
-        self._mirrors = [self.data[:, i : i + block] for i in range(self.cap, 2 * self.cap, block)]
-        self._newest: F32 = np.zeros((self.n_bands, block), dtype=np.float32)
+        self.data: F32 = np.zeros((sources, self.n_bands, 2 * self.cap), dtype=np.float32)
+        self.flat = self.data.reshape(-1)
+        self._views = [self.data[:, :, i : i + block] for i in range(0, self.cap, block)]
+        self._mirrors = [self.data[:, :, i : i + block]
+                         for i in range(self.cap, 2 * self.cap, block)]  # fmt: skip
+        self._newest: F32 = np.zeros((sources, self.n_bands, block), dtype=np.float32)
+        self._newest_2d = self._newest.reshape(sources * self.n_bands, block)
         self.pos = 0  # where the newest block is (a multiple of block)
         self.energy: FloatArray = np.sum(filters**2, axis=1)
         """Each band filter's energy: the share of a white input's energy in that band."""
@@ -221,23 +245,27 @@ class BandHistory:
     def latency(self) -> int:
         return self.splitter.latency
 
-    def push(self, mono: F32) -> None:
+    def push(self, x: F32) -> None:
+        """Split and store one block ``x`` [sources, block] (audio thread)."""
         self.pos = (self.pos + self.block) & (self.cap - 1)
         slot = self.pos // self.block
         # via a separate block: a copy within one array makes numpy check for overlap and
         # take a temporary copy (an allocation)
-        self.splitter.process(mono, self._newest)
+        self.splitter.process(x, self._newest_2d)
         np.copyto(self._views[slot], self._newest)
         np.copyto(self._mirrors[slot], self._newest)
 
-    def windows(self, delay: int) -> list[F32]:
-        """For each position of the newest block: the view of the block ``delay`` samples
-        older (``0 <= delay <= cap - block``). Made outside the audio thread."""
+    def base(self, source: int, delay: int) -> Index:
+        """``[n_bands, block]`` flat indices into ``data`` of the block ``delay`` samples older
+        than the newest of ``source``, less ``pos`` (made outside the audio thread)."""
         if not 0 <= delay <= self.cap - self.block:
             raise ValueError(f"a history window must be 0..{self.cap - self.block} samples back")
-        b = self.block
-        return [self.data[:, p - delay + self.cap : p - delay + self.cap + b]
-                for p in range(0, self.cap, b)]  # fmt: skip
+        if not 0 <= source < self.sources:
+            raise ValueError(f"no source {source}")
+        rows = (source * self.n_bands + np.arange(self.n_bands)) * 2 * self.cap
+        return np.asarray(
+            rows[:, None] + self.cap - delay + np.arange(self.block)[None, :], dtype=np.intp
+        )
 
 
 def _primes_near(targets: FloatArray, taken: set[int]) -> list[int]:
@@ -320,10 +348,14 @@ def make_layout(samplerate: int, block: int, width: int, n_out: int) -> LateLayo
 
 
 class LateReverb:
-    """One parameter set's late field: a band-split FDN rendering ``[block, width]`` blocks.
+    """One parameter set's late field: the matrices of a band-split FDN (built outside the
+    audio thread; a ``LateBank`` slot runs it).
 
     ``columns[j]`` is the processor output that the field's output ``j`` goes to; ``pre_delay``
-    (samples) is read from the zone's ``BandHistory``; ``gain`` is the linear late level."""
+    (samples) is how far back in the source's ``BandHistory`` the network reads its input;
+    ``gain`` is the linear late level. ``m`` [n_bands, N, N + 2] maps a block's rows (the N
+    lines, the band's input, a row of ones: the bias) to the lines' next inputs; ``c``
+    [n_bands * (N + 2), width] maps the same rows to the outputs."""
 
     def __init__(
         self,
@@ -345,10 +377,12 @@ class LateReverb:
             raise ValueError("late: output columns outside the processor's outputs")
         if max(columns, default=0) >= layout.width:
             raise ValueError("late: output columns outside the processor's outputs")
+        if pre_delay < 0:
+            raise ValueError("late: the pre-delay must be >= 0")
         self.layout = layout
         self.pre_delay = pre_delay
         self.t60_s = t60
-        b, fs, cap = layout.block, layout.samplerate, layout.cap
+        fs = layout.samplerate
         rows = n + 2  # lines, then the band's input, then a row of ones (the bias)
         d = layout.delays.astype(np.float64)
         g = 10.0 ** (-3.0 * d / (fs * t60[:, None]))  # [nb, n]
@@ -359,72 +393,216 @@ class LateReverb:
             m[j, :, :n] = a * g[j][None, :]
             m[j, :, n] = rng.choice((-1.0, 1.0), size=n) / math.sqrt(n)  # unit-norm input
             m[j, :, n + 1] = BIAS
-        self._m: F32 = m.astype(np.float32)
+        self.m: F32 = m.astype(np.float32)
         c = np.zeros((nb, rows, layout.width))
         for j in range(nb):
             q, _ = np.linalg.qr(rng.standard_normal((n, n)))
             vectors = q.T if len(columns) <= n else _unit_rows(rng, len(columns), n)
             for k, col in enumerate(columns):
                 c[j, :n, col] = vectors[k]
-        self._cap = cap
-        self._buf: F32 = np.zeros((nb, rows, cap), dtype=np.float32)
-        self._buf[:, n + 1, :] = 1.0
-        self._flat = self._buf.reshape(-1)
-        t = np.arange(b)
-        dl = np.zeros((nb, rows), dtype=np.int64)
-        dl[:, :n] = layout.delays
-        tmd = (t[None, None, :] - dl[:, :, None]).astype(np.intp)
-        rowoff = np.arange(nb * rows).reshape(nb, rows, 1) * cap
-        # the gather indices for every write position (the ring has cap / block of them)
-        table = np.empty((cap // b, nb, rows, b), dtype=np.intp)
-        for k in range(cap // b):
-            table[k] = ((tmd + k * b) & (cap - 1)) + rowoff
-        self._idx_at = list(table)
-        self._z: F32 = np.zeros((nb, rows, b), dtype=np.float32)
-        self._zt = self._z.reshape(nb * rows, b).T  # [b, nb*rows]
-        self._x: F32 = np.zeros((nb, n, b), dtype=np.float32)
-        self._lines_at = [self._buf[:, :n, i : i + b] for i in range(0, cap, b)]
-        self._input_at = [self._buf[:, n, i : i + b] for i in range(0, cap, b)]
-        self._in_views: list[F32] = []
-        self._pos = 0
         # Level: each band's output vectors are scaled so that every output gets, in band b,
         # gain^2 * T60_b / (1 s) / n_out of a unit impulse's energy in that band (see the
         # module docstring). The energy is measured by running this network (the block
-        # code below, input straight into the band rows) over an impulse, so it is exact for
-        # these delays, vectors and T60s, not a statistical estimate.
+        # steps of ``LateBank.process``, input straight into the band rows) over an impulse,
+        # so it is exact for these delays, vectors and T60s, not a statistical estimate.
         cols = list(columns)
         if gain != 0 and cols:
-            energy = impulse_energy(self._m, layout, t60, c[:, :n, cols], seed)  # [nb, n_cols]
+            energy = impulse_energy(self.m, layout, t60, c[:, :n, cols], seed)  # [nb, n_cols]
             target = (gain**2 * t60 / LATE_REFERENCE_T60_S / len(cols))[:, None]
             scale = np.zeros_like(energy)
             np.divide(target, energy, out=scale, where=energy > 0)
             c[:, :, cols] *= np.sqrt(scale)[:, None, :]
         else:
             c[:] = 0.0
-        self._ct: F32 = c.reshape(nb * rows, layout.width).astype(np.float32)
-        self._buf[:, : n + 1, :] = 0.0
-        self._pos = 0
+        self.c: F32 = c.reshape(nb * rows, layout.width).astype(np.float32)
+        self.in_base: Index = np.zeros((nb, layout.block), dtype=np.intp)
 
-    def attach(self, history: BandHistory) -> None:
-        """Read the pre-delayed band input from ``history`` (outside the audio thread)."""
+    def attach(self, history: BandHistory, source: int) -> None:
+        """Read the pre-delayed band input of ``source`` from ``history`` (outside the audio
+        thread)."""
         if self.pre_delay > history.cap - history.block:
             raise ValueError(
                 f"late: pre-delay {self.pre_delay} samples is beyond the history "
                 f"({history.cap - history.block})"
             )
-        self._in_views = history.windows(self.pre_delay)
+        self.in_base = history.base(source, self.pre_delay)
 
-    def process(self, history: BandHistory, out: F32) -> None:
-        """Render the block that follows ``history``'s newest into ``out`` [block, width]."""
-        pos = self._pos
+
+class LateBank:
+    """The late networks of many zones in one set of arrays: a block is a handful of large
+    numpy calls whatever the number of zones.
+
+    ``slots`` networks of one ``layout`` (same lines and delays; each slot its own matrices,
+    pre-delay and source) share one ring position. Slots ``0 .. live - 1`` are computed (the
+    caller keeps the live ones at the front); for each block:
+
+    1. every slot's pre-delayed band input is gathered from the ``BandHistory`` (one ``add``
+       of the history position to a per-slot index table, one ``take``) and written into the
+       slot's input row;
+    2. one ``take`` gathers the block of every line, input and bias row of every live slot
+       (the flat indices for each ring position are tables made in ``__init__``: computing
+       them per block would write as many bytes as the gather reads);
+    3. one batched ``matmul`` computes the lines' next inputs for every slot and band, one
+       ``copyto`` writes them into the ring;
+    4. one ``matmul`` of the rows with the stacked output matrices mixes every slot onto the
+       processor's outputs; during a crossfade, each slot's envelope over the block is a line
+       (its value and slope), and two ``matmul`` with the output matrices scaled by value and
+       slope, the second times the sample index, make the faded mix (an equal-power fade of
+       1.5 s differs from its line over a block by less than 1e-6).
+
+    ``load`` / ``move`` / ``clear`` change slots (audio thread, rarely: a mode switch starting
+    or ending; they copy, fill and make a few view objects, but take no array buffers)."""
+
+    def __init__(self, layout: LateLayout, slots: int, history: BandHistory) -> None:
+        nb, n = layout.delays.shape
+        b = layout.block
+        # the ring holds the longest delay and a block (the index tables do the wrap-around)
+        cap = -(-(int(layout.delays.max()) + b) // b) * b
+        self.layout = layout
+        self.slots = slots
+        self.n_lines = n
+        self.rows = rows = n + 2
+        self.history = history
+        width = layout.width
+        if history.block != b:
+            raise ValueError("late bank: the history's block differs from the layout's")
+        self._cap = cap
+        # A row holds the ring plus a skew of one cache line: with rows a power of two
+        # apart, the block every row writes at the same ring position would fall into the
+        # same cache sets.
+        row_len = cap + ROW_SKEW
+        per_slot = nb * rows * row_len
+        self.buf: F32 = np.zeros((slots, nb, rows, row_len), dtype=np.float32)
+        self.buf[:, :, n + 1, :] = 1.0
+        self._flat = self.buf.reshape(-1)
+        self.m: F32 = np.zeros((slots * nb, n, rows), dtype=np.float32)
+        self.c: F32 = np.zeros((slots * nb * rows, width), dtype=np.float32)
+        self.env: F32 = np.zeros((slots, b), dtype=np.float32)  # per-sample gain per slot
+        self.live = 0
+        self.fading = False  # audio thread: scale rows by ``env`` (a crossfade is running)
+        # input gather
+        self.in_base: Index = np.zeros((slots, nb, b), dtype=np.intp)
+        self._in_idx: Index = np.zeros((slots, nb, b), dtype=np.intp)
+        self._in: F32 = np.zeros((slots, nb, b), dtype=np.float32)
+        # row gather: row r of slot s reads ring sample (pos + t - d_r) mod cap; the flat
+        # indices for every ring position, all slots, are made here: the audio thread only
+        # reads them (a per-block index computation would write as many bytes again)
+        dl = np.zeros((nb, rows), dtype=np.int64)
+        dl[:, :n] = layout.delays
+        t = np.arange(b)
+        rowoff = np.arange(nb * rows).reshape(nb, rows, 1) * row_len
+        slotoff = np.arange(slots).reshape(slots, 1, 1, 1) * per_slot
+        self._tables: Index = np.empty((cap // b, slots, nb, rows, b), dtype=np.intp)
+        for k in range(cap // b):
+            ring = (k * b + t[None, None, :] - dl[:, :, None]) % cap
+            self._tables[k] = slotoff + (rowoff + ring)[None]
+        self._z: F32 = np.zeros((slots, nb, rows, b), dtype=np.float32)
+        self._x: F32 = np.zeros((slots, nb, n, b), dtype=np.float32)
+        # crossfades: per block, each slot's envelope is taken as a line from its first to its
+        # last sample (a = env[:, 0], d = slope), and out = rows @ (c * a) + t * (rows @ (c *
+        # d)): two small scaled copies of the output matrix instead of scaling every row
+        self._env_first = self.env[:, 0]
+        self._env_last = self.env[:, b - 1]
+        self._a: F32 = np.zeros(slots, dtype=np.float32)
+        self._d: F32 = np.zeros(slots, dtype=np.float32)
+        self._slot_of: Index = np.ascontiguousarray(
+            np.repeat(np.arange(slots, dtype=np.intp), nb * rows * width).reshape(-1, width)
+        )
+        self._coef: F32 = np.zeros_like(self.c)
+        self._ca: F32 = np.zeros_like(self.c)
+        self._cd: F32 = np.zeros_like(self.c)
+        self._slope_out: F32 = np.zeros((b, width), dtype=np.float32)
+        self._ramp: F32 = np.ascontiguousarray(
+            np.repeat(np.arange(b, dtype=np.float32)[:, None], width, axis=1)
+        )
+        # views per live count (index L) and ring position (index k)
+        self._by_live = [self._views(live) for live in range(slots + 1)]
+        self._pos = 0
+        self.last = np.zeros((b, width), dtype=np.float32)
+
+    def _views(self, live: int) -> tuple[Any, ...]:
+        nb, n, rows, b, cap = (self.layout.delays.shape[0], self.n_lines, self.rows,
+                               self.layout.block, self._cap)  # fmt: skip
+        z = self._z[:live]
+        return (
+            self.in_base[:live],
+            self._in_idx[:live],
+            self._in[:live],
+            [self.buf[:live, :, n, i : i + b] for i in range(0, cap, b)],
+            [table[:live] for table in self._tables],
+            z,
+            z.reshape(live * nb, rows, b),
+            self.m[: live * nb],
+            self._x[:live].reshape(live * nb, n, b),
+            [self.buf[:live, :, :n, i : i + b] for i in range(0, cap, b)],
+            self._x[:live],
+            z.reshape(live * nb * rows, b).T,
+            self.c[: live * nb * rows],
+            self._slot_of[: live * nb * rows],
+            self._coef[: live * nb * rows],
+            self._ca[: live * nb * rows],
+            self._cd[: live * nb * rows],
+        )
+
+    # --- slots (audio thread, at a mode switch) -----------------------------------------
+
+    def load(self, slot: int, net: LateReverb) -> None:
+        """Start ``net`` in ``slot``, empty (``net`` is attached to the bank's history)."""
+        nb, rows = self.layout.delays.shape[0], self.rows
+        self.buf[slot, :, : self.n_lines + 1, :].fill(0.0)
+        np.copyto(self.m[slot * nb : (slot + 1) * nb], net.m)
+        np.copyto(self.c[slot * nb * rows : (slot + 1) * nb * rows], net.c)
+        np.copyto(self.in_base[slot], net.in_base)
+
+    def move(self, src: int, dst: int) -> None:
+        """Continue the network of slot ``src`` in slot ``dst``, then clear ``src``."""
+        nb, rows = self.layout.delays.shape[0], self.rows
+        np.copyto(self.buf[dst], self.buf[src])
+        np.copyto(self.m[dst * nb : (dst + 1) * nb], self.m[src * nb : (src + 1) * nb])
+        np.copyto(self.c[dst * nb * rows : (dst + 1) * nb * rows],
+                  self.c[src * nb * rows : (src + 1) * nb * rows])  # fmt: skip
+        np.copyto(self.in_base[dst], self.in_base[src])
+        self.clear(src)
+
+    def clear(self, slot: int) -> None:
+        """Silence ``slot``: no feedback, no output (its ring is cleared by the next load)."""
+        nb, rows = self.layout.delays.shape[0], self.rows
+        self.m[slot * nb : (slot + 1) * nb].fill(0.0)
+        self.c[slot * nb * rows : (slot + 1) * nb * rows].fill(0.0)
+        self.env[slot].fill(0.0)
+
+    # --- the block ------------------------------------------------------------------------
+
+    def process(self, out: F32) -> None:
+        """Render the block that follows the history's newest into ``out`` [block, width]
+        (no arrays created)."""
+        (in_base, in_idx, inp, in_at, tables, z, z3, m, x3, lines, x, zt, c, slot_of, coef, ca,
+         cd) = self._by_live[self.live]  # fmt: skip
         b = self.layout.block
-        slot = pos // b
-        np.copyto(self._input_at[slot], self._in_views[history.pos // b])
-        np.take(self._flat, self._idx_at[slot], out=self._z, mode="clip")
-        np.matmul(self._m, self._z, out=self._x)
-        np.copyto(self._lines_at[slot], self._x)
-        np.matmul(self._zt, self._ct, out=out)
-        pos += b
+        k = self._pos // b
+        np.add(in_base, self.history.pos, out=in_idx)
+        np.take(self.history.flat, in_idx, out=inp, mode="clip")
+        np.copyto(in_at[k], inp)
+        np.take(self._flat, tables[k], out=z, mode="clip")
+        np.matmul(m, z3, out=x3)
+        np.copyto(lines[k], x)
+        if self.fading:
+            a, d = self._a, self._d
+            np.copyto(a, self._env_first)
+            np.copyto(d, self._env_last)
+            np.subtract(d, a, out=d)
+            np.multiply(d, 1.0 / (b - 1), out=d)
+            np.take(a, slot_of, out=coef, mode="clip")
+            np.multiply(c, coef, out=ca)
+            np.take(d, slot_of, out=coef, mode="clip")
+            np.multiply(c, coef, out=cd)
+            np.matmul(zt, ca, out=out)
+            np.matmul(zt, cd, out=self._slope_out)
+            np.multiply(self._slope_out, self._ramp, out=self._slope_out)
+            np.add(out, self._slope_out, out=out)
+        else:
+            np.matmul(zt, c, out=out)
+        pos = self._pos + b
         self._pos = pos if pos < self._cap else 0
 
 
@@ -438,7 +616,7 @@ def impulse_energy(
     """``[n_bands, n_cols]``: energy per band and output of the networks (feedback and input
     matrix ``m`` [nb, N, N+2], output vectors ``c`` [nb, N, n_cols]) for a unit impulse into
     every band's input row, by running them: the same gather / product steps as
-    ``LateReverb.process``, in chunks as long as the shortest delay line allows (a power of
+    ``LateBank.process``, in chunks as long as the shortest delay line allows (a power of
     two <= it), until 0.8 T60 of the longest band; the rest of each band's exponential decay
     is added analytically.
 
