@@ -29,6 +29,14 @@ the recording over in ``MeasurementDone``. An ``AbortMeasurement`` fades the run
 and ends the run with ``MeasurementFailed(reason="aborted")``. Each field of a run has one
 writer: ``abort`` the control thread; ``pos``, ``finished`` the audio thread.
 
+**Around another processor** (``MeasurementFactory(inner=...)``: in the service, the
+sound-field engine): idle, the inner processor's output passes through; while measuring it
+still runs every block (its state keeps time), the measurement's outputs carry only the
+excitation, and with the plan's ``mute_inner`` every output is silent (the inner processor
+faded out over the run's first block and back in over the first block after it): the natural
+room is measured with the enhancement off, the combined response with it on. Control messages
+that are not the measurement's go to the inner processor, and its events come up with ours.
+
 **Fetching the recording**: by default the ``MeasurementDone`` event carries it, pickled down
 the host's pipe; with ``save_to`` the control thread writes it to that ``.npz`` file instead and
 the event carries the path (``load_recording``). The parent receives pipe messages on its event
@@ -53,6 +61,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +132,7 @@ class MeasurementPlan:
     harmonics: int = 5  # harmonic IRs separated: 2..harmonics
     min_pnr_db: float = NOISE_MARGIN_DB
     save_to: str | None = None  # deliver the recording as this .npz file instead of the event
+    mute_inner: bool = False  # silence the inner processor (the natural room) while measuring
 
     def __post_init__(self) -> None:
         check_fs(self.fs)
@@ -155,6 +165,8 @@ class MeasurementPlan:
             isinstance(self.save_to, str) and os.path.isabs(self.save_to)
         ):
             raise MeasurementError(f"save_to must be an absolute path, got {self.save_to!r}")
+        if not isinstance(self.mute_inner, bool):
+            raise MeasurementError(f"mute_inner must be true or false, got {self.mute_inner!r}")
 
     @property
     def period_frames(self) -> int:
@@ -214,6 +226,7 @@ def plan_measurement(
     harmonics: int = 5,
     min_pnr_db: float = NOISE_MARGIN_DB,
     save_to: str | None = None,
+    mute_inner: bool = False,
 ) -> MeasurementPlan:
     """A measurement plan in friendly units.
 
@@ -221,6 +234,9 @@ def plan_measurement(
     keep, counted from the moment the sweep leaves the processor (so include the loop latency:
     the room's decay to the noise plus a few blocks). ``gap_s`` (default ``ir_s``): silence after
     each sweep, at least ``ir_s``. ``f2_hz`` defaults to 20 kHz or 0.45 fs, whichever is lower.
+    ``mute_inner``: with an inner processor (the sound-field engine), silence all of its outputs
+    while measuring (the natural room); otherwise only the measurement's outputs are taken from
+    it (the room plus the enhancement).
     """
     if isinstance(level_db, bool) or not isinstance(level_db, int | float):
         raise MeasurementError(f"level_db must be a number, got {level_db!r}")
@@ -248,6 +264,7 @@ def plan_measurement(
         harmonics=harmonics,
         min_pnr_db=min_pnr_db,
         save_to=save_to,
+        mute_inner=mute_inner,
     )
 
 
@@ -347,6 +364,7 @@ class _Run:
         "finished",
         "id",
         "in_idx",
+        "mute",
         "noise",
         "out_ch",
         "plan",
@@ -363,6 +381,7 @@ class _Run:
         self.rec = np.zeros((plan.total_frames, len(plan.inputs)), dtype=np.float32)
         self.in_idx = np.asarray([c - 1 for c in plan.inputs], dtype=np.intp)
         self.out_ch = [c - 1 for c in plan.outputs]
+        self.mute = plan.mute_inner
         self.noise = plan.noise_frames
         self.section = plan.section_frames
         self.total = plan.total_frames
@@ -377,19 +396,35 @@ class MeasurementProcessor:
 
     ``fmt`` is the stream's format (``drivers.audio.StreamFormat``: ``samplerate``,
     ``blocksize``, ``n_in``, ``n_out``); plans are checked against it. Without one, the first
-    plan's rate and channels are taken on trust (a test harness)."""
+    plan's rate and channels are taken on trust (a test harness).
+
+    ``inner``: a processor this one wraps (the sound-field engine). Idle, its output passes
+    through; while measuring it still runs every block (its state keeps time), but the
+    measurement's outputs carry only the excitation, and with the plan's ``mute_inner`` every
+    output does (faded out over the first block, and back in over the first block after). Control
+    messages that are not the measurement's go to the inner processor's ``control``, and its
+    ``poll_events`` come up with the measurement's."""
 
     def __init__(
-        self, plan: MeasurementPlan | None = None, fmt: Any = None, *, start: bool = False
+        self,
+        plan: MeasurementPlan | None = None,
+        fmt: Any = None,
+        *,
+        start: bool = False,
+        inner: Callable[[Block, Block], None] | None = None,
     ) -> None:
         self.plan = plan
         self._fmt = fmt
+        self._inner = inner
+        self._resume = False  # audio thread: fade the inner processor back in (after a mute)
         self._run: _Run | None = None
         self._reported: _Run | None = None  # the run the control thread reports on
         self._events: list[Any] = []
         self._next_progress = 0
         blocksize = int(fmt.blocksize) if fmt is not None else 8192
         self._ramp = np.linspace(1.0, 0.0, blocksize, dtype=np.float32)
+        self._fall = self._ramp
+        self._rise = self._ramp[::-1].copy()
         if plan is not None:
             self._check(plan)
             if start:
@@ -401,12 +436,30 @@ class MeasurementProcessor:
         self.process(inp, out)
 
     def process(self, inp: Block, out: Block) -> None:
-        out.fill(0.0)
         run = self._run
+        inner = self._inner
         if run is None or run.finished:
+            if inner is None:
+                out.fill(0.0)
+                return
+            inner(inp, out)
+            if self._resume:
+                self._resume = False
+                self._fade(out, self._rise)
             return
         pos = run.pos
         n = out.shape[0]
+        if inner is None:
+            out.fill(0.0)
+        else:
+            inner(inp, out)
+            if run.mute and pos > 0:
+                out.fill(0.0)
+            else:
+                if run.mute:  # the first block: fade the inner processor out
+                    self._fade(out, self._fall)
+                for c in run.out_ch:  # the measurement's outputs carry only the excitation
+                    out[:, c].fill(0.0)
         m = min(n, run.total - pos)
         # The output whose section the block ends in: a block that straddles two sections has
         # only gap (silence) in the earlier one, since a gap is at least one block long.
@@ -423,7 +476,18 @@ class MeasurementProcessor:
         np.take(src, run.in_idx, axis=1, out=run.rec[pos : pos + m], mode="clip")
         run.pos = pos + m
         if run.abort or run.pos >= run.total:
+            self._resume = run.mute and inner is not None
             run.finished = True
+
+    @staticmethod
+    def _fade(out: Block, ramp: NDArray[np.float32]) -> None:
+        """Multiply every channel by ``ramp`` (channel by channel: a broadcast over the block
+        would have the ufunc machinery allocate)."""
+        n = out.shape[0]
+        r = ramp if n == ramp.shape[0] else ramp[:n]
+        for c in range(out.shape[1]):
+            col = out[:, c]
+            np.multiply(col, r, out=col)
 
     # --- control thread -------------------------------------------------------------------
 
@@ -448,6 +512,8 @@ class MeasurementProcessor:
             run = self._reported
             if run is not None and run.id == payload.id:
                 run.abort = True
+        elif self._inner is not None and callable(getattr(self._inner, "control", None)):
+            self._inner.control(payload)  # type: ignore[attr-defined]
         else:
             kind = type(payload).__name__
             raise TypeError(f"a measurement takes StartMeasurement or AbortMeasurement, not {kind}")
@@ -462,6 +528,9 @@ class MeasurementProcessor:
                 self._events.append(MeasurementProgress(run.id, run.pos / fs, run.total / fs))
                 self._next_progress = run.pos + round(PROGRESS_S * fs)
         events, self._events = self._events, []
+        poll = getattr(self._inner, "poll_events", None)
+        if callable(poll):
+            events += poll()
         return events
 
     @property
@@ -516,13 +585,16 @@ class MeasurementProcessor:
 @dataclass(frozen=True)
 class MeasurementFactory:
     """Picklable processor factory for ``drivers.audio.AudioDriver``: a ``MeasurementProcessor``
-    for the stream's format; with ``start`` the plan runs from the stream's first block."""
+    for the stream's format; with ``start`` the plan runs from the stream's first block; with
+    ``inner`` (another picklable factory: the sound-field engine's) it wraps that processor."""
 
     plan: MeasurementPlan | None = None
     start: bool = False
+    inner: Callable[[Any], Callable[[Block, Block], None]] | None = None
 
     def __call__(self, fmt: Any) -> MeasurementProcessor:
-        return MeasurementProcessor(self.plan, fmt, start=self.start)
+        inner = self.inner(fmt) if self.inner is not None else None
+        return MeasurementProcessor(self.plan, fmt, start=self.start, inner=inner)
 
 
 # --- analysis -------------------------------------------------------------------------------------

@@ -9,14 +9,25 @@
   404 for an unknown mode or zone, 409 when the node has no sound field or its stream is down,
   422 for a bad fade. Journalled as ``acoustics.recall`` with the operator
   (``x-flytower-operator``).
+- ``POST /api/v1/acoustics/measure`` ``{"outputs": [1], "inputs": [1, 2], "sweeps": 3,
+  "level_db": -20, "mute_inner": true, "zone": "stalls"}``: start a sweep measurement on the
+  sound field's stream (1-based device channels; ``mute_inner`` measures the natural room, the
+  enhancement off; ``zone`` makes the measured room that zone's room). Answers 202 with the
+  measurement's state once the stream has started it; its progress is ``measurement`` in
+  ``GET /api/v1/acoustics``. 409 while another runs or without a stream, 422 for parameters
+  the plan or the stream refuses, 404 for an unknown zone. Journalled as ``acoustics.measure``.
+- ``GET /api/v1/acoustics/measurements``: the stored measurements, newest first;
+  ``GET /api/v1/acoustics/measurements/{id}``: one in full: per output x input pair the metrics
+  per band, the decay curves with their fit ranges, the warnings; and the room they agree on.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.journal import journalled
 from controller.playback.ports import PlaybackError, Unavailable
@@ -32,6 +43,29 @@ class RecallIn(BaseModel):
     mode: str = Field(min_length=1, max_length=64)
     zones: list[str] | None = Field(default=None, min_length=1, max_length=32)
     fade_s: float | None = Field(default=None, ge=0, le=60, allow_inf_nan=False)
+
+
+class MeasureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outputs: list[int] = Field(min_length=1, max_length=64)
+    inputs: list[int] = Field(min_length=1, max_length=64)
+    sweeps: int = Field(default=3, ge=1, le=16)
+    level_db: float = Field(default=-20.0, ge=-80, le=0, allow_inf_nan=False)
+    sweep_s: float = Field(default=2.0, ge=0.1, le=30, allow_inf_nan=False)
+    ir_s: float = Field(default=2.0, ge=0.1, le=20, allow_inf_nan=False)
+    noise_s: float = Field(default=1.0, ge=0, le=10, allow_inf_nan=False)
+    mute_inner: bool = False
+    zone: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _channels(self) -> MeasureIn:
+        for what, chans in (("outputs", self.outputs), ("inputs", self.inputs)):
+            if any(isinstance(c, bool) or not 1 <= c <= 128 for c in chans):
+                raise ValueError(f"{what}: 1-based channels 1..128")
+            if len(set(chans)) != len(chans):
+                raise ValueError(f"{what}: a channel is named twice")
+        return self
 
 
 def router(service: Service) -> APIRouter:
@@ -62,5 +96,45 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(409, str(exc)) from None
         except PlaybackError as exc:
             raise HTTPException(exc.status or 409, str(exc)) from None
+
+    @api.post("/api/v1/acoustics/measure", status_code=202)
+    async def measure(body: MeasureIn, request: Request) -> dict[str, Any]:
+        sf = service.soundfield
+        if sf is None:
+            raise HTTPException(409, "this node has no sound field ([acoustics] in the venue)")
+        origin = origin_of(request)
+        args = body.model_dump()
+        try:
+            return await journalled(
+                service.journal,
+                origin,
+                "acoustics.measure",
+                lambda: sf.measure(origin, **args),
+                targets=[sf.config.device],
+                args=args,
+            )
+        except Unavailable as exc:
+            raise HTTPException(409, str(exc)) from None
+        except PlaybackError as exc:
+            raise HTTPException(exc.status or 409, str(exc)) from None
+
+    @api.get("/api/v1/acoustics/measurements")
+    async def measurements() -> dict[str, Any]:
+        sf = service.soundfield
+        if sf is None:
+            return {"configured": False, "measurements": []}
+        return {"configured": True, "measurements": await asyncio.to_thread(sf.measurements)}
+
+    @api.get("/api/v1/acoustics/measurements/{run_id}")
+    async def measurement(run_id: str) -> dict[str, Any]:
+        sf = service.soundfield
+        if sf is None:
+            raise HTTPException(404, "this node has no sound field")
+        try:
+            return await asyncio.to_thread(sf.measurement_result, run_id)
+        except Unavailable as exc:
+            raise HTTPException(409, str(exc)) from None
+        except PlaybackError as exc:
+            raise HTTPException(exc.status or 404, str(exc)) from None
 
     return api

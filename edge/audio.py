@@ -353,8 +353,8 @@ class ServiceAudio:
         sf = self._soundfield() if callable(self._soundfield) else self._soundfield
         if sf is None:
             raise Unavailable(
-                f"cannot recall sound-field mode '{mode}': this node has no sound field "
-                "([acoustics] in the venue file)"
+                f"no sound-field engine on this node ([acoustics] in the venue file): mode "
+                f"'{mode}' not recalled"
             )
         await sf.recall(mode, fade_s, origin)
 

@@ -7,6 +7,8 @@ flytower hil SCENARIO      run a hardware-in-loop scenario against the simulated
 flytower journal prune VENUE --before DATE   delete old journal events (journalled)
 flytower configuration preview VENUE NAME [--from NAME]   try a venue configuration switch
                            on the simulators (progress, timings, a plot in hil-out/)
+flytower acoustics analyze IR.wav | measure VENUE --outputs 1 --inputs 1,2 | modes
+                           room acoustics (docs/acoustics.md, "Command line and plots")
 """
 
 from __future__ import annotations
@@ -177,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_preview_arguments(cp)
     cp.set_defaults(fn=_configuration_preview)
+    p = sub.add_parser("acoustics", help="room acoustics: analyze an IR, measure, list modes")
+    from edge.acoustics_cli import add_arguments as add_acoustics_arguments
+
+    add_acoustics_arguments(p)
     p = sub.add_parser(
         "hil",
         help="run a hardware-in-loop scenario against the simulated venue (see hil --help)",

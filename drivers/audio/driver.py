@@ -54,7 +54,7 @@ from drivers.model import DriverStats, Health, HealthState, Reading
 
 log = logging.getLogger(__name__)
 
-OPEN_TIMEOUT_S = 20.0  # a cold spawn imports numpy, scipy and PortAudio: seconds on a busy box
+OPEN_TIMEOUT_S = 30.0  # a cold spawn imports numpy, scipy and PortAudio: seconds on a busy box
 STOP_TIMEOUT_S = 5.0
 
 Event = tuple[Any, ...]

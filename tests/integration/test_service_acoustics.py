@@ -147,3 +147,162 @@ def test_bad_acoustics_sections_are_refused_with_the_reason(tmp_path: Path) -> N
         folder.mkdir()
         with pytest.raises(ConfigError, match=reason):
             load_venue(venue(folder, _Jack(), text))  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(400)  # two measurements, analysed, on a loaded 2-core machine
+async def test_a_measurement_in_the_service_becomes_the_zones_room(
+    tmp_path: Path, jack: JackServer
+) -> None:
+    """The acoustic room simulator plays the hall; the service measures it through the sound
+    field's own stream (the enhancement muted: the natural room), analyses it in its worker,
+    keeps the IRs and a summary under the venue's var folder, serves metrics and decay curves,
+    and the measured room becomes the zone's room."""
+    import asyncio
+
+    from tests.integration.test_dsp_measure_room import pair, patched, running_room, truth
+
+    cache = tmp_path / "room-cache"
+    async with (
+        running_room(jack, cache) as (_room, http),
+        run_service(venue(tmp_path, jack)) as service,
+        httpx.AsyncClient(
+            base_url=f"http://{LO}:{service.bound_api_port}",
+            timeout=60,
+            headers={"x-flytower-operator": "sound"},
+        ) as api,
+    ):
+        t = await truth(http)
+
+        async def ready() -> bool:
+            body = (await api.get("/api/v1/acoustics")).json()
+            zone = body["zones"]["stalls"]
+            return zone["state"] in ("fading", "playing") and await asyncio.to_thread(patched, jack)
+
+        await wait_until(ready, 90, "the sound field playing and the room patched to it")
+
+        # hostile parameters are refused before anything plays
+        for bad in ({"outputs": [], "inputs": [1]}, {"outputs": [0], "inputs": [1]},
+                    {"outputs": [1], "inputs": [1, 1]}, {"outputs": [1], "inputs": [1],
+                    "level_db": 6}, {"outputs": [1], "inputs": [1], "sweeps": 10**9},
+                    {"outputs": [1], "inputs": [1], "level_db": float("nan")},
+                    {"outputs": [True], "inputs": [1]}, {"outputs": "1", "inputs": [1]},
+                    {"outputs": [1], "inputs": [1], "rm": "-rf"}):  # fmt: skip
+            r = await api.post("/api/v1/acoustics/measure", content=_json(bad))
+            assert r.status_code == 422, (bad, r.text)
+        r = await api.post("/api/v1/acoustics/measure", json={"outputs": [9], "inputs": [1]})
+        assert r.status_code == 422 and "4 output(s)" in r.json()["detail"], r.text
+        r = await api.post(
+            "/api/v1/acoustics/measure", json={"outputs": [1], "inputs": [1], "zone": "gallery"}
+        )
+        assert r.status_code == 404, r.text
+        r = await api.get("/api/v1/acoustics/measurements/..%2F..%2Fetc")
+        assert r.status_code == 404, r.text
+
+        request = {
+            "outputs": [1],
+            "inputs": [1, 2],
+            "sweeps": 3,
+            "sweep_s": 1.5,
+            "ir_s": 0.9,
+            "noise_s": 1.0,
+            "level_db": -30,
+            "mute_inner": True,
+            "zone": "stalls",
+        }
+        r = await api.post("/api/v1/acoustics/measure", json=request)
+        assert r.status_code == 202, r.text
+        run_id = r.json()["id"]
+        busy = await api.post("/api/v1/acoustics/measure", json=request)
+        assert busy.status_code == 409 and "still running" in busy.json()["detail"]
+
+        seen: set[str] = set()
+
+        async def finished() -> bool:
+            m = (await api.get("/api/v1/acoustics")).json()["measurement"]
+            seen.add(m["state"])
+            assert m["state"] != "failed", m["error"]
+            return bool(m["state"] == "done")
+
+        await wait_until(finished, 120, "the measurement measured and analysed")
+        assert "measuring" in seen
+
+        listed = (await api.get("/api/v1/acoustics/measurements")).json()["measurements"]
+        assert [m["id"] for m in listed] == [run_id]
+        result = (await api.get(f"/api/v1/acoustics/measurements/{run_id}")).json()
+        assert result["mute_inner"] and result["xruns"] >= 0
+        folder = service.venue.resolve("var/acoustics") / run_id
+        assert (folder / "summary.json").is_file()
+        for p in result["pairs"]:
+            assert (folder / p["file"]).stat().st_size > 1000, p
+            metrics = p["metrics"]
+            assert [b["band_hz"] for b in metrics["bands"]] == [125, 250, 500, 1000, 2000, 4000]
+            curve = metrics["curves"][3]
+            assert len(curve["time_s"]) == len(curve["level_db"]) <= 600
+            assert {f["name"] for f in curve["fits"]} == {"edt", "t20", "t30"}
+            # the natural room (the enhancement muted), within one JND of the room's truth
+            truth_pair = pair(t, 1, p["input"])
+            print(f"\ninput {p['input']}: T30 measured {[b['t30_s'] for b in metrics['bands']]}")
+            print(f"         truth {truth_pair['t30_s']}")
+            for i, (got, want) in enumerate(
+                zip([b["t30_s"] for b in metrics["bands"]], truth_pair["t30_s"], strict=True)
+            ):
+                if got is not None and want is not None and i >= 1:
+                    assert abs(got - want) <= 0.05 * want, (p["input"], i, got, want)
+
+        zone = (await api.get("/api/v1/acoustics")).json()["zones"]["stalls"]
+        assert zone["room"]["source"].startswith("measured ")
+        assert zone["room"]["t30_s"] == pytest.approx(result["room"]["t30_s"], abs=1e-3)
+        # the next design starts from the measured room
+        r = await api.post("/api/v1/acoustics/recall", json={"mode": "concert", "fade_s": 0.2})
+        assert r.status_code == 200, r.text
+        design_room = r.json()["zones"]["stalls"]["room"]
+        assert design_room["source"].startswith("measured ")
+
+        events = (await api.get("/api/v1/journal", params={"limit": 100})).json()["events"]
+        measures = [e for e in events if e["command"] == "acoustics.measure"]
+        assert {e["result"] for e in measures} >= {"ok", "failed"}
+        (measured,) = [e for e in events if e["command"] == "acoustics.measured"]
+        assert measured["result"] == "ok" and measured["source"] == "sound"
+        assert measured["args"]["id"] == run_id and measured["args"]["room"] == "updated"
+
+
+@pytest.mark.timeout(300)
+async def test_the_cli_measures_the_room_through_the_venue_device(
+    tmp_path: Path, jack: JackServer
+) -> None:
+    """``flytower acoustics measure``: the venue's sound-field device opened directly with the
+    measurement processor, a live status line, IR WAVs, summary.json and plots; the room's
+    T30 found within one JND of its truth."""
+    import asyncio
+    import json
+
+    import soundfile as sf
+
+    from edge.cli import main
+    from tests.integration.test_dsp_measure_room import pair, running_room, truth
+
+    out = tmp_path / "results"
+    async with running_room(jack, tmp_path / "room-cache") as (_room, http):
+        t = await truth(http)
+        argv = ["acoustics", "measure", str(venue(tmp_path, jack)), "--outputs", "1",
+                "--inputs", "1,2", "--sweeps", "3", "--sweep-s", "1.5", "--ir-s", "0.9",
+                "--level-db", "-30", "--settle-s", "2", "--out", str(out),
+                "--plot", str(tmp_path / "hall.png"), "--mode", "concert"]  # fmt: skip
+        code = await asyncio.to_thread(main, argv)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "hall" and summary["xruns"] >= 0
+    for p in summary["pairs"]:
+        ir, rate = sf.read(out / p["file"])
+        assert rate == 48000 and ir.ndim == 1 and ir.size == round(0.9 * rate)
+        want = pair(t, 1, p["input"])["t30_s"]
+        got = [b["t30_s"] for b in p["metrics"]["bands"]]
+        for g, w in list(zip(got, want, strict=True))[1:]:
+            assert g is not None and w is not None and abs(g - w) <= 0.05 * w, (got, want)
+        for tag in ("", "-bands"):
+            plot = tmp_path / f"hall-out1-in{p['input']}{tag}.png"
+            assert plot.stat().st_size > 10_000, plot
+    (tmp_path / "x").mkdir()
+    bad = ["acoustics", "measure", str(venue(tmp_path / "x", jack)), "--outputs", "9",
+           "--inputs", "1", "--out", str(tmp_path / "bad"), "--settle-s", "0"]  # fmt: skip
+    assert await asyncio.to_thread(main, bad) == 1

@@ -78,9 +78,9 @@ async def test_play_on_a_stream_that_is_not_running(tmp_path: Path) -> None:
         await audio.play("../x.wav", 0.0, False, None, 0.0, CUE)
 
 
-async def test_soundfield_is_not_on_this_node_yet(tmp_path: Path) -> None:
+async def test_soundfield_needs_acoustics_on_this_node(tmp_path: Path) -> None:
     audio = ServiceAudio({}, media_dir=tmp_path)
-    with pytest.raises(PlaybackError, match="no sound-field engine on this node yet"):
+    with pytest.raises(PlaybackError, match=r"no sound-field engine on this node \(\[acoustics\]"):
         await audio.soundfield("concert", 2.0, CUE)
 
     class Engine:
