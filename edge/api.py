@@ -48,10 +48,12 @@ from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
 from edge import (
     api_acoustics,
+    api_alarms,
     api_configurations,
     api_journal,
     api_lighting,
     api_machinery,
+    api_maintenance,
     api_playback,
     api_telemetry,
     api_timecode,
@@ -352,11 +354,12 @@ def create_app(service: Service) -> FastAPI:
                 tg.create_task(api_playback.ws_feed(service, socket.send_json))
                 tg.create_task(api_configurations.ws_feed(service, socket.send_json))
                 tg.create_task(api_machinery.ws_feed(service, socket.send_json))
+                tg.create_task(api_alarms.ws_feed(service, socket.send_json))
         except* (WebSocketDisconnect, RuntimeError):
             pass  # the client went away (RuntimeError: sending on a closed socket)
         finally:
             sub.close()
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # already gone
                 await socket.close()
 
     @app.get("/", include_in_schema=False)
@@ -372,5 +375,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(api_timecode.router(service))
     app.include_router(api_acoustics.router(service))
     app.include_router(api_telemetry.router(service))
+    app.include_router(api_maintenance.router(service))
+    app.include_router(api_alarms.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -23,7 +23,7 @@ import math
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -300,6 +300,124 @@ class TelemetryConfig(_Strict):
     influxdb: InfluxConfig | None = None
 
 
+# --- [alarms] (edge/alarms.py, docs/telemetry.md "Alarms") ------------------------------------
+
+AlarmSeverity = Literal["critical", "major", "minor", "warning", "info"]
+AlarmRuleId = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+_POINT_KINDS = ("high", "low", "rate", "stale", "fault")
+
+
+class AlarmRuleConfig(_Strict):
+    """One ``[[alarms.rules]]`` entry: which devices and point, what condition, how severe.
+
+    A rule with the id of a built-in default replaces it; ``enabled = false`` disables it."""
+
+    id: AlarmRuleId
+    kind: Literal["high", "low", "rate", "stale", "offline", "fault"]
+    severity: AlarmSeverity = "major"
+    enabled: bool = True
+    message: str = Field(default="", max_length=500)
+    # which devices: all of these that are given must match (none given: every device)
+    devices: list[DeviceId] = Field(default_factory=list, max_length=10_000)
+    device_class: list[str] = Field(default_factory=list, max_length=100)
+    profile: list[str] = Field(default_factory=list, max_length=100)
+    point: str | None = Field(default=None, min_length=1, max_length=200)
+    # high / low: enter beyond limit, leave once back past limit ∓ deadband
+    limit: float | None = Field(default=None, allow_inf_nan=False)
+    deadband: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    on_delay_s: float = Field(default=0.0, ge=0, le=86400, allow_inf_nan=False)
+    # rate: |Δvalue / Δt| over window_s above rate_per_s (direction: rise, fall or both)
+    rate_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    window_s: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    direction: Literal["rise", "fall", "both"] = "both"
+    # stale: no good reading of the point for stale_s
+    stale_s: float | None = Field(default=None, gt=0, le=86400, allow_inf_nan=False)
+    # fault: the value is a code; any nonzero code (or, with nonzero = false, one of codes)
+    codes: dict[str, str] = Field(default_factory=dict, max_length=1000)
+    nonzero: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        k = self.kind
+        if k in _POINT_KINDS and self.point is None:
+            raise ValueError(f"a '{k}' rule needs a 'point'")
+        if k == "offline" and self.point is not None:
+            raise ValueError("an 'offline' rule is about a device: it takes no 'point'")
+        if k in ("high", "low") and self.limit is None:
+            raise ValueError(f"a '{k}' rule needs a 'limit'")
+        if k == "rate" and self.rate_per_s is None:
+            raise ValueError("a 'rate' rule needs 'rate_per_s'")
+        if k == "rate" and self.deadband >= self.rate_per_s:  # type: ignore[operator]
+            raise ValueError("a 'rate' rule's 'deadband' must be below 'rate_per_s'")
+        if k == "stale" and self.stale_s is None:
+            raise ValueError("a 'stale' rule needs 'stale_s'")
+        if k == "fault" and not self.nonzero and not self.codes:
+            raise ValueError("a 'fault' rule with nonzero = false needs 'codes'")
+        for code in self.codes:
+            try:
+                int(code)
+            except ValueError:
+                raise ValueError(f"fault code '{code[:20]}' is not an integer") from None
+        return self
+
+
+class AlarmWebhookConfig(_Strict):
+    """An HTTP endpoint that receives every alarm event as a JSON POST."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=500)
+    min_severity: AlarmSeverity = "info"
+    timeout_s: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    backoff_min_s: float = Field(default=0.5, gt=0, le=60, allow_inf_nan=False)
+    backoff_max_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class AlarmsConfig(_Strict):
+    enabled: bool = True
+    store: str = "var/alarms.sqlite3"
+    defaults: bool = True  # the built-in rules per device class (edge/alarms.py DEFAULT_RULES)
+    rules: list[AlarmRuleConfig] = Field(default_factory=list, max_length=10_000)
+    webhooks: list[AlarmWebhookConfig] = Field(default_factory=list, max_length=20)
+    mqtt: bool = True  # retained states and events under …/{node}/$alarms
+    tick_s: float = Field(default=0.1, ge=0.01, le=1.0, allow_inf_nan=False)
+    max_shelve_s: float = Field(default=7 * 86400.0, gt=0, allow_inf_nan=False)
+    history_days: float = Field(default=365.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        ids = [r.id for r in self.rules]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"alarm rule ids must be unique: {', '.join(dup)} repeated")
+        return self
+
+
+# --- [maintenance] (edge/maintenance.py, docs/telemetry.md "Maintenance") -----------------------
+
+
+class ServiceIntervalConfig(_Strict):
+    """Service intervals of a device class or device: any of these (none: no interval).
+    A device's own table overrides its class's field by field."""
+
+    run_hours: float | None = Field(default=None, gt=0, le=1e7, allow_inf_nan=False)
+    cycles: int | None = Field(default=None, gt=0, le=10**12)
+    distance: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # profile unit
+    brake_operations: int | None = Field(default=None, gt=0, le=10**12)
+    lamp_hours: float | None = Field(default=None, gt=0, le=1e7, allow_inf_nan=False)
+    days: float | None = Field(default=None, gt=0, le=36500, allow_inf_nan=False)
+    due_at: float = Field(default=0.9, gt=0, le=1, allow_inf_nan=False)  # "due" from here
+
+
+class MaintenanceConfig(_Strict):
+    store: str = "var/maintenance.sqlite3"
+    flush_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    max_gap_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    classes: dict[str, ServiceIntervalConfig] = Field(default_factory=dict, max_length=1000)
+    devices: dict[DeviceId, ServiceIntervalConfig] = Field(default_factory=dict, max_length=10_000)
+
+
 class SimulationConfig(_Strict):
     """How ``flytower simulate`` runs this venue's simulators; the service ignores it."""
 
@@ -332,6 +450,8 @@ class VenueConfig(_Strict):
     panic: PanicConfig = Field(default_factory=PanicConfig)
     machinery: MachineryConfig = Field(default_factory=MachineryConfig)
     acoustics: AcousticsConfig | None = None  # the sound field (edge/acoustics.py)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)  # edge/alarms.py
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)  # edge/maintenance.py
     # Named whole-venue setups and how switches run (docs/configurations.md).
     configurations: dict[ConfigName, Configuration] = Field(default_factory=dict, max_length=200)
     configuration_settings: ConfigurationSettings = Field(default_factory=ConfigurationSettings)

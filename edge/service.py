@@ -57,15 +57,18 @@ from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.osc import OscServer
 from drivers.osc.device import OscDeviceDriver
 from edge import acoustics as edge_acoustics
+from edge import alarms as edge_alarms
 from edge import audio as edge_audio
 from edge import dmx as edge_dmx
 from edge import influx as edge_influx
 from edge import machinery as edge_machinery
+from edge import maintenance as edge_maintenance
 from edge import mqtt as edge_mqtt
 from edge import osc as edge_osc
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
+from edge.early_warning import EarlyWarning
 from edge.journal import JournalStore, device_command, journal_path
 from edge.store import StoreSettings, TelemetryStore, point_types
 from edge.timecode import ServiceTimecode
@@ -136,6 +139,10 @@ class Service:
             dtypes=point_types(self.devices.values()),
         )
         self.influx: edge_influx.InfluxSink | None = None  # [telemetry.influxdb] mirror
+        self.alarms: edge_alarms.AlarmEngine | None = None  # [alarms] (edge/alarms.py)
+        self.maintenance: edge_maintenance.Maintenance | None = None  # [maintenance]
+        self.early_warning: EarlyWarning | None = None  # set by edge_maintenance.for_service
+        edge_alarms.check(cfg.alarms, self.devices.values())  # a bad rule fails here
         self.journal = JournalStore(journal_path(venue.store_path))
         self.mqtt: MqttNodeLink | None = None
         self._mqtt_feed: Subscription[Reading] | None = None
@@ -189,6 +196,8 @@ class Service:
 
     def _on_health(self, h: Health) -> None:
         self.health[h.device] = h
+        if self.alarms is not None:
+            self.alarms.on_health(h)
         if self.mqtt is not None:
             self.mqtt.device_health(h)
 
@@ -221,6 +230,7 @@ class Service:
                         cfg.venue.id,
                         self.node,
                         edge_influx.device_types(self.devices),
+                        on_alarm=edge_alarms.on_influx_queue(self),
                     )
                 )
             await self._open_journal(stack)
@@ -258,6 +268,10 @@ class Service:
                 )
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
+                if cfg.alarms.enabled:  # after the MQTT link (it notifies through it)
+                    self.alarms = await stack.enter_async_context(edge_alarms.for_service(self))
+                # counters and early warning, before the drivers start (no reading missed)
+                await stack.enter_async_context(edge_maintenance.for_service(self))
                 supervisor_task = self._start_supervisor(tg)
                 playback_feed = self._start_playback(tg)
                 timecode_task = self._start_timecode(tg)
@@ -391,6 +405,8 @@ class Service:
                     dev, self.readings.publish_many, self._on_health, sf.factory(), sf
                 )
                 sf.send = audio.driver.control
+                sf.driver, sf.journal = audio.driver, self.journal
+                sf.var_dir = self.venue.resolve("var/acoustics")  # measurements
                 self._soundfield_task = tg.create_task(
                     sf.run(lambda: audio.driver.streaming), name="soundfield"
                 )

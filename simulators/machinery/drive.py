@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 G = 9.81
 BRAKE_FEEDBACK_TIMEOUT_S = 0.5  # brake commanded open but no feedback: fault 6
 BRAKE_SLIP_LIMIT = 5.0  # movement with the brake applied beyond this: fault 6
+OVERCURRENT_FACTOR = 2.0  # motor current above this times the rated current: fault 4
+OVERTEMP_FACTOR = 1.5  # winding rise above this times the rated rise: fault 4
 IDLE_STEP_S = 0.1  # a quiet drive is stepped this often
 
 
@@ -153,6 +155,24 @@ class Injected:
     brake: str | None = None  # "no_release" | "slip"
     trip: bool = False
     slack: bool = False
+    # Slow degradations (``bearing_wear``, ``motor_cooling``, ``brake_wear``): a growth rate
+    # set at injection, and how far each has grown; they grow with wall time, every cycle.
+    friction_rate_n_s: float = 0.0
+    friction_n: float = 0.0  # extra friction force at the motor while moving
+    cooling_rate_s: float = 0.0
+    cooling_loss: float = 0.0  # extra winding heating: I^2 heats (1 + loss) times as much
+    brake_rate_ms_s: float = 0.0
+    brake_delay_ms: float = 0.0  # extra brake release time
+
+    def degrading(self) -> bool:
+        return bool(self.friction_rate_n_s or self.cooling_rate_s or self.brake_rate_ms_s)
+
+    def degrade(self, dt: float) -> None:
+        """Grow the slow degradations by one cycle of ``dt`` seconds (capped: a worn part
+        is worn, not infinite)."""
+        self.friction_n = min(1e6, self.friction_n + self.friction_rate_n_s * dt)
+        self.cooling_loss = min(100.0, self.cooling_loss + self.cooling_rate_s * dt)
+        self.brake_delay_ms = min(60_000.0, self.brake_delay_ms + self.brake_rate_ms_s * dt)
 
 
 _NOTHING_INJECTED = Injected()
@@ -421,6 +441,7 @@ class Drive:
             self._idle_dt = 0.0
         p, inj = self.params, self.injected
         self.now = now
+        inj.degrade(dt)
         # 1. faults
         if self.latching:
             if inj.estop:
@@ -436,13 +457,14 @@ class Drive:
         # 2. brake
         if not self.kind.has_commands:
             pass  # the type's own controller works its brake (``check``)
-        elif inj.trip:
+        elif inj.trip or self.fault == FAULT_DRIVE_TRIP:
             self.brake_open, self._brake_timer = False, 0.0  # power gone: the brake drops
         elif enabled and self.brake_open:
             self._brake_timer = 0.0
         elif enabled:
             self._brake_timer += dt
-            if inj.brake != "no_release" and self._brake_timer >= p.brake_release_ms / 1000:
+            release_s = (p.brake_release_ms + inj.brake_delay_ms) / 1000  # a worn brake: later
+            if inj.brake != "no_release" and self._brake_timer >= release_s:
                 self.brake_open, self._brake_timer = True, 0.0
             elif self._brake_timer >= p.brake_release_ms / 1000 + BRAKE_FEEDBACK_TIMEOUT_S:
                 self.latch(FAULT_BRAKE)
@@ -485,6 +507,18 @@ class Drive:
                 self.latch(FAULT_HARD_LIMIT)
         self.kind.step(self, dt)
         self._thermal(dt, enabled or self.brake_open)
+        # The power stage protects itself: overcurrent, or a winding too hot (fault 4). Armed
+        # only while a slow degradation is injected: the nine types' current figures are not
+        # calibrated against their rated currents (a turntable at full acceleration would trip).
+        if (
+            self.latching
+            and inj.degrading()
+            and (
+                self.current > OVERCURRENT_FACTOR * p.rated_current_a
+                or self.temperature - p.ambient_c > OVERTEMP_FACTOR * p.rated_rise_c
+            )
+        ):
+            self.latch(FAULT_DRIVE_TRIP)
 
     def stop_rate(self) -> tuple[float, float]:
         """Deceleration and jerk of a stop: quick for bit 4, a fault, the e-stop or the type's
@@ -513,12 +547,14 @@ class Drive:
     def _thermal(self, dt: float, powered: bool) -> None:
         """Current from mechanical power at the supply; the winding heats with I^2."""
         p = self.params
-        power_w = abs(self.kind.force_n(self) * self.kind.linear_speed_m_s(self))
+        speed = self.kind.linear_speed_m_s(self)
+        power_w = abs(self.kind.force_n(self) * speed) + self.injected.friction_n * abs(speed)
         current = (p.holding_current_a if powered else 0.0) + power_w / (
             math.sqrt(3) * p.supply_v * p.efficiency
         )
         self.current = current
         heat = p.rated_rise_c / (p.rated_current_a**2 * p.thermal_tau_s)
+        heat *= 1 + self.injected.cooling_loss  # a failing fan: the winding heats faster
         self.temperature += dt * (
             heat * current**2 - (self.temperature - p.ambient_c) / p.thermal_tau_s
         )
@@ -552,6 +588,11 @@ class Drive:
             "enabled": self.enabled,
             "moving": self.moving,
             "status_word": self.status_word(),
+            "wear": {
+                "friction_n": self.injected.friction_n,
+                "cooling_loss": self.injected.cooling_loss,
+                "brake_delay_ms": self.injected.brake_delay_ms,
+            },
         }
         truth.update(self.kind.truth(self))
         return truth

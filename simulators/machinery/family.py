@@ -64,6 +64,15 @@ def weight(spec: DeviceSpec) -> float:
     return requests * REQUEST_CPU_S + AXIS_CYCLE_CPU_S / TICK_S
 
 
+# Slow degradations: fault -> (parameter, growth-rate field, grown field of ``Injected``,
+# default rate). Each grows with wall time from its injection; clearing it replaces the part.
+DEGRADATIONS: dict[str, tuple[str, str, str, float]] = {
+    "bearing_wear": ("rate_n_s", "friction_rate_n_s", "friction_n", 20.0),
+    "motor_cooling": ("rate_s", "cooling_rate_s", "cooling_loss", 0.01),
+    "brake_wear": ("rate_ms_s", "brake_rate_ms_s", "brake_delay_ms", 5.0),
+}
+
+
 def _comms_faults() -> tuple[FaultInfo, ...]:
     return (
         FaultInfo(
@@ -124,6 +133,26 @@ class MachineDevice:
                 {"mode": "str, 'no_release' or 'slip', default 'no_release'"},
             ),
             FaultInfo("drive_trip", "the power stage trips: the brake drops at once (fault 4)"),
+            FaultInfo(
+                "bearing_wear",
+                "slow degradation: friction grows by rate_n_s every second, so the motor draws "
+                "more current at the same load and speed until the drive trips on overcurrent "
+                "(fault 4 above 2x rated current)",
+                {"rate_n_s": "float, N/s, default 20"},
+            ),
+            FaultInfo(
+                "motor_cooling",
+                "slow degradation: the motor's cooling fails, the winding heats (1 + rate_s * t) "
+                "times as fast, until the drive trips on over-temperature (fault 4 above 1.5x "
+                "the rated rise)",
+                {"rate_s": "float, 1/s, default 0.01"},
+            ),
+            FaultInfo(
+                "brake_wear",
+                "slow degradation: the brake's release time grows by rate_ms_s every second until "
+                "it misses brake_release_ms + 0.5 s (fault 6)",
+                {"rate_ms_s": "float, ms/s, default 5"},
+            ),
         ]
         if self.kind.has_rope:
             params = {"line": "int, 1..5, default 1"} if model == "lineshaft_flybar" else {}
@@ -186,6 +215,14 @@ class MachineDevice:
             inj.brake = out["mode"] if on else None
         elif fault == "drive_trip":
             inj.trip = on
+        elif fault in DEGRADATIONS:
+            name, rate_field, grown_field, default = DEGRADATIONS[fault]
+            out[name] = take.number(name, default)
+            if not 0 <= out[name] <= 1e6:
+                raise FaultError(f"{self.id}: {fault}: {name} must be 0..1e6")
+            take.done()  # refuse unknown parameters before anything changes
+            setattr(inj, rate_field, out[name] if on else 0.0)
+            setattr(inj, grown_field, 0.0)  # injected: from a healthy part; cleared: replaced
         elif fault == "slack_rope":
             if self.model == "lineshaft_flybar":
                 out["line"] = take.integer("line", 1, 1, 5)

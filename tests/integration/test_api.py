@@ -473,14 +473,14 @@ async def _recv(ws: ClientConnection, timeout_s: float = WS_TIMEOUT_S) -> dict[s
 async def _recv_type(
     ws: ClientConnection, kind: str, timeout_s: float = WS_TIMEOUT_S
 ) -> dict[str, Any]:
-    """The next message of ``kind``, skipping the live feeds (readings, health, the machinery
-    snapshot) in between."""
+    """The next message of ``kind``, skipping the live feeds (readings, health, the machinery and
+    alarms snapshots) in between."""
     deadline = time.monotonic() + timeout_s
     while True:
         msg = await _recv(ws, max(0.01, deadline - time.monotonic()))
         if msg["type"] == kind:
             return msg
-        assert msg["type"] in ("readings", "health", "machinery"), (
+        assert msg["type"] in ("readings", "health", "machinery", "alarms"), (
             f"unexpected {msg} while waiting for {kind}"
         )
 
