@@ -541,31 +541,19 @@ class SoundFieldControl:
         run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{next(self._ids)}"
         folder = self.var_dir / run_id
         try:
-            plan = plan_measurement(
-                fs,
-                outputs,
-                inputs,
-                sweeps=sweeps,
-                level_db=level_db,
-                sweep_s=sweep_s,
-                ir_s=ir_s,
-                noise_s=noise_s,
-                mute_inner=mute_inner,
-            )
-            if plan.recording_bytes > PIPE_BYTES:
+            settings: dict[str, Any] = {
+                "sweeps": sweeps,
+                "level_db": level_db,
+                "sweep_s": sweep_s,
+                "ir_s": ir_s,
+                "noise_s": noise_s,
+                "mute_inner": mute_inner,
+            }
+            plan = plan_measurement(fs, outputs, inputs, **settings)
+            if plan.recording_bytes > PIPE_BYTES:  # too big for the pipe: through a file
                 folder.mkdir(parents=True, exist_ok=True)
-                plan = plan_measurement(
-                    fs,
-                    outputs,
-                    inputs,
-                    sweeps=sweeps,
-                    level_db=level_db,
-                    sweep_s=sweep_s,
-                    ir_s=ir_s,
-                    noise_s=noise_s,
-                    mute_inner=mute_inner,
-                    save_to=str(folder.resolve() / "recording.npz"),
-                )
+                save_to = str(folder.resolve() / "recording.npz")
+                plan = plan_measurement(fs, outputs, inputs, **settings, save_to=save_to)
         except MeasurementError as exc:
             raise PlaybackError(str(exc), 422) from None
         loop = asyncio.get_running_loop()

@@ -580,6 +580,7 @@ class AlarmEngine:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
+        self.stopping = False  # the service is shutting down: health changes are not faults
         self.devices = {d.id: d for d in devices}
         self.store = store
         self.journal = journal
@@ -736,8 +737,8 @@ class AlarmEngine:
 
     def on_health(self, h: Health) -> None:
         targets = self._offline.get(h.device)
-        if not targets or h.state is HealthState.UNKNOWN:
-            return
+        if not targets or h.state is HealthState.UNKNOWN or self.stopping:
+            return  # stopping: the service is switching its devices off, not a fault
         for b, a in targets:
             off = h.state is HealthState.OFFLINE
             self._set(b, a, off, h.state.value, f"offline: {h.reason}" if off else "")

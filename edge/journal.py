@@ -628,7 +628,7 @@ async def export_csv(journal: JournalStore, q: JournalQuery) -> AsyncIterator[by
         yield buf.getvalue().encode()
 
 
-class _Drain(io.RawIOBase):
+class ChunkDrain(io.RawIOBase):
     """A write-only file that hands what was written to whoever drains it (Parquet streaming)."""
 
     def __init__(self) -> None:
@@ -683,7 +683,7 @@ async def export_parquet(journal: JournalStore, q: JournalQuery) -> AsyncIterato
     import pyarrow.parquet as pq
 
     schema = parquet_schema()
-    sink = _Drain()
+    sink = ChunkDrain()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     loop = asyncio.get_running_loop()
 

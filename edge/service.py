@@ -318,6 +318,8 @@ class Service:
                     self._soundfield_task.cancel()
                     await asyncio.gather(self._soundfield_task, return_exceptions=True)
                     self.soundfield.close()
+                if self.alarms is not None:
+                    self.alarms.stopping = True  # devices going offline now is the shutdown
                 for driver in self.drivers.values():
                     driver.stop()
                 await _finish(driver_tasks, 3.0)

@@ -81,6 +81,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from drivers.model import Device, Quality, Reading, ValueType
+from edge.journal import ChunkDrain  # the Parquet streaming sink both exports use
 
 if TYPE_CHECKING:
     from edge.config import TelemetryConfig
@@ -1316,31 +1317,6 @@ def _csv_encoder(columns: Sequence[str]) -> _Encoder:
     return encode
 
 
-class _Drain(io.RawIOBase):
-    """A write-only file that hands what was written to whoever drains it (Parquet streaming)."""
-
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._pos = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        data = bytes(b)
-        self._chunks.append(data)
-        self._pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._pos
-
-    def drain(self) -> bytes:
-        out = b"".join(self._chunks)
-        self._chunks.clear()
-        return out
-
-
 def parquet_schema(columns: Sequence[str]) -> Any:
     import pyarrow as pa  # lazily: ~0.3 s to import
 
@@ -1369,7 +1345,7 @@ class _ParquetEncoder:
 
         self.columns = tuple(columns)
         self.schema = parquet_schema(columns)
-        self.sink = _Drain()
+        self.sink = ChunkDrain()
         self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
         self.closed = False
 
