@@ -41,17 +41,16 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
 from controller.playback.ports import PlaybackError, Unavailable
 from dsp.design import Design, DesignError, Room, design, room_from
-from dsp.engine import EngineConfig, FadeDone, FieldReady, SetField, SoundFieldFactory, ZoneConfig
+from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory
 from dsp.field import BANDS_HZ
-from dsp.layout import Layout, LayoutError, layout_from_dict
+from dsp.layout import Layout
 from dsp.measure import (
     MeasurementDone,
     MeasurementError,
@@ -67,7 +66,8 @@ from dsp.measure import (
     plan_measurement,
 )
 from dsp.metrics import IRError, analyze, decay_curve
-from dsp.presets import MODES, Mode, ModeError, mode_from_dict
+from dsp.presets import Mode, ModeError
+from edge.acoustics_config import AcousticsConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,93 +79,6 @@ DEFAULT_ROOM: Mapping[str, Any] = {
     "t30_s": [1.2, 1.1, 1.0, 1.0, 0.95, 0.85],
     "c80_db": [1.5, 2.0, 3.0, 3.0, 3.5, 4.0],
 }
-ZoneName = str
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ZoneSettings(_Strict):
-    """One zone of ``[acoustics]``: 1-based device channels, its layout (channels 1..outputs)."""
-
-    name: ZoneName = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    inputs: list[int] = Field(min_length=1, max_length=64)
-    outputs: list[int] = Field(min_length=1, max_length=64)
-    layout: dict[str, Any]
-    room: dict[str, Any] | None = None  # the natural room where this zone's listeners are
-    mode: str | None = None  # recalled at start
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        for what, chans in (("inputs", self.inputs), ("outputs", self.outputs)):
-            if any(not 1 <= c <= 512 for c in chans):
-                raise ValueError(f"zone {self.name}: {what} are 1-based channels 1..512")
-            if len(set(chans)) != len(chans):
-                raise ValueError(f"zone {self.name}: a channel is named twice in {what}")
-        try:
-            self.layout_obj()
-        except LayoutError as exc:
-            raise ValueError(f"zone {self.name}: layout: {exc}") from None
-        if self.room is not None:
-            try:
-                room_from(self.room)
-            except DesignError as exc:
-                raise ValueError(f"zone {self.name}: {exc}") from None
-        return self
-
-    def layout_obj(self) -> Layout:
-        return layout_from_dict({"n_out": len(self.outputs), **self.layout})
-
-
-class AcousticsConfig(_Strict):
-    """``[acoustics]`` of the venue file (docs/interfaces/venue-file.md)."""
-
-    device: str = Field(min_length=1)
-    zones: list[ZoneSettings] = Field(min_length=1, max_length=32)
-    modes: list[dict[str, Any]] = Field(default_factory=list, max_length=64)  # custom modes
-    room: dict[str, Any] | None = None  # the natural room of zones without their own
-    cap: float = Field(default=2.0, ge=1.0, le=10.0, allow_inf_nan=False)
-    early_fade_s: float = Field(default=0.1, ge=0, le=60, allow_inf_nan=False)
-    late_fade_s: float = Field(default=1.5, ge=0, le=60, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        names = [z.name for z in self.zones]
-        if len(set(names)) != len(names):
-            raise ValueError(f"acoustics: zone names must be unique, got {names}")
-        try:
-            modes = self.all_modes()
-        except ModeError as exc:
-            raise ValueError(f"acoustics.modes: {exc}") from None
-        if self.room is not None:
-            try:
-                room_from(self.room)
-            except DesignError as exc:
-                raise ValueError(f"acoustics: {exc}") from None
-        for z in self.zones:
-            if z.mode is not None and z.mode not in modes:
-                raise ValueError(
-                    f"zone {z.name}: no mode '{z.mode}' (modes: {', '.join(sorted(modes))})"
-                )
-        return self
-
-    def all_modes(self) -> dict[str, Mode]:
-        out = dict(MODES)
-        for data in self.modes:
-            m = mode_from_dict(data)
-            out[m.name] = m
-        return out
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            zones=tuple(
-                ZoneConfig(z.name, tuple(c - 1 for c in z.inputs), tuple(c - 1 for c in z.outputs))
-                for z in self.zones
-            ),
-            early_fade_s=self.early_fade_s,
-            late_fade_s=self.late_fade_s,
-        )
 
 
 def _design(mode: Mode, layout: Layout, room: Room, cap: float) -> Design:

@@ -51,7 +51,7 @@ from drivers.model import (
     load_profile,
     read_toml,
 )
-from edge.acoustics import AcousticsConfig
+from edge.acoustics_config import AcousticsConfig
 
 
 class _Strict(BaseModel):

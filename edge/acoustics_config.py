@@ -1,0 +1,119 @@
+"""``[acoustics]`` of the venue file: the sound field's device, zones, layouts, room and custom
+modes (edge/acoustics.py runs it; docs/acoustics.md, "In the service").
+
+Kept apart from ``edge/acoustics.py`` and importing ``dsp`` only inside its validators: every
+process that loads a venue imports this module, and ``dsp.design`` pulls in scipy.signal and
+scipy.optimize (about 2 s), which a venue without ``[acoustics]`` never needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from dsp.engine import EngineConfig
+    from dsp.layout import Layout
+    from dsp.presets import Mode
+
+
+ZoneName = str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZoneSettings(_Strict):
+    """One zone of ``[acoustics]``: 1-based device channels, its layout (channels 1..outputs)."""
+
+    name: ZoneName = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    inputs: list[int] = Field(min_length=1, max_length=64)
+    outputs: list[int] = Field(min_length=1, max_length=64)
+    layout: dict[str, Any]
+    room: dict[str, Any] | None = None  # the natural room where this zone's listeners are
+    mode: str | None = None  # recalled at start
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for what, chans in (("inputs", self.inputs), ("outputs", self.outputs)):
+            if any(not 1 <= c <= 512 for c in chans):
+                raise ValueError(f"zone {self.name}: {what} are 1-based channels 1..512")
+            if len(set(chans)) != len(chans):
+                raise ValueError(f"zone {self.name}: a channel is named twice in {what}")
+        from dsp.design import DesignError, room_from
+        from dsp.layout import LayoutError
+
+        try:
+            self.layout_obj()
+        except LayoutError as exc:
+            raise ValueError(f"zone {self.name}: layout: {exc}") from None
+        if self.room is not None:
+            try:
+                room_from(self.room)
+            except DesignError as exc:
+                raise ValueError(f"zone {self.name}: {exc}") from None
+        return self
+
+    def layout_obj(self) -> Layout:
+        from dsp.layout import layout_from_dict
+
+        return layout_from_dict({"n_out": len(self.outputs), **self.layout})
+
+
+class AcousticsConfig(_Strict):
+    """``[acoustics]`` of the venue file (docs/interfaces/venue-file.md)."""
+
+    device: str = Field(min_length=1)
+    zones: list[ZoneSettings] = Field(min_length=1, max_length=32)
+    modes: list[dict[str, Any]] = Field(default_factory=list, max_length=64)  # custom modes
+    room: dict[str, Any] | None = None  # the natural room of zones without their own
+    cap: float = Field(default=2.0, ge=1.0, le=10.0, allow_inf_nan=False)
+    early_fade_s: float = Field(default=0.1, ge=0, le=60, allow_inf_nan=False)
+    late_fade_s: float = Field(default=1.5, ge=0, le=60, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        from dsp.design import DesignError, room_from
+        from dsp.presets import ModeError
+
+        names = [z.name for z in self.zones]
+        if len(set(names)) != len(names):
+            raise ValueError(f"acoustics: zone names must be unique, got {names}")
+        try:
+            modes = self.all_modes()
+        except ModeError as exc:
+            raise ValueError(f"acoustics.modes: {exc}") from None
+        if self.room is not None:
+            try:
+                room_from(self.room)
+            except DesignError as exc:
+                raise ValueError(f"acoustics: {exc}") from None
+        for z in self.zones:
+            if z.mode is not None and z.mode not in modes:
+                raise ValueError(
+                    f"zone {z.name}: no mode '{z.mode}' (modes: {', '.join(sorted(modes))})"
+                )
+        return self
+
+    def all_modes(self) -> dict[str, Mode]:
+        from dsp.presets import MODES, mode_from_dict
+
+        out = dict(MODES)
+        for data in self.modes:
+            m = mode_from_dict(data)
+            out[m.name] = m
+        return out
+
+    def engine_config(self) -> EngineConfig:
+        from dsp.engine import EngineConfig, ZoneConfig
+
+        return EngineConfig(
+            zones=tuple(
+                ZoneConfig(z.name, tuple(c - 1 for c in z.inputs), tuple(c - 1 for c in z.outputs))
+                for z in self.zones
+            ),
+            early_fade_s=self.early_fade_s,
+            late_fade_s=self.late_fade_s,
+        )
