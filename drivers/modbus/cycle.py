@@ -24,12 +24,18 @@ What the motion layer uses (all on the driver's event loop):
   refused in a setpoint: it acts on every write (§7.7), and a cycle would reset 50 times a
   second; resets stay explicit commands (``reset_fault``).
 - ``await stop_axis(StopKind.QUICK)``: writes the stop's control word at once, outside the
-  cycle's deadlines, at command priority (it waits at most for the one transaction on the
-  wire), as a transaction of its own that also reads the status back, and returns when the
-  drive has answered. The stop **latches** in the cycle: every later cycle writes the stop
-  word (registers 104...105 only) and ``set_setpoint`` raises ``AxisStopped`` until
-  ``release_stop()``, which also forgets the last setpoint, so a released axis never resumes
-  an old run by itself.
+  cycle's deadlines, as a transaction of its own that also reads the status back, and returns
+  when the drive has answered. "At once": on the axis's **stop connection**, a second TCP
+  connection to the drive that carries nothing but stops, so a stop never waits for the cycle
+  transaction on the wire (a Modbus server need not take a pipelined request, and pymodbus's
+  drops it: docs/decisions.md "E-stop fan-out"); the cycle's own connection writes it again
+  right after its transaction in flight, so the last control word the drive sees is the stop
+  whatever order it served the two connections in. Without a stop connection (the drive
+  refused a second one) the stop goes on the cycle's connection at command priority and waits
+  for at most the one transaction on the wire. The stop **latches** in the cycle: every later
+  cycle writes the stop word (registers 104...105 only) and ``set_setpoint`` raises
+  ``AxisStopped`` until ``release_stop()``, which also forgets the last setpoint, so a
+  released axis never resumes an old run by itself.
 - ``on_status``: a plain callback given every decoded ``AxisStatus`` with its monotonic receive
   time, good or bad, in the cycle task (keep it short; it must not block). 64 axes at 50 Hz
   are 3 200 statuses a second, so decoding is a handful of compiled readers and one slotted
@@ -365,10 +371,14 @@ class AxisCycle:
         self._setpoint_values: tuple[Value, ...] = ()
         self._stop_word: int | None = None
         self._out_of_cycle_at = -math.inf  # when a stop's own transaction was answered
-        self.stop_sent_at = -math.inf  # when the last stop frame went to the socket
+        self.stop_sent_at = -math.inf  # when the last stop's first frame went to a socket
+        self._stop_t0 = -math.inf  # when the last stop_axis() was called
         self._heartbeat = 0
         self._link: ModbusLink | None = None
         self._session: LinkSession | None = None
+        self._stop_link: ModbusLink | None = None  # the stop connection, if the drive took one
+        self._stop_session: LinkSession | None = None
+        self._repeats: set[asyncio.Task[tuple[bool, bool, bool]]] = set()
         self._unit = 0
         self._timeout_s = 0.1
 
@@ -424,38 +434,65 @@ class AxisCycle:
     async def stop_axis(self, kind: StopKind = StopKind.QUICK) -> float:
         """Latch ``kind`` and write its control word now; the seconds until the drive's answer.
 
-        The stop goes out at once, outside the cycle's deadlines, at command priority (it waits
-        at most for the one transaction on the wire: a Modbus server need not take a pipelined
-        request, and pymodbus's drops it), as a cycle transaction of its own: the
-        stop word and the heartbeat written (104...105), the status block read back in the
-        same round trip and delivered like any status, so the caller's next status already
-        shows the stop. A regular cycle due within half a period after it is skipped, so a
-        fan-out to every axis adds no load to the drives beyond bringing their cycle forward.
+        The stop goes out at once, outside the cycle's deadlines, on the stop connection (the
+        module docstring), as a cycle transaction of its own: the stop word and the heartbeat
+        written (104...105), the status block read back in the same round trip and delivered
+        like any status, so the caller's next status already shows the stop. The cycle's
+        connection repeats it at command priority after the transaction on its wire (in the
+        background when the stop connection was answered), and a regular cycle due within half
+        a period after that is skipped, so a fan-out to every axis adds no load to the drives
+        beyond one extra transaction each.
 
         The latch is set before anything is awaited, so every later cycle writes the stop even
-        when this write fails. DeviceUnavailable if the device is not connected or the write is
-        not acknowledged (the latched stop is then written by every cycle that gets through).
+        when this write fails. DeviceUnavailable if the device is not connected or neither
+        connection's write is acknowledged (the latched stop is then written by every cycle
+        that gets through).
         """
         kind = StopKind(kind)
         self._stop_word = int(kind)
         self.stats.stops += 1
-        t0 = time.monotonic()
+        self._stop_t0 = t0 = time.monotonic()
         link = self._link
         if link is None or not link.connected:
             raise DeviceUnavailable(f"{self.device.id}: not connected; the stop is latched")
-        try:
-            _good, _answered, written = await self._transact(link, Priority.COMMAND)
-        except ConnectionError as exc:
-            raise DeviceUnavailable(f"{self.device.id}: stop: {exc}") from exc
+        # Created first, run after the stop connection's frame is on its socket: this step.
+        repeat = asyncio.ensure_future(self._repeat_stop(link))
+        self._repeats.add(repeat)
+        repeat.add_done_callback(self._repeat_done)
+        written = False
+        fast = self._stop_link
+        if fast is not None and fast.connected:
+            try:
+                written = (await self._transact(fast, Priority.COMMAND, self._stop_session))[2]
+            except ConnectionError as exc:  # the cycle's connection is still trying
+                log.warning("%s: stop connection: %s", self.device.id, exc)
+        if not written:
+            try:
+                written = (await repeat)[2]
+            except ConnectionError as exc:
+                raise DeviceUnavailable(f"{self.device.id}: stop: {exc}") from exc
         elapsed = time.monotonic() - t0
         if not written:
             error = self.latest.error if self.latest is not None else "no answer"
             raise DeviceUnavailable(f"{self.device.id}: stop: {error}")
-        self._out_of_cycle_at = t0 + elapsed
         if len(self.stats.stop_ack_s) < RTT_SAMPLES:
             self.stats.stop_ack_s.append(elapsed)
             self.stats.stop_sent_s.append(max(0.0, self.stop_sent_at - t0))
         return elapsed
+
+    async def _repeat_stop(self, link: ModbusLink) -> tuple[bool, bool, bool]:
+        """The latched stop on the cycle's connection, at command priority (stop_axis)."""
+        result = await self._transact(link, Priority.COMMAND)
+        if result[2]:
+            self._out_of_cycle_at = time.monotonic()
+        return result
+
+    def _repeat_done(self, task: asyncio.Task[tuple[bool, bool, bool]]) -> None:
+        self._repeats.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The connection was lost under it: the driver reconnects, and the cycle then
+            # writes the latched stop.
+            log.warning("%s: stop repeat: %s", self.device.id, task.exception())
 
     def release_stop(self) -> None:
         """Clear the latched stop and forget the last setpoint: the cycle writes the heartbeat
@@ -474,11 +511,15 @@ class AxisCycle:
         stop: StopFlag,
         silent_limit: int,
         backoff: Backoff | None = None,
+        stop_link: ModbusLink | None = None,
     ) -> None:
         """Cycle until ``stop``; ConnectionError when the link is lost or the device is silent
-        for ``silent_limit`` transactions (the driver reconnects with back-off)."""
+        for ``silent_limit`` transactions (the driver reconnects with back-off). ``stop_link``
+        is the axis's stop connection (``stop_axis``), None if the drive refused one."""
         self._link, self._unit, self._timeout_s = link, unit, timeout_s
         self._session = LinkSession(link)
+        self._stop_link = stop_link
+        self._stop_session = None if stop_link is None else LinkSession(stop_link)
         self.stats.fallback = False  # a new connection may reach a new device: ask again
         silent = 0
         period = self.period
@@ -502,7 +543,9 @@ class AxisCycle:
                 if silent >= silent_limit:
                     raise ConnectionError(f"no answer to {silent} cycles")
         finally:
-            self._link = None
+            self._link = self._stop_link = self._stop_session = None
+            for task in list(self._repeats):
+                task.cancel()
             if self._sink_task is not None and not self._sink_task.done():
                 await asyncio.gather(self._sink_task, return_exceptions=True)
 
@@ -537,10 +580,13 @@ class AxisCycle:
         return self.map.write_start, [*self._setpoint, hb]
 
     async def _transact(
-        self, link: ModbusLink, priority: Priority = Priority.HEARTBEAT
+        self,
+        link: ModbusLink,
+        priority: Priority = Priority.HEARTBEAT,
+        session: LinkSession | None = None,
     ) -> tuple[bool, bool, bool]:
         """One cycle's transaction: (a good status was delivered, the device answered, the
-        write was acknowledged)."""
+        write was acknowledged). ``session`` is the link's (the cycle's by default)."""
         block = self.map.status
         t0 = time.monotonic()
         # The cycle runs at heartbeat priority: a command or a stop goes first. (The scheduler
@@ -550,10 +596,15 @@ class AxisCycle:
         try:
             t0 = time.monotonic()
             start, registers = self._write_block()  # after any stop that went first
-            if priority is Priority.COMMAND and self._stop_word is not None:
-                self.stop_sent_at = t0  # the frame goes to the socket in this same step
-            session = self._session if self._session is not None else LinkSession(link)
-            self._session = session
+            if (
+                priority is Priority.COMMAND
+                and self._stop_word is not None
+                and self.stop_sent_at < self._stop_t0
+            ):
+                self.stop_sent_at = t0  # the stop's first frame goes to a socket in this step
+            if session is None:
+                session = self._session if self._session is not None else LinkSession(link)
+                self._session = session
             if not self.stats.fallback:
                 try:
                     answer = await session.read_write(

@@ -43,7 +43,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from drivers.base import (
@@ -178,11 +178,36 @@ class ModbusDeviceDriver:
         # The cycle uses the lean transport (lean.py; why: docs/decisions.md).
         return ModbusLink.tcp(self.transport, self.max_in_flight, lean=self.cycle is not None)
 
+    @contextlib.asynccontextmanager
+    async def _stop_connection(self) -> AsyncIterator[ModbusLink | None]:
+        """The axis's stop connection (cycle.py), or None when the drive refuses a second
+        connection: its stops then take turns on the cycle's connection."""
+        assert isinstance(self.transport, ModbusTcpTransport)
+        link = ModbusLink.tcp(self.transport, 1, lean=True)
+        opened: ModbusLink | None = link
+        try:
+            await link.open()
+        except (ConnectionError, OSError) as exc:
+            log.warning("%s: no stop connection (%s); stops share the cycle's", self.device.id, exc)
+            opened = None
+        try:
+            yield opened
+        finally:
+            if opened is not None:
+                opened.close()
+
     async def _serve(self, link: ModbusLink, backoff: Backoff) -> None:
         if self.cycle is not None:
-            await self.cycle.run(
-                link, self.unit, self.timeout_s, self._stop, self._silent_limit, backoff
-            )
+            async with self._stop_connection() as stop_link:
+                await self.cycle.run(
+                    link,
+                    self.unit,
+                    self.timeout_s,
+                    self._stop,
+                    self._silent_limit,
+                    backoff,
+                    stop_link,
+                )
             return
         async with asyncio.TaskGroup() as tg:
             if self.device.profile.heartbeat is not None:

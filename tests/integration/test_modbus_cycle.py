@@ -270,17 +270,37 @@ class Fc23Peer:
         self.mode = "good"
         self.requests: list[int] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+        self.max_connections = 2
+        self.delay_first_s = 0.0  # the first connection's answers wait this long
+        # (event, connection, first register written, values written) for FC 23 requests and
+        # answers sent: the order the peer saw things in.
+        self.events: list[tuple[str, int, int, list[int]]] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = self.connections
+        self.connections += 1
+        if conn >= self.max_connections:  # a drive that takes this many connections
+            writer.close()
+            return
         self._writers.add(writer)
         try:
             while True:
                 tid, _pid, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
                 pdu = await reader.readexactly(length - 1)
                 self.requests.append(pdu[0])
+                start, values = 0, []
+                if pdu[0] == 23 and len(pdu) >= 10:
+                    start, count = struct.unpack(">HH", pdu[5:9])
+                    values = list(struct.unpack(f">{count}H", pdu[10 : 10 + 2 * count]))
+                    self.events.append(("request", conn, start, values))
+                if conn == 0 and self.delay_first_s:
+                    await asyncio.sleep(self.delay_first_s)
                 if reply := self.answer(tid, unit, pdu):
                     writer.write(reply)
                     await writer.drain()
+                    if pdu[0] == 23:
+                        self.events.append(("answer", conn, start, values))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -380,3 +400,50 @@ async def test_fallback_on_the_raw_peer_uses_fc16_then_fc03() -> None:
         await axis.good_status()
         tail = peer.requests[n:]
         assert 23 not in tail and tail[:2] in ([16, 3], [3, 16])
+
+
+async def test_a_stop_goes_on_the_stop_connection_without_waiting_for_the_cycle() -> None:
+    """The cycle's connection is slow (each answer held 150 ms): the stop is written on the
+    second connection while the cycle's transaction is still on the wire, acknowledged there,
+    and then written again on the cycle's connection, so the drive's last word is the stop."""
+    async with fc23_peer() as (port, peer), cycle_driver(port, timeout_s=0.4) as axis:
+        await axis.good_status()
+        assert peer.connections == 2  # the cycle's and the stop connection
+        peer.delay_first_s = 0.15
+        axis.cycle.set_setpoint(Setpoint(2000.0, 500.0, 500.0))
+
+        def pending_run() -> bool:  # a setpoint write on the cycle's connection, unanswered
+            asked = [e for e in peer.events if e[:3] == ("request", 0, 100)]
+            return bool(asked) and asked[-1] == peer.events[-1]
+
+        await wait_until(lambda: _true(pending_run()), 3, "a cycle transaction on the wire")
+        n = len(peer.events)
+        await axis.cycle.stop_axis(StopKind.QUICK)
+        seen = peer.events[n:]
+        # Acknowledged on the stop connection before the cycle's transaction was answered.
+        assert seen[:2] == [("request", 1, 104, seen[0][3]), ("answer", 1, 104, seen[0][3])]
+        assert seen[0][3][0] == int(StopKind.QUICK)
+        stats = axis.cycle.stats
+        assert stats.stop_sent_s[-1] <= stats.stop_ack_s[-1]
+
+        def repeated() -> bool:  # then the cycle's connection writes it too, after its run
+            return any(e[:3] == ("request", 0, 104) for e in peer.events[n:])
+
+        await wait_until(lambda: _true(repeated()), 3, "the stop repeated on the cycle's link")
+        later = peer.events[n:]
+        run_answered = later.index(next(e for e in later if e[:3] == ("answer", 0, 100)))
+        repeat_asked = later.index(next(e for e in later if e[:3] == ("request", 0, 104)))
+        assert run_answered < repeat_asked
+        assert later[repeat_asked][3][0] == int(StopKind.QUICK)
+
+
+async def test_a_drive_with_one_connection_takes_its_stops_on_the_cycle() -> None:
+    async with fc23_peer() as (port, peer):
+        peer.max_connections = 1  # the second connection is closed at once
+        async with cycle_driver(port, timeout_s=0.2) as axis:
+            await axis.good_status()
+            n = len(peer.events)
+            await axis.cycle.stop_axis(StopKind.QUICK)
+            stops = [e for e in peer.events[n:] if e[0] == "request" and e[2] == 104]
+            assert stops and {e[1] for e in stops} == {0}
+            assert (await axis.good_status()).good  # the cycle goes on, the stop latched
