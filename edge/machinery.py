@@ -40,6 +40,7 @@ from drivers.modbus.cycle import AxisStatus as CycleStatus
 from drivers.modbus.cycle import StopKind as CycleStop
 from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import CommandError, Device, ModbusTcpTransport, Quality, Value
+from edge.journal import JournalQuery
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -189,6 +190,29 @@ async def learn(service: Service) -> None:
             for r in v
         ]
         sup.learning.learn(axis, rows)
+    await _learn_from_journal(service, since)
+
+
+async def _learn_from_journal(service: Service, since: float) -> None:
+    """Each axis's worst following error per move, from the journal's ``move.done`` events
+    (the telemetry has no planned positions to compare with)."""
+    sup = service.supervisor
+    assert sup is not None
+    for axis in sup.axes:
+        try:
+            events, _ = await service.journal.query(
+                JournalQuery(since=since, device=axis, limit=LEARN_ROWS)
+            )
+        except Exception as exc:  # an aid, never a reason not to start
+            log.warning("machinery learning: journal of %s not read: %s", axis, exc)
+            continue
+        errors = []
+        for stored in events:
+            e = stored.event
+            per_axis = e.args.get("following_error") if e.command == "move.done" else None
+            if isinstance(per_axis, dict) and axis in per_axis:
+                errors.append(per_axis[axis])
+        sup.learning.learn_moves(axis, errors)
 
 
 def _num(value: Any) -> float | None:

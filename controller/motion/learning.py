@@ -92,6 +92,16 @@ class Learning:
             rec.last = None  # history and live statuses do not make one derivative
         self._cache.pop(axis, None)
 
+    def learn_moves(self, axis: str, following_errors: Iterable[float]) -> None:
+        """Feed the worst following error of each past move (the journal's ``move.done``
+        events): one sample per move, so the figure errs high until live statuses outnumber
+        them, which is the safe side for a figure an operator compares limits with."""
+        rec = self.axes.setdefault(axis, AxisRecord())
+        for e in following_errors:
+            if isinstance(e, int | float) and not isinstance(e, bool) and math.isfinite(e):
+                rec.following_error.append(abs(float(e)))
+        self._cache.pop(axis, None)
+
     def shown(self, axis: str) -> dict[str, float | None]:
         now = self.clock()
         hit = self._cache.get(axis)

@@ -138,6 +138,7 @@ class Move:
     reason: str = ""
     confirmed_by: str | None = None
     warnings: list[str] = field(default_factory=list)  # beyond what the axes have shown
+    max_error: dict[str, float] = field(default_factory=dict)  # each axis's worst following error
     triggers: list[tuple[str, float, asyncio.Event]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -767,6 +768,8 @@ class Supervisor:
                 else min(abs(st.position - lo), abs(st.position - hi))
             )
             ax.following_error = err
+            if err > move.max_error.get(ax.name, -1.0):
+                move.max_error[ax.name] = err
             if err > lim.following_error:
                 return (
                     f"{ax.name}: following error {err:.0f} > {lim.following_error:g} "
@@ -819,11 +822,14 @@ class Supervisor:
         return True
 
     def _finish(self, m: Move) -> None:
+        """A move arrived: journalled with each axis's worst following error, which the
+        learning reads back at the next start (``Learning.learn_moves``)."""
         self._end(m, "done")
+        args: dict[str, Any] = {"move": m.id}
+        if m.max_error:
+            args["following_error"] = {a: round(e, 1) for a, e in sorted(m.max_error.items())}
         self._spawn(
-            self.journal_event(
-                m.origin, "move.done", Result.OK, targets=list(m.axes), args={"move": m.id}
-            )
+            self.journal_event(m.origin, "move.done", Result.OK, targets=list(m.axes), args=args)
         )
 
     async def _park(self, axes: list[str]) -> None:

@@ -69,3 +69,13 @@ async def test_a_planned_move_beyond_what_was_shown_is_warned_not_refused() -> N
     assert r.journal.of("move")[0].args["warnings"] == move.warnings
     assert r.sup.snapshot()["moves"][0]["warnings"] == move.warnings
     await r.sup.close()
+
+
+def test_move_maxima_from_the_journal_are_learnt_and_hostile_ones_ignored() -> None:
+    learn = Learning()
+    maxima: list[object] = [12.0 + (i % 5) for i in range(MIN_SAMPLES)]
+    maxima += [math.nan, math.inf, True, "12", None, -3.0]
+    learn.learn_moves("h", maxima)  # type: ignore[arg-type]
+    figure = learn.shown("h")["following_error"]
+    assert figure is not None and 12.0 <= figure <= 16.0
+    assert learn.shown("h")["speed"] is None  # moves' maxima teach nothing else

@@ -150,7 +150,12 @@ async def test_a_move_streams_its_plan_and_arrives(r: Rig) -> None:
     assert move.state == "done" and move.done.is_set()
     assert r.sup.state("hoist-1") is AxisState.IDLE
     assert [e.result for e in r.journal.of("move")] == [Result.OK]
-    assert r.journal.of("move.done")[0].targets == ("hoist-1", "hoist-2")
+    done = r.journal.of("move.done")[0]
+    assert done.targets == ("hoist-1", "hoist-2")
+    # Each axis's worst following error, for the learning at the next start.
+    errors = done.args["following_error"]
+    assert set(errors) == {"hoist-1", "hoist-2"}
+    assert all(0.0 <= e < HOIST.following_error for e in errors.values())
 
 
 async def test_relative_moves_and_the_snapshot(r: Rig) -> None:
