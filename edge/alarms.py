@@ -601,6 +601,7 @@ class AlarmEngine:
         self.evaluated = 0
         self.store_errors = 0
         self.events = 0
+        self.raised: dict[str, int] = dict.fromkeys(SEVERITIES, 0)  # since start (/metrics)
         started = monotonic()
         for b in self.bindings:
             a = self.alarms[b.id] = Alarm(
@@ -787,6 +788,7 @@ class AlarmEngine:
 
     def _raise(self, a: Alarm, message: str) -> None:
         a.pending_since = None
+        self.raised[a.severity] = self.raised.get(a.severity, 0) + 1
         a.condition = True
         a.message = message or a.message
         now = self.clock()

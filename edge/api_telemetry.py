@@ -15,20 +15,27 @@ is never echoed), from after to, spans over ten years, times that are not times.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import math
 import re
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 
-from edge.store import LIMIT_MAX, POINTS_MAX, QueryError, TelemetryQuery, export_stream
+from edge.store import (
+    LIMIT_MAX,
+    POINTS_MAX,
+    QueryError,
+    TelemetryQuery,
+    export_stream,
+    parse_time,
+)
 
 if TYPE_CHECKING:
+    from drivers.model import Device
     from edge.service import Service
 
 log = logging.getLogger(__name__)
@@ -50,27 +57,41 @@ def _name(v: str) -> str:
     return f"'{v}'" if _ECHO.fullmatch(v) else "(not an id)"
 
 
-def parse_time(name: str, text: str | None, default: float) -> float:
-    """Epoch seconds from a number or an ISO 8601 time with a zone; a 422 otherwise."""
-    if text is None:
-        return default
-    try:
-        v = float(text)
-    except ValueError:
-        v = _iso(name, text)
-    if not math.isfinite(v):
-        raise HTTPException(422, f"{name} must be a finite number of epoch seconds")
-    return v
-
-
-def _iso(name: str, text: str) -> float:
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPException(422, f"{name}: not epoch seconds nor an ISO 8601 time") from None
-    if t.tzinfo is None:
-        raise HTTPException(422, f"{name}: an ISO 8601 time needs a zone (Z or +hh:mm)")
-    return t.timestamp()
+def build_query(
+    devices: Mapping[str, Device],
+    device: str,
+    point: Sequence[str] | None,
+    start: str | None,
+    end: str | None,
+    resolution: str,
+    agg: str,
+    max_points: int = 1000,
+    limit: int = 10_000,
+) -> TelemetryQuery:
+    """The query of the API's parameters against ``devices`` (the node's, by id); a
+    :class:`QueryError` saying which parameter and why. The CLI's export validates with it too."""
+    dev = devices.get(device)
+    if dev is None:
+        raise QueryError(f"device: no device {_name(device)} on this node")
+    points = tuple(point) if point else tuple(dev.profile.points)
+    unknown = [p for p in points if p not in dev.profile.points]
+    if unknown:
+        names = ", ".join(_name(p) for p in unknown[:5])
+        raise QueryError(f"point: device {_name(device)} has no point {names}")
+    if len(points) > POINTS_MAX:
+        raise QueryError(f"point: at most {POINTS_MAX} points a query")
+    to = parse_time("to", end, time.time())
+    frm = parse_time("from", start, to - DEFAULT_WINDOW_S)
+    return TelemetryQuery(
+        device,
+        frm,
+        to,
+        points,
+        resolution,  # type: ignore[arg-type]
+        agg,  # type: ignore[arg-type]
+        max_points,
+        limit,
+    )
 
 
 def _query(
@@ -84,29 +105,9 @@ def _query(
     max_points: int = 1000,
     limit: int = 10_000,
 ) -> TelemetryQuery:
-    dev = service.devices.get(device)
-    if dev is None:
-        raise HTTPException(422, f"device: no device {_name(device)} on this node")
-    points = tuple(point) if point else tuple(dev.profile.points)
-    unknown = [p for p in points if p not in dev.profile.points]
-    if unknown:
-        names = ", ".join(_name(p) for p in unknown[:5])
-        raise HTTPException(422, f"point: device {_name(device)} has no point {names}")
-    if len(points) > POINTS_MAX:
-        raise HTTPException(422, f"point: at most {POINTS_MAX} points a query")
-    now = time.time()
-    to = parse_time("to", end, now)
-    frm = parse_time("from", start, to - DEFAULT_WINDOW_S)
     try:
-        return TelemetryQuery(
-            device,
-            frm,
-            to,
-            points,
-            resolution,  # type: ignore[arg-type]
-            agg,  # type: ignore[arg-type]
-            max_points,
-            limit,
+        return build_query(
+            service.devices, device, point, start, end, resolution, agg, max_points, limit
         )
     except QueryError as exc:
         raise HTTPException(422, str(exc)) from exc

@@ -9,6 +9,8 @@ flytower configuration preview VENUE NAME [--from NAME]   try a venue configurat
                            on the simulators (progress, timings, a plot in hil-out/)
 flytower acoustics analyze IR.wav | measure VENUE --outputs 1 --inputs 1,2 | modes
                            room acoustics (docs/acoustics.md, "Command line and plots")
+flytower telemetry export VENUE --device D --format csv|parquet -o OUT [--from T --to T]
+                           a device's telemetry from the store (docs/telemetry.md)
 """
 
 from __future__ import annotations
@@ -183,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     from edge.acoustics_cli import add_arguments as add_acoustics_arguments
 
     add_acoustics_arguments(p)
+    p = sub.add_parser("telemetry", help="the telemetry store: export to CSV or Parquet")
+    from edge.telemetry_cli import add_arguments as add_telemetry_arguments
+
+    add_telemetry_arguments(p)
     p = sub.add_parser(
         "hil",
         help="run a hardware-in-loop scenario against the simulated venue (see hil --help)",

@@ -13,6 +13,8 @@ counted twice and a scrape costs nothing between scrapes:
 - lighting output: frames, late / skipped frames, send errors, interval jitter p50/p99;
 - machinery: per axis cycles, late and missed cycles, round trip p99, stops; the E-stop latch;
 - audio streams: callbacks, xruns (the four flags summed), processor errors, callback load;
+- alarms: instances per state and severity (every combination, 0 included), alarms raised
+  since start per severity;
 - HTTP: request latency per route template (a histogram filled by the API's middleware).
 
 Names are ``flytower_*``; labels are the device / axis / queue / reason names.
@@ -53,6 +55,7 @@ class ServiceCollector(Collector):
         yield from self._lighting()
         yield from self._machinery()
         yield from self._audio()
+        yield from self._alarms()
 
     def _devices(self) -> Iterator[Metric]:
         svc = self.service
@@ -225,6 +228,35 @@ class ServiceCollector(Collector):
             load.add_metric([dev], s.cpu_load)
         yield from fams.values()
         yield load
+
+    def _alarms(self) -> Iterator[Metric]:
+        from edge.alarms import SEVERITIES, State
+
+        engine = self.service.alarms
+        if engine is None:
+            return
+        # Every state x severity, 0 included: an alert rule on a series that is absent while
+        # nothing is wrong would never see it appear, and a dashboard would show "no data".
+        counts = {(st.value, sev): 0 for st in State for sev in SEVERITIES}
+        for a in engine.alarms.values():
+            key = (a.state.value, a.severity)
+            counts[key] = counts.get(key, 0) + 1
+        gauge = GaugeMetricFamily(
+            "flytower_alarms",
+            "alarm instances in each state and severity",
+            labels=["state", "severity"],
+        )
+        for (state, sev), n in sorted(counts.items()):
+            gauge.add_metric([state, sev], n)
+        yield gauge
+        raised = CounterMetricFamily(
+            "flytower_alarms_raised",
+            "alarms raised since the service started, by severity",
+            labels=["severity"],
+        )
+        for sev, n in sorted((dict.fromkeys(SEVERITIES, 0) | engine.raised).items()):
+            raised.add_metric([sev], n)
+        yield raised
 
 
 def registry_for(service: Service) -> tuple[CollectorRegistry, Histogram]:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import datetime as dt
 import heapq
 import io
 import itertools
@@ -280,6 +281,30 @@ def _finite_time(name: str, v: object) -> str | None:
     if not 0 <= v <= TS_MAX:
         return f"{name} must be between 1970 and 2100"
     return None
+
+
+def parse_time(name: str, text: str | None, default: float) -> float:
+    """Epoch seconds from a number or an ISO 8601 time with a zone (``None``: ``default``);
+    a :class:`QueryError` naming ``name`` otherwise. The API's and the CLI's ``from`` / ``to``."""
+    if text is None:
+        return default
+    try:
+        v = float(text)
+    except ValueError:
+        v = _iso(name, text)
+    if not math.isfinite(v):
+        raise QueryError(f"{name} must be a finite number of epoch seconds")
+    return v
+
+
+def _iso(name: str, text: str) -> float:
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(f"{name}: not epoch seconds nor an ISO 8601 time") from None
+    if t.tzinfo is None:
+        raise QueryError(f"{name}: an ISO 8601 time needs a zone (Z or +hh:mm)")
+    return t.timestamp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,3 +62,55 @@ async def test_the_scrape_parses_and_reports_the_service(tmp_path: Path) -> None
         assert "/api/v1/devices/{device_id}" in routes and "/metrics" in routes
         assert not any("passwd" in r or r.startswith("/..") for r in routes)
         assert service.supervisor is not None
+
+
+ALARM_RULE = """
+[alarms]
+store = "alarms.sqlite3"
+tick_s = 0.05
+
+[[alarms.rules]]
+id = "too-high"
+kind = "high"
+point = "position"
+limit = 1000.0
+severity = "minor"
+"""
+
+
+async def test_alarm_counts_by_state_and_severity(tmp_path: Path) -> None:
+    """A real rule on a real reading (the hoist stands at 2000 mm, the rule's limit is 1000):
+    the scrape counts it per state and severity, every combination present, and acknowledging
+    it moves it from active_unack to active_ack while the raised counter stays at one."""
+    from edge.alarms import SEVERITIES, State
+
+    venue = write_venue(tmp_path, [{"id": "hoist-1", "port": free_port(), "start": 2000}])
+    venue.write_text(venue.read_text() + ALARM_RULE)
+    async with (
+        simulators(venue),
+        run_service(venue) as service,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.bound_api_port}") as api,
+    ):
+
+        async def scrape() -> dict[tuple[str, str], float]:
+            s = samples((await api.get("/metrics")).text)
+            return {(lab["state"], lab["severity"]): v for lab, v in s["flytower_alarms"]}
+
+        async def raised() -> bool:
+            return (await scrape())[("active_unack", "minor")] == 1
+
+        await wait_until(raised, 20, "the position alarm counted as active_unack, minor")
+        counts = await scrape()
+        assert set(counts) == {(st.value, sev) for st in State for sev in SEVERITIES}
+        assert sum(v for (st, _), v in counts.items() if st != "inactive") == 1
+        s = samples((await api.get("/metrics")).text)
+        total = {lab["severity"]: v for lab, v in s["flytower_alarms_raised_total"]}
+        assert total == {**dict.fromkeys(SEVERITIES, 0.0), "minor": 1.0}
+
+        r = await api.post("/api/v1/alarms/too-high:hoist-1:position/ack", json={})
+        assert r.status_code == 200, r.text
+        counts = await scrape()
+        assert counts[("active_unack", "minor")] == 0 and counts[("active_ack", "minor")] == 1
+        s = samples((await api.get("/metrics")).text)
+        total = {lab["severity"]: v for lab, v in s["flytower_alarms_raised_total"]}
+        assert total["minor"] == 1
