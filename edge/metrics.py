@@ -11,7 +11,8 @@ counted twice and a scrape costs nothing between scrapes:
 - InfluxDB sink (when configured): queue depth and bytes, lag, delivered, write failures,
   quarantined, dropped;
 - lighting output: frames, late / skipped frames, send errors, interval jitter p50/p99;
-- machinery: per axis cycles, late and missed cycles, round trip p99, stops; the E-stop latch;
+- machinery: per axis cycles, late and missed cycles, round trip p99, stops, the stop
+  connection; the E-stop latch;
 - audio streams: callbacks, xruns (the four flags summed), processor errors, callback load;
 - alarms: instances per state and severity (every combination, 0 included), alarms raised
   since start per severity;
@@ -189,8 +190,14 @@ class ServiceCollector(Collector):
         rtt = GaugeMetricFamily(
             "flytower_axis_rtt_seconds", "cycle round trip p99", labels=["axis"]
         )
+        stop_link = GaugeMetricFamily(
+            "flytower_axis_stop_connection",
+            "1 while the axis's stop connection is open (a stop goes out without waiting)",
+            labels=["axis"],
+        )
         io = sup.io
         for axis, cycle in sorted(getattr(io, "cycles", {}).items()):
+            stop_link.add_metric([axis], 1.0 if cycle.stop_link_up else 0.0)
             st = cycle.stats
             cycles["cycles"].add_metric([axis], st.cycles)
             cycles["late_cycles"].add_metric([axis], st.late)
@@ -200,6 +207,7 @@ class ServiceCollector(Collector):
             rtt.add_metric([axis], float("nan") if p99 is None else p99 / 1000)
         yield from cycles.values()
         yield rtt
+        yield stop_link
 
     def _audio(self) -> Iterator[Metric]:
         from edge.audio import AudioDevice

@@ -494,6 +494,17 @@ class AxisCycle:
             # writes the latched stop.
             log.warning("%s: stop repeat: %s", self.device.id, task.exception())
 
+    @property
+    def stop_link_up(self) -> bool:
+        """The axis's stop connection is open: a stop goes out without waiting."""
+        return self._stop_link is not None and self._stop_link.connected
+
+    def use_stop_link(self, link: ModbusLink | None) -> None:
+        """The axis's stop connection (``stop_axis``), kept open by the driver; None while
+        there is none (stops then take turns on the cycle's connection)."""
+        self._stop_link = link
+        self._stop_session = None if link is None else LinkSession(link)
+
     def release_stop(self) -> None:
         """Clear the latched stop and forget the last setpoint: the cycle writes the heartbeat
         alone (the drive keeps the stop word) until the next ``set_setpoint``."""
@@ -511,15 +522,11 @@ class AxisCycle:
         stop: StopFlag,
         silent_limit: int,
         backoff: Backoff | None = None,
-        stop_link: ModbusLink | None = None,
     ) -> None:
         """Cycle until ``stop``; ConnectionError when the link is lost or the device is silent
-        for ``silent_limit`` transactions (the driver reconnects with back-off). ``stop_link``
-        is the axis's stop connection (``stop_axis``), None if the drive refused one."""
+        for ``silent_limit`` transactions (the driver reconnects with back-off)."""
         self._link, self._unit, self._timeout_s = link, unit, timeout_s
         self._session = LinkSession(link)
-        self._stop_link = stop_link
-        self._stop_session = None if stop_link is None else LinkSession(stop_link)
         self.stats.fallback = False  # a new connection may reach a new device: ask again
         silent = 0
         period = self.period
@@ -543,7 +550,7 @@ class AxisCycle:
                 if silent >= silent_limit:
                     raise ConnectionError(f"no answer to {silent} cycles")
         finally:
-            self._link = self._stop_link = self._stop_session = None
+            self._link = None
             for task in list(self._repeats):
                 task.cancel()
             if self._sink_task is not None and not self._sink_task.done():

@@ -43,7 +43,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from drivers.base import (
@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 5.0
+STOP_LINK_CHECK_S = 1.0  # how often the stop connection is checked (and reopened)
+STOP_LINK_RETRY_MAX_S = 30.0
 
 
 def request_timeout_s(device: Device) -> float:
@@ -178,36 +180,57 @@ class ModbusDeviceDriver:
         # The cycle uses the lean transport (lean.py; why: docs/decisions.md).
         return ModbusLink.tcp(self.transport, self.max_in_flight, lean=self.cycle is not None)
 
-    @contextlib.asynccontextmanager
-    async def _stop_connection(self) -> AsyncIterator[ModbusLink | None]:
-        """The axis's stop connection (cycle.py), or None when the drive refuses a second
-        connection: its stops then take turns on the cycle's connection."""
+    async def _keep_stop_connection(self, cycle: AxisCycle) -> None:
+        """The axis's stop connection (cycle.py): opened beside the cycle's, and opened again
+        whenever it is found closed (a drive may close an idle connection), with back-off so
+        a drive that refuses a second connection is asked at most every STOP_LINK_RETRY_MAX_S.
+        Until it is open, stops take turns on the cycle's connection."""
         assert isinstance(self.transport, ModbusTcpTransport)
-        link = ModbusLink.tcp(self.transport, 1, lean=True)
-        opened: ModbusLink | None = link
+        backoff = Backoff(STOP_LINK_CHECK_S, STOP_LINK_RETRY_MAX_S)
+        link: ModbusLink | None = None
+        warned = False
         try:
-            await link.open()
-        except (ConnectionError, OSError) as exc:
-            log.warning("%s: no stop connection (%s); stops share the cycle's", self.device.id, exc)
-            opened = None
-        try:
-            yield opened
+            while not self._stop.is_set():
+                if link is None or not link.connected:
+                    if link is not None:
+                        link.close()
+                        cycle.use_stop_link(None)
+                    link = ModbusLink.tcp(self.transport, 1, lean=True)
+                    try:
+                        await link.open()
+                    except (ConnectionError, OSError) as exc:
+                        link = None
+                        if not warned:
+                            log.warning(
+                                "%s: no stop connection (%s); stops share the cycle's",
+                                self.device.id,
+                                exc,
+                            )
+                            warned = True
+                        await self._stop.sleep(backoff.next_delay())
+                        continue
+                    cycle.use_stop_link(link)
+                await self._stop.sleep(STOP_LINK_CHECK_S)
+                if link is not None and link.connected:
+                    backoff.reset()
         finally:
-            if opened is not None:
-                opened.close()
+            cycle.use_stop_link(None)
+            if link is not None:
+                link.close()
 
     async def _serve(self, link: ModbusLink, backoff: Backoff) -> None:
         if self.cycle is not None:
-            async with self._stop_connection() as stop_link:
-                await self.cycle.run(
-                    link,
-                    self.unit,
-                    self.timeout_s,
-                    self._stop,
-                    self._silent_limit,
-                    backoff,
-                    stop_link,
+            cycle = self.cycle
+            keeper = asyncio.create_task(
+                self._keep_stop_connection(cycle), name=f"{self.device.id}:stop-connection"
+            )
+            try:
+                await cycle.run(
+                    link, self.unit, self.timeout_s, self._stop, self._silent_limit, backoff
                 )
+            finally:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
             return
         async with asyncio.TaskGroup() as tg:
             if self.device.profile.heartbeat is not None:

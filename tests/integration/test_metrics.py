@@ -45,7 +45,8 @@ async def test_the_scrape_parses_and_reports_the_service(tmp_path: Path) -> None
         async def cycling() -> bool:
             s = samples((await api.get("/metrics")).text)
             cycles = {lab["axis"]: v for lab, v in s.get("flytower_axis_cycles_total", [])}
-            return len(cycles) == 2 and min(cycles.values()) > 10
+            links = [v for _, v in s.get("flytower_axis_stop_connection", [])]
+            return len(cycles) == 2 and min(cycles.values()) > 10 and links == [1.0, 1.0]
 
         await wait_until(cycling, 20, "both axes cycling in the scrape")
         for path in ("/api/v1/devices/hoist-1", "/api/v1/devices/nope", "/../../etc/passwd"):

@@ -276,14 +276,20 @@ class Fc23Peer:
         # (event, connection, first register written, values written) for FC 23 requests and
         # answers sent: the order the peer saw things in.
         self.events: list[tuple[str, int, int, list[int]]] = []
+        self.by_conn: dict[int, asyncio.StreamWriter] = {}
+        self.handlers: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = self.connections
         self.connections += 1
-        if conn >= self.max_connections:  # a drive that takes this many connections
+        if len(self._writers) >= self.max_connections:  # a drive taking this many at once
             writer.close()
             return
         self._writers.add(writer)
+        self.by_conn[conn] = writer
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
         try:
             while True:
                 tid, _pid, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
@@ -348,6 +354,9 @@ async def fc23_peer() -> AsyncIterator[tuple[int, Fc23Peer]]:
         yield port, peer
     finally:
         peer.drop_connections()
+        for task in peer.handlers:
+            task.cancel()
+        await asyncio.gather(*peer.handlers, return_exceptions=True)
         server.close()
         await server.wait_closed()
 
@@ -408,6 +417,7 @@ async def test_a_stop_goes_on_the_stop_connection_without_waiting_for_the_cycle(
     and then written again on the cycle's connection, so the drive's last word is the stop."""
     async with fc23_peer() as (port, peer), cycle_driver(port, timeout_s=0.4) as axis:
         await axis.good_status()
+        await wait_until(lambda: _true(axis.cycle.stop_link_up), 3, "the stop connection")
         assert peer.connections == 2  # the cycle's and the stop connection
         peer.delay_first_s = 0.15
         axis.cycle.set_setpoint(Setpoint(2000.0, 500.0, 500.0))
@@ -446,4 +456,16 @@ async def test_a_drive_with_one_connection_takes_its_stops_on_the_cycle() -> Non
             await axis.cycle.stop_axis(StopKind.QUICK)
             stops = [e for e in peer.events[n:] if e[0] == "request" and e[2] == 104]
             assert stops and {e[1] for e in stops} == {0}
+            assert not axis.cycle.stop_link_up
             assert (await axis.good_status()).good  # the cycle goes on, the stop latched
+
+
+async def test_a_stop_connection_the_drive_closed_is_opened_again() -> None:
+    async with fc23_peer() as (port, peer), cycle_driver(port, timeout_s=0.2) as axis:
+        await wait_until(lambda: _true(axis.cycle.stop_link_up), 3, "the stop connection")
+        peer.by_conn[1].close()  # a drive closing an idle connection
+        await wait_until(lambda: _true(peer.connections == 3), 5, "a new stop connection")
+        await wait_until(lambda: _true(axis.cycle.stop_link_up), 3, "the stop connection up")
+        n = len(peer.events)
+        await axis.cycle.stop_axis(StopKind.QUICK)
+        assert ("request", 2, 104) in [e[:3] for e in peer.events[n:]]
