@@ -688,12 +688,15 @@ def adapt(
     cap: float = 2.0,
     loop_margin_db: float = LOOP_MARGIN_DB,
     refine_steps: int = 4,
+    progress: Callable[[Iteration, float], None] | None = None,
 ) -> Adaptation:
     """Adapt the field of ``mode`` to the room of ``measured_paths`` (module docstring).
 
     ``measure``: given parameters, the *measured* combined listener IR through the real room
     (the closed loop); without it the loop measures the model (``combined_response``).
     ``refine_steps``: Gauss-Newton steps on the model before the first measurement.
+    ``progress``: called after every measured iteration with it and its worst error over the
+    held metrics, in JNDs (the service shows it while the loop runs).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int):
         raise AdaptError(f"iterations must be an integer, got {iterations!r}")
@@ -765,6 +768,8 @@ def adapt(
             time.perf_counter() - t0,
         )  # fmt: skip
         done.append(it)
+        if progress is not None:
+            progress(it, it.worst_jnd(held))
         if it.worst_jnd(held) <= 1.0:
             break
     best = min(done, key=lambda it: (it.worst_jnd(held), -it.index))

@@ -19,9 +19,22 @@ design starts from. ``SoundFieldControl`` is the service's side of it:
   (``analyse_measurement``: IRs, ISO 3382 metrics, decay curves), stored under the venue's
   ``var/acoustics/<id>/`` (IR WAVs, ``summary.json``), journalled at its end, and optionally
   made a zone's room (``room_source`` "measured <time>"); ``measurement`` is its live state;
-- ``snapshot()``: modes and their targets, the measurement's state, zones with their mode,
-  state and latencies, the room each design assumed, and each zone's design (predicted
-  values, what is not reachable and why), for the API and the console.
+- ``adapt(zone, mode, origin, iterations)``: closed-loop adaptation (``dsp.adapt``): the
+  zone's paths measured with the field muted (``measure``'s own run: the stage loudspeaker and
+  the zone's loudspeakers into its pickup and listener microphones), then ``adapt`` in a
+  worker process of its own whose every iteration asks this loop, over a pipe, to play the
+  candidate and measure the source into the listener through the running field; the result
+  stored (``adaptation.json``, ``adaptation.png``), the paths and calibrated room kept for the
+  zone, and the adapted field recalled (journalled as a recall). ``adaptation`` is its state;
+- the **loop-gain guard** of every recall: a zone with measured paths has each new field's
+  loop gain (``dsp.adapt.loop_gain_db``) checked in the design process before it is sent;
+  above the stability margin the whole field is lowered to it (``scaled``), or the recall
+  refused when that would take more than ``MAX_CUT_DB``; the zone's ``loop`` says which, and
+  without paths that the gain is unchecked;
+- ``snapshot()``: modes and their targets, the measurement's and adaptation's state, zones
+  with their mode, state and latencies, the room each design assumed, each zone's design
+  (predicted values, what is not reachable and why), its loop check and its adaptation, for
+  the API and the console.
 
 Without a configured or measured room a zone's design assumes ``DEFAULT_ROOM`` (a dry
 multi-purpose room) and says so in its notes.
@@ -30,6 +43,7 @@ multi-purpose room) and says so in its notes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -45,11 +59,12 @@ from typing import Any
 
 import numpy as np
 
-from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
+from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind, journalled
 from controller.playback.ports import PlaybackError, Unavailable
+from dsp.adapt import LOOP_MARGIN_DB, AdaptError, MeasuredPaths, adapt, loop_gain_db, scaled
 from dsp.design import Design, DesignError, Room, design, room_from
 from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory
-from dsp.field import BANDS_HZ
+from dsp.field import BANDS_HZ, FieldParams
 from dsp.layout import Layout
 from dsp.measure import (
     MeasurementDone,
@@ -67,7 +82,7 @@ from dsp.measure import (
 )
 from dsp.metrics import IRError, analyze, decay_curve
 from dsp.presets import Mode, ModeError
-from edge.acoustics_config import AcousticsConfig
+from edge.acoustics_config import AcousticsConfig, ZoneSettings
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +99,39 @@ DEFAULT_ROOM: Mapping[str, Any] = {
 def _design(mode: Mode, layout: Layout, room: Room, cap: float) -> Design:
     """Run in the design process (module level: pickled by name)."""
     return design(mode, layout, room, cap=cap)
+
+
+MAX_CUT_DB = 40.0  # a guard that would lower the field by more refuses it: it would be inaudible
+
+
+def _loop_guard(
+    params: FieldParams, paths: MeasuredPaths, margin_db: float
+) -> tuple[FieldParams, float, float, float]:
+    """In the design process: ``params`` lowered until the loop's peak gain is ``margin_db``
+    below 0 dB. Returns the parameters, the gain before and after, and the cut (dB)."""
+    before = gain = loop_gain_db(paths, params)
+    cut = 0.0
+    for _ in range(4):  # the engine is linear: one step suffices, the rest is rounding
+        excess = gain + margin_db
+        if not math.isfinite(excess) or excess <= 1e-3 or cut > MAX_CUT_DB:
+            break
+        cut += excess
+        params = scaled(params, -excess)
+        gain = loop_gain_db(paths, params)
+    return params, before, gain, cut
+
+
+def loop_paths(samplerate: int, speaker_pickup: Any) -> MeasuredPaths:
+    """Paths for the loop-gain guard from a measurement that covered only the zone's outputs
+    into its pickup: ``loop_gain_db`` uses nothing else (the source and listener paths are
+    placeholders, never used to model the listener)."""
+    sp = np.asarray(speaker_pickup, dtype=np.float64)
+    return MeasuredPaths(int(samplerate), sp[0], sp[0], sp, sp)
+
+
+def _loop_brief(loop: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("checked", "gain_db", "cut_db", "note")
+    return {k: loop[k] for k in keep if k in loop}
 
 
 # --- measurement: the analysis shared by the service and the CLI ------------------------------
@@ -143,6 +191,117 @@ def write_ir(path: Path, ir: Any, fs: int) -> None:
     wavfile.write(path, fs, np.asarray(ir, dtype=np.float32))
 
 
+def read_ir(path: Path) -> tuple[int, np.ndarray[Any, np.dtype[np.float64]]]:
+    """An IR written by ``write_ir``: its sample rate and samples."""
+    from scipy.io import wavfile
+
+    fs, data = wavfile.read(path)
+    a = np.asarray(data, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{path.name}: not a mono IR")
+    return int(fs), a
+
+
+def _stack(irs: list[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """IRs as rows of one array, the shorter ones zero-padded."""
+    n = max(len(x) for x in irs)
+    out = np.zeros((len(irs), n))
+    for k, x in enumerate(irs):
+        out[k, : len(x)] = x
+    return out
+
+
+# --- adaptation: the worker process ------------------------------------------------------------
+
+MAX_ADAPT_ITERATIONS = 5  # measured iterations an adaptation may take (the API's limit)
+ADAPT_TIMEOUT_S = 900.0  # an adaptation that has not ended by then fails
+LOOP_FADE_S = 0.5  # the crossfade to each candidate of the closed loop
+
+
+@dataclass(frozen=True)
+class AdaptJob:
+    """What the adaptation worker needs: the mode, the zone's layout, the folder holding the
+    muted measurement's IRs, and the 1-based device channels of each path."""
+
+    mode: Mode
+    layout: Layout
+    folder: str
+    source: int
+    outputs: tuple[int, ...]
+    pickup: int
+    listener: int
+    latency_s: float
+    iterations: int
+    cap: float
+
+
+def adapt_worker(job: AdaptJob, conn: Any) -> None:
+    """The adaptation's process (module level: spawned by name). Builds ``MeasuredPaths`` from
+    the stored IRs and runs ``dsp.adapt.adapt`` with ``measure`` the closed loop: each call
+    asks the service over ``conn`` to play the parameters and record a sweep, and deconvolves
+    the recording here. Sends ``("iteration", (index, worst_jnd))`` as it goes, and
+    ``("result", {...})`` or ``("error", text)`` at the end."""
+    try:
+        conn.send(("result", _adapt_job(job, conn)))
+    except (AdaptError, MeasurementError, IRError, DesignError, OSError, ValueError) as exc:
+        with contextlib.suppress(OSError):  # else the service has gone
+            conn.send(("error", str(exc) or type(exc).__name__))
+    except EOFError:
+        pass  # the service has gone
+    finally:
+        conn.close()
+
+
+def _adapt_job(job: AdaptJob, conn: Any) -> dict[str, Any]:
+    folder = Path(job.folder)
+    rates: set[int] = set()
+
+    def ir(output: int, input_: int) -> Any:
+        fs, data = read_ir(folder / f"ir-out{output}-in{input_}.wav")
+        rates.add(fs)
+        return data
+
+    sl, sp = ir(job.source, job.listener), ir(job.source, job.pickup)
+    hl = _stack([ir(o, job.listener) for o in job.outputs])
+    hp = _stack([ir(o, job.pickup) for o in job.outputs])
+    if len(rates) != 1:
+        raise AdaptError(f"the measured IRs have different sample rates {sorted(rates)}")
+    paths = MeasuredPaths(rates.pop(), sl, sp, hl, hp, job.latency_s)
+
+    def measure(params: FieldParams) -> Any:
+        conn.send(("measure", params))
+        kind, payload = conn.recv()
+        if kind != "measured":
+            raise AdaptError(f"the closed-loop measurement failed: {payload}")
+        plan, recording, path = payload
+        rec = recording if recording is not None else load_recording(str(path))
+        if path is not None:
+            os.unlink(path)
+        return analyze_recording(plan, rec).ir(job.source, job.listener)
+
+    def progress(it: Any, worst: float) -> None:
+        conn.send(("iteration", (it.index, worst)))
+
+    a = adapt(
+        job.mode, job.layout, paths, iterations=job.iterations, measure=measure, cap=job.cap,
+        progress=progress,
+    )  # fmt: skip
+    return {
+        "adaptation": a.to_dict(),
+        "params": a.params,
+        "room": a.room,
+        "paths": paths,
+        "worst_jnd": a.best.worst_jnd(a.held),
+    }
+
+
+def _plot_adaptation(summary: dict[str, Any], path: str, mode: Mode) -> str:
+    """In the design process: the before/after plot of an adaptation."""
+    from edge.acoustics_plots import plot_adaptation
+
+    return str(plot_adaptation(summary, path, mode))
+
+
 def analyse_measurement(
     plan: MeasurementPlan,
     recording: Recording | None,
@@ -196,6 +355,11 @@ class ZoneState:
     design: Design | None = None
     latency: dict[str, int] | None = None
     error: str = ""
+    # the measured paths of the zone's loop (an adaptation's, or a muted measurement's that
+    # covered its pickup and outputs): the loop-gain guard of every recall works on them
+    paths: MeasuredPaths | None = None
+    paths_source: str = ""
+    loop: dict[str, Any] = field(default_factory=lambda: {"checked": False, "note": ""})
 
 
 class SoundFieldControl:
@@ -226,6 +390,12 @@ class SoundFieldControl:
         self._done: asyncio.Future[MeasurementDone] | None = None
         self._measure_task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
+        # adaptation (see ``adapt``): the last one started, its task and worker process, and
+        # the adapted parameters per (zone, mode) with the paths they were adapted on
+        self.adaptation: dict[str, Any] | None = None
+        self._adapt_task: asyncio.Task[None] | None = None
+        self._adapt_proc: Any = None
+        self._adapted: dict[tuple[str, str], tuple[FieldParams, MeasuredPaths, dict[str, Any]]] = {}
 
     def factory(self) -> MeasurementFactory:
         """The stream's processor under the player: the measurement wrapping the engine."""
@@ -305,9 +475,15 @@ class SoundFieldControl:
         fade_s: float | None,
         origin: Origin,
         zones: list[str] | None = None,
+        report: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Crossfade ``zones`` (None: every zone) to ``mode`` over ``fade_s`` (None: the
-        configured fades). Returns when every zone's crossfade has started."""
+        configured fades). Returns when every zone's crossfade has started.
+
+        A zone adapted to ``mode`` plays its adapted parameters, any other its design. Every
+        zone with measured paths has its loop gain checked first (``_guard``): lowered to the
+        stability margin, saying so in the zone's ``loop`` and in ``report`` (the journal
+        event's args), or the whole recall refused (409) when it cannot be made stable."""
         if mode not in self.modes:
             known = ", ".join(sorted(self.modes))
             raise PlaybackError(f"no sound-field mode '{mode}' (modes: {known})", 404)
@@ -319,12 +495,32 @@ class SoundFieldControl:
             raise PlaybackError(f"fade_s must be within 0..60 s, got {fade_s}", 422)
         if self.send is None:
             raise Unavailable("the sound-field engine's audio stream is not running")
+        busy = self._adapting_zone()
+        if busy is not None and busy in names:
+            assert self.adaptation is not None
+            raise PlaybackError(
+                f"zone {busy} is being adapted (adaptation {self.adaptation['id']}): recall it "
+                "when the adaptation has ended",
+                409,
+            )
         async with self._lock:
-            designs = await asyncio.gather(*(self._design_for(z, mode) for z in names))
+            designs = await asyncio.gather(*(self._params_for(z, mode) for z in names))
+            guarded = await asyncio.gather(
+                *(self._guard(z, p) for z, (_, p) in zip(names, designs, strict=True)),
+                return_exceptions=True,
+            )
+            refused = [g for g in guarded if isinstance(g, BaseException)]
+            loops = {n: g[1] for n, g in zip(names, guarded, strict=True) if isinstance(g, tuple)}
+            if report is not None:
+                report["loop"] = {n: _loop_brief(v) for n, v in loops.items()}
+            if refused:  # nothing is sent when a zone cannot be made stable
+                raise refused[0]
             loop = asyncio.get_running_loop()
             waits = []
-            for name, d in zip(names, designs, strict=True):
-                zone = self.zones[name]
+            for name, (d, _), g in zip(names, designs, guarded, strict=True):
+                assert isinstance(g, tuple)
+                params, zone = g[0], self.zones[name]
+                zone.loop = loops[name]
                 zone.mode, zone.design, zone.error = mode, d, ""
                 zone.state, zone.since = "designing", time.time()
                 fut: asyncio.Future[FieldReady] = loop.create_future()
@@ -334,7 +530,7 @@ class SoundFieldControl:
                 self._ready[name] = fut
                 early = self.config.early_fade_s if fade_s is None else min(fade_s, 0.1)
                 try:
-                    self.send(SetField(name, d.params, early_fade_s=early, late_fade_s=fade_s))
+                    self.send(SetField(name, params, early_fade_s=early, late_fade_s=fade_s))
                 except Exception as exc:
                     self._ready.pop(name, None)
                     zone.state, zone.error = "failed", str(exc)
@@ -353,6 +549,72 @@ class SoundFieldControl:
                 raise
         log.info("%s: sound field '%s' on %s", origin.source, mode, ", ".join(names))
         return {"mode": mode, "zones": {n: self._zone_snapshot(self.zones[n]) for n in names}}
+
+    async def _params_for(self, name: str, mode: str) -> tuple[Design | None, FieldParams]:
+        """What ``mode`` plays in zone ``name``: its adapted parameters when the zone was
+        adapted to it on the paths it has now, else its design."""
+        adapted = self._adapted.get((name, mode))
+        if adapted is not None and adapted[1] is self.zones[name].paths:
+            return self.zones[name].design if self.zones[name].mode == mode else None, adapted[0]
+        d = await self._design_for(name, mode)
+        return d, d.params
+
+    async def _guard(self, name: str, params: FieldParams) -> tuple[FieldParams, dict[str, Any]]:
+        """The loop-gain guard: with the zone's measured paths, ``params`` lowered (every level
+        alike) until the loop's peak gain is ``LOOP_MARGIN_DB`` below instability; refused
+        (``PlaybackError`` 409) when that is not finite or would take more than
+        ``MAX_CUT_DB``. Without paths the gain is unchecked, and the note says so."""
+        zone = self.zones[name]
+        if zone.paths is None:
+            return params, {
+                "checked": False,
+                "margin_db": LOOP_MARGIN_DB,
+                "note": "loop gain unchecked: no measured paths for this zone (adapt it, or "
+                "measure its pickup from its outputs with the field muted)",
+            }
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(DESIGN_TIMEOUT_S):
+                out, before, after, cut = await loop.run_in_executor(
+                    self._design_pool(), _loop_guard, params, zone.paths, LOOP_MARGIN_DB
+                )
+        except (AdaptError, ValueError) as exc:
+            raise PlaybackError(
+                f"zone {name}: the loop gain cannot be checked: {exc}", 409
+            ) from None
+        except TimeoutError:
+            raise PlaybackError(f"zone {name}: the loop-gain check took too long", 409) from None
+        info: dict[str, Any] = {
+            "checked": True,
+            "paths": zone.paths_source,
+            "margin_db": LOOP_MARGIN_DB,
+            "gain_db": _num(before),
+            "applied_gain_db": _num(after),
+            "cut_db": round(cut, 2),
+        }
+        if not (math.isfinite(before) and math.isfinite(after)) or cut > MAX_CUT_DB:
+            why = (
+                f"zone {name}: refused: the feedback loop's peak gain is {before:+.1f} dB; "
+                f"stable with a {LOOP_MARGIN_DB:g} dB margin only {cut:.0f} dB down (more than "
+                f"{MAX_CUT_DB:g} dB: the field would be inaudible). Move the pickup closer to "
+                "the source or the loudspeakers away from it, or re-adapt"
+            )
+            zone.loop = {**info, "note": why}
+            raise PlaybackError(why, 409)
+        if cut > 0:
+            info["note"] = (
+                f"loop gain {before:+.1f} dB is above the stability margin "
+                f"({-LOOP_MARGIN_DB:+g} dB): the whole field lowered by {cut:.1f} dB "
+                f"(loop gain now {after:+.1f} dB)"
+            )
+        else:
+            info["note"] = f"loop gain {before:+.1f} dB, within the {LOOP_MARGIN_DB:g} dB margin"
+        return out, info
+
+    def _design_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
 
     async def _design_for(self, name: str, mode: str) -> Design:
         zone = self.zones[name]
@@ -393,8 +655,9 @@ class SoundFieldControl:
             if not streaming() or self._lock.locked():
                 continue
             by_mode: dict[str, list[str]] = {}
+            adapting = self._adapting_zone()
             for z in self.zones.values():
-                if z.mode is not None and z.state == "silent":
+                if z.mode is not None and z.state == "silent" and z.name != adapting:
                     by_mode.setdefault(z.mode, []).append(z.name)
             for mode, names in by_mode.items():
                 try:
@@ -439,6 +702,48 @@ class SoundFieldControl:
         the stream cannot run."""
         if zone is not None and zone not in self.zones:
             raise PlaybackError(f"no sound-field zone '{zone}'", 404)
+        if self.adapting:
+            assert self.adaptation is not None
+            raise PlaybackError(
+                f"adaptation {self.adaptation['id']} is running: it measures on this stream",
+                409,
+            )
+        plan, state, folder, xruns = await self._start_run(
+            origin,
+            outputs=outputs,
+            inputs=inputs,
+            sweeps=sweeps,
+            level_db=level_db,
+            mute_inner=mute_inner,
+            zone=zone,
+            sweep_s=sweep_s,
+            ir_s=ir_s,
+            noise_s=noise_s,
+        )
+        self._measure_task = asyncio.create_task(
+            self._complete(plan, state, folder, xruns, origin),
+            name=f"acoustics-measure:{state['id']}",
+        )
+        log.info("%s: measurement %s started (%.1f s)", origin.source, state["id"], plan.seconds)
+        return dict(state)
+
+    async def _start_run(
+        self,
+        origin: Origin,
+        *,
+        outputs: list[int],
+        inputs: list[int],
+        sweeps: int,
+        level_db: float,
+        mute_inner: bool,
+        zone: str | None,
+        sweep_s: float,
+        ir_s: float,
+        noise_s: float,
+    ) -> tuple[MeasurementPlan, dict[str, Any], Path, int]:
+        """Plan a measurement and have the stream start it (``measure``'s first half, shared
+        with the adaptation's closed loop). Returns the plan, the live state (also
+        ``self.measurement``), the run's folder and the stream's xrun count before it."""
         if self.send is None or self.driver is None or self.var_dir is None:
             raise Unavailable("the sound-field engine's audio stream is not running")
         if self.measuring:
@@ -504,12 +809,7 @@ class SoundFieldControl:
             state["state"], state["error"] = "failed", str(exc)
             raise Unavailable(f"measurement {run_id}: {exc}") from None
         state["state"] = "measuring"
-        self._measure_task = asyncio.create_task(
-            self._complete(plan, state, folder, xruns, origin),
-            name=f"acoustics-measure:{run_id}",
-        )
-        log.info("%s: measurement %s started (%.1f s)", origin.source, run_id, plan.seconds)
-        return dict(state)
+        return plan, state, folder, xruns
 
     async def _complete(
         self, plan: MeasurementPlan, state: dict[str, Any], folder: Path, xruns: int, origin: Origin
@@ -562,6 +862,8 @@ class SoundFieldControl:
             )
             if state["zone"] is not None:
                 self._use_room(state["zone"], summary, state)
+                if plan.mute_inner:
+                    await self._use_paths(state["zone"], summary, folder, state)
             state["warnings"] = len(summary["measurement"]["warnings"])
             state["state"] = "done"
             log.info("measurement %s done (%d xrun(s))", state["id"], state["xruns"])
@@ -613,6 +915,368 @@ class SoundFieldControl:
         zone.room_source = f"measured {when}"
         state["room"] = "updated"
 
+    async def _use_paths(
+        self, name: str, summary: dict[str, Any], folder: Path, state: dict[str, Any]
+    ) -> None:
+        """A muted measurement that covered the zone's outputs into its pickup gives the zone
+        the paths of its loop (for the loop-gain guard)."""
+        settings = self._settings(name)
+        files = {(p["output"], p["input"]): p["file"] for p in summary["pairs"]}
+        if settings.pickup is None or any(
+            (o, settings.pickup) not in files for o in settings.outputs
+        ):
+            return
+        names = [files[(o, settings.pickup)] for o in settings.outputs]
+        try:
+            irs = await asyncio.to_thread(lambda: [read_ir(folder / n)[1] for n in names])
+            paths = loop_paths(int(summary["fs"]), _stack(irs))
+        except (OSError, ValueError) as exc:
+            state["paths_error"] = f"zone {name}: the loop's paths not kept: {exc}"
+            return
+        zone = self.zones[name]
+        zone.paths, zone.paths_source = paths, f"measurement {state['id']}"
+        state["paths"] = "updated"
+
+    def _settings(self, name: str) -> ZoneSettings:
+        return next(z for z in self.config.zones if z.name == name)
+
+    # --- adaptation ---------------------------------------------------------------------
+
+    @property
+    def adapting(self) -> bool:
+        return self.adaptation is not None and self.adaptation["state"] not in ("done", "failed")
+
+    def _adapting_zone(self) -> str | None:
+        """The zone whose field the running adaptation drives (until it recalls the result)."""
+        a = self.adaptation
+        return None if a is None or a["state"] not in ("measuring", "adapting") else a["zone"]
+
+    async def adapt(
+        self,
+        zone: str,
+        mode: str,
+        origin: Origin,
+        iterations: int = 3,
+        *,
+        sweeps: int = 2,
+        level_db: float = -30.0,
+        sweep_s: float = 1.5,
+        ir_s: float = 1.5,
+        noise_s: float = 1.0,
+    ) -> dict[str, Any]:
+        """Adapt ``zone`` to ``mode`` by measurement (docs/acoustics.md, "Adaptation in the
+        service"); returns the run's state once its first measurement has started, the rest
+        goes on in a task (``self.adaptation``: measuring / adapting k of n / recalling /
+        done / failed). 404 unknown zone or mode, 422 bad iterations or a zone that names no
+        pickup, listener and source, or a plan the stream refuses, 409 no stream or busy."""
+        if zone not in self.zones:
+            raise PlaybackError(f"no sound-field zone '{zone}'", 404)
+        if mode not in self.modes:
+            known = ", ".join(sorted(self.modes))
+            raise PlaybackError(f"no sound-field mode '{mode}' (modes: {known})", 404)
+        if isinstance(iterations, bool) or not isinstance(iterations, int):
+            raise PlaybackError(f"iterations must be an integer, got {iterations!r}", 422)
+        if not 1 <= iterations <= MAX_ADAPT_ITERATIONS:
+            raise PlaybackError(
+                f"iterations must lie in 1 .. {MAX_ADAPT_ITERATIONS}, got {iterations}", 422
+            )
+        settings = self._settings(zone)
+        if not settings.adaptable:
+            raise PlaybackError(
+                f"zone {zone}: adaptation needs its pickup, listener and source channels "
+                "([[acoustics.zones]] pickup, listener, source)",
+                422,
+            )
+        if self.adapting:
+            assert self.adaptation is not None
+            raise PlaybackError(f"adaptation {self.adaptation['id']} is still running", 409)
+        assert settings.source is not None
+        assert settings.pickup is not None
+        assert settings.listener is not None
+        outputs = [settings.source, *settings.outputs]
+        inputs = [settings.pickup, settings.listener]
+        measure: dict[str, Any] = {
+            "sweeps": sweeps,
+            "level_db": level_db,
+            "sweep_s": sweep_s,
+            "ir_s": ir_s,
+        }
+        # the paths, with the field muted: the stage loudspeaker and every enhancement
+        # loudspeaker into the pickup and the listener microphone (``measure``'s own run:
+        # stored and journalled as any measurement)
+        started = await self.measure(
+            origin, outputs=outputs, inputs=inputs, mute_inner=True, noise_s=noise_s, **measure
+        )
+        fs = int(self.driver.snapshot().samplerate)
+        stats = self.driver.snapshot()
+        self.adaptation = state = {
+            "id": started["id"],
+            "zone": zone,
+            "mode": mode,
+            "state": "measuring",
+            "phase": "measuring the paths (the field muted)",
+            "iteration": 0,
+            "iterations": iterations,
+            "worst_jnd": [],
+            "started": time.time(),
+            "by": origin.source,
+            "measurement": started["id"],
+            "source": settings.source,
+            "outputs": list(settings.outputs),
+            "pickup": settings.pickup,
+            "listener": settings.listener,
+            # the paths are measured through the stream the engine runs in, so the stream's
+            # own delay (converters, buffers) is in every one of them already: nothing to add
+            "latency_s": 0.0,
+            "stream_latency_ms": round(1000 * (stats.input_latency_s + stats.output_latency_s), 2),
+            "closed_loop": True,
+            "error": "",
+        }
+        self._adapt_task = asyncio.create_task(
+            self._adapt_run(state, settings, fs, measure, origin), name=f"acoustics-adapt:{zone}"
+        )
+        log.info("%s: adaptation of %s to '%s' started", origin.source, zone, mode)
+        return dict(state)
+
+    async def _adapt_run(
+        self,
+        state: dict[str, Any],
+        settings: ZoneSettings,
+        fs: int,
+        measure: dict[str, Any],
+        origin: Origin,
+    ) -> None:
+        t0 = time.perf_counter()
+        try:
+            await self._adapting(state, settings, fs, measure, origin)
+        except asyncio.CancelledError:
+            state["state"], state["error"] = "failed", "cancelled"
+            raise
+        except (PlaybackError, AdaptError, OSError, ValueError, EOFError) as exc:
+            state["state"], state["error"] = "failed", str(exc) or type(exc).__name__
+            log.warning("adaptation %s failed: %s", state["id"], exc)
+        except Exception as exc:  # the worker died, ...: never leave it "adapting"
+            state["state"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("adaptation %s failed", state["id"])
+        finally:
+            if state["state"] != "done":
+                state["phase"] = "failed"
+                state["state"] = "failed"
+            self._stop_worker()
+            if self.journal is not None:
+                ok = state["state"] == "done"
+                keep = ("id", "zone", "mode", "iterations", "worst_jnd", "converged", "loop")
+                event = JournalEvent(
+                    kind=origin.kind,
+                    source=origin.source,
+                    command="acoustics.adapted",
+                    result=Result.OK if ok else Result.FAILED,
+                    requested=state["started"],
+                    executed=time.time(),
+                    duration_s=time.perf_counter() - t0,
+                    reason="" if ok else str(state["error"] or "cancelled"),
+                    targets=(state["zone"],),
+                    args={k: state[k] for k in keep if state.get(k) is not None},
+                )
+                try:
+                    await asyncio.shield(self.journal.append(event))
+                except Exception:  # the journal's own failure is logged there
+                    log.warning("adaptation %s: not journalled", state["id"])
+
+    async def _adapting(
+        self,
+        state: dict[str, Any],
+        settings: ZoneSettings,
+        fs: int,
+        measure: dict[str, Any],
+        origin: Origin,
+    ) -> None:
+        name, mode = settings.name, state["mode"]
+        task = self._measure_task
+        assert task is not None
+        assert self.var_dir is not None
+        await asyncio.shield(task)
+        m = self.measurement
+        if m is None or m["id"] != state["measurement"] or m["state"] != "done":
+            why = "" if m is None else m.get("error", "")
+            raise PlaybackError(f"the measurement of the paths failed: {why}")
+        folder = self.var_dir / state["id"]
+        state["state"], state["phase"] = "adapting", "adapting: refining on the model"
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        job = AdaptJob(
+            mode=self.modes[mode],
+            layout=self.zones[name].layout,
+            folder=str(folder),
+            source=int(state["source"]),
+            outputs=tuple(settings.outputs),
+            pickup=int(state["pickup"]),
+            listener=int(state["listener"]),
+            latency_s=float(state["latency_s"]),
+            iterations=int(state["iterations"]),
+            cap=self.config.cap,
+        )
+        # A process of its own, not the design pool: the closed loop needs a two-way channel
+        # to the worker (each iteration asks this loop to play and measure), and the design
+        # pool's one worker must stay free for other zones' recalls meanwhile.
+        proc = self._adapt_proc = ctx.Process(
+            target=adapt_worker, args=(job, theirs), name=f"flytower-adapt-{name}", daemon=True
+        )
+        proc.start()
+        theirs.close()
+        try:
+            result = await self._serve_worker(ours, state, settings, fs, measure, origin)
+        finally:
+            ours.close()
+        paths: MeasuredPaths = result["paths"]
+        params: FieldParams = result["params"]
+        summary: dict[str, Any] = result["adaptation"]
+        zone = self.zones[name]
+        zone.paths, zone.paths_source = paths, f"adaptation {state['id']}"
+        zone.room = result["room"]
+        zone.room_source = f"adapted {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        final = {
+            "converged": summary["converged"],
+            "reason": summary["reason"],
+            "best_iteration": summary["best_iteration"],
+            "worst_jnd": _num(result["worst_jnd"]),
+            "unreachable": summary["unreachable"],
+            "held": summary["held"],
+            "loop_gain_db": summary["iterations"][summary["best_iteration"]]["loop_gain_db"],
+        }
+        record = {**{k: v for k, v in state.items() if k not in ("state", "phase")}, **summary}
+        record["notes"] = summary["notes"]
+        await asyncio.to_thread(
+            (folder / "adaptation.json").write_text, json.dumps(record, indent=1, allow_nan=False)
+        )
+        try:
+            plot = await asyncio.get_running_loop().run_in_executor(
+                self._design_pool(),
+                _plot_adaptation,
+                summary,
+                str(folder / "adaptation.png"),
+                self.modes[mode],
+            )
+            final["plot"] = Path(plot).name
+        except Exception as exc:  # a plot is a nicety: the adaptation stands without it
+            final["plot_error"] = str(exc)
+        state["result"], state["converged"] = final, summary["converged"]
+        self._adapted[(name, mode)] = (params, paths, final)
+        # the adapted parameters in, crossfaded with the configured fades and journalled as
+        # any recall (the guard checks them on the paths they were adapted on)
+        state["state"], state["phase"] = "recalling", "recalling the adapted field"
+        report: dict[str, Any] = {"mode": mode, "fade_s": None, "adaptation": state["id"]}
+        sink = self.journal
+        if sink is not None:
+            await journalled(
+                sink,
+                origin,
+                "acoustics.recall",
+                lambda: self.recall(mode, None, origin, [name], report),
+                targets=[name],
+                args=report,
+            )
+        else:
+            await self.recall(mode, None, origin, [name], report)
+        state["loop"] = report.get("loop", {}).get(name)
+        state["state"], state["phase"] = "done", "done"
+        log.info("adaptation %s done: %s", state["id"], summary["reason"])
+
+    async def _serve_worker(
+        self,
+        conn: Any,
+        state: dict[str, Any],
+        settings: ZoneSettings,
+        fs: int,
+        measure: dict[str, Any],
+        origin: Origin,
+    ) -> dict[str, Any]:
+        """Answer the worker until it returns: each ``measure`` request plays the candidate
+        parameters in the zone and measures the source into the listener microphone with
+        the field running (the closed loop); progress after every iteration."""
+        deadline = time.monotonic() + ADAPT_TIMEOUT_S
+        while True:
+            if time.monotonic() > deadline:
+                raise PlaybackError(f"the adaptation took more than {ADAPT_TIMEOUT_S:g} s")
+            ready = await asyncio.to_thread(conn.poll, 0.25)
+            if not ready:
+                proc = self._adapt_proc
+                if proc is not None and not proc.is_alive() and not conn.poll():
+                    raise PlaybackError(f"the adaptation worker died (exit {proc.exitcode})")
+                continue
+            kind, payload = await asyncio.to_thread(conn.recv)
+            if kind == "result":
+                return dict(payload)
+            if kind == "error":
+                raise AdaptError(str(payload))
+            if kind == "iteration":
+                index, worst = payload
+                state["worst_jnd"].append(_num(worst))
+                state["phase"] = f"adapting {index + 1} of {state['iterations']}: measured"
+            elif kind == "measure":
+                state["iteration"] += 1
+                state["phase"] = (
+                    f"adapting {state['iteration']} of {state['iterations']}: measuring"
+                )
+                try:
+                    reply = await self._loop_measure(payload, settings, fs, measure, origin)
+                except (PlaybackError, MeasurementError) as exc:
+                    await asyncio.to_thread(conn.send, ("error", str(exc)))
+                    continue
+                # a recording is a few MB: sent from a thread, not from the event loop
+                await asyncio.to_thread(conn.send, ("measured", reply))
+
+    async def _loop_measure(
+        self,
+        params: FieldParams,
+        settings: ZoneSettings,
+        fs: int,
+        measure: dict[str, Any],
+        origin: Origin,
+    ) -> tuple[MeasurementPlan, Recording | None, str | None]:
+        """One closed-loop iteration: ``params`` in the zone (crossfaded, waited for), then a
+        sweep from the stage loudspeaker into the listener microphone through the running
+        field. The recording goes back to the worker, which deconvolves it."""
+        name = settings.name
+        assert self.send is not None
+        fut: asyncio.Future[FieldReady] = asyncio.get_running_loop().create_future()
+        old = self._ready.pop(name, None)
+        if old is not None and not old.done():
+            old.cancel()
+        self._ready[name] = fut
+        self.send(SetField(name, params, early_fade_s=0.05, late_fade_s=LOOP_FADE_S))
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await fut
+        # the crossfade over, and the old field's tail gone (it rang with the room)
+        tail = float(np.max(params.late.t60_s))
+        await asyncio.sleep(LOOP_FADE_S + min(3.0, 0.5 * tail))
+        ir_s = min(10.0, max(float(measure["ir_s"]), 1.2 * tail + 0.3))
+        plan, run, _, _ = await self._start_run(
+            origin,
+            outputs=[int(settings.source or 0)],
+            inputs=[int(settings.listener or 0)],
+            mute_inner=False,
+            zone=None,
+            noise_s=0.0,
+            **{**measure, "ir_s": ir_s},
+        )
+        done = self._done
+        assert done is not None
+        try:
+            event = await self._recording(done, plan)
+        except BaseException as exc:
+            run["state"], run["error"] = "failed", str(exc)
+            raise
+        run["state"], run["percent"] = "done", 100.0
+        return plan, event.recording, event.path
+
+    def _stop_worker(self) -> None:
+        proc, self._adapt_proc = self._adapt_proc, None
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+        if proc is not None:
+            proc.join(timeout=0)
+
     def _check_id(self, run_id: str) -> Path:
         if self.var_dir is None:
             raise Unavailable("no measurement folder")
@@ -653,7 +1317,16 @@ class SoundFieldControl:
                 raise PlaybackError(f"measurement {run_id} is {m['state']}", 409) from None
             raise PlaybackError(f"no measurement '{run_id}'", 404) from None
 
+    async def drain(self) -> None:
+        """After ``close()``: let a cancelled adaptation journal its end (before the journal
+        closes)."""
+        if self._adapt_task is not None:
+            await asyncio.gather(self._adapt_task, return_exceptions=True)
+
     def close(self) -> None:
+        if self._adapt_task is not None:
+            self._adapt_task.cancel()
+        self._stop_worker()
         if self._measure_task is not None:
             self._measure_task.cancel()
         for fut in self._ready.values():
@@ -675,17 +1348,32 @@ class SoundFieldControl:
             "room": {"source": z.room_source, **_room_dict(z.room)},
             "layout": z.layout.to_dict(),
             "design": None if z.design is None else z.design.to_dict(),
+            "loop": dict(z.loop),
+            "paths": z.paths_source or None,
+            "adaptation": self._zone_adaptation(z),
         }
+
+    def _zone_adaptation(self, z: ZoneState) -> dict[str, Any] | None:
+        """The adaptation in force in the zone: its mode's, on the zone's current paths."""
+        adapted = None if z.mode is None else self._adapted.get((z.name, z.mode))
+        if adapted is None or adapted[1] is not z.paths:
+            return None
+        return {"mode": z.mode, **adapted[2]}
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "device": self.config.device,
             "running": self.send is not None,
             "measurement": None if self.measurement is None else dict(self.measurement),
+            "adaptation": None if self.adaptation is None else _copy(self.adaptation),
             "bands_hz": list(BANDS_HZ),
             "modes": {name: _mode_dict(m) for name, m in sorted(self.modes.items())},
             "zones": {n: self._zone_snapshot(z) for n, z in self.zones.items()},
         }
+
+
+def _copy(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
 
 
 def _resolve(fut: asyncio.Future[Any] | None, value: Any) -> None:

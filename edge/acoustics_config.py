@@ -26,7 +26,12 @@ class _Strict(BaseModel):
 
 
 class ZoneSettings(_Strict):
-    """One zone of ``[acoustics]``: 1-based device channels, its layout (channels 1..outputs)."""
+    """One zone of ``[acoustics]``: 1-based device channels, its layout (channels 1..outputs).
+
+    For adaptation (``SoundFieldControl.adapt``) a zone also names, as 1-based device channels:
+    ``pickup``, the one of its ``inputs`` that is the pickup microphone near the stage;
+    ``listener``, the input of the reference (listener) microphone, which feeds no field; and
+    ``source``, the output of the stage loudspeaker, which plays only for measurements."""
 
     name: ZoneName = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     inputs: list[int] = Field(min_length=1, max_length=64)
@@ -34,6 +39,10 @@ class ZoneSettings(_Strict):
     layout: dict[str, Any]
     room: dict[str, Any] | None = None  # the natural room where this zone's listeners are
     mode: str | None = None  # recalled at start
+    # 1-based device channels (strict: ``true`` is not channel 1)
+    pickup: int | None = Field(default=None, strict=True)  # input: the pickup microphone
+    listener: int | None = Field(default=None, strict=True)  # input: the listener microphone
+    source: int | None = Field(default=None, strict=True)  # output: the stage loudspeaker
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -42,6 +51,7 @@ class ZoneSettings(_Strict):
                 raise ValueError(f"zone {self.name}: {what} are 1-based channels 1..512")
             if len(set(chans)) != len(chans):
                 raise ValueError(f"zone {self.name}: a channel is named twice in {what}")
+        self._check_paths()
         from dsp.design import DesignError, room_from
         from dsp.layout import LayoutError
 
@@ -55,6 +65,46 @@ class ZoneSettings(_Strict):
             except DesignError as exc:
                 raise ValueError(f"zone {self.name}: {exc}") from None
         return self
+
+    def _check_paths(self) -> None:
+        for key in ("pickup", "listener", "source"):
+            c = getattr(self, key)
+            if c is not None and not 1 <= c <= 512:
+                raise ValueError(f"zone {self.name}: {key} is a 1-based channel 1..512, got {c}")
+        if self.pickup is not None and self.pickup not in self.inputs:
+            raise ValueError(
+                f"zone {self.name}: pickup {self.pickup} is not one of the zone's inputs "
+                f"{self.inputs} (the pickup microphone feeds the field)"
+            )
+        if self.listener is not None:
+            if self.listener == self.pickup:
+                raise ValueError(
+                    f"zone {self.name}: listener and pickup are the same channel "
+                    f"{self.listener} (two microphones: one at the stage, one in the audience)"
+                )
+            if self.listener in self.inputs:
+                raise ValueError(
+                    f"zone {self.name}: listener {self.listener} is one of the zone's inputs "
+                    "(the reference microphone must not feed the field)"
+                )
+        if self.source is not None and self.source in self.outputs:
+            raise ValueError(
+                f"zone {self.name}: source {self.source} is one of the zone's outputs (the stage "
+                "loudspeaker plays the measurement's source, not the field)"
+            )
+
+    @property
+    def adaptable(self) -> bool:
+        """The zone names its pickup, listener and source: it can be adapted."""
+        return None not in (self.pickup, self.listener, self.source)
+
+    def device_inputs(self) -> list[int]:
+        """Every device input the zone uses: ``inputs`` and the listener microphone."""
+        return [*self.inputs, *([] if self.listener is None else [self.listener])]
+
+    def device_outputs(self) -> list[int]:
+        """Every device output the zone uses: ``outputs`` and the stage loudspeaker."""
+        return [*self.outputs, *([] if self.source is None else [self.source])]
 
     def layout_obj(self) -> Layout:
         from dsp.layout import layout_from_dict

@@ -16,6 +16,19 @@
   measurement's state once the stream has started it; its progress is ``measurement`` in
   ``GET /api/v1/acoustics``. 409 while another runs or without a stream, 422 for parameters
   the plan or the stream refuses, 404 for an unknown zone. Journalled as ``acoustics.measure``.
+- ``POST /api/v1/acoustics/zones/{zone}/adapt`` ``{"mode": "drama", "iterations": 3}``
+  (optionally ``sweeps`` 1..8, ``level_db`` -80..-6): adapt the zone to the mode by measurement
+  (``SoundFieldControl.adapt``; the zone names its ``pickup``, ``listener`` and ``source``).
+  Answers 202 with the run's state once its first measurement has started; its progress is
+  ``adaptation`` in ``GET /api/v1/acoustics`` (measuring / adapting k of n / recalling / done /
+  failed, the worst error in JNDs per iteration, and at the end the result: converged, the
+  unreachable targets with their reasons, the loop gain). 404 unknown zone or mode, 409 busy
+  (an adaptation or a measurement running) or no stream, 422 a bad body or a zone that cannot
+  be adapted. Journalled as ``acoustics.adapt``, its end as ``acoustics.adapted``, and the
+  adapted field's recall as ``acoustics.recall``.
+- Every recall checks the loop gain of a zone with measured paths first (scaled down to the
+  stability margin, or refused with the reason); ``args.loop`` of the recall's journal event
+  and each zone's ``loop`` say what was done.
 - ``GET /api/v1/acoustics/measurements``: the stored measurements, newest first;
   ``GET /api/v1/acoustics/measurements/{id}``: one in full: per output x input pair the metrics
   per band, the decay curves with their fit ranges, the warnings; and the room they agree on.
@@ -43,6 +56,15 @@ class RecallIn(BaseModel):
     mode: str = Field(min_length=1, max_length=64)
     zones: list[str] | None = Field(default=None, min_length=1, max_length=32)
     fade_s: float | None = Field(default=None, ge=0, le=60, allow_inf_nan=False)
+
+
+class AdaptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str = Field(min_length=1, max_length=64)
+    iterations: int = Field(default=3, ge=1, le=5, strict=True)
+    sweeps: int = Field(default=2, ge=1, le=8, strict=True)
+    level_db: float = Field(default=-30.0, ge=-80, le=-6, allow_inf_nan=False)
 
 
 class MeasureIn(BaseModel):
@@ -83,14 +105,16 @@ def router(service: Service) -> APIRouter:
         if sf is None:
             raise HTTPException(409, "this node has no sound field ([acoustics] in the venue)")
         origin = origin_of(request)
+        # ``recall`` adds what the loop-gain guard did (``loop``) before the event is written
+        args: dict[str, Any] = {"mode": body.mode, "fade_s": body.fade_s}
         try:
             return await journalled(
                 service.journal,
                 origin,
                 "acoustics.recall",
-                lambda: sf.recall(body.mode, body.fade_s, origin, body.zones),
+                lambda: sf.recall(body.mode, body.fade_s, origin, body.zones, args),
                 targets=body.zones or list(sf.zones),
-                args={"mode": body.mode, "fade_s": body.fade_s},
+                args=args,
             )
         except Unavailable as exc:
             raise HTTPException(409, str(exc)) from None
@@ -111,6 +135,36 @@ def router(service: Service) -> APIRouter:
                 "acoustics.measure",
                 lambda: sf.measure(origin, **args),
                 targets=[sf.config.device],
+                args=args,
+            )
+        except Unavailable as exc:
+            raise HTTPException(409, str(exc)) from None
+        except PlaybackError as exc:
+            raise HTTPException(exc.status or 409, str(exc)) from None
+
+    @api.post("/api/v1/acoustics/zones/{zone}/adapt", status_code=202)
+    async def adapt(zone: str, body: AdaptIn, request: Request) -> dict[str, Any]:
+        sf = service.soundfield
+        if sf is None:
+            raise HTTPException(409, "this node has no sound field ([acoustics] in the venue)")
+        if zone not in sf.zones:
+            raise HTTPException(404, f"no sound-field zone '{zone[:64]}'")
+        origin = origin_of(request)
+        args = body.model_dump()
+        try:
+            return await journalled(
+                service.journal,
+                origin,
+                "acoustics.adapt",
+                lambda: sf.adapt(
+                    zone,
+                    body.mode,
+                    origin,
+                    body.iterations,
+                    sweeps=body.sweeps,
+                    level_db=body.level_db,
+                ),
+                targets=[zone],
                 args=args,
             )
         except Unavailable as exc:

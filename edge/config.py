@@ -483,7 +483,7 @@ class VenueConfig(_Strict):
             raise ValueError(f"acoustics.device: no audio device '{ac.device}'")
         t = dev.transport
         for z in ac.zones:
-            if max(z.inputs) > t.inputs or max(z.outputs) > t.outputs:
+            if max(z.device_inputs()) > t.inputs or max(z.device_outputs()) > t.outputs:
                 raise ValueError(
                     f"acoustics: zone {z.name} names channels beyond device '{dev.id}' "
                     f"({t.inputs} inputs, {t.outputs} outputs)"

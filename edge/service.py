@@ -318,6 +318,7 @@ class Service:
                     self._soundfield_task.cancel()
                     await asyncio.gather(self._soundfield_task, return_exceptions=True)
                     self.soundfield.close()
+                    await self.soundfield.drain()
                 if self.alarms is not None:
                     self.alarms.stopping = True  # devices going offline now is the shutdown
                 for driver in self.drivers.values():
