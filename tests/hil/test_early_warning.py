@@ -122,7 +122,7 @@ async def move(api: httpx.AsyncClient, sim: httpx.AsyncClient, target: float) ->
 @pytest.mark.parametrize(
     ("fault", "params", "model", "code"),
     [
-        ("bearing_wear", {"rate_n_s": 400}, "motor_current", 4),
+        ("bearing_wear", {"rate_n_s": 800}, "motor_current", 4),
         ("brake_wear", {"rate_ms_s": 20}, "brake_release", 6),
     ],
 )
