@@ -342,13 +342,28 @@ class Supervisor:
         return failures
 
     async def reset_estop(self, origin: Origin) -> None:
-        """Unlatch the software E-stop: refused while any axis reports its e-stop input."""
+        """Unlatch the software E-stop: a person's explicit act (a user origin: never a cue,
+        a schedule or the supervisor), refused while any axis reports its e-stop input, or
+        cannot report it (offline: an input not known to be clear is not clear)."""
+        if origin.kind is not SourceKind.USER:
+            raise await self._refuse(
+                origin, "estop.reset", "an E-stop is reset by an operator, not by a cue or script"
+            )
+        now = self.clock()
         active = [n for n, ax in self.axes.items() if ax.status is not None and ax.status.estop]
         if active:
             raise await self._refuse(
                 origin,
                 "estop.reset",
                 f"E-stop inputs still active on {', '.join(sorted(active))}: clear them first",
+            )
+        unknown = [n for n in self.axes if self.state(n, now) is AxisState.OFFLINE]
+        if unknown:
+            raise await self._refuse(
+                origin,
+                "estop.reset",
+                f"E-stop inputs unknown on {', '.join(sorted(unknown))} (offline): bring them "
+                "back, or take them out of the venue, first",
             )
         self.estop_latched = False
         self.estop_reason = ""

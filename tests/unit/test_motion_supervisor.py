@@ -234,6 +234,23 @@ async def test_estop_latches_stops_everything_and_needs_a_clear_reset(r: Rig) ->
     assert [e.result for e in r.journal.of("estop.reset")] == [Result.REFUSED, Result.OK]
 
 
+async def test_an_estop_reset_needs_a_person_and_every_input_known_clear(r: Rig) -> None:
+    await r.sup.estop(BOB)
+    for kind in (SourceKind.FOLLOW, SourceKind.TIMECODE, SourceKind.SCRIPT, SourceKind.SYSTEM):
+        with pytest.raises(MotionRefused, match="reset by an operator"):
+            await r.sup.reset_estop(Origin(kind, "cue 12"))
+    await r.run(1.0, feed=False)  # no statuses: every input is unknown now
+    assert r.sup.state("hoist-1") is AxisState.OFFLINE
+    with pytest.raises(MotionRefused, match="inputs unknown on hoist-1, hoist-2 .offline."):
+        await r.sup.reset_estop(BOB)
+    assert r.sup.estop_latched
+    r.feed()
+    await r.sup.reset_estop(BOB)
+    assert not r.sup.estop_latched
+    results = [e.result for e in r.journal.of("estop.reset")]
+    assert results == [Result.REFUSED] * 5 + [Result.OK]
+
+
 async def test_a_drive_estop_input_latches_the_software_estop(r: Rig) -> None:
     r.sup.keep_enabled("desk", r.now)
     await r.sup.move({"hoist-1": 5000}, ALICE)
