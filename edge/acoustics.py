@@ -31,6 +31,10 @@ design starts from. ``SoundFieldControl`` is the service's side of it:
   above the stability margin the whole field is lowered to it (``scaled``), or the recall
   refused when that would take more than ``MAX_CUT_DB``; the zone's ``loop`` says which, and
   without paths that the gain is unchecked;
+- ``restore()``: at start (``run()`` calls it before its first recall), each zone's newest
+  usable measured room, loop paths and adapted parameters read back from ``var/acoustics``
+  (``restore_results``, in a thread), only where they fit the zone as configured now;
+  journalled as ``acoustics.restored`` (docs/acoustics.md, "After a restart");
 - ``snapshot()``: modes and their targets, the measurement's and adaptation's state, zones
   with their mode, state and latencies, the room each design assumed, each zone's design
   (predicted values, what is not reachable and why), its loop check and its adaptation, for
@@ -64,7 +68,7 @@ from controller.playback.ports import PlaybackError, Unavailable
 from dsp.adapt import LOOP_MARGIN_DB, AdaptError, MeasuredPaths, adapt, loop_gain_db, scaled
 from dsp.design import Design, DesignError, Room, design, room_from
 from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory
-from dsp.field import BANDS_HZ, FieldParams
+from dsp.field import BANDS_HZ, EarlyPattern, FieldParams, LateParams
 from dsp.layout import Layout
 from dsp.measure import (
     MeasurementDone,
@@ -302,6 +306,37 @@ def _plot_adaptation(summary: dict[str, Any], path: str, mode: Mode) -> str:
     return str(plot_adaptation(summary, path, mode))
 
 
+def adaptation_record(
+    state: dict[str, Any],
+    summary: dict[str, Any],
+    settings: ZoneSettings,
+    params: FieldParams,
+    paths: MeasuredPaths,
+    room: Room,
+    final: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``adaptation.json`` holds: the run's state, ``Adaptation.to_dict()`` and, under
+    ``restore``, what a restart needs to take the result up again (``restore_results``): the
+    zone's channels and layout, the sample rate, every parameter played, the calibrated room
+    and the result. The paths are the IRs of the folder's own measurement."""
+    record = {**{k: v for k, v in state.items() if k not in ("state", "phase")}, **summary}
+    record["notes"] = summary.get("notes", [])
+    record["restore"] = {
+        "version": RESTORE_VERSION,
+        "fs": paths.samplerate,
+        "zone_config": zone_record(settings),
+        "params": params_record(params),
+        "room": room_record(room),
+        "final": dict(final),
+    }
+    return record
+
+
+def write_adaptation(folder: Path, record: dict[str, Any]) -> None:
+    """``record`` as ``folder/adaptation.json`` (blocking)."""
+    (folder / "adaptation.json").write_text(json.dumps(record, indent=1, allow_nan=False))
+
+
 def analyse_measurement(
     plan: MeasurementPlan,
     recording: Recording | None,
@@ -321,7 +356,9 @@ def analyse_measurement(
     for p in measured.pairs:
         name = f"ir-out{p.output}-in{p.input}.wav"
         write_ir(out / name, p.ir, plan.fs)
-        entry: dict[str, Any] = {"output": p.output, "input": p.input, "file": name}
+        entry: dict[str, Any] = {
+            "output": p.output, "input": p.input, "file": name, "samples": len(p.ir),
+        }  # fmt: skip
         try:
             report = ir_report(p.ir, plan.fs)
             entry["metrics"] = report
@@ -341,6 +378,373 @@ def analyse_measurement(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     return summary
+
+
+# --- after a restart: what a zone learnt, taken up again ---------------------------------------
+
+RESTORE_VERSION = 1  # of adaptation.json's "restore" block
+RESTORE_MAX_JSON_BYTES = 64 * 2**20  # a summary.json larger than this is not read
+RESTORE_MAX_IR_S = 60.0  # nor an IR longer than this
+RESTORE_MAX_TAPS = 100_000  # nor an early pattern with more taps
+ZONE_KEYS = ("inputs", "outputs", "pickup", "listener", "source", "layout")
+
+
+def zone_record(settings: ZoneSettings) -> dict[str, Any]:
+    """The zone's channels and layout as stored with a result (JSON types): a restart uses the
+    result only if the zone is configured the same way then."""
+    out: dict[str, Any] = json.loads(
+        json.dumps({k: getattr(settings, k) for k in ZONE_KEYS}, allow_nan=False)
+    )
+    return out
+
+
+def params_record(p: FieldParams) -> dict[str, Any]:
+    """Every value of ``p`` the engine renders (``params_from_record`` reads it back)."""
+    return {
+        "n_out": p.n_out,
+        "direct_gain": p.direct_gain.tolist(),
+        "direct_delay_s": p.direct_delay_s,
+        "early": {
+            "delays_s": p.early.delays_s.tolist(),
+            "gains": p.early.gains.tolist(),
+            "channels": p.early.channels.tolist(),
+        },
+        "late": {"t60_s": p.late.t60_s.tolist(), "delay_s": p.late.delay_s},
+        "early_db": p.early_db,
+        "late_db": p.late_db,
+    }
+
+
+def _finite(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {str(v)[:40]}")
+    return float(v)
+
+
+def _floats(v: Any, what: str, n: int | None = None) -> np.ndarray[Any, np.dtype[np.float64]]:
+    if not isinstance(v, list) or (n is not None and len(v) != n):
+        want = "a list" if n is None else f"a list of {n}"
+        raise ValueError(f"{what} must be {want} numbers")
+    if len(v) > RESTORE_MAX_TAPS:
+        raise ValueError(f"{what}: more than {RESTORE_MAX_TAPS} values")
+    return np.array([_finite(x, what) for x in v], dtype=np.float64)
+
+
+def params_from_record(d: Any, n_out: int, meta: dict[str, Any]) -> FieldParams:
+    """``params_record``'s output back to ``FieldParams`` for a zone of ``n_out`` outputs;
+    ``ValueError`` naming what is wrong (a wrong shape, a non-finite or negative value)."""
+    if not isinstance(d, dict):
+        raise ValueError("params: not an object")
+    if d.get("n_out") != n_out:
+        raise ValueError(f"params are for {d.get('n_out')!r} outputs; the zone has {n_out}")
+    early, late = d.get("early"), d.get("late")
+    if not isinstance(early, dict) or not isinstance(late, dict):
+        raise ValueError("params: early and late must be objects")
+    delays = _floats(early.get("delays_s"), "early delays_s")
+    chans = _floats(early.get("channels"), "early channels", len(delays))
+    if np.any(chans != np.round(chans)):
+        raise ValueError("early channels must be integers")
+    return FieldParams(
+        n_out=n_out,
+        direct_gain=_floats(d.get("direct_gain"), "direct_gain", n_out),
+        early=EarlyPattern(
+            delays, _floats(early.get("gains"), "early gains", len(delays)), chans.astype(np.int64)
+        ),
+        late=LateParams(
+            _floats(late.get("t60_s"), "late t60_s", len(BANDS_HZ)),
+            _finite(late.get("delay_s"), "late delay_s"),
+        ),
+        direct_delay_s=_finite(d.get("direct_delay_s"), "direct_delay_s"),
+        early_db=_finite(d.get("early_db"), "early_db"),
+        late_db=_finite(d.get("late_db"), "late_db"),
+        meta=meta,
+    )
+
+
+def room_record(room: Room) -> dict[str, Any]:
+    """A ``Room`` as JSON (NaN, a band not measured, as null); ``room_from`` reads it back."""
+    out: dict[str, Any] = {
+        k: [None if not math.isfinite(float(v)) else float(v) for v in getattr(room, k)]
+        for k in ("t30_s", "c80_db", "edt_s", "d50", "ts_s", "g_db", "level_db")
+    }
+    out["j_lf"], out["offset_s"] = room.j_lf, room.offset_s
+    return out
+
+
+def measured_room(room: Any) -> Room:
+    """The room of a measurement's ``summary.json`` (``room_of``'s output); ``DesignError``
+    when a band lacks T30 or C80."""
+    if not isinstance(room, dict):
+        raise DesignError("the measurement has no room")
+    rows = [{"band_hz": hz, **{k: room[k][i] for k in room}} for i, hz in enumerate(BANDS_HZ)]
+    return room_from({"bands": rows})
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _inside(path: Path, root: Path) -> Path:
+    """``path`` resolved (symlinks followed); ``ValueError`` if that leaves ``root``."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise ValueError(f"{path.name} leads out of the results folder")
+    return real
+
+
+def _read_json(path: Path, root: Path) -> dict[str, Any]:
+    real = _inside(path, root)
+    if not real.is_file():
+        raise ValueError(f"{path.name} is not a file")
+    if real.stat().st_size > RESTORE_MAX_JSON_BYTES:
+        raise ValueError(f"{path.name} is larger than {RESTORE_MAX_JSON_BYTES // 2**20} MB")
+    try:
+        data = json.loads(real.read_bytes(), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # truncated, not UTF-8, NaN, too deep
+        raise ValueError(f"{path.name} is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return data
+
+
+@dataclass
+class _Candidate:
+    """One stored result that names a zone: a measurement made with ``zone``, or an
+    adaptation."""
+
+    kind: str  # "measurement" / "adaptation"
+    id: str
+    started: float
+    folder: Path
+    data: dict[str, Any]
+    summary: dict[str, Any] | None  # the folder's summary.json (an adaptation's paths)
+
+    @property
+    def what(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+@dataclass
+class Restored:
+    """What ``restore_results`` found for one zone: the newest usable room, paths and adapted
+    parameters, the ids they came from, and why other results were not used."""
+
+    room: Room | None = None
+    room_from: str = ""  # "measurement <id>" / "adaptation <id>"
+    room_started: float = 0.0
+    paths: MeasuredPaths | None = None
+    paths_from: str = ""
+    adapted: tuple[str, FieldParams, dict[str, Any]] | None = None  # mode, params, result
+    notes: list[str] = field(default_factory=list)
+
+    def brief(self) -> dict[str, Any]:
+        return {
+            "room": self.room_from or None,
+            "paths": self.paths_from or None,
+            "params": None if self.adapted is None else {self.adapted[0]: self.paths_from},
+            "skipped": list(self.notes),
+        }
+
+
+def _misfit(c: _Candidate, rec: Any, fs: Any, settings: ZoneSettings, samplerate: int) -> str:
+    """Why ``c`` does not fit the zone as configured now ("" when it does)."""
+    if not isinstance(rec, dict):
+        return (
+            f"{c.what} does not record the zone's channels and layout (written before "
+            "restoring was supported)"
+        )
+    now = zone_record(settings)
+    for key in ZONE_KEYS:
+        if rec.get(key) != now[key]:
+            return f"{c.what} was made with {key} {rec.get(key)}; the zone now has {now[key]}"
+    if fs != samplerate:
+        return f"{c.what} was made at {fs} Hz; the stream runs at {samplerate} Hz"
+    return ""
+
+
+def _irs(
+    c: _Candidate, pairs: list[tuple[int, int]], samplerate: int, root: Path
+) -> list[np.ndarray[Any, np.dtype[np.float64]]]:
+    """The IRs of ``pairs`` (output, input) of ``c``'s measurement, checked against its
+    summary: the file inside the folder, the sample rate, the length, finite samples."""
+    summary = c.summary
+    if summary is None or not isinstance(summary.get("pairs"), list):
+        raise ValueError(f"{c.what}: its measurement's summary.json lists no IRs")
+    files: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for p in summary["pairs"]:
+        if isinstance(p, dict):
+            files[(p.get("output"), p.get("input"))] = p
+    out = []
+    for o, i in pairs:
+        entry = files.get((o, i))
+        if entry is None:
+            raise ValueError(f"{c.what} has no IR from output {o} into input {i}")
+        name = entry.get("file")
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".wav"):
+            raise ValueError(f"{c.what}: IR file name {str(name)[:60]!r} is not a plain .wav name")
+        path = _inside(c.folder / name, root)
+        if path.stat().st_size > RESTORE_MAX_IR_S * samplerate * 8 + 4096:
+            raise ValueError(f"{c.what}: {name} is longer than {RESTORE_MAX_IR_S:g} s")
+        fs, ir = read_ir(path)
+        if fs != samplerate:
+            raise ValueError(f"{c.what}: {name} is at {fs} Hz, not {samplerate} Hz")
+        if ir.size != entry.get("samples"):
+            raise ValueError(
+                f"{c.what}: {name} has {ir.size} samples; the measurement made "
+                f"{entry.get('samples')}"
+            )
+        if not np.all(np.isfinite(ir)):
+            raise ValueError(f"{c.what}: {name} contains NaN or infinity")
+        out.append(ir)
+    return out
+
+
+def _candidates(root: Path, notes: list[str]) -> list[_Candidate]:
+    """Every result under ``root`` that names a zone, newest first; unreadable ones noted."""
+    found: list[_Candidate] = []
+    for folder in sorted(root.iterdir(), reverse=True):
+        run_id = folder.name
+        if not (0 < len(run_id) <= 64 and all(ch.isalnum() or ch in "-_" for ch in run_id)):
+            continue  # not a result folder (a stray file, .tmp, ...)
+        try:
+            real = _inside(folder, root)
+            if not real.is_dir():
+                continue
+            summary = adaptation = None
+            if (folder / "summary.json").exists():
+                summary = _read_json(folder / "summary.json", root)
+            if (folder / "adaptation.json").exists():
+                adaptation = _read_json(folder / "adaptation.json", root)
+        except (OSError, ValueError) as exc:
+            notes.append(f"{run_id}: {exc}")
+            continue
+        for kind, data in (("adaptation", adaptation), ("measurement", summary)):
+            if data is None or data.get("zone") is None:
+                continue  # a measurement for no zone (an adaptation's paths: its own entry)
+            started = data.get("started")
+            if isinstance(started, bool) or not isinstance(started, int | float):
+                notes.append(f"{kind} {run_id}: no start time")
+                continue
+            if not isinstance(data["zone"], str):
+                notes.append(f"{kind} {run_id}: its zone is not a name")
+                continue
+            found.append(_Candidate(kind, run_id, float(started), real, data, summary))
+    found.sort(key=lambda c: (c.started, c.id, c.kind == "adaptation"), reverse=True)
+    return found
+
+
+def _take_adaptation(
+    c: _Candidate, settings: ZoneSettings, samplerate: int, modes: set[str], r: Restored,
+    root: Path,
+) -> None:  # fmt: skip
+    rec = c.data.get("restore")
+    if not isinstance(rec, dict) or rec.get("version") != RESTORE_VERSION:
+        raise ValueError(
+            f"{c.what} has no parameters to restore (written before restoring was supported)"
+        )
+    why = _misfit(c, rec.get("zone_config"), rec.get("fs"), settings, samplerate)
+    if why:
+        raise ValueError(why)
+    mode = c.data.get("mode")
+    if mode not in modes:
+        raise ValueError(f"{c.what} adapted mode {str(mode)[:64]!r}, which is not configured now")
+    try:
+        room = room_from(rec.get("room"))
+    except DesignError as exc:
+        raise ValueError(f"{c.what}: its room: {exc}") from None
+    if r.paths is None:
+        params = params_from_record(
+            rec.get("params"), len(settings.outputs), {"mode": mode, "restored": c.id}
+        )
+        src, pick, lis = settings.source, settings.pickup, settings.listener
+        if src is None or pick is None or lis is None:
+            raise ValueError(f"{c.what}: the zone no longer names its source, pickup and listener")
+        outs = list(settings.outputs)
+        pairs = [(src, lis), (src, pick), *((o, lis) for o in outs), *((o, pick) for o in outs)]
+        irs = _irs(c, pairs, samplerate, root)
+        n = len(outs)
+        paths = MeasuredPaths(
+            samplerate, irs[0], irs[1], _stack(irs[2 : 2 + n]), _stack(irs[2 + n :]), 0.0
+        )
+        final: dict[str, Any] = rec["final"] if isinstance(rec.get("final"), dict) else {}
+        r.paths, r.paths_from = paths, c.what
+        r.adapted = (str(mode), params, {**final, "restored_from": c.id})
+    if r.room is None:
+        r.room, r.room_from, r.room_started = room, c.what, c.started
+
+
+def _take_measurement(
+    c: _Candidate, settings: ZoneSettings, samplerate: int, r: Restored, root: Path
+) -> None:
+    why = _misfit(c, c.data.get("zone_config"), c.data.get("fs"), settings, samplerate)
+    if why:
+        raise ValueError(why)
+    problems = []
+    if r.room is None:
+        try:
+            r.room = measured_room(c.data.get("room"))
+            r.room_from, r.room_started = c.what, c.started
+        except (DesignError, KeyError, IndexError, TypeError) as exc:
+            problems.append(f"no room ({exc})")
+    if r.paths is None and c.data.get("mute_inner") is True and settings.pickup is not None:
+        pairs = [(o, settings.pickup) for o in settings.outputs]
+        outputs, inputs = c.data.get("outputs"), c.data.get("inputs")
+        if (
+            isinstance(outputs, list)
+            and isinstance(inputs, list)
+            and settings.pickup in inputs
+            and all(o in outputs for o in settings.outputs)
+        ):
+            try:
+                r.paths = loop_paths(samplerate, _stack(_irs(c, pairs, samplerate, root)))
+                r.paths_from = c.what
+            except ValueError as exc:  # AdaptError is one
+                problems.append(f"no paths ({exc})")
+    if problems:
+        raise ValueError(f"{c.what}: {'; '.join(problems)}")
+
+
+def restore_results(
+    var_dir: Path, zones: list[ZoneSettings], samplerate: int, modes: set[str]
+) -> tuple[dict[str, Restored], list[str]]:
+    """What each zone learnt before a restart (docs/acoustics.md, "After a restart"), read
+    from ``var_dir`` (blocking: run it in a thread). Per zone, newest first, the room and the
+    paths each from the newest result that fits the zone as configured now and gives it; an
+    adaptation that gives the paths gives its adapted parameters too. Returns per zone what
+    was found, and notes on results that belong to no zone or could not be read."""
+    notes: list[str] = []
+    out = {z.name: Restored() for z in zones}
+    if not var_dir.is_dir():
+        return out, notes
+    root = var_dir.resolve()
+    try:
+        found = _candidates(root, notes)
+    except OSError as exc:
+        notes.append(f"{var_dir.name}: cannot be listed ({exc})")
+        return out, notes
+    by_name = {z.name: z for z in zones}
+    for c in found:
+        settings = by_name.get(c.data["zone"])
+        if settings is None:
+            notes.append(f"{c.what} was made for zone {c.data['zone'][:64]!r}, not configured now")
+            continue
+        r = out[settings.name]
+        if r.room is not None and r.paths is not None:
+            continue  # superseded by newer results
+        try:
+            if c.kind == "adaptation":
+                _take_adaptation(c, settings, samplerate, modes, r, root)
+            else:
+                _take_measurement(c, settings, samplerate, r, root)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            why = str(exc) or type(exc).__name__
+            r.notes.append(why if c.id in why else f"{c.what}: {why}")
+    for name, r in out.items():
+        for note in r.notes:
+            log.warning("sound field: zone %s: not restored: %s", name, note)
+    for note in notes:
+        log.warning("sound field: result not restored: %s", note)
+    return out, notes
 
 
 @dataclass
@@ -396,6 +800,8 @@ class SoundFieldControl:
         self._adapt_task: asyncio.Task[None] | None = None
         self._adapt_proc: Any = None
         self._adapted: dict[tuple[str, str], tuple[FieldParams, MeasuredPaths, dict[str, Any]]] = {}
+        # what ``restore`` took up from var_dir at start, per zone (None: not run yet)
+        self.restored: dict[str, Restored] | None = None
 
     def factory(self) -> MeasurementFactory:
         """The stream's processor under the player: the measurement wrapping the engine."""
@@ -649,6 +1055,11 @@ class SoundFieldControl:
         origin = Origin(SourceKind.SYSTEM, "sound field")
         for settings in self.config.zones:
             self.zones[settings.name].mode = settings.mode
+        if self.restored is None and self.var_dir is not None:
+            try:
+                await self.restore()
+            except Exception:  # restoring is a help: never stop the sound field for it
+                log.exception("sound field: restoring the zones' results failed")
         warned: set[str] = set()
         while True:
             await asyncio.sleep(period_s)
@@ -669,6 +1080,59 @@ class SoundFieldControl:
                     if mode not in warned:
                         warned.add(mode)
                         log.warning("sound field: mode '%s' not (re)started: %s", mode, exc)
+
+    async def restore(self, samplerate: int | None = None) -> dict[str, Any]:
+        """Take up what each zone learnt before a restart (docs/acoustics.md, "After a
+        restart"): from ``var_dir``, the newest room, paths and adapted parameters that fit
+        the zone as configured now and the stream's ``samplerate`` (default: the stream's
+        configured rate). Read in a thread; holds the recall lock, so a recall waits for it.
+        Journalled as one ``acoustics.restored`` event. Returns the event's args."""
+        if samplerate is None:
+            samplerate = int(getattr(getattr(self.driver, "config", None), "samplerate", 0))
+        if self.var_dir is None or samplerate <= 0:
+            raise Unavailable("restore needs the results folder and the stream's sample rate")
+        t_wall, t0 = time.time(), time.perf_counter()
+        async with self._lock:
+            found, notes = await asyncio.to_thread(
+                restore_results, self.var_dir, list(self.config.zones), samplerate,
+                set(self.modes),
+            )  # fmt: skip
+            for name, r in found.items():
+                zone = self.zones[name]
+                if r.room is not None:
+                    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.room_started))
+                    zone.room = r.room
+                    zone.room_source = f"restored from {r.room_from} (made {when})"
+                if r.paths is not None:
+                    zone.paths, zone.paths_source = r.paths, f"restored from {r.paths_from}"
+                if r.adapted is not None and r.paths is not None:
+                    mode, params, final = r.adapted
+                    self._adapted[(name, mode)] = (params, r.paths, final)
+            self.restored = found
+        args: dict[str, Any] = {
+            "samplerate": samplerate,
+            "zones": {n: r.brief() for n, r in found.items()},
+            "other": notes[:50],
+        }
+        done = sorted(n for n, r in found.items() if r.room_from or r.paths_from)
+        log.info("sound field: restored %s", ", ".join(done) or "nothing")
+        if self.journal is not None:
+            event = JournalEvent(
+                kind=SourceKind.SYSTEM,
+                source="sound field",
+                command="acoustics.restored",
+                result=Result.OK,
+                requested=t_wall,
+                executed=time.time(),
+                duration_s=time.perf_counter() - t0,
+                targets=tuple(done),
+                args=args,
+            )
+            try:
+                await self.journal.append(event)
+            except Exception:  # the journal's own failure is logged there
+                log.warning("sound field: the restore was not journalled")
+        return args
 
     # --- measurement --------------------------------------------------------------------
 
@@ -851,6 +1315,8 @@ class SoundFieldControl:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             meta = {k: v for k, v in state.items() if k not in ("state", "percent", "error")}
+            if state["zone"] is not None:  # what a restart checks the result against
+                meta["zone_config"] = zone_record(self._settings(state["zone"]))
             summary = await asyncio.get_running_loop().run_in_executor(
                 self._pool,
                 analyse_measurement,
@@ -1144,11 +1610,8 @@ class SoundFieldControl:
             "held": summary["held"],
             "loop_gain_db": summary["iterations"][summary["best_iteration"]]["loop_gain_db"],
         }
-        record = {**{k: v for k, v in state.items() if k not in ("state", "phase")}, **summary}
-        record["notes"] = summary["notes"]
-        await asyncio.to_thread(
-            (folder / "adaptation.json").write_text, json.dumps(record, indent=1, allow_nan=False)
-        )
+        record = adaptation_record(state, summary, settings, params, paths, result["room"], final)
+        await asyncio.to_thread(write_adaptation, folder, record)
         try:
             plot = await asyncio.get_running_loop().run_in_executor(
                 self._design_pool(),
@@ -1351,6 +1814,7 @@ class SoundFieldControl:
             "loop": dict(z.loop),
             "paths": z.paths_source or None,
             "adaptation": self._zone_adaptation(z),
+            "restored": None if self.restored is None else self.restored[z.name].brief(),
         }
 
     def _zone_adaptation(self, z: ZoneState) -> dict[str, Any] | None:
