@@ -102,6 +102,9 @@ class MqttConfig(_Strict):
     username: str | None = Field(default=None, min_length=1)
     password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     tls: MqttTlsConfig | None = None
+    telemetry_rate: float = Field(default=5000.0, gt=0, le=1_000_000, allow_inf_nan=False)
+    """Messages/s cap of the node's live telemetry feed. Over it each point is published less
+    often, always with its newest value; the store keeps every reading."""
 
     @model_validator(mode="after")
     def _embedded_plain(self) -> Self:

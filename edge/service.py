@@ -438,6 +438,7 @@ class Service:
             sorted(self.devices),
             command_handler=self._mqtt_command,
             profiles={d.id: d.profile.id for d in self.devices.values()},
+            telemetry_rate=cfg.mqtt.telemetry_rate,
             **edge_mqtt.credentials(cfg.mqtt, self.venue),
         )
 

@@ -424,3 +424,52 @@ async def test_link_through_the_embedded_broker() -> None:
                 raise AssertionError("the message feed ended")
 
             assert (await asyncio.wait_for(state(), 5))["state"] == "offline"
+
+
+async def test_a_telemetry_rate_caps_the_live_feed_and_every_point_ends_newest(
+    mosquitto: RealServer,
+) -> None:
+    """At 4 000 readings/s offered and a cap of 400 messages/s, the link publishes no faster
+    than the cap (plus its one-second burst), and every point still ends on its newest value."""
+    venue, rate, points = new_venue(), 400.0, [f"p{i:03d}" for i in range(200)]
+    bus: Bus[Reading] = Bus("readings")
+    link = MqttNodeLink("127.0.0.1", mosquitto.port, venue, NODE, ["s"], telemetry_rate=rate)
+    newest: dict[str, float] = {}
+    async with (
+        running_link(link, bus),
+        aiomqtt.Client("127.0.0.1", mosquitto.port) as client,
+    ):
+        await asyncio.wait_for(link.connected.wait(), 10)
+        await client.subscribe(f"flytower/{venue}/{NODE}/s/+")
+
+        async def collect() -> None:
+            async for m in client.messages:
+                if isinstance(m.payload, bytes) and not m.topic.value.endswith("$state"):
+                    msg = decode_point(m.topic.value, m.payload)
+                    newest[msg.point] = float(msg.value)  # type: ignore[arg-type]
+
+        collector = asyncio.create_task(collect())
+        try:
+            start, before = time.monotonic(), link.published
+            for value in range(10):
+                for p in points:
+                    await bus.publish(reading("s", p, float(value)))
+                await asyncio.sleep(0.05)
+            elapsed = time.monotonic() - start
+            sent = link.published - before
+            assert sent <= rate * (elapsed + 1.0) + rate / 10, (sent, elapsed)
+            assert sent < 10 * len(points)  # conflated: not every reading went out
+
+            async def all_newest() -> bool:
+                return len(newest) == len(points) and set(newest.values()) == {9.0}
+
+            await wait_until(all_newest, 10, "every point's newest value")
+        finally:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)
+
+
+def test_a_telemetry_rate_must_be_positive() -> None:
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="telemetry_rate"):
+            MqttNodeLink("127.0.0.1", 1883, "v", NODE, [], telemetry_rate=bad)
