@@ -45,8 +45,11 @@ pytestmark = pytest.mark.integration
 RATE = 48000
 PERIOD = RATE  # longer than the IR (0.8 s) plus the loop latency
 SETTLE = 3 * RATE // 4  # frames recorded before the room has surely patched the peer
+PERIODS = 4  # whole periods analysed after SETTLE (xruns on a loaded machine can spoil two)
 NOISE_DB = 40.0
 SILENT = 2 * RATE  # the peer's silent end: the room rings out (0.8 s), then only noise is left
+FIRST = -(-SETTLE // PERIOD) * PERIOD  # the first period boundary after SETTLE
+RECORD_S = (FIRST + PERIODS * PERIOD + SILENT) / RATE
 
 PEER = """
 import sys, numpy as np, sounddevice as sd
@@ -88,8 +91,13 @@ def sequence() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One IR cache for the module: the second test reuses the first one's empty-room IRs."""
-    return tmp_path_factory.mktemp("room-cache")
+    """One IR cache for the session (tests/integration/test_dsp_measure_room.py declares the
+    same room and uses it too): the empty-room IRs are computed once, by whichever test runs
+    first; the second test here still computes the occupied and open-doors IRs in the room's
+    worker."""
+    path = tmp_path_factory.getbasetemp() / "small-hall-ir-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +182,9 @@ def loop_response(x: np.ndarray) -> np.ndarray:
     """The loop's impulse response: each period of the recording deconvolved by the sequence
     (circularly: the excitation is periodic), then the median over periods, so that a period
     hit by an xrun on this loaded machine does not spoil the estimate."""
-    first = -(-SETTLE // PERIOD) * PERIOD
-    periods = (len(x) - SILENT - first) // PERIOD
-    assert periods >= 3, "not enough signal recorded"
-    folded = x[first : first + periods * PERIOD].reshape(periods, PERIOD)
+    periods = (len(x) - SILENT - FIRST) // PERIOD
+    assert periods >= PERIODS, "not enough signal recorded"
+    folded = x[FIRST : FIRST + periods * PERIOD].reshape(periods, PERIOD)
     each = np.fft.irfft(np.fft.rfft(folded, axis=1) / np.fft.rfft(sequence()), PERIOD, axis=1)
     return np.asarray(np.median(each, axis=0))
 
@@ -232,7 +239,8 @@ def mid_t30(metrics: dict[str, Any]) -> float:
 
 
 async def test_room_returns_its_ir_and_noise(jack: JackServer, cache: Path, tmp_path: Path) -> None:
-    # Warm the cache here: the second test exercises computing an IR in the room's worker.
+    # Warm the cache here (if the measurement test has not): the second test exercises
+    # computing an IR in the room's worker.
     spec_config = room_config(room_spec(jack, cache))
     await asyncio.to_thread(ir_job, spec_config.model, spec_config.initial, str(cache))
     async with running_room(jack, cache) as (room, http):
@@ -242,7 +250,7 @@ async def test_room_returns_its_ir_and_noise(jack: JackServer, cache: Path, tmp_
         assert cached, "the room uses the cache it was given"
 
         # Speaker 1 plays; both microphones record.
-        rec = await peer(jack, tmp_path, (SETTLE + 5 * PERIOD + SILENT) / RATE, play_on=0)
+        rec = await peer(jack, tmp_path, RECORD_S, play_on=0)
         lags = []
         for mic in range(2):
             measured = loop_response(rec[:, mic].astype(float))
@@ -270,7 +278,7 @@ async def test_room_returns_its_ir_and_noise(jack: JackServer, cache: Path, tmp_
         reply = await http.post("/devices/hall/faults/noise_level", json={"db_spl": 70.0})
         assert reply.status_code == 200, reply.text
         assert (await truth(http))["noise_db_spl"] == 70.0
-        loud = await peer(jack, tmp_path, 3.0, play_on=-1)
+        loud = await peer(jack, tmp_path, 2.0, play_on=-1)  # the last of the 2 s is measured
         level = 20 * np.log10(np.sqrt(np.mean(loud[-RATE:] ** 2, axis=0))) + 120
         print(f"noise after the fault {level} dB SPL (injected 70)")
         np.testing.assert_allclose(level, 70.0, atol=1.0)
@@ -296,7 +304,7 @@ async def test_occupancy_and_doors_change_what_the_room_sounds_like(
         assert occupied_truth["playing"]["version"] > empty_truth["playing"]["version"]
         occupied, _, _ = ir_job(room.config.model, room.state, str(cache))
         assert not np.allclose(occupied, empty, atol=1e-3), "occupancy changed the IRs"
-        rec = await peer(jack, tmp_path, (SETTLE + 5 * PERIOD + SILENT) / RATE, play_on=1)
+        rec = await peer(jack, tmp_path, RECORD_S, play_on=1)
         measured = loop_response(rec[:, 0].astype(float))
         lag, coeff = best_match(measured, occupied[0, 1])
         _, coeff_empty = best_match(measured, empty[0, 1])
@@ -310,7 +318,7 @@ async def test_occupancy_and_doors_change_what_the_room_sounds_like(
         assert reply.status_code == 200, reply.text
         doors_truth = await wait_settled(http, "the open-doors IR to crossfade in")
         assert doors_truth["playing"]["doors_open"] is True
-        rec = await peer(jack, tmp_path, (SETTLE + 5 * PERIOD + SILENT) / RATE, play_on=1)
+        rec = await peer(jack, tmp_path, RECORD_S, play_on=1)
         measured = loop_response(rec[:, 0].astype(float))
         lag, _ = best_match(measured, occupied[0, 1])
         recovered = aligned(measured, lag, occupied.shape[2])

@@ -13,7 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,9 +64,38 @@ HALL = RoomModel(
 )
 
 
+_PENDING_IRS: dict[float, Future[np.ndarray]] = {}
+_PENDING_ADAPTATIONS: dict[str, Future[Adaptation]] = {}
+IN_THE_BACKGROUND = ("chamber", "drama", "cinema")
+"""Modes adapted in the worker process: the last ones the tests below reach in ``MODES``."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def second_core() -> Iterator[None]:
+    """Work for the otherwise idle second core while the first tests run: a worker process
+    computes the occupied hall's IRs (about 5 s of pyroomacoustics, which holds the GIL), then
+    (with its own copy of the empty hall) the adaptations of ``IN_THE_BACKGROUND``, about 6 s
+    each. ``hall_paths`` and ``adapted`` collect them. The results are the ones this process
+    would compute: the room model and the measurement noise are seeded."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        _PENDING_IRS[1.0] = pool.submit(compute_irs, HALL, RoomState(occupancy=1.0))
+        for name in IN_THE_BACKGROUND:
+            _PENDING_ADAPTATIONS[name] = pool.submit(adapt_in_the_hall, name)
+        try:
+            yield
+        finally:
+            _PENDING_IRS.clear()
+            _PENDING_ADAPTATIONS.clear()
+            pool.shutdown(cancel_futures=True)
+
+
 @cache
 def hall_paths(occupancy: float) -> MeasuredPaths:
-    irs = compute_irs(HALL, RoomState(occupancy=occupancy))
+    pending = _PENDING_IRS.get(occupancy)
+    if pending is not None:
+        irs = pending.result()
+    else:
+        irs = compute_irs(HALL, RoomState(occupancy=occupancy))
     return MeasuredPaths.from_matrix(irs, FS, source=0, speakers=[1, 2, 3, 4], pickup=0, listener=1)
 
 
@@ -91,9 +125,14 @@ def noisy(paths: MeasuredPaths, snr_db: float = 60.0, seed: int = 5) -> Measure:
     return measure
 
 
+def adapt_in_the_hall(name: str) -> Adaptation:
+    return adapt(MODES[name], hall_layout(), hall_paths(0.0), measure=noisy(hall_paths(0.0)))
+
+
 @cache
 def adapted(name: str) -> Adaptation:
-    return adapt(MODES[name], hall_layout(), hall_paths(0.0), measure=noisy(hall_paths(0.0)))
+    pending = _PENDING_ADAPTATIONS.get(name)
+    return pending.result() if pending is not None else adapt_in_the_hall(name)
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -172,8 +211,19 @@ def decaying_paths() -> MeasuredPaths:
     )
 
 
-def test_a_measure_that_returns_garbage_is_refused() -> None:
+def test_a_measure_that_returns_garbage_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     paths, layout = decaying_paths(), hall_layout()
+    # The design before the first measurement is the same for every bad measure (same mode,
+    # layout and paths; about 1 s each): computed once. What is checked is what adapt makes of
+    # the measure's answer, after it.
+    designs: list[Any] = []
+
+    def design_once(*args: Any, **kwargs: Any) -> Any:
+        if not designs:
+            designs.append(design(*args, **kwargs))
+        return designs[0]
+
+    monkeypatch.setattr("dsp.adapt.design", design_once)
     for bad in (np.full(FS, np.nan), np.zeros(FS), np.ones((2, FS)), "x"):
 
         def measure(_: FieldParams, bad: object = bad) -> object:
@@ -183,7 +233,8 @@ def test_a_measure_that_returns_garbage_is_refused() -> None:
             adapt(MODES["opera"], layout, paths, iterations=1, measure=measure, refine_steps=0)
 
 
-def opera_params() -> FieldParams:
+@cache
+def opera_params() -> FieldParams:  # read-only: tests derive from it with dataclasses.replace
     return design(MODES["opera"], hall_layout(), {"t30_s": [1.2] * 6, "c80_db": [3.0] * 6}).params
 
 
@@ -272,6 +323,10 @@ def test_without_measure_the_model_is_the_measurement() -> None:
     assert a.best.worst_jnd(a.held) <= 0.75 + 1e-6
 
 
+@pytest.mark.skipif(
+    not os.environ.get("FLYTOWER_KNOWN_LIMITS"),
+    reason="a known limitation (non-strict xfail, about 10 s): run with FLYTOWER_KNOWN_LIMITS=1",
+)
 @pytest.mark.xfail(
     reason="an unmodelled 5 ms of I/O latency moves the regenerative loop's response by up to "
     "2 JNDs near the stability margin; output mapping does not bring it back in 3 iterations "
@@ -288,6 +343,8 @@ def test_occupancy_drift_triggers_readaptation_which_brings_it_back() -> None:
     mode, layout = MODES["opera"], hall_layout()
     before = adapted("opera")
     full = hall_paths(1.0)
+    # (the noise alone can ask for a readaptation: the audience must have changed the paths)
+    assert not np.allclose(full.speaker_listener, hall_paths(0.0).speaker_listener, atol=1e-4)
     # the audience came in: the same parameters now sound different
     drift, after = readapt(before, mode, layout, full, measure=noisy(full, seed=6))
     assert drift.readapt and drift.worst_jnd > 0.5

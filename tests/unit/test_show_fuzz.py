@@ -63,7 +63,10 @@ def test_bytes(raw: bytes) -> None:
     answer(lambda: loads_show(raw, "fuzz.toml", catalogue()))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+# 100 trees, not 300 (5 to 8 s of make test): 100 still found a planted crash (a list where
+# fade_s belongs) in random runs and in CI's derandomized ones; developers' random runs keep
+# exploring. (The mutations below stay at 400: at 200, CI's examples missed that crash.)
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(KEYS), trees, max_size=6), st.sampled_from([0, 1, None]))
 def test_random_trees(data: dict[str, Any], version: int | None) -> None:
     if version is not None:
