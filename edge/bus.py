@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -88,6 +88,47 @@ class Subscription(Generic[T]):
                 self._items.popleft()
                 self.dropped += 1
             self._items.append(item)
+        self._readable.set()
+
+    async def _put_many(self, items: Sequence[T]) -> None:
+        """``_put`` of each item in order, without a coroutine step per item: the readings
+        bus carries 80 000 a second to several subscribers. Waits only while a BLOCK
+        subscription is full."""
+        if self._closed or not items:
+            return
+        if self.policy is Overflow.BLOCK:
+            i, n = 0, len(items)
+            while i < n:
+                while len(self._items) >= self.maxsize and not self._closed:
+                    self._writable.clear()
+                    await self._writable.wait()
+                if self._closed:
+                    return
+                room = self.maxsize - len(self._items)
+                self._items.extend(items[i : i + room])
+                i += room
+                self._readable.set()
+            return
+        if self.policy is Overflow.LATEST:
+            assert self._key is not None
+            key, latest, maxsize = self._key, self._latest, self.maxsize
+            for item in items:
+                k = key(item)
+                if k in latest:
+                    self.dropped += 1
+                    del latest[k]
+                elif len(latest) >= maxsize:
+                    latest.pop(next(iter(latest)))
+                    self.dropped += 1
+                latest[k] = item
+        else:
+            queue = self._items
+            queue.extend(items)
+            over = len(queue) - self.maxsize
+            if over > 0:
+                self.dropped += over
+                for _ in range(over):
+                    queue.popleft()
         self._readable.set()
 
     def get_nowait(self) -> list[T]:
@@ -166,9 +207,11 @@ class Bus(Generic[T]):
         for sub in list(self._subs):
             await sub._put(item)
 
-    async def publish_many(self, items: list[T]) -> None:
-        for item in items:
-            await self.publish(item)
+    async def publish_many(self, items: Sequence[T]) -> None:
+        """Deliver ``items`` in order to every subscriber, a subscriber at a time (each sees
+        them in order; a full BLOCK subscriber holds up the ones after it)."""
+        for sub in list(self._subs):
+            await sub._put_many(items)
 
     @property
     def subscriptions(self) -> list[Subscription[T]]:

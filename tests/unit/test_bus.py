@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.bus import Bus, Closed, Overflow, Subscription
 
@@ -395,3 +397,43 @@ async def test_maxsize_one_works(policy: Overflow) -> None:
     sub = bus.subscribe("x", policy, maxsize=1, key=by_key)
     await done(bus.publish(("a", 1)))
     assert sub.get_nowait() == [("a", 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 99)), max_size=60),
+    maxsize=st.integers(1, 12),
+    chunks=st.integers(1, 5),
+)
+async def test_publish_many_leaves_what_publishing_one_by_one_leaves(
+    items: list[Item], maxsize: int, chunks: int
+) -> None:
+    """For the non-blocking policies, one ``publish_many`` per chunk gives each subscription
+    exactly the queue, order and drop count that one ``publish`` per item gives."""
+    for policy in (Overflow.LATEST, Overflow.DROP_OLDEST):
+        key = by_key if policy is Overflow.LATEST else None
+        one, many = Bus[Item]("one"), Bus[Item]("many")
+        a = one.subscribe("s", policy, maxsize, key)
+        b = many.subscribe("s", policy, maxsize, key)
+        for item in items:
+            await one.publish(item)
+        step = max(1, len(items) // chunks)
+        for i in range(0, len(items), step):
+            await many.publish_many(items[i : i + step])
+        assert (b.dropped, len(b)) == (a.dropped, len(a))
+        assert b.get_nowait() == a.get_nowait()
+
+
+async def test_publish_many_into_a_full_block_subscription_waits_and_loses_nothing(
+    tasks: list[asyncio.Task[object]],
+) -> None:
+    bus = Bus[Item]("b")
+    sub = bus.subscribe("s", Overflow.BLOCK, 3)
+    items = [("k", i) for i in range(10)]
+    pub = spawn(tasks, bus.publish_many(items))
+    got: list[Item] = []
+    while len(got) < len(items):
+        await settle()
+        got += await done(sub.get_batch())
+    await done(pub)
+    assert got == items
