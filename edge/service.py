@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import signal
 import sys
@@ -80,8 +81,9 @@ class SimulatorsFailed(RuntimeError):
     """The venue's simulators could not be started: the service does not run without them."""
 
 
-def reading_key(r: Reading) -> tuple[str, str]:
-    return (r.device, r.point)
+# A reading's (device, point): the key of every LATEST feed, called per reading per feed, so a
+# C-level getter rather than a Python function (it was 8 % of a saturated loop, bench_ingest).
+reading_key: Callable[[Reading], tuple[str, str]] = operator.attrgetter("device", "point")
 
 
 SIMULATORS_READY_S = 120.0  # a large venue is ready in seconds; computing room IRs takes longer

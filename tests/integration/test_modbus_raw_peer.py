@@ -122,7 +122,7 @@ MODES = {
     "wrong_fc": "read holding 10+2: answer has function code 4, expected 3",
     "exception": "read holding 10+2: exception 4 (server device failure)",
     "short_data": "read holding 10+2: short answer, 1 of 2",
-    "unknown_fc": "connection lost",
+    "unknown_fc": "undecodable answer",  # the connection is closed and reopened
 }
 
 
