@@ -403,6 +403,7 @@ async def ours(children: Children, axes: list[tuple[int, int]], seconds: float) 
 async def estops(children: Children, axes: list[tuple[int, int]], fleet: Fleet) -> None:
     fanout: list[float] = []
     written: list[float] = []  # call -> the last stop frame handed to its socket
+    late_send: list[int] = []  # axes whose stop was not on the wire when stop_now returned
     per_axis: list[float] = []
     not_disabled = not_decelerating = not_stopped = moving_at_stop = 0
     for _ in range(ESTOPS):
@@ -414,9 +415,12 @@ async def estops(children: Children, axes: list[tuple[int, int]], fleet: Fleet) 
         before = await children.truth()
         fleet.streaming = False  # the supervisor latches its E-stop first ...
         t0 = time.monotonic()
-        acks = await asyncio.gather(
-            *(c.stop_axis(StopKind.QUICK) for c in fleet.cycles), return_exceptions=True
-        )
+        # As the supervisor's E-stop does: every frame is written in this step (stop_now),
+        # then the answers are awaited.
+        pending = [c.stop_now(StopKind.QUICK) for c in fleet.cycles]
+        in_call = sum(c.stop_sent_at >= t0 for c in fleet.cycles)
+        late_send.append(len(fleet.cycles) - in_call)
+        acks = await asyncio.gather(*pending, return_exceptions=True)
         fanout.append(time.monotonic() - t0)
         written.append(max(c.stop_sent_at for c in fleet.cycles) - t0)
         per_axis.extend(a for a in acks if isinstance(a, float))
@@ -440,6 +444,10 @@ async def estops(children: Children, axes: list[tuple[int, int]], fleet: Fleet) 
     print(
         f"   E-stop fan-out to {len(axes)} axes: call -> last stop written"
         f" {fanout_line(written, '')} (target <= 20 ms)"
+    )
+    print(
+        f"   stops not written within the call (no free stop connection): "
+        f"{sum(late_send)} of {ESTOPS * len(axes)}"
     )
     print(
         f"   E-stop fan-out to {len(axes)} axes: {fanout_line(fanout)};"

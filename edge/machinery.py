@@ -100,8 +100,14 @@ class CycleIO:
             cycle.release_stop()
         cycle.set_setpoint(Setpoint(target, speed, acceleration))
 
-    async def stop(self, axis: str, kind: StopKind) -> None:
-        await self._cycle(axis).stop_axis(STOPS[kind])
+    def stop(self, axis: str, kind: StopKind) -> Awaitable[object]:
+        """The stop frame is on the wire when this returns (``AxisCycle.stop_now``)."""
+        try:
+            return self._cycle(axis).stop_now(STOPS[kind])
+        except Exception as exc:  # one axis's failure never keeps the fan-out from the others
+            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
 
     async def enable(self, axis: str) -> None:
         """Power the drive on holding where it stands, and wait until it reports enabled."""

@@ -46,7 +46,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -111,8 +111,10 @@ class AxisIO(Protocol):
         """The setpoint the next cycle writes (run to ``target``), with the heartbeat."""
         ...
 
-    async def stop(self, axis: str, kind: StopKind) -> None:
-        """Write a stop now, outside the cycle."""
+    def stop(self, axis: str, kind: StopKind) -> Awaitable[object]:
+        """Write a stop now, outside the cycle: an implementation that can put the frame on
+        the wire in this call should (the E-stop fan-out calls it for every axis before it
+        awaits anything); the awaitable completes when the drive has answered."""
         ...
 
     async def enable(self, axis: str) -> None:

@@ -64,6 +64,7 @@ from enum import IntEnum
 
 from drivers.base import Backoff, DeviceUnavailable, HealthTracker, ReadingSink, StopFlag
 from drivers.modbus.codec import ReadBlock, encode, plan_reads, point_reader
+from drivers.modbus.lean import LeanTcpClient
 from drivers.modbus.link import (
     LinkSession,
     ModbusExceptionAnswer,
@@ -379,6 +380,7 @@ class AxisCycle:
         self._stop_link: ModbusLink | None = None  # the stop connection, if the drive took one
         self._stop_session: LinkSession | None = None
         self._repeats: set[asyncio.Task[tuple[bool, bool, bool]]] = set()
+        self._sent_block: tuple[int, list[int]] = (0, [])  # what _send_stop wrote
         self._unit = 0
         self._timeout_s = 0.1
 
@@ -432,21 +434,28 @@ class AxisCycle:
         self._setpoint_values = values
 
     async def stop_axis(self, kind: StopKind = StopKind.QUICK) -> float:
-        """Latch ``kind`` and write its control word now; the seconds until the drive's answer.
+        """``await stop_now(kind)``: the seconds until the drive's answer."""
+        return await self.stop_now(kind)
 
-        The stop goes out at once, outside the cycle's deadlines, on the stop connection (the
-        module docstring), as a cycle transaction of its own: the stop word and the heartbeat
-        written (104...105), the status block read back in the same round trip and delivered
-        like any status, so the caller's next status already shows the stop. The cycle's
-        connection repeats it at command priority after the transaction on its wire (in the
-        background when the stop connection was answered), and a regular cycle due within half
-        a period after that is skipped, so a fan-out to every axis adds no load to the drives
-        beyond one extra transaction each.
+    def stop_now(self, kind: StopKind = StopKind.QUICK) -> asyncio.Future[float]:
+        """Latch ``kind`` and write its control word **in this call**; the future of the
+        seconds until the drive's answer.
 
-        The latch is set before anything is awaited, so every later cycle writes the stop even
-        when this write fails. DeviceUnavailable if the device is not connected or neither
-        connection's write is acknowledged (the latched stop is then written by every cycle
-        that gets through).
+        The stop frame goes to the stop connection's socket before this returns (the module
+        docstring), so a fan-out to every axis has every frame on the wire in the caller's own
+        loop step, however busy the loop is: a cycle transaction of its own, the stop word and
+        the heartbeat written (104...105), the status block read back in the same round trip
+        and delivered like any status, so the caller's next status already shows the stop. The
+        cycle's connection repeats it at command priority after the transaction on its wire
+        (in the background when the stop connection was answered), and a regular cycle due
+        within half a period after that is skipped, so a fan-out adds no load to the drives
+        beyond one extra transaction each. Without a free stop connection the stop takes its
+        turn on the cycle's connection.
+
+        The latch is set first, so every later cycle writes the stop even when this write
+        fails. The future fails with DeviceUnavailable if the device is not connected or
+        neither connection's write is acknowledged (the latched stop is then written by every
+        cycle that gets through).
         """
         kind = StopKind(kind)
         self._stop_word = int(kind)
@@ -454,16 +463,56 @@ class AxisCycle:
         self._stop_t0 = t0 = time.monotonic()
         link = self._link
         if link is None or not link.connected:
-            raise DeviceUnavailable(f"{self.device.id}: not connected; the stop is latched")
-        # Created first, run after the stop connection's frame is on its socket: this step.
+            failed: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            failed.set_exception(
+                DeviceUnavailable(f"{self.device.id}: not connected; the stop is latched")
+            )
+            return failed
+        sent = self._send_stop()
+        return asyncio.ensure_future(self._stopped(t0, link, sent))
+
+    def _send_stop(self) -> tuple[ModbusLink, LinkSession] | None:
+        """The stop's FC 23 on the stop connection's socket now, holding its slot; None when
+        there is no free stop connection (or the drive has no FC 23: the cycle's path)."""
+        fast, session = self._stop_link, self._stop_session
+        if (
+            fast is None
+            or session is None
+            or not fast.connected
+            or self.stats.fallback
+            or not isinstance(fast.client, LeanTcpClient)
+            or not fast.scheduler.try_acquire()
+        ):
+            return None
+        try:
+            start, registers = self._write_block()
+            block = self.map.status
+            session.sent = fast.client.send_readwrite_nowait(
+                read_address=block.start,
+                read_count=block.count,
+                write_address=start,
+                values=registers,
+                device_id=self._unit,
+            )
+        except Exception as exc:  # not sent: the cycle's connection carries the stop
+            fast.scheduler.release()
+            log.warning("%s: stop connection: %s", self.device.id, exc)
+            return None
+        self.stop_sent_at = time.monotonic()
+        self._sent_block = (start, registers)
+        return fast, session
+
+    async def _stopped(
+        self, t0: float, link: ModbusLink, sent: tuple[ModbusLink, LinkSession] | None
+    ) -> float:
         repeat = asyncio.ensure_future(self._repeat_stop(link))
         self._repeats.add(repeat)
         repeat.add_done_callback(self._repeat_done)
         written = False
-        fast = self._stop_link
-        if fast is not None and fast.connected:
+        if sent is not None:
+            fast, session = sent
             try:
-                written = (await self._transact(fast, Priority.COMMAND, self._stop_session))[2]
+                written = (await self._transact(fast, Priority.COMMAND, session, presend=True))[2]
             except ConnectionError as exc:  # the cycle's connection is still trying
                 log.warning("%s: stop connection: %s", self.device.id, exc)
         if not written:
@@ -591,19 +640,26 @@ class AxisCycle:
         link: ModbusLink,
         priority: Priority = Priority.HEARTBEAT,
         session: LinkSession | None = None,
+        presend: bool = False,
     ) -> tuple[bool, bool, bool]:
         """One cycle's transaction: (a good status was delivered, the device answered, the
-        write was acknowledged). ``session`` is the link's (the cycle's by default)."""
+        write was acknowledged). ``session`` is the link's (the cycle's by default);
+        ``presend``: ``_send_stop`` has sent it already and holds the slot."""
         block = self.map.status
         t0 = time.monotonic()
         # The cycle runs at heartbeat priority: a command or a stop goes first. (The scheduler
         # is used directly, not through ``link.session``: this runs 3 200 times a second.)
         scheduler = link.scheduler
-        await scheduler.acquire(priority)
+        if not presend:
+            await scheduler.acquire(priority)
         try:
-            t0 = time.monotonic()
-            start, registers = self._write_block()  # after any stop that went first
-            if (
+            if presend:
+                t0 = self.stop_sent_at
+                start, registers = self._sent_block
+            else:
+                t0 = time.monotonic()
+                start, registers = self._write_block()  # after any stop that went first
+            if not presend and (
                 priority is Priority.COMMAND
                 and self._stop_word is not None
                 and self.stop_sent_at < self._stop_t0

@@ -152,6 +152,35 @@ class LeanTcpClient(asyncio.Protocol):
     async def _execute(self, request: ModbusPDU | tuple[int, int, bytes]) -> Any:
         """Send ``request`` (a pymodbus PDU, or (unit, function code, data) already encoded)
         and wait for its answer; the caller's timeout bounds the wait."""
+        fut = self._send(request)
+        try:
+            return await fut
+        finally:
+            if self._pending is fut:  # cancelled (our caller's timeout): forget it
+                self._pending = None
+                self._pending_tid = -1
+
+    def send_readwrite_nowait(
+        self,
+        *,
+        read_address: int,
+        read_count: int,
+        write_address: int,
+        values: Sequence[int],
+        device_id: int,
+    ) -> asyncio.Future[Any]:
+        """FC 23 written to the socket now, in the caller's step; the future of its answer
+        (await it under a timeout, as ``_execute`` does; a cancelled future is forgotten at
+        the next request)."""
+        _check(read_address, read_count, MAX_READ)
+        _check(write_address, len(values), MAX_READ_WRITE)
+        n = len(values)
+        body = struct.pack(
+            f">HHHHB{n}H", read_address, read_count, write_address, n, 2 * n, *values
+        )
+        return self._send((device_id, 23, body))
+
+    def _send(self, request: ModbusPDU | tuple[int, int, bytes]) -> asyncio.Future[Any]:
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionException(f"not connected to {self.host}:{self.port}")
@@ -165,12 +194,7 @@ class LeanTcpClient(asyncio.Protocol):
         transport.write(_MBAP.pack(tid, 0, len(body) + 2, unit) + bytes((function_code,)) + body)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending, self._pending_tid = fut, tid
-        try:
-            return await fut
-        finally:
-            if self._pending is fut:  # cancelled (our caller's timeout): forget it
-                self._pending = None
-                self._pending_tid = -1
+        return fut
 
     # --- the requests ModbusLink makes --------------------------------------------------
 

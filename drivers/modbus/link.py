@@ -90,6 +90,13 @@ class RequestScheduler:
     def waiting(self) -> int:
         return sum(1 for _, _, f in self._waiters if not f.done())
 
+    def try_acquire(self) -> bool:
+        """Take a free slot now, without waiting; False if none is free."""
+        if self.in_flight < self.max_in_flight:
+            self.in_flight += 1
+            return True
+        return False
+
     async def acquire(self, priority: Priority) -> None:
         if self.in_flight < self.max_in_flight:
             self.in_flight += 1
@@ -125,6 +132,10 @@ class LinkSession:
 
     def __init__(self, link: ModbusLink) -> None:
         self._link = link
+        # The answer of an FC 23 request already on the wire (``LeanTcpClient.send_nowait``):
+        # the next ``read_write`` awaits it instead of sending (an E-stop's frames go out in
+        # the caller's step, before anything is awaited).
+        self.sent: asyncio.Future[Any] | None = None
 
     async def read(self, unit: int, block: ReadBlock, timeout_s: float) -> list[int]:
         """The registers (or bits) of ``block``; ModbusRequestError / ModbusTimeout if not."""
@@ -163,12 +174,16 @@ class LinkSession:
         device without FC 23), ModbusRequestError or ModbusTimeout if it fails.
         """
         client = self._link.client
+        sent = self.sent
+        self.sent = None
         what = f"read/write holding {read_start}+{read_count} <- {write_start}+{len(registers)}"
         rr = await self._link.execute(
             what,
             23,
             timeout_s,
-            lambda: client.readwrite_registers(
+            (lambda: sent)
+            if sent is not None
+            else lambda: client.readwrite_registers(
                 read_address=read_start,
                 read_count=read_count,
                 write_address=write_start,

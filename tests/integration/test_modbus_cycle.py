@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import struct
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -428,7 +429,11 @@ async def test_a_stop_goes_on_the_stop_connection_without_waiting_for_the_cycle(
 
         await wait_until(lambda: _true(pending_run()), 3, "a cycle transaction on the wire")
         n = len(peer.events)
-        await axis.cycle.stop_axis(StopKind.QUICK)
+        called = time.monotonic()
+        answered = axis.cycle.stop_now(StopKind.QUICK)
+        # On the stop connection's socket before anything was awaited: in the caller's step.
+        assert axis.cycle.stop_sent_at >= called and not answered.done()
+        await answered
         seen = peer.events[n:]
         # Acknowledged on the stop connection before the cycle's transaction was answered.
         assert seen[:2] == [("request", 1, 104, seen[0][3]), ("answer", 1, 104, seen[0][3])]
