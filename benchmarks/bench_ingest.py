@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.bench_simulators import _wait_port
+
 if TYPE_CHECKING:  # imported where used: the publisher process must start fast
     from drivers.model import Reading
     from edge.bus import Subscription
@@ -110,20 +112,6 @@ def family(pid: int) -> list[int]:
             with contextlib.suppress(OSError):
                 todo += [int(c) for c in task.read_text().split()]
     return out
-
-
-async def _wait_port(port: int, proc: asyncio.subprocess.Process, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 @contextlib.asynccontextmanager

@@ -1282,25 +1282,41 @@ class SoundFieldControl:
         try:
             await self._measured(plan, state, folder, xruns)
         finally:
-            if self.journal is not None:
-                ok = state["state"] == "done"
-                keep = ("id", "zone", "xruns", "warnings", "room")
-                event = JournalEvent(
-                    kind=origin.kind,
-                    source=origin.source,
-                    command="acoustics.measured",
-                    result=Result.OK if ok else Result.FAILED,
-                    requested=state["started"],
-                    executed=time.time(),
-                    duration_s=time.perf_counter() - t0,
-                    reason="" if ok else str(state["error"] or "cancelled"),
-                    targets=(self.config.device,),
-                    args={k: state[k] for k in keep if state.get(k) is not None},
-                )
-                try:
-                    await asyncio.shield(self.journal.append(event))
-                except Exception:  # the journal's own failure is logged there
-                    log.warning("measurement %s: not journalled", state["id"])
+            keep = ("id", "zone", "xruns", "warnings", "room")
+            await self._journal_run(
+                origin, "acoustics.measured", state, t0, keep, self.config.device
+            )
+
+    async def _journal_run(
+        self,
+        origin: Origin,
+        command: str,
+        state: dict[str, Any],
+        t0: float,
+        keep: tuple[str, ...],
+        target: str,
+    ) -> None:
+        """The end of a measurement or adaptation run (``state``), journalled with the keys
+        ``keep`` of its state; shielded, so a run cancelled by shutdown is still recorded."""
+        if self.journal is None:
+            return
+        ok = state["state"] == "done"
+        event = JournalEvent(
+            kind=origin.kind,
+            source=origin.source,
+            command=command,
+            result=Result.OK if ok else Result.FAILED,
+            requested=state["started"],
+            executed=time.time(),
+            duration_s=time.perf_counter() - t0,
+            reason="" if ok else str(state["error"] or "cancelled"),
+            targets=(target,),
+            args={k: state[k] for k in keep if state.get(k) is not None},
+        )
+        try:
+            await asyncio.shield(self.journal.append(event))
+        except Exception:  # the journal's own failure is logged there
+            log.warning("%s %s: not journalled", command, state["id"])
 
     async def _measured(
         self, plan: MeasurementPlan, state: dict[str, Any], folder: Path, xruns: int
@@ -1529,25 +1545,8 @@ class SoundFieldControl:
                 state["phase"] = "failed"
                 state["state"] = "failed"
             self._stop_worker()
-            if self.journal is not None:
-                ok = state["state"] == "done"
-                keep = ("id", "zone", "mode", "iterations", "worst_jnd", "converged", "loop")
-                event = JournalEvent(
-                    kind=origin.kind,
-                    source=origin.source,
-                    command="acoustics.adapted",
-                    result=Result.OK if ok else Result.FAILED,
-                    requested=state["started"],
-                    executed=time.time(),
-                    duration_s=time.perf_counter() - t0,
-                    reason="" if ok else str(state["error"] or "cancelled"),
-                    targets=(state["zone"],),
-                    args={k: state[k] for k in keep if state.get(k) is not None},
-                )
-                try:
-                    await asyncio.shield(self.journal.append(event))
-                except Exception:  # the journal's own failure is logged there
-                    log.warning("adaptation %s: not journalled", state["id"])
+            keep = ("id", "zone", "mode", "iterations", "worst_jnd", "converged", "loop")
+            await self._journal_run(origin, "acoustics.adapted", state, t0, keep, state["zone"])
 
     async def _adapting(
         self,
