@@ -73,10 +73,13 @@ def venue(
         mqtt_port=mosquitto.port,
     )
     # These tests are about moves and records, not the watchdog (examples/hil/hoist-watchdog
-    # is): a 1 s watchdog rides out a loaded CI machine starving a 20 Hz heartbeat for 200 ms.
+    # is) nor hold-to-run (tests/hil/test_machinery_safety.py is): a 1 s watchdog and a 2 s
+    # enable ride out a loaded CI machine starving the service's loop for a few hundred ms
+    # (CI once saw the 0.5 s enable lapse mid-move, and the move stopped as it must).
     text = path.read_text().replace(
         "start_position_mm", "watchdog_ms_default = 1000, start_position_mm"
     )
+    text = text.replace("[telemetry]", "[machinery]\nenable_timeout_s = 2.0\n\n[telemetry]", 1)
     path.write_text(text)
     simulator_process(path)
     wait_for_port(port_a)

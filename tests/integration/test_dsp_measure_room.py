@@ -256,13 +256,8 @@ def check_pair(measured: np.ndarray, room_ir: np.ndarray, truth: dict[str, Any])
     within(mine, truth, ("t30_s", "c80_db", "d50"), "dsp.metrics on the measured IR vs truth")
 
 
-async def test_a_sweep_measurement_recovers_the_room(
-    jack: JackServer, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    # The session's cache of this room's IRs, shared with tests/integration/test_sim_room.py
-    # (the same declaration): its empty-room IRs are computed once per session.
-    cache = tmp_path_factory.getbasetemp() / "small-hall-ir-cache"
-    cache.mkdir(exist_ok=True)
+async def test_a_sweep_measurement_recovers_the_room(jack: JackServer, tmp_path: Path) -> None:
+    cache = tmp_path / "room-cache"
     # The room's IRs ring 0.8 s; the loop adds three JACK periods and the sound's flight.
     plan = plan_measurement(
         RATE, (1, 2), (1, 2), sweeps=3, sweep_s=1.5, ir_s=0.9, noise_s=1.0, level_db=-30.0
