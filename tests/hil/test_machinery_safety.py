@@ -12,7 +12,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +102,14 @@ async def reporting(api: httpx.AsyncClient) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running(path: Path) -> AsyncIterator[Rig]:
-    """Simulators and the service for the venue at ``path``, once every axis reports."""
+async def running(path: Path, start_sims: Callable[..., Any]) -> AsyncIterator[Rig]:
+    """Simulators (in a process of their own, as ``flytower run`` starts them: a busy test
+    loop then never starves the drives' watchdogs and answers) and the service for the venue at
+    ``path``, once every axis reports."""
     async with contextlib.AsyncExitStack() as stack:
-        port = await stack.enter_async_context(simulators(path))
+        port = free_port()
+        start_sims(path, control_port=port)
+        wait_for_port(port)
         svc = await stack.enter_async_context(run_service(path))
         api = await stack.enter_async_context(
             httpx.AsyncClient(
@@ -123,8 +127,8 @@ async def running(path: Path) -> AsyncIterator[Rig]:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with running(venue(tmp_path)) as r:
+async def rig(tmp_path: Path, simulator_process: Callable[..., Any]) -> AsyncIterator[Rig]:
+    async with running(venue(tmp_path), simulator_process) as r:
         yield r
 
 
@@ -448,10 +452,10 @@ mode = "safe"
 
 
 @pytest.fixture
-async def rig2(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig2(tmp_path: Path, simulator_process: Callable[..., Any]) -> AsyncIterator[Rig]:
     path = venue(tmp_path)
     path.write_text(path.read_text().replace(MACHINERY, GROUPS, 1))
-    async with running(path) as r:
+    async with running(path, simulator_process) as r:
         yield r
 
 
