@@ -683,19 +683,7 @@ class Design:
         p = self.params
         return {
             "mode": p.meta.get("mode"),
-            "params": {
-                "n_out": p.n_out,
-                "direct_gain": p.direct_gain.tolist(),
-                "direct_delay_s": p.direct_delay_s,
-                "early": {
-                    "delays_s": p.early.delays_s.tolist(),
-                    "gains": p.early.gains.tolist(),
-                    "channels": p.early.channels.tolist(),
-                },
-                "late": {"t60_s": p.late.t60_s.tolist(), "delay_s": p.late.delay_s},
-                "early_db": p.early_db,
-                "late_db": p.late_db,
-            },
+            "params": params_record(p),
             "prediction": self.prediction.to_dict(),
             "reachable": {
                 k: {str(b): ok for b, ok in v.items()} for k, v in self.reachable.items()
@@ -911,3 +899,21 @@ def _explain(
     if not reach["bass_ratio"][0]:
         notes.append(f"bass ratio predicted {pred.bass_ratio:.2f} against {mode.bass_ratio:.2f}")
     return notes
+
+
+def params_record(p: FieldParams) -> dict[str, Any]:
+    """Every value of ``p`` the engine renders (``edge.acoustics.params_from_record``
+    reads it back)."""
+    return {
+        "n_out": p.n_out,
+        "direct_gain": p.direct_gain.tolist(),
+        "direct_delay_s": p.direct_delay_s,
+        "early": {
+            "delays_s": p.early.delays_s.tolist(),
+            "gains": p.early.gains.tolist(),
+            "channels": p.early.channels.tolist(),
+        },
+        "late": {"t60_s": p.late.t60_s.tolist(), "delay_s": p.late.delay_s},
+        "early_db": p.early_db,
+        "late_db": p.late_db,
+    }

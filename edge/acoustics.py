@@ -66,7 +66,7 @@ import numpy as np
 from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind, journalled
 from controller.playback.ports import PlaybackError, Unavailable
 from dsp.adapt import LOOP_MARGIN_DB, AdaptError, MeasuredPaths, adapt, loop_gain_db, scaled
-from dsp.design import Design, DesignError, Room, design, room_from
+from dsp.design import Design, DesignError, Room, design, params_record, room_from
 from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory
 from dsp.field import BANDS_HZ, EarlyPattern, FieldParams, LateParams
 from dsp.layout import Layout
@@ -396,23 +396,6 @@ def zone_record(settings: ZoneSettings) -> dict[str, Any]:
         json.dumps({k: getattr(settings, k) for k in ZONE_KEYS}, allow_nan=False)
     )
     return out
-
-
-def params_record(p: FieldParams) -> dict[str, Any]:
-    """Every value of ``p`` the engine renders (``params_from_record`` reads it back)."""
-    return {
-        "n_out": p.n_out,
-        "direct_gain": p.direct_gain.tolist(),
-        "direct_delay_s": p.direct_delay_s,
-        "early": {
-            "delays_s": p.early.delays_s.tolist(),
-            "gains": p.early.gains.tolist(),
-            "channels": p.early.channels.tolist(),
-        },
-        "late": {"t60_s": p.late.t60_s.tolist(), "delay_s": p.late.delay_s},
-        "early_db": p.early_db,
-        "late_db": p.late_db,
-    }
 
 
 def _finite(v: Any, what: str) -> float:
