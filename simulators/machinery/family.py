@@ -7,7 +7,9 @@ host:port (a gateway, or one port per drive) or a serial line (``simulate.serial
 simulator's end of the RS-485 stand-in; every unit on it must agree on the line settings).
 
 ``hosts()`` gives the Modbus servers and the clock: one task for the whole family that steps
-every drive at 100 Hz on a monotonic deadline (overruns are skipped and counted, not bunched).
+every drive at 100 Hz on a monotonic deadline (overruns are skipped and counted, not bunched;
+after a stall the physics catches up in steps of at most 50 ms, so a loaded host does not slow
+the machines down).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from simulators.machinery.models import TYPES, AxisType
 from simulators.machinery.server import Comms, ModbusHost, Unit
 
 TICK_S = 0.01
-MAX_STEP_S = 0.05  # after a stall the physics takes at most this in one step
+MAX_STEP_S = 0.05  # after a stall the physics catches up in steps of at most this
+MAX_CATCH_UP_S = 1.0  # and catches up at most this much; a longer stall is time lost (counted)
 LINE_KEYS = ("baudrate", "parity", "stopbits", "bytesize")
 LINE_DEFAULTS: dict[str, Any] = {"baudrate": 19200, "parity": "E", "stopbits": 1, "bytesize": 8}
 
@@ -332,6 +335,7 @@ class MachineryFamily:
         self._hosts: list[ModbusHost] = []
         self.ticks = 0
         self.overruns = 0
+        self.lost_s = 0.0  # physics time lost to stalls longer than MAX_CATCH_UP_S
         self.step_s = 0.0  # CPU spent stepping, for stats
         self._started = time.monotonic()
 
@@ -462,14 +466,22 @@ class MachineryFamily:
                 delay = deadline - time.monotonic()
             await asyncio.sleep(max(0.0, delay))
             now = time.monotonic()
-            dt = min(now - last, MAX_STEP_S)
-            last = now
+            elapsed, last = now - last, now
+            if elapsed > MAX_CATCH_UP_S:
+                self.lost_s += elapsed - MAX_CATCH_UP_S
+                elapsed = MAX_CATCH_UP_S
             t0 = time.thread_time()
-            for drive in drives:
-                if drive.quiet():
-                    drive.idle(now, dt)
-                else:
-                    drive.step(now, dt)
+            # A stalled process (a loaded host) must not slow the machines down: a real drive
+            # keeps moving while nobody looks, so the physics catches up in short steps.
+            steps = max(1, math.ceil(elapsed / MAX_STEP_S - 1e-9))
+            dt = elapsed / steps
+            for k in range(steps, 0, -1):
+                at = now - (k - 1) * dt
+                for drive in drives:
+                    if drive.quiet():
+                        drive.idle(at, dt)
+                    else:
+                        drive.step(at, dt)
             self.step_s += time.thread_time() - t0
             self.ticks += 1
 
@@ -482,6 +494,7 @@ class MachineryFamily:
             "ticks": self.ticks,
             "ticks_per_s": self.ticks / elapsed,
             "overruns": self.overruns,
+            "lost_s": round(self.lost_s, 3),
             "physics_cpu_s": self.step_s,
             "requests": requests,
             "requests_per_s": requests / elapsed,

@@ -73,13 +73,24 @@ def venue(
         mqtt_port=mosquitto.port,
     )
     # These tests are about moves and records, not the watchdog (examples/hil/hoist-watchdog
-    # is) nor hold-to-run (tests/hil/test_machinery_safety.py is): a 1 s watchdog and a 2 s
-    # enable ride out a loaded CI machine starving the service's loop for a few hundred ms
-    # (CI once saw the 0.5 s enable lapse mid-move, and the move stopped as it must).
+    # is) nor hold-to-run, stale telemetry or following error (tests/hil/test_machinery_safety.py
+    # and the supervisor's unit tests are): a 1 s watchdog, a 2 s enable, 0.5 s of stale
+    # telemetry and 400 mm of following error ride out a loaded CI machine starving the
+    # service's loop for a few hundred ms. CI saw the 0.5 s enable lapse mid-move, a 100 ms
+    # stale-telemetry abort and a 50 mm following-error abort, and each stopped the move as it
+    # must.
     text = path.read_text().replace(
         "start_position_mm", "watchdog_ms_default = 1000, start_position_mm"
     )
-    text = text.replace("[telemetry]", "[machinery]\nenable_timeout_s = 2.0\n\n[telemetry]", 1)
+    text = text.replace(
+        "[telemetry]",
+        (
+            "[machinery]\nenable_timeout_s = 2.0\nstale_cycles = 25\n\n"
+            + "".join(f"[machinery.axes.hoist-{i}]\nfollowing_error = 400\n\n" for i in (1, 2, 3))
+            + "[telemetry]"
+        ),
+        1,
+    )
     path.write_text(text)
     simulator_process(path)
     wait_for_port(port_a)
