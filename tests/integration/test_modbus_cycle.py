@@ -101,9 +101,10 @@ async def reference_hoist(start_mm: float = 1000.0) -> AsyncIterator[tuple[int, 
     port = free_port()
     family = MachineryFamily({})
     tr = {"kind": "modbus-tcp", "host": "127.0.0.1", "port": port, "unit": 1}
-    sim = family.add(
-        DeviceSpec("hoist", "hoist", tr, {"model": "hoist", "start_position_mm": start_mm}, "t")
-    )
+    # The drive shares this test's event loop: a 1 s watchdog rides out a loaded CI machine
+    # starving the loop (the watchdog's own tests use the service and a process of its own).
+    params = {"model": "hoist", "start_position_mm": start_mm, "watchdog_ms_default": 1000}
+    sim = family.add(DeviceSpec("hoist", "hoist", tr, params, "t"))
     assert isinstance(sim, MachineDevice)
     async with contextlib.AsyncExitStack() as stack:
         for host in family.hosts():
