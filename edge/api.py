@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import (
     Body,
+    Depends,
     FastAPI,
     HTTPException,
     Query,
@@ -43,12 +44,12 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from controller.journal import Origin, SourceKind
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
 from edge import (
     api_acoustics,
     api_alarms,
+    api_auth,
     api_configurations,
     api_journal,
     api_lighting,
@@ -127,14 +128,10 @@ def reading_json(r: Reading) -> dict[str, Any]:
     }
 
 
-def _origin(request: Request) -> Origin:
-    """Who sent a REST request, for the journal: an operator, at this address."""
-    peer = f" {request.client.host}:{request.client.port}" if request.client else ""
-    return Origin(SourceKind.USER, f"rest{peer}")
-
-
 def create_app(service: Service) -> FastAPI:
+    gate = api_auth.Gate(service)
     app = FastAPI(
+        dependencies=[Depends(api_auth.dependency(gate))],
         title="Flytower",
         version="1",
         summary="Stage machinery, lighting, AV and acoustics from one edge service",
@@ -274,7 +271,7 @@ def create_app(service: Service) -> FastAPI:
         if driver is None:
             raise HTTPException(503, f"device '{device_id}' has no running driver")
         try:
-            writes = await service.command(driver, command, args, _origin(request))
+            writes = await service.command(driver, command, args, api_auth.origin_of(request))
         except CommandError as exc:
             raise HTTPException(422, str(exc)) from exc
         except DeviceUnavailable as exc:
@@ -283,10 +280,26 @@ def create_app(service: Service) -> FastAPI:
 
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
-        await socket.accept()
+        await socket.accept()  # signed in and from an allowed origin: api_auth.dependency
         sub = service.live_feed(f"ws:{id(socket)}")
         peer = f"{socket.client.host}:{socket.client.port}" if socket.client else "?"
+        principal = api_auth.principal_of(socket)
         wanted: set[str] | None = None
+
+        def refused(msg: dict[str, Any]) -> dict[str, Any] | None:
+            """The refusal of a message this principal's role may not send, else None."""
+            kind = str(msg.get("type"))
+            command = msg.get("command")
+            perms = api_auth.ws_needed(kind, command if isinstance(command, str) else None)
+            if principal.may(perms):
+                return None
+            return {
+                "type": f"{kind}.result" if kind in ("playback", "machinery") else "error",
+                "id": msg.get("id"),
+                "ok": False,
+                "status": 403,
+                "detail": api_auth.refusal(principal, perms),
+            }
 
         async def receive() -> None:
             nonlocal wanted
@@ -300,11 +313,17 @@ def create_app(service: Service) -> FastAPI:
                     continue
                 try:
                     msg = json.loads(text)
+                    no = refused(msg) if isinstance(msg, dict) else None
+                    if no is not None:
+                        await socket.send_json(no)
+                        continue
+                    origin = api_auth.origin_of(socket, "ws")
                     if isinstance(msg, dict) and msg.get("type") == "playback":
-                        await socket.send_json(await api_playback.ws_command(service, msg, peer))
+                        await socket.send_json(await api_playback.ws_command(service, msg, origin))
                         continue
                     if isinstance(msg, dict) and msg.get("type") == "machinery":
-                        await socket.send_json(await api_machinery.ws_command(service, msg, peer))
+                        reply = await api_machinery.ws_command(service, msg, origin, peer)
+                        await socket.send_json(reply)
                         continue
                     if not isinstance(msg, dict) or msg.get("type") != "subscribe":
                         raise ValueError('expected {"type": "subscribe", "devices": [...]}')
@@ -367,6 +386,7 @@ def create_app(service: Service) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     # The cue engine's routes first: a GO matches before the other routes are tried.
+    app.include_router(api_auth.router(service, gate))
     app.include_router(api_playback.router(service))
     app.include_router(api_configurations.router(service))
     app.include_router(api_journal.router(service))

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.journal import journalled
 from controller.playback.ports import PlaybackError, Unavailable
-from edge.api_machinery import origin_of
+from edge.api_auth import origin_of
 
 if TYPE_CHECKING:
     from edge.service import Service

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from edge.alarms import SEVERITIES, AlarmEngine, AlarmError, State, operator_name
-from edge.api_machinery import origin_of
+from edge.api_auth import origin_of
 
 if TYPE_CHECKING:
     from edge.service import Service

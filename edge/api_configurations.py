@@ -34,8 +34,9 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict
 
 from controller.configurations import Switcher, axis_info
-from controller.journal import Origin, SourceKind
+from controller.journal import Origin
 from controller.playback import LoopClock, PlaybackError
+from edge.api_auth import origin_of
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -115,14 +116,6 @@ async def stop(service: Service) -> None:
         await sw.close()
 
 
-def _origin(request: Request) -> Origin:
-    peer = f" {request.client.host}:{request.client.port}" if request.client else ""
-    agent = request.headers.get("x-flytower-client", "")
-    if agent:
-        return Origin(SourceKind.SCRIPT, f"{agent[:100]}{peer}")
-    return Origin(SourceKind.USER, f"rest{peer}")
-
-
 class SwitchIn(BaseModel):
     """The body of a switch or an abort: nothing yet, but unknown keys are refused."""
 
@@ -157,7 +150,7 @@ def router(service: Service) -> APIRouter:
         request: Request, body: Annotated[SwitchIn | None, Body()] = None
     ) -> dict[str, Any]:
         try:
-            out = await engine().abort(_origin(request))
+            out = await engine().abort(origin_of(request))
         except PlaybackError as exc:
             raise HTTPException(exc.status, exc.reason) from exc
         return {"ok": True, "progress": out}
@@ -172,7 +165,7 @@ def router(service: Service) -> APIRouter:
         request: Request, name: NamePath, body: Annotated[SwitchIn | None, Body()] = None
     ) -> dict[str, Any]:
         try:
-            plan = await engine().switch(name, _origin(request))
+            plan = await engine().switch(name, origin_of(request))
         except PlaybackError as exc:
             raise HTTPException(exc.status, exc.reason) from exc
         return {"ok": True, "switching": name, "plan": plan}

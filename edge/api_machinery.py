@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from controller.journal import Origin, Result, SourceKind
 from controller.motion.supervisor import MotionRefused, StopKind, Supervisor
+from edge.api_auth import origin_of
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -64,12 +65,6 @@ class StopIn(_In):
 
 class EstopIn(_In):
     reason: Annotated[StrictStr, Field(max_length=200)] = "software E-stop"
-
-
-def origin_of(request: Request) -> Origin:
-    peer = f"{request.client.host}:{request.client.port}" if request.client else "?"
-    operator = request.headers.get("x-flytower-operator", "").strip()[:100]
-    return Origin(SourceKind.USER, operator or f"rest {peer}")
 
 
 def _supervisor(service: Service) -> Supervisor:
@@ -182,8 +177,11 @@ class WsMachinery(_In):
     reason: Annotated[StrictStr, Field(max_length=200)] = "software E-stop"
 
 
-async def ws_command(service: Service, msg: dict[str, Any], peer: str) -> dict[str, Any]:
-    """One ``{"type": "machinery", "command": …}`` message; the reply says ok or why not."""
+async def ws_command(
+    service: Service, msg: dict[str, Any], origin: Origin, peer: str
+) -> dict[str, Any]:
+    """One ``{"type": "machinery", "command": …}`` message from ``origin`` (its ``operator``
+    field names the person only where access control is off); the reply says ok or why not."""
     reply: dict[str, Any] = {"type": "machinery.result", "id": msg.get("id")}
     try:
         m = WsMachinery.model_validate(msg)
@@ -194,7 +192,8 @@ async def ws_command(service: Service, msg: dict[str, Any], peer: str) -> dict[s
     sup = service.supervisor
     if sup is None:
         return reply | {"ok": False, "status": 404, "detail": "this node runs no machinery"}
-    origin = Origin(SourceKind.USER, m.operator or f"ws {peer}")
+    if m.operator and origin.kind is SourceKind.USER and origin.source.startswith("ws "):
+        origin = Origin(SourceKind.USER, m.operator)  # access control off: the name given
     holder = m.holder or f"ws {peer}"
     try:
         out: dict[str, Any]

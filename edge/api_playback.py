@@ -44,7 +44,7 @@ from pydantic import (
     ValidationError,
 )
 
-from controller.journal import Origin, SourceKind
+from controller.journal import Origin
 from controller.lighting import LightingError
 from controller.motion.cues import SupervisedMachinery
 from controller.playback import (
@@ -60,6 +60,7 @@ from controller.show import Catalogue, ShowError, load_show, parse_show, save_sh
 from controller.show.file import show_data
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, ConfigError, DmxTransport
+from edge.api_auth import origin_of
 from edge.audio import ServiceAudio
 
 if TYPE_CHECKING:
@@ -288,14 +289,6 @@ async def run_command(
     raise PlaybackError(f"unknown command '{command}'", 422)
 
 
-def _origin(request: Request) -> Origin:
-    peer = f" {request.client.host}:{request.client.port}" if request.client else ""
-    agent = request.headers.get("x-flytower-client", "")
-    if agent:
-        return Origin(SourceKind.SCRIPT, f"{agent[:100]}{peer}")
-    return Origin(SourceKind.USER, f"rest{peer}")
-
-
 def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["playback"])
 
@@ -313,7 +306,7 @@ def router(service: Service) -> APIRouter:
             request: Request, body: Annotated[CommandIn | None, Body()] = None
         ) -> dict[str, Any]:
             try:
-                out = await run_command(engine(), command, body or CommandIn(), _origin(request))
+                out = await run_command(engine(), command, body or CommandIn(), origin_of(request))
             except PlaybackError as exc:
                 raise HTTPException(exc.status, exc.reason) from exc
             return {"ok": True, **out}
@@ -352,7 +345,7 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(409, "cues are running: stop them before loading a show")
         try:
             show = await asyncio.to_thread(save_show, path, show, cat)
-            await pb.load(show, _origin(request))
+            await pb.load(show, origin_of(request))
         except ShowError as exc:
             raise HTTPException(422, exc.problems) from exc
         except PlaybackError as exc:
@@ -367,7 +360,7 @@ def router(service: Service) -> APIRouter:
 # --- WebSocket ----------------------------------------------------------------------------
 
 
-async def ws_command(service: Service, msg: dict[str, Any], peer: str) -> dict[str, Any]:
+async def ws_command(service: Service, msg: dict[str, Any], origin: Origin) -> dict[str, Any]:
     """A ``{"type": "playback", ...}`` message: run it, return the reply message."""
     ident = msg.get("id") if isinstance(msg.get("id"), str | int) else None
     try:
@@ -391,7 +384,6 @@ async def ws_command(service: Service, msg: dict[str, Any], peer: str) -> dict[s
             "status": 503,
             "detail": "the cue engine is not running",
         }
-    origin = Origin(SourceKind.USER, f"ws {peer}")
     try:
         out = await run_command(service.playback, cmd.command, cmd, origin)
     except PlaybackError as exc:

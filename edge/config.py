@@ -73,6 +73,30 @@ class ApiConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class AuthConfig(_Strict):
+    """Access control (edge/auth.py, docs/api.md "Access control"). On by default: create the
+    first admin with ``flytower user add NAME --role admin``."""
+
+    enabled: bool = True
+    path: str = "var/auth.sqlite3"  # users, sessions, API tokens (relative to the venue file)
+    session_ttl_s: float = Field(default=12 * 3600, ge=60, le=30 * 86400, allow_inf_nan=False)
+    login_attempts: int = Field(default=5, ge=1, le=1000)
+    """Failed logins allowed per client address and per user name in ``login_window_s``."""
+    login_window_s: float = Field(default=60.0, gt=0, le=86400, allow_inf_nan=False)
+    allowed_origins: list[str] = Field(default_factory=list, max_length=100)
+    """Browser origins, besides the console's own, whose WebSocket connections are accepted
+    (e.g. ``https://console.example``). A connection without an Origin (a script) is not a
+    browser's and is judged by its credential alone."""
+    tls_cert: str | None = None  # PEM certificate chain: serve HTTPS/WSS (with tls_key)
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("auth: tls_cert and tls_key go together")
+        return self
+
+
 class MqttTlsConfig(_Strict):
     """TLS to the broker. Paths are relative to the venue file. ``insecure`` skips the host
     name check (a lab broker with an IP-only certificate), never the chain check."""
@@ -444,6 +468,7 @@ class VenueConfig(_Strict):
     venue: VenueInfo
     nodes: list[NodeConfig] = Field(min_length=1)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     osc: OscConfig = Field(default_factory=OscConfig)

@@ -294,13 +294,15 @@ class Service:
                 self.bound_api_port = _bound_port(server)
                 self.started.set()
                 log.info(
-                    "flytower %s/%s: %d device(s), console http://%s:%s/",
+                    "flytower %s/%s: %d device(s), console %s://%s:%s/",
                     cfg.venue.id,
                     self.node,
                     len(self.devices),
+                    "https" if cfg.auth.tls_cert else "http",
                     self.api_host,
                     self.bound_api_port,
                 )
+                self._warn_about_access()
                 stop = tg.create_task(self._stop.wait(), name="stop-wait")
                 await asyncio.wait([stop, api_task], return_when=asyncio.FIRST_COMPLETED)
                 # Orderly shutdown: no new requests, no new readings, then drain.
@@ -486,13 +488,34 @@ class Service:
         await system("service.start")
         stack.push_async_callback(system, "service.stop")
 
+    def _warn_about_access(self) -> None:
+        auth = self.venue.config.auth
+        if not auth.enabled:
+            log.warning(
+                "access control is OFF ([auth] enabled = false): anyone who reaches port %s "
+                "may run the show and move machinery",
+                self.bound_api_port,
+            )
+            return
+        from edge.auth import AuthStore
+
+        if not AuthStore(self.venue.resolve(auth.path)).has_users():
+            log.warning(
+                "access control is on and there is no user yet: create the first admin with "
+                "`flytower user add %s NAME --role admin`",
+                self.venue.path,
+            )
+
     def _api_server(self) -> uvicorn.Server:
         from edge.api import create_app  # the API imports the service's types
 
+        auth = self.venue.config.auth
         config = uvicorn.Config(
             create_app(self),
             host=self.api_host,
             port=self.api_port,
+            ssl_certfile=self.venue.resolve(auth.tls_cert) if auth.tls_cert else None,
+            ssl_keyfile=self.venue.resolve(auth.tls_key) if auth.tls_key else None,
             log_level="warning",
             lifespan="off",
             ws_ping_interval=10,

@@ -175,6 +175,8 @@ id = "stage"
 [api]
 host = "127.0.0.1"
 port = 0
+[auth]
+enabled = false  # access control has its own tests (tests/integration/test_auth_api.py)
 [mqtt]
 mode = "{mqtt_mode}"
 host = "127.0.0.1"

@@ -222,7 +222,8 @@ async def test_estop_stops_every_axis_and_needs_a_reset(rig: Rig) -> None:
 
 async def test_releasing_the_enable_stops_the_move(rig: Rig) -> None:
     async with hold_enable(rig.api):
-        assert (await rig.move({"hoist-3": 2000}, speed=500)).status_code == 200
+        r = await rig.move({"hoist-3": 2000}, speed=500)
+        assert r.status_code == 200, r.text
         await asyncio.sleep(0.8)
     await wait_until(lambda: rig.at_rest("hoist-3"), 5, "hoist-3 stopped")
     assert await rig.position("hoist-3") > 2100

@@ -208,6 +208,8 @@ id = "tiny"
 id = "stage"
 [api]
 port = 0
+[auth]
+enabled = false  # access control has its own tests (tests/integration/test_auth_api.py)
 [mqtt]
 mode = "off"
 [telemetry]
