@@ -414,6 +414,13 @@ class Supervisor:
             raise await self._refuse(
                 origin, "move.confirm", f"no move {move_id} awaits confirmation"
             )
+        if origin.kind is not SourceKind.USER:
+            raise await self._refuse(
+                origin,
+                "move.confirm",
+                "two-person rule: a person confirms, not a cue or script",
+                list(move.axes),
+            )
         if origin.source == move.origin.source:
             raise await self._refuse(
                 origin,

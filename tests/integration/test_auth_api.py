@@ -22,7 +22,14 @@ from websockets.exceptions import InvalidStatus
 from edge.auth import AuthStore, Role
 from edge.config import load_venue
 from edge.service import Service
-from tests.conftest import free_port, run_service, wait_for_port, wait_until, write_venue
+from tests.conftest import (
+    free_port,
+    hold_enable,
+    run_service,
+    wait_for_port,
+    wait_until,
+    write_venue,
+)
 
 PASSWORD = "correct horse battery"
 ROLES = list(Role)
@@ -307,8 +314,14 @@ async def test_estop_reset_needs_a_signed_in_operator(
     """Anyone may E-stop; only a person with the run permission may reset it, never a script's
     token; and the journal names who did what."""
     path = auth_venue(tmp_path, [{"id": "hoist-1", "port": free_port(), "start": 1000}])
+    machinery = (
+        "[machinery]\nenable_timeout_s = 2.0\nconfirm_timeout_s = 10\n"
+        '[machinery.axes.hoist-1]\nuse_case = "performer"\nmax_load = 400\nmin_load = 50\n\n'
+    )
+    path.write_text(path.read_text().replace("[telemetry]", machinery + "[telemetry]", 1))
     store = store_of(path)
     store.add_user("olga", Role.OPERATOR, PASSWORD)
+    store.add_user("otto", Role.OPERATOR, PASSWORD)
     store.add_user("vic", Role.VIEWER, PASSWORD)
     script = store.create_token("cue-script", Role.OPERATOR)[1]
     control = free_port()
@@ -316,7 +329,7 @@ async def test_estop_reset_needs_a_signed_in_operator(
     wait_for_port(control)
     async with service_with(path) as (_svc, base):
         sessions = {}
-        for name in ("olga", "vic"):
+        for name in ("olga", "otto", "vic"):
             async with httpx.AsyncClient(base_url=base) as c:
                 r = await c.post("/api/v1/auth/login", json={"name": name, "password": PASSWORD})
                 sessions[name] = bearer(r.json()["session"])
@@ -335,6 +348,23 @@ async def test_estop_reset_needs_a_signed_in_operator(
             assert r.status_code == 409 and "not by a cue or script" in r.json()["detail"]
             r = await c.post("/api/v1/machinery/estop/reset", json={}, headers=sessions["olga"])
             assert r.status_code == 200, r.text
+        # Two-person rule for a performer: two signed-in people, never a script's token.
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=5, headers=sessions["olga"]) as olga,
+            hold_enable(olga, "olga's desk"),
+        ):
+            r = await olga.post("/api/v1/machinery/move", json={"targets": {"hoist-1": 1100}})
+            assert r.status_code == 200 and r.json()["state"] == "pending", r.text
+            confirm = f"/api/v1/machinery/moves/{r.json()['id']}/confirm"
+            r = await olga.post(confirm)
+            assert r.status_code == 409 and "another operator than 'olga'" in r.json()["detail"]
+            r = await olga.post(confirm, headers=bearer(script))
+            assert r.status_code == 409 and "a person confirms" in r.json()["detail"]
+            r = await olga.post(confirm, headers=sessions["vic"])
+            assert r.status_code == 403
+            r = await olga.post(confirm, headers=sessions["otto"])
+            assert r.status_code == 200 and r.json()["state"] == "running", r.text
+        async with httpx.AsyncClient(base_url=base, timeout=5) as c:
             events = (
                 await c.get("/api/v1/journal", params={"limit": 100}, headers=sessions["olga"])
             ).json()["events"]
@@ -343,6 +373,7 @@ async def test_estop_reset_needs_a_signed_in_operator(
             assert ("estop.reset", "token:cue-script", "refused") in who
             assert ("estop.reset", "olga", "ok") in who
             assert ("auth.login", "olga", "ok") in who
+            assert ("move.confirm", "otto", "ok") in who or ("move", "otto", "ok") in who
 
 
 async def test_tls_serves_https_with_a_secure_session_cookie(tmp_path: Path) -> None:

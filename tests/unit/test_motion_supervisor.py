@@ -376,6 +376,8 @@ async def test_performer_moves_need_a_second_person_and_a_lower_speed() -> None:
     assert move.state == "pending" and r.axes.target == {}
     with pytest.raises(MotionRefused, match="another operator than 'alice'"):
         await r.sup.confirm(move.id, ALICE)
+    with pytest.raises(MotionRefused, match="a person confirms, not a cue or script"):
+        await r.sup.confirm(move.id, Origin(SourceKind.SCRIPT, "token:cue-script"))
     await r.sup.confirm(move.id, BOB)
     assert move.state == "running" and move.confirmed_by == "bob"
     assert move.speeds["hoist-1"] == 300
