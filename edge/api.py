@@ -366,9 +366,21 @@ def create_app(service: Service) -> FastAPI:
                     await socket.send_json({"type": "readings", "readings": readings})
                 await asyncio.sleep(WS_INTERVAL_S)  # conflate: at most 10 messages a second
 
+        async def still_signed_in() -> None:
+            """A revoked or expired credential, a disabled user: close with 1008 and why."""
+            while True:
+                await asyncio.sleep(api_auth.RECHECK_S)
+                try:
+                    gate.principal(socket)
+                except HTTPException as exc:
+                    await socket.close(1008, str(exc.detail)[:120])
+                    raise WebSocketDisconnect(1008) from None
+
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(receive())
+                if principal.via != "open":
+                    tg.create_task(still_signed_in())
                 tg.create_task(send())
                 tg.create_task(api_playback.ws_feed(service, socket.send_json))
                 tg.create_task(api_configurations.ws_feed(service, socket.send_json))

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from edge.service import Service
 
 COOKIE = "flytower_session"
+RECHECK_S = 2.0  # an open WebSocket's credential is checked again this often
 
 P = Permission
 RUN_OR_MAINTAIN = frozenset({P.RUN, P.MAINTAIN})

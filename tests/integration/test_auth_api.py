@@ -306,6 +306,18 @@ async def test_websocket_needs_a_credential_a_good_origin_and_the_role(
             assert r["status"] == 403  # an unknown message type is admin-only, then refused
             await ws.send(json.dumps({"type": "subscribe", "devices": []}))
             assert (await ws_reply(ws, "subscribed"))["devices"] == []
+            # Revoked while connected: the server closes the socket (1008) within RECHECK_S.
+            tid = next(t["id"] for t in store_of(path).tokens() if t["name"] == "script-viewer")
+            store_of(path).revoke(tid)
+
+            async def drain() -> None:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await drain()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+            assert "revoked" in closed.value.rcvd.reason
 
 
 async def test_estop_reset_needs_a_signed_in_operator(
