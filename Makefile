@@ -23,6 +23,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
+	@pw=$$($(BIN)/flytower user add examples/venue-demo.toml admin --role admin --generate --if-missing) \
+	  && if [ -n "$$pw" ]; then echo "console sign-in: admin / $$pw (shown once; change it with: flytower user passwd examples/venue-demo.toml admin)"; fi
 	$(BIN)/flytower run examples/venue-demo.toml
 
 system-deps:

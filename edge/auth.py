@@ -98,7 +98,7 @@ def digest(secret: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise AuthError(
             "a name is 1 to 64 letters, digits, '_', '.', '@' or '-', starting with a letter "
             "or digit"
@@ -151,7 +151,7 @@ class AuthStore:
         self.path = path
         self.session_ttl_s = session_ttl_s
         self.hasher = PasswordHasher()
-        self._dummy = self.hasher.hash(secrets.token_hex(16))  # equal time for unknown users
+        self._dummy: str | None = None  # a hash to check unknown users against: equal time
         self._used: dict[str, float] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
@@ -231,7 +231,10 @@ class AuthStore:
             row = db.execute(
                 "SELECT role, hash, disabled FROM users WHERE name = ?", (name,)
             ).fetchone()
+        if row is None and self._dummy is None:
+            self._dummy = self.hasher.hash(secrets.token_hex(16))
         stored = row[1] if row else self._dummy
+        assert stored is not None
         ok = len(password) <= MAX_PASSWORD and await asyncio.to_thread(
             self._verify, stored, password
         )

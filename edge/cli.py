@@ -11,6 +11,9 @@ flytower acoustics analyze IR.wav | measure VENUE --outputs 1 --inputs 1,2 | mod
                            room acoustics (docs/acoustics.md, "Command line and plots")
 flytower telemetry export VENUE --device D --format csv|parquet -o OUT [--from T --to T]
                            a device's telemetry from the store (docs/telemetry.md)
+flytower user add|list|passwd|role|disable|enable|remove VENUE ...
+                           the console's users (docs/api.md, "Users and API tokens")
+flytower token create|list|revoke VENUE ...   API tokens for scripts
 """
 
 from __future__ import annotations
@@ -189,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     from edge.telemetry_cli import add_arguments as add_telemetry_arguments
 
     add_telemetry_arguments(p)
+    p = sub.add_parser("user", help="the console's users (access control)")
+    from edge.auth_cli import add_token_arguments, add_user_arguments
+
+    add_user_arguments(p)
+    p = sub.add_parser("token", help="API tokens for scripts (access control)")
+    add_token_arguments(p)
     p = sub.add_parser(
         "hil",
         help="run a hardware-in-loop scenario against the simulated venue (see hil --help)",

@@ -90,7 +90,7 @@ def test_a_session_expires_and_follows_its_user(tmp_path: Path) -> None:
 
 
 def test_bad_names_roles_and_passwords_are_refused(store: AuthStore) -> None:
-    for name in ("", " ada", "a/b", "a b", "x" * 65, "ad\x00a", "-lead", "é"):
+    for name in ("", " ada", "a/b", "a b", "x" * 65, "ad\x00a", "-lead", "é", "bob\n"):
         with pytest.raises(AuthError, match="a name is"):
             check_name(name)
     with pytest.raises(AuthError, match="unknown role 'root'"):
