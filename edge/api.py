@@ -58,6 +58,7 @@ from edge import (
     api_playback,
     api_telemetry,
     api_timecode,
+    ws_topics,
 )
 from edge import metrics as edge_metrics
 
@@ -116,6 +117,17 @@ class CommandOut(BaseModel):
 
 def _finite(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no infinity or NaN: they go out as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def reading_json(r: Reading) -> dict[str, Any]:
@@ -281,90 +293,235 @@ def create_app(service: Service) -> FastAPI:
     @app.websocket("/ws")
     async def ws(socket: WebSocket) -> None:
         await socket.accept()  # signed in and from an allowed origin: api_auth.dependency
-        sub = service.live_feed(f"ws:{id(socket)}")
         peer = f"{socket.client.host}:{socket.client.port}" if socket.client else "?"
         principal = api_auth.principal_of(socket)
-        wanted: set[str] | None = None
+        limiter = ws_topics.RateLimiter()
+        wanted: set[str] | None = None  # the console's feeds: readings of these devices only
+        feeds: asyncio.Task[None] | None = None
+
+        async def send_json(msg: dict[str, Any]) -> None:
+            """A client that stops reading (its TCP window full) is dropped after
+            SEND_TIMEOUT_S: it never holds memory, the other clients or the show."""
+            try:
+                async with asyncio.timeout(ws_topics.SEND_TIMEOUT_S):
+                    await socket.send_json(msg)
+            except TimeoutError:
+                raise WebSocketDisconnect(1008, "too slow: messages not read") from None
 
         def refused(msg: dict[str, Any]) -> dict[str, Any] | None:
-            """The refusal of a message this principal's role may not send, else None."""
+            """The refusal of a message this principal's role may not send, or of one over the
+            client's rate (stops are never limited), else None."""
             kind = str(msg.get("type"))
             command = msg.get("command")
             perms = api_auth.ws_needed(kind, command if isinstance(command, str) else None)
-            if principal.may(perms):
+            status = 0
+            if not principal.may(perms):
+                status, detail = 403, api_auth.refusal(principal, perms)
+            elif perms != api_auth.STOP_ONLY and not limiter.allow():
+                status = 429
+                detail = f"too many messages: at most {ws_topics.MESSAGES_PER_S:g} a second"
+            if not status:
                 return None
             return {
                 "type": f"{kind}.result" if kind in ("playback", "machinery") else "error",
                 "id": msg.get("id"),
                 "ok": False,
-                "status": 403,
-                "detail": api_auth.refusal(principal, perms),
+                "status": status,
+                "detail": detail,
             }
 
         async def receive() -> None:
-            nonlocal wanted
+            nonlocal wanted, feeds
             while True:
                 message = await socket.receive()
                 if message["type"] == "websocket.disconnect":
                     raise WebSocketDisconnect(message.get("code", 1000))
                 text = message.get("text")
                 if text is None:
-                    await socket.send_json({"type": "error", "detail": "send JSON text frames"})
+                    await send_json({"type": "error", "detail": "send JSON text frames"})
                     continue
                 try:
                     msg = json.loads(text)
-                    no = refused(msg) if isinstance(msg, dict) else None
+                    if not isinstance(msg, dict):
+                        raise ValueError('expected {"type": "subscribe", "topics": [...]}')
+                    no = refused(msg)
                     if no is not None:
-                        await socket.send_json(no)
+                        await send_json(no)
                         continue
                     origin = api_auth.origin_of(socket, "ws")
-                    if isinstance(msg, dict) and msg.get("type") == "playback":
-                        await socket.send_json(await api_playback.ws_command(service, msg, origin))
+                    if msg.get("type") == "playback":
+                        await send_json(await api_playback.ws_command(service, msg, origin))
                         continue
-                    if isinstance(msg, dict) and msg.get("type") == "machinery":
-                        reply = await api_machinery.ws_command(service, msg, origin, peer)
-                        await socket.send_json(reply)
+                    if msg.get("type") == "machinery":
+                        await send_json(await api_machinery.ws_command(service, msg, origin, peer))
                         continue
-                    if not isinstance(msg, dict) or msg.get("type") != "subscribe":
-                        raise ValueError('expected {"type": "subscribe", "devices": [...]}')
-                    devices = msg.get("devices")
-                    if devices is not None and (
-                        not isinstance(devices, list)
-                        or not all(isinstance(d, str) for d in devices)
-                    ):
-                        raise ValueError("'devices' must be a list of device ids")
-                    wanted = set(devices) if devices is not None else None
-                    await socket.send_json({"type": "subscribed", "devices": devices})
-                except ValueError as exc:  # JSONDecodeError is a ValueError
-                    await socket.send_json({"type": "error", "detail": str(exc)[:200]})
-
-        async def send() -> None:
-            await socket.send_json(
-                {
-                    "type": "snapshot",
-                    "devices": [device_out(d).model_dump() for d in service.devices.values()],
-                    "readings": [reading_json(r) for r in list(service.live.values())],
-                }
-            )
-            last_health: dict[str, str] = {}
-            while True:
-                batch = await sub.get_batch()
-                health = {d: f"{h.state.value}:{h.reason}" for d, h in service.health.items()}
-                if health != last_health:
-                    last_health = health
-                    await socket.send_json(
+                    if msg.get("type") != "subscribe":
+                        raise ValueError('expected {"type": "subscribe", "topics": [...]}')
+                    topics, devices, points = ws_topics.parse_subscription(msg, service.devices)
+                    if topics is None:  # the console's feeds, narrowed to these devices
+                        wanted = devices
+                        await send_json({"type": "subscribed", "devices": msg.get("devices")})
+                        continue
+                    if feeds is not None:
+                        feeds.cancel()
+                        await asyncio.gather(feeds, return_exceptions=True)
+                    await send_json(
                         {
-                            "type": "health",
-                            "health": {
-                                d: {"state": h.state.value, "reason": h.reason}
-                                for d, h in service.health.items()
-                            },
+                            "type": "subscribed",
+                            "topics": topics,
+                            "devices": sorted(devices) if devices is not None else None,
+                            "points": sorted(f"{d}/{p}" for d, p in points) if points else None,
                         }
                     )
-                readings = [reading_json(r) for r in batch if wanted is None or r.device in wanted]
-                if readings:
-                    await socket.send_json({"type": "readings", "readings": readings})
-                await asyncio.sleep(WS_INTERVAL_S)  # conflate: at most 10 messages a second
+                    feeds = asyncio.create_task(subscribed(topics, devices, points))
+                except ValueError as exc:  # JSONDecodeError and SubscribeError are ValueErrors
+                    await send_json({"type": "error", "detail": str(exc)[:200]})
+
+        async def console_feeds() -> None:
+            """Every feed, whole snapshots: what the console has used from the start."""
+            sub = service.live_feed(f"ws:{id(socket)}")
+            try:
+                await send_json(
+                    {
+                        "type": "snapshot",
+                        "devices": [device_out(d).model_dump() for d in service.devices.values()],
+                        "readings": [reading_json(r) for r in list(service.live.values())],
+                    }
+                )
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(api_playback.ws_feed(service, send_json))
+                    tg.create_task(api_configurations.ws_feed(service, send_json))
+                    tg.create_task(api_machinery.ws_feed(service, send_json))
+                    tg.create_task(api_alarms.ws_feed(service, send_json))
+                    last_health: dict[str, str] = {}
+                    while True:
+                        batch = await sub.get_batch()
+                        health = {
+                            d: f"{h.state.value}:{h.reason}" for d, h in service.health.items()
+                        }
+                        if health != last_health:
+                            last_health = health
+                            await send_json(
+                                {
+                                    "type": "health",
+                                    "health": {
+                                        d: {"state": h.state.value, "reason": h.reason}
+                                        for d, h in service.health.items()
+                                    },
+                                }
+                            )
+                        readings = [
+                            reading_json(r) for r in batch if wanted is None or r.device in wanted
+                        ]
+                        if readings:
+                            await send_json({"type": "readings", "readings": readings})
+                        await asyncio.sleep(WS_INTERVAL_S)  # conflate: at most 10 a second
+            finally:
+                sub.close()
+
+        async def subscribed(
+            topics: list[str], devices: set[str] | None, points: set[tuple[str, str]] | None
+        ) -> None:
+            """Each topic: its snapshot, then JSON patches of what changed (edge/ws_topics.py)."""
+            async with asyncio.TaskGroup() as tg:
+                for topic in topics:
+                    stream = ws_topics.TopicStream(topic, send_json)
+                    tg.create_task(topic_feed(stream, devices, points), name=f"ws-{topic}")
+
+        async def topic_feed(
+            stream: ws_topics.TopicStream,
+            devices: set[str] | None,
+            points: set[tuple[str, str]] | None,
+        ) -> None:
+            topic = stream.topic
+            if topic == "telemetry":
+                await telemetry_feed(stream, devices, points)
+                return
+            if topic == "devices":
+                while True:
+                    await stream.publish(
+                        {
+                            d.id: device_out(d).model_dump()
+                            for d in service.devices.values()
+                            if devices is None or d.id in devices
+                        }
+                    )
+                    await asyncio.sleep(1.0)
+            if topic == "lighting":
+                while True:
+                    e = service.lighting
+                    state: dict[str, Any] = {"rendered": e is not None}
+                    if e is not None:
+                        state |= e.status()
+                        state["levels"] = {
+                            str(u): e.universe(u).tolist() for u in e.patch.universes
+                        }
+                    await stream.publish(_json_safe(state))
+                    await asyncio.sleep(WS_INTERVAL_S)
+            if topic == "acoustics":
+                while True:
+                    sf = service.soundfield
+                    snap = (
+                        {"configured": False}
+                        if sf is None
+                        else {"configured": True} | sf.snapshot()
+                    )
+                    await stream.publish(_json_safe(snap))
+                    await asyncio.sleep(2 * WS_INTERVAL_S)
+
+            async def adapt(msg: dict[str, Any]) -> None:
+                payload = msg.get("snapshot", {k: v for k, v in msg.items() if k != "type"})
+                await stream.publish(payload)
+
+            feed = {
+                "playback": api_playback.ws_feed,
+                "axes": api_machinery.ws_feed,
+                "alarms": api_alarms.ws_feed,
+                "configurations": api_configurations.ws_feed,
+            }[topic]
+            await stream.publish({})  # the snapshot, even on a node without this subsystem
+            await feed(service, adapt)
+            await asyncio.Event().wait()  # nothing here (no machinery, no show): stay quiet
+
+        async def telemetry_feed(
+            stream: ws_topics.TopicStream,
+            devices: set[str] | None,
+            points: set[tuple[str, str]] | None,
+        ) -> None:
+            def wanted_reading(r: Reading) -> bool:
+                if points is not None and (r.device, r.point) in points:
+                    return True
+                return (devices is None and points is None) or (
+                    devices is not None and r.device in devices
+                )
+
+            sub = service.live_feed(f"ws:{id(socket)}:telemetry")
+            try:
+                state = {
+                    f"{r.device}/{r.point}": {
+                        "v": _finite(r.value),
+                        "q": r.quality.value,
+                        "ts": r.ts_wall,
+                    }
+                    for r in list(service.live.values())
+                    if wanted_reading(r)
+                }
+                await stream.publish(dict(state))
+                while True:
+                    batch = await sub.get_batch()
+                    ops = []
+                    for r in batch:
+                        if not wanted_reading(r):
+                            continue
+                        key = f"{r.device}/{r.point}"
+                        value = {"v": _finite(r.value), "q": r.quality.value, "ts": r.ts_wall}
+                        op = "replace" if key in state else "add"
+                        state[key] = value
+                        ops.append({"op": op, "path": "/" + ws_topics.escape(key), "value": value})
+                    await stream.publish_ops(ops, state)
+                    await asyncio.sleep(WS_INTERVAL_S)  # conflate: at most 10 a second
+            finally:
+                sub.close()
 
         async def still_signed_in() -> None:
             """A revoked or expired credential, a disabled user: close with 1008 and why."""
@@ -376,22 +533,34 @@ def create_app(service: Service) -> FastAPI:
                     await socket.close(1008, str(exc.detail)[:120])
                     raise WebSocketDisconnect(1008) from None
 
+        async def feeds_until_subscribed() -> None:
+            nonlocal feeds
+            feeds = asyncio.create_task(console_feeds())
+            while True:  # a subscription replaces the task; end with whichever fails
+                current = feeds
+                with contextlib.suppress(asyncio.CancelledError):
+                    await current
+                if feeds is current:
+                    if current.cancelled():
+                        return
+                    current.result()  # raises what ended it
+                    return
+
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(receive())
+                tg.create_task(feeds_until_subscribed())
                 if principal.via != "open":
                     tg.create_task(still_signed_in())
-                tg.create_task(send())
-                tg.create_task(api_playback.ws_feed(service, socket.send_json))
-                tg.create_task(api_configurations.ws_feed(service, socket.send_json))
-                tg.create_task(api_machinery.ws_feed(service, socket.send_json))
-                tg.create_task(api_alarms.ws_feed(service, socket.send_json))
         except* (WebSocketDisconnect, RuntimeError):
             pass  # the client went away (RuntimeError: sending on a closed socket)
         finally:
-            sub.close()
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # already gone
-                await socket.close()
+            if feeds is not None:
+                feeds.cancel()
+                await asyncio.gather(feeds, return_exceptions=True)
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError):
+                async with asyncio.timeout(1.0):  # already gone, or not reading
+                    await socket.close()
 
     @app.get("/", include_in_schema=False)
     async def console() -> FileResponse:

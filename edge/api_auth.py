@@ -79,6 +79,7 @@ RULES: dict[tuple[str, str], frozenset[Permission]] = {
 }
 PUBLIC = frozenset({("POST", "/api/v1/auth/login"), ("GET", "/")})
 READ = frozenset({P.READ})
+STOP_ONLY = frozenset({P.STOP})
 ADMIN_ONLY = frozenset({P.ADMIN})
 
 # WebSocket messages: (type, command) -> permissions. A type's None entry is its default.

@@ -192,7 +192,7 @@ profile = "hoist"
 poll_hz = {poll_hz}
 transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {port}, unit = {unit}, \
 timeout_s = 0.3 }}
-simulate = {{ model = "hoist", start_position_mm = {start} }}
+simulate = {{ model = "hoist", start_position_mm = {start}, watchdog_ms_default = {watchdog_ms} }}
 """
 
 
@@ -202,10 +202,13 @@ def write_venue(
     mqtt_mode: str = "off",
     mqtt_port: int = 1883,
 ) -> Path:
-    """A venue file for tests; each device dict gives id, port and optionally unit/start/poll_hz."""
+    """A venue file for tests; each device dict gives id, port and optionally unit, start,
+    poll_hz and watchdog_ms (the simulated drive's watchdog, 200 ms by default)."""
     text = VENUE_TEMPLATE.format(mqtt_mode=mqtt_mode, mqtt_port=mqtt_port)
     for d in devices:
-        text += DEVICE_TEMPLATE.format(**{"unit": 1, "start": 1000, "poll_hz": 20, **d})
+        text += DEVICE_TEMPLATE.format(
+            **{"unit": 1, "start": 1000, "poll_hz": 20, "watchdog_ms": 200, **d}
+        )
     path = folder / "venue.toml"
     path.write_text(text)
     return path

@@ -41,8 +41,10 @@ def venue(tmp_path: Path, simulator_process: Callable[[Path], subprocess.Popen[b
     path = write_venue(
         tmp_path,
         [
-            {"id": "hoist-1", "port": port, "start": 2000},
-            {"id": "hoist-2", "port": port, "unit": 2, "start": 7000},
+            # A 1 s drive watchdog: this test is about the console, and a loaded machine may
+            # starve the service's loop past the default 200 ms (the watchdog has its own tests).
+            {"id": "hoist-1", "port": port, "start": 2000, "watchdog_ms": 1000},
+            {"id": "hoist-2", "port": port, "unit": 2, "start": 7000, "watchdog_ms": 1000},
         ],
     )
     text = path.read_text()

@@ -51,14 +51,11 @@ flush_interval_s = 0.5
 async def rig(
     tmp_path: Path, start_sims: Callable[..., Any]
 ) -> AsyncIterator[tuple[Service, httpx.AsyncClient, httpx.AsyncClient]]:
-    path = write_venue(tmp_path, [{"id": "hoist-1", "port": free_port(), "start": 1000}])
-    text = path.read_text().replace("[telemetry]", EXTRA + "[telemetry]", 1)
     # The drive's watchdog at 1 s: the test machine is shared and loaded (this test is about
     # drift, not about the 200 ms watchdog, which tests/hil/test_machinery_safety.py covers).
-    text = text.replace(
-        "start_position_mm = 1000 }", "start_position_mm = 1000, watchdog_ms_default = 1000 }"
-    )
-    path.write_text(text)
+    hoist = {"id": "hoist-1", "port": free_port(), "start": 1000, "watchdog_ms": 1000}
+    path = write_venue(tmp_path, [hoist])
+    path.write_text(path.read_text().replace("[telemetry]", EXTRA + "[telemetry]", 1))
     async with contextlib.AsyncExitStack() as stack:
         # The simulators in a process of their own (as ``flytower run`` does): a busy event loop
         # of the service then never delays the drive's answers too.

@@ -79,9 +79,7 @@ def venue(
     # service's loop for a few hundred ms. CI saw the 0.5 s enable lapse mid-move, a 100 ms
     # stale-telemetry abort and a 50 mm following-error abort, and each stopped the move as it
     # must.
-    text = path.read_text().replace(
-        "start_position_mm", "watchdog_ms_default = 1000, start_position_mm"
-    )
+    text = path.read_text().replace("watchdog_ms_default = 200", "watchdog_ms_default = 1000")
     text = text.replace(
         "[telemetry]",
         (

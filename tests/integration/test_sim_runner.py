@@ -181,7 +181,7 @@ async def test_problems_of_every_child_are_reported_together(
 ) -> None:
     venue, _, _ = three_hoists(tmp_path)
     text = venue.read_text()
-    text = text.replace("start_position_mm = 1000 }", "start_position_mm = 1000, colour = 1 }")
+    text = text.replace("watchdog_ms_default = 200 }", "watchdog_ms_default = 200, colour = 1 }")
     venue.write_text(text)
     proc = simulate(tree, venue, "--processes", "2", "--control-port", str(free_port()))
     _, err = await asyncio.to_thread(proc.communicate, timeout=30)

@@ -1,0 +1,154 @@
+"""WebSocket subscriptions: topics, a snapshot then diffs, and per-client limits.
+
+A client sends ``{"type": "subscribe", "topics": [...]}`` (any of ``TOPICS``), optionally
+with ``"devices"`` and ``"points"`` (``"device/point"``) to narrow ``telemetry``. For each topic
+it then gets ``{"type": topic, "snapshot": {...}}`` at once, and afterwards
+``{"type": topic, "patch": [...], "seq": n}`` holding only what changed, as RFC 6902 JSON
+Patch operations (``add``/``remove``/``replace``; a list is replaced whole) against the state
+it has: apply them in order and the client holds the server's state. ``seq`` counts one
+topic's messages, so a gap shows a lost message (there are none on one connection).
+
+A client that sends no ``topics`` gets the console's feeds as before (every feed, whole
+snapshots; ``edge/api.py``).
+
+Limits per client: ``RateLimiter`` (a token bucket) on the messages it sends, stops excepted;
+and a send that takes longer than ``SEND_TIMEOUT_S`` (a client that stopped reading, its TCP
+window full) closes that client's connection, so it never holds memory or the show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+TOPICS = (
+    "devices",  # the device list and every device's health
+    "telemetry",  # the latest value of every point (narrowed by devices / points)
+    "playback",  # the cue lists: current and standby cues, running actions
+    "axes",  # the machinery supervisor: axes, moves, enable, E-stop
+    "alarms",  # the active alarms
+    "configurations",  # a venue configuration switch's progress
+    "lighting",  # the output engine: stats, faders, sources, fixtures, universe levels
+    "acoustics",  # the sound field: mode, zones, measurement and adaptation progress
+)
+MESSAGES_PER_S = 20.0
+BURST = 40.0
+SEND_TIMEOUT_S = 5.0
+
+
+def escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """RFC 6902 operations that turn ``old`` into ``new`` (JSON values: dicts are diffed key by
+    key, anything else is replaced whole when it differs)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        ops: list[dict[str, Any]] = []
+        for key in old:
+            if key not in new:
+                ops.append({"op": "remove", "path": f"{path}/{escape(str(key))}"})
+        for key, value in new.items():
+            where = f"{path}/{escape(str(key))}"
+            if key not in old:
+                ops.append({"op": "add", "path": where, "value": value})
+            else:
+                ops.extend(diff(old[key], value, where))
+        return ops
+    if old == new and type(old) is type(new):
+        return []
+    return [{"op": "replace", "path": path, "value": new}]
+
+
+class TopicStream:
+    """One topic on one connection: the first state whole, then patches of what changed."""
+
+    def __init__(self, topic: str, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.topic = topic
+        self._send = send
+        self._state: Any = None
+        self.seq = 0
+
+    async def publish(self, state: Any) -> None:
+        """Send ``state``: whole the first time, else the patch from the last one (if any)."""
+        if self.seq == 0:
+            msg: dict[str, Any] = {"type": self.topic, "snapshot": state, "seq": 0}
+        else:
+            ops = diff(self._state, state)
+            if not ops:
+                return
+            msg = {"type": self.topic, "patch": ops, "seq": self.seq}
+        self._state = state
+        self.seq += 1
+        await self._send(msg)
+
+    async def publish_ops(self, ops: list[dict[str, Any]], state: Any) -> None:
+        """Send ``ops``, which the caller computed, that bring the last state to ``state``."""
+        if self.seq == 0:
+            await self.publish(state)
+        elif ops:
+            self._state = state
+            msg = {"type": self.topic, "patch": ops, "seq": self.seq}
+            self.seq += 1
+            await self._send(msg)
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` messages a second, bursts of ``burst``."""
+
+    def __init__(self, rate: float = MESSAGES_PER_S, burst: float = BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.at = time.monotonic()
+        self.refused = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.refused += 1
+        return False
+
+
+class SubscribeError(ValueError):
+    pass
+
+
+def parse_subscription(
+    msg: dict[str, Any], known_devices: Iterable[str]
+) -> tuple[list[str] | None, set[str] | None, set[tuple[str, str]] | None]:
+    """(topics or None for the console's feeds, devices, points) of a subscribe message."""
+    topics = msg.get("topics")
+    if topics is not None:
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            raise SubscribeError("'topics' must be a list of topic names")
+        unknown = sorted(set(topics) - set(TOPICS))
+        if unknown:
+            raise SubscribeError(
+                f"unknown topic(s) {', '.join(u[:40] for u in unknown[:5])} "
+                f"(topics: {', '.join(TOPICS)})"
+            )
+        topics = list(dict.fromkeys(topics))
+    devices = msg.get("devices")
+    if devices is not None and (
+        not isinstance(devices, list) or not all(isinstance(d, str) for d in devices)
+    ):
+        raise SubscribeError("'devices' must be a list of device ids")
+    points = msg.get("points")
+    wanted_points: set[tuple[str, str]] | None = None
+    if points is not None:
+        if not isinstance(points, list) or not all(
+            isinstance(p, str) and p.count("/") == 1 for p in points
+        ):
+            raise SubscribeError("'points' must be a list of 'device/point' names")
+        wanted_points = {(p.split("/")[0], p.split("/")[1]) for p in points}
+    if topics is not None:  # (the console's feeds never checked the names)
+        named = set(devices or ()) | {d for d, _ in wanted_points or ()}
+        missing = sorted(named - set(known_devices))
+        if missing:
+            raise SubscribeError(f"no device(s) {', '.join(m[:64] for m in missing[:5])}")
+    return topics, (set(devices) if devices is not None else None), wanted_points
