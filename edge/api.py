@@ -538,11 +538,8 @@ def create_app(service: Service) -> FastAPI:
             feeds = asyncio.create_task(console_feeds())
             while True:  # a subscription replaces the task; end with whichever fails
                 current = feeds
-                with contextlib.suppress(asyncio.CancelledError):
-                    await current
+                await asyncio.wait([current])  # (being cancelled here leaves `current` be)
                 if feeds is current:
-                    if current.cancelled():
-                        return
                     current.result()  # raises what ended it
                     return
 

@@ -12,7 +12,8 @@ early-warning's state (docs/telemetry.md, "Maintenance" and "Fault early-warning
     GET   /api/v1/maintenance/early-warning         models, CUSUMs, active and recent warnings
     POST  /api/v1/maintenance/early-warning/{device}/relearn
 
-Who: ``by`` in the body, else the ``x-flytower-operator`` header, else the peer address. Bodies
+Who: the signed-in user (with ``by`` in the body: "by (entered by user)"); with access control
+off, ``by``, else the ``x-flytower-operator`` header, else the peer address. Bodies
 are strict (unknown fields, wrong types, control characters in names are 422); the answer never
 echoes what was refused. 503 while the service runs no maintenance (or early warning).
 """
@@ -25,6 +26,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from drivers.model import DeviceId
+from edge.api_auth import principal_of
 from edge.early_warning import EarlyWarning
 from edge.maintenance import Maintenance, MaintenanceError
 
@@ -75,6 +77,10 @@ class RelearnIn(_In):
 
 
 def who(request: Request, by: str | None) -> str:
+    signed_in = principal_of(request)
+    if signed_in.via != "open":  # the signed-in user; ``by`` names whom they record it for
+        name = signed_in.name
+        return f"{by} (entered by {name})" if by and by != name else name
     if by:
         return by
     operator = request.headers.get("x-flytower-operator", "").strip()[:100]

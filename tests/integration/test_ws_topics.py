@@ -125,6 +125,16 @@ async def test_topics_snapshot_then_patches_mirror_the_service(
             assert mirror.state["acoustics"] == {"configured": False}
             # The narrow subscription saw only its point.
             assert set(narrow_mirror.state["telemetry"]) == {"hoist-2/position"}
+            # A new subscription replaces the last: its topics start again from a snapshot.
+            await narrow.send(json.dumps({"type": "subscribe", "topics": ["axes"]}))
+            again = Mirror()
+            while (msg := json.loads(await asyncio.wait_for(narrow.recv(), 5)))["type"] != "axes":
+                assert msg["type"] in ("telemetry", "subscribed")
+            again.take(msg)
+            assert msg["seq"] == 0 and "snapshot" in msg
+            await pump(narrow, again, 0.5)
+            assert set(again.state) == {"axes"}
+            assert not [m for m in again.other if m.get("type") == "telemetry"]
 
             # The rate limit: a burst of 40, then refusals; a stop always passes.
             for i in range(80):
