@@ -61,6 +61,7 @@ from edge import (
     ws_topics,
 )
 from edge import metrics as edge_metrics
+from edge.auth import RateLimiter
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -295,7 +296,7 @@ def create_app(service: Service) -> FastAPI:
         await socket.accept()  # signed in and from an allowed origin: api_auth.dependency
         peer = f"{socket.client.host}:{socket.client.port}" if socket.client else "?"
         principal = api_auth.principal_of(socket)
-        limiter = ws_topics.RateLimiter()
+        limiter = RateLimiter(ws_topics.MESSAGES_PER_S, ws_topics.BURST)
         wanted: set[str] | None = None  # the console's feeds: readings of these devices only
         feeds: asyncio.Task[None] | None = None
 

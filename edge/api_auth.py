@@ -27,6 +27,7 @@ from edge.auth import (
     LoginLimiter,
     Permission,
     Principal,
+    RateLimiter,
     role_of,
 )
 
@@ -129,6 +130,22 @@ class Gate:
             AuthStore(service.venue.resolve(cfg.path), cfg.session_ttl_s) if cfg.enabled else None
         )
         self.limiter = LoginLimiter(cfg.login_attempts, cfg.login_window_s)
+        self.rate, self.burst = (
+            service.venue.config.api.rate_per_s,
+            service.venue.config.api.rate_burst,
+        )
+        self.buckets: dict[str, RateLimiter] = {}
+
+    def allow(self, p: Principal, conn: HTTPConnection) -> bool:
+        """Per client: its credential, or its address where access control is off."""
+        key = p.credential or f"addr:{conn.client.host if conn.client else '?'}"
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) > 10_000:  # credentials come and go: forget the idle ones
+                idle = time.monotonic() - 60.0
+                self.buckets = {k: b for k, b in self.buckets.items() if b.at > idle}
+            bucket = self.buckets[key] = RateLimiter(self.rate, self.burst)
+        return bucket.allow()
 
     def principal(self, conn: HTTPConnection) -> Principal:
         """Who ``conn`` is, or HTTP 401 with the reason."""
@@ -187,6 +204,12 @@ def dependency(gate: Gate) -> Callable[[HTTPConnection], Any]:
         p = gate.principal(conn)
         if not p.may(perms):
             raise HTTPException(status.HTTP_403_FORBIDDEN, refusal(p, perms))
+        if perms != STOP_ONLY and not gate.allow(p, conn):
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many requests: at most {gate.rate:g} a second",
+                headers={"Retry-After": "1"},
+            )
         conn.state.principal = p
 
     return authorize

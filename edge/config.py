@@ -71,6 +71,10 @@ class NodeConfig(_Strict):
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    rate_per_s: float = Field(default=100.0, gt=0, le=100_000, allow_inf_nan=False)
+    """REST requests a second per client (a session, a token, or an address where access
+    control is off); stops are never limited. Over it: 429 with Retry-After."""
+    rate_burst: float = Field(default=200.0, ge=1, le=1_000_000, allow_inf_nan=False)
 
 
 class AuthConfig(_Strict):

@@ -11,14 +11,13 @@ topic's messages, so a gap shows a lost message (there are none on one connectio
 A client that sends no ``topics`` gets the console's feeds as before (every feed, whole
 snapshots; ``edge/api.py``).
 
-Limits per client: ``RateLimiter`` (a token bucket) on the messages it sends, stops excepted;
-and a send that takes longer than ``SEND_TIMEOUT_S`` (a client that stopped reading, its TCP
-window full) closes that client's connection, so it never holds memory or the show.
+Limits per client: ``edge.auth.RateLimiter`` (a token bucket) on the messages it sends, stops
+excepted; and a send that takes longer than ``SEND_TIMEOUT_S`` (a client that stopped reading,
+its TCP window full) closes that client's connection, so it never holds memory or the show.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -92,26 +91,6 @@ class TopicStream:
             msg = {"type": self.topic, "patch": ops, "seq": self.seq}
             self.seq += 1
             await self._send(msg)
-
-
-class RateLimiter:
-    """A token bucket: ``rate`` messages a second, bursts of ``burst``."""
-
-    def __init__(self, rate: float = MESSAGES_PER_S, burst: float = BURST) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = burst
-        self.at = time.monotonic()
-        self.refused = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        self.refused += 1
-        return False
 
 
 class SubscribeError(ValueError):

@@ -410,3 +410,30 @@ async def test_tls_serves_https_with_a_secure_session_cookie(tmp_path: Path) -> 
         async with httpx.AsyncClient(base_url=base.replace("https", "http")) as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get("/api/v1/health")
+
+
+async def test_rest_rate_limit_per_client_never_holds_a_stop(tmp_path: Path) -> None:
+    path = auth_venue(tmp_path)
+    path.write_text(
+        path.read_text().replace("port = 0\n", "port = 0\nrate_per_s = 5\nrate_burst = 10\n", 1)
+    )
+    store = store_of(path)
+    busy, calm = (
+        store.create_token("busy", Role.OPERATOR)[1],
+        store.create_token("calm", Role.VIEWER)[1],
+    )
+    async with service_with(path) as (_svc, base), httpx.AsyncClient(base_url=base) as c:
+        codes = [
+            (await c.get("/api/v1/health", headers=bearer(busy))).status_code for _ in range(30)
+        ]
+        assert codes[:10] == [200] * 10 and 429 in codes
+        r = await c.get("/api/v1/health", headers=bearer(busy))
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert "at most 5 a second" in r.json()["detail"]
+        stops = [
+            (await c.post("/api/v1/playback/stop", json={}, headers=bearer(busy))).status_code
+            for _ in range(5)
+        ]
+        assert 429 not in stops and 401 not in stops and 403 not in stops
+        # Another client is not held by the busy one.
+        assert (await c.get("/api/v1/health", headers=bearer(calm))).status_code == 200

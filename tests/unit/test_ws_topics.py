@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.auth import RateLimiter
 from edge.ws_topics import (
-    RateLimiter,
     SubscribeError,
     TopicStream,
     diff,
