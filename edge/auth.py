@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import secrets
 import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -43,6 +44,7 @@ MAX_PASSWORD = 1024
 SESSION_PREFIX = "fts_"
 TOKEN_PREFIX = "ftt_"
 LAST_USED_EVERY_S = 60.0  # a credential's last use is written at most this often
+CACHE_S = LAST_USED_EVERY_S  # a credential's check is reused for at most this long
 
 
 class Role(StrEnum):
@@ -153,16 +155,29 @@ class AuthStore:
         self.hasher = PasswordHasher()
         self._dummy: str | None = None  # a hash to check unknown users against: equal time
         self._used: dict[str, float] = {}
+        self._conn: sqlite3.Connection | None = None
+        self._cache: dict[str, tuple[float, Principal]] = {}  # digest -> (valid until, who)
+        self._version = -1
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=5, isolation_level=None)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            yield db
+        """The store's one connection (autocommit; every statement is its own transaction),
+        opened at first use: a request's check is one indexed lookup, not a new connection."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                self.path, timeout=5, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+        yield self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     # --- users -----------------------------------------------------------------------------
 
@@ -209,12 +224,14 @@ class AuthStore:
             return db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
 
     def _update_user(self, name: str, assignment: str, value: object) -> None:
+        self._cache.clear()
         with self._db() as db:
             cur = db.execute(f"UPDATE users SET {assignment} WHERE name = ?", (value, name))
             if cur.rowcount == 0:
                 raise AuthError(f"no user '{name}'")
 
     def _revoke_sessions(self, name: str) -> None:
+        self._cache.clear()
         with self._db() as db:
             db.execute(
                 "UPDATE credentials SET revoked = ? WHERE kind = 'session' AND name = ? "
@@ -278,6 +295,7 @@ class AuthStore:
         return cid
 
     def revoke(self, cid: str) -> None:
+        self._cache.clear()
         with self._db() as db:
             cur = db.execute(
                 "UPDATE credentials SET revoked = ? WHERE id = ? AND revoked IS NULL",
@@ -296,16 +314,35 @@ class AuthStore:
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def authenticate(self, secret: str) -> Principal:
-        """The principal a session or token secret stands for, or ``AuthError``."""
+        """The principal a session or token secret stands for, or ``AuthError``. A check is
+        kept for up to ``CACHE_S``, until the credential expires, or until anything in the store
+        changes, here or in another process (the CLI): SQLite's ``data_version`` says so."""
         if not secret.startswith((SESSION_PREFIX, TOKEN_PREFIX)) or len(secret) > 100:
             raise AuthError("not a Flytower session or token")
+        key = digest(secret)
+        with self._db() as db:  # another connection's commit (the CLI) empties the cache
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            self._cache.clear()
+        now = time.time()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        p, expires = self._lookup(key)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (min(expires, now + CACHE_S), p)
+        return p
+
+    def _lookup(self, key: str) -> tuple[Principal, float]:
         now = time.time()
         with self._db() as db:
             row = db.execute(
                 "SELECT c.id, c.kind, c.name, c.role, c.expires, c.revoked, u.role, u.disabled "
                 "FROM credentials c LEFT JOIN users u ON c.kind = 'session' AND u.name = c.name "
                 "WHERE c.digest = ?",
-                (digest(secret),),
+                (key,),
             ).fetchone()
             if row is None:
                 raise AuthError("unknown session or token")
@@ -319,9 +356,10 @@ class AuthStore:
             if now - self._used.get(cid, 0.0) >= LAST_USED_EVERY_S:
                 self._used[cid] = now
                 db.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (now, cid))
+        until = float(expires) if expires is not None else math.inf
         if kind == "session":
-            return Principal(name, Role(user_role), "session", cid)
-        return Principal(f"token:{name}", Role(role), "token", cid)
+            return Principal(name, Role(user_role), "session", cid), until
+        return Principal(f"token:{name}", Role(role), "token", cid), until
 
 
 class LoginLimiter:
