@@ -27,10 +27,11 @@ names the script ``token:<label>``; without access control, ``script <name> <pee
 
 **Refusals** raise a ``FlytowerError`` carrying the HTTP ``status`` and the server's ``reason``
 (its ``detail``): ``AccessDenied`` (401: no, unknown or revoked credential; 403: the role lacks
-the permission), ``PlaybackRefused``, ``MotionRefused`` and ``AlarmRefused`` (409: the state
-refuses it, e.g. debounce, no hold-to-run enable, a soft limit; 422: unknown list, cue or axis,
-or a malformed request; 404: the node runs no show, machinery or alarm engine). Network errors
-are httpx's and websockets' own.
+the permission), ``RateLimited`` (429, with ``retry_after_s``), ``PlaybackRefused``,
+``MotionRefused`` and ``AlarmRefused`` (409: the state refuses it, e.g. debounce, no
+hold-to-run enable, a soft limit; 422: unknown list, cue or axis, or a malformed request; 404:
+the node runs no show, machinery or alarm engine). Network errors are httpx's and websockets'
+own.
 
 **Feeds.** ``wait_for_cue``, ``wait_for_axis`` and ``alarm_events`` follow the ``/ws`` topics
 ``playback``, ``axes`` and ``alarms`` (edge/ws_topics.py: a snapshot, then JSON patches, which
@@ -85,6 +86,15 @@ class FlytowerError(Exception):
 class AccessDenied(FlytowerError):
     """401: no credential, or one the service does not accept (unknown, revoked, expired);
     403: the credential's role lacks the permission (the reason names it)."""
+
+
+class RateLimited(FlytowerError):
+    """429: more requests than the service allows this credential (``[api] rate_per_s``);
+    ``retry_after_s`` says when to try again. Stops are never limited."""
+
+    def __init__(self, status: int, reason: Any, retry_after_s: float) -> None:
+        super().__init__(status, reason)
+        self.retry_after_s = retry_after_s
 
 
 class PlaybackRefused(FlytowerError):
@@ -205,6 +215,12 @@ class FlytowerClient:
             reason = r.text or r.reason_phrase
         if r.status_code in (401, 403):
             raise AccessDenied(r.status_code, reason)
+        if r.status_code == 429:
+            try:
+                after = float(r.headers.get("retry-after", "1"))
+            except ValueError:
+                after = 1.0
+            raise RateLimited(429, reason, after if math.isfinite(after) else 1.0)
         raise refused(r.status_code, reason)
 
     async def whoami(self) -> dict[str, Any]:
