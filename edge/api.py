@@ -170,6 +170,36 @@ def create_app(service: Service) -> FastAPI:
         ]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    def topic_state(topic: str) -> Any:
+        """A topic's state as every WebSocket subscriber gets it (JSON-safe)."""
+        if topic == "devices":
+            return {d.id: device_out(d).model_dump() for d in service.devices.values()}
+        if topic == "axes":
+            sup = service.supervisor
+            return {} if sup is None else _json_safe(sup.snapshot())
+        if topic == "alarms":
+            engine = getattr(service, "alarms", None)
+            return {"alarms": [] if engine is None else _json_safe(engine.active())}
+        if topic == "lighting":
+            e = service.lighting
+            if e is None:
+                return {"rendered": False}
+            return _json_safe(
+                {"rendered": True}
+                | e.status()
+                | {"levels": {str(u): e.universe(u).tolist() for u in e.patch.universes}}
+            )
+        assert topic == "acoustics", topic
+        sf = service.soundfield
+        return (
+            {"configured": False}
+            if sf is None
+            else _json_safe({"configured": True} | sf.snapshot())
+        )
+
+    shared = ws_topics.Shared(topic_state)
+    diffs = {t: ws_topics.SharedDiffs() for t in ws_topics.TOPICS}
+
     def device_or_404(device_id: str) -> Device:
         dev = service.devices.get(device_id)
         if dev is None:
@@ -300,14 +330,17 @@ def create_app(service: Service) -> FastAPI:
         wanted: set[str] | None = None  # the console's feeds: readings of these devices only
         feeds: asyncio.Task[None] | None = None
 
-        async def send_json(msg: dict[str, Any]) -> None:
+        async def send_text(text: str) -> None:
             """A client that stops reading (its TCP window full) is dropped after
             SEND_TIMEOUT_S: it never holds memory, the other clients or the show."""
             try:
                 async with asyncio.timeout(ws_topics.SEND_TIMEOUT_S):
-                    await socket.send_json(msg)
+                    await socket.send_text(text)
             except TimeoutError:
                 raise WebSocketDisconnect(1008, "too slow: messages not read") from None
+
+        async def send_json(msg: dict[str, Any]) -> None:
+            await send_text(ws_topics.encode(msg))
 
         def refused(msg: dict[str, Any]) -> dict[str, Any] | None:
             """The refusal of a message this principal's role may not send, or of one over the
@@ -426,7 +459,7 @@ def create_app(service: Service) -> FastAPI:
             """Each topic: its snapshot, then JSON patches of what changed (edge/ws_topics.py)."""
             async with asyncio.TaskGroup() as tg:
                 for topic in topics:
-                    stream = ws_topics.TopicStream(topic, send_json)
+                    stream = ws_topics.TopicStream(topic, send_text, diffs[topic])
                     tg.create_task(topic_feed(stream, devices, points), name=f"ws-{topic}")
 
         async def topic_feed(
@@ -434,55 +467,29 @@ def create_app(service: Service) -> FastAPI:
             devices: set[str] | None,
             points: set[tuple[str, str]] | None,
         ) -> None:
+            """One topic. States come from ``shared``: built at most once per interval for
+            every connection, so their patches are diffed and encoded once too."""
             topic = stream.topic
             if topic == "telemetry":
                 await telemetry_feed(stream, devices, points)
                 return
-            if topic == "devices":
-                while True:
-                    await stream.publish(
-                        {
-                            d.id: device_out(d).model_dump()
-                            for d in service.devices.values()
-                            if devices is None or d.id in devices
-                        }
-                    )
-                    await asyncio.sleep(1.0)
-            if topic == "lighting":
-                while True:
-                    e = service.lighting
-                    state: dict[str, Any] = {"rendered": e is not None}
-                    if e is not None:
-                        state |= e.status()
-                        state["levels"] = {
-                            str(u): e.universe(u).tolist() for u in e.patch.universes
-                        }
-                    await stream.publish(_json_safe(state))
-                    await asyncio.sleep(WS_INTERVAL_S)
-            if topic == "acoustics":
-                while True:
-                    sf = service.soundfield
-                    snap = (
-                        {"configured": False}
-                        if sf is None
-                        else {"configured": True} | sf.snapshot()
-                    )
-                    await stream.publish(_json_safe(snap))
-                    await asyncio.sleep(2 * WS_INTERVAL_S)
+            if topic in ("playback", "configurations"):  # the feeds' own shared snapshots
 
-            async def adapt(msg: dict[str, Any]) -> None:
-                payload = msg.get("snapshot", {k: v for k, v in msg.items() if k != "type"})
-                await stream.publish(payload)
+                async def adapt(msg: dict[str, Any]) -> None:
+                    await stream.publish(msg.get("snapshot", msg.get("progress")))
 
-            feed = {
-                "playback": api_playback.ws_feed,
-                "axes": api_machinery.ws_feed,
-                "alarms": api_alarms.ws_feed,
-                "configurations": api_configurations.ws_feed,
-            }[topic]
-            await stream.publish({})  # the snapshot, even on a node without this subsystem
-            await feed(service, adapt)
-            await asyncio.Event().wait()  # nothing here (no machinery, no show): stay quiet
+                feed = api_playback.ws_feed if topic == "playback" else api_configurations.ws_feed
+                await stream.publish({})  # the snapshot, even on a node without a show
+                await feed(service, adapt)
+                await asyncio.Event().wait()  # nothing here (no show, no switcher): stay quiet
+            interval = 1.0 if topic == "devices" else WS_INTERVAL_S
+            while True:
+                if topic == "devices" and devices is not None:
+                    state = {k: v for k, v in shared.get("devices", 1.0).items() if k in devices}
+                else:
+                    state = shared.get(topic, interval / 2)
+                await stream.publish(state)
+                await asyncio.sleep(interval)
 
         async def telemetry_feed(
             stream: ws_topics.TopicStream,

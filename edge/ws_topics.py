@@ -18,6 +18,9 @@ its TCP window full) closes that client's connection, so it never holds memory o
 
 from __future__ import annotations
 
+import json
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -43,6 +46,8 @@ def escape(key: str) -> str:
 def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
     """RFC 6902 operations that turn ``old`` into ``new`` (JSON values: dicts are diffed key by
     key, anything else is replaced whole when it differs)."""
+    if old is new:
+        return []
     if isinstance(old, dict) and isinstance(new, dict):
         ops: list[dict[str, Any]] = []
         for key in old:
@@ -60,27 +65,83 @@ def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
     return [{"op": "replace", "path": path, "value": new}]
 
 
+def encode(value: Any) -> str:
+    """JSON text as Starlette's ``send_json`` writes it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class SharedDiffs:
+    """One topic's encoded snapshots and patches, shared by its connections. The feeds hand
+    every connection the same state objects (one snapshot per change, not one per client), so
+    the patch between two of them is computed and encoded once, not once per client: what
+    lets 500 consoles follow the show (``benchmarks/bench_ws_fanout.py``)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._entries: deque[tuple[Any, Any, str | None]] = deque(maxlen=size)
+
+    def text(self, old: Any, new: Any) -> str | None:
+        """The encoded patch from ``old`` to ``new`` (the encoded state if ``old`` is None);
+        None if nothing changed."""
+        for o, n, done in self._entries:
+            if o is old and n is new:
+                return done
+        text: str | None
+        if old is None:
+            text = encode(new)
+        else:
+            ops = diff(old, new)
+            text = encode(ops) if ops else None
+        self._entries.append((old, new, text))
+        return text
+
+
+class Shared:
+    """Topic states built at most once per ``max_age_s`` for every connection (the same
+    object to all, so ``SharedDiffs`` diffs it once). Treat them as read-only."""
+
+    def __init__(self, build: Callable[[str], Any]) -> None:
+        self._build = build
+        self._states: dict[str, tuple[float, Any]] = {}
+
+    def get(self, topic: str, max_age_s: float) -> Any:
+        now = time.monotonic()
+        hit = self._states.get(topic)
+        if hit is None or now - hit[0] >= max_age_s:
+            hit = self._states[topic] = (now, self._build(topic))
+        return hit[1]
+
+
 class TopicStream:
     """One topic on one connection: the first state whole, then patches of what changed."""
 
-    def __init__(self, topic: str, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        send: Callable[[str], Awaitable[None]],
+        shared: SharedDiffs | None = None,
+    ) -> None:
         self.topic = topic
         self._send = send
+        self._shared = shared if shared is not None else SharedDiffs(size=1)
         self._state: Any = None
         self.seq = 0
 
     async def publish(self, state: Any) -> None:
         """Send ``state``: whole the first time, else the patch from the last one (if any)."""
         if self.seq == 0:
-            msg: dict[str, Any] = {"type": self.topic, "snapshot": state, "seq": 0}
+            body = self._shared.text(None, state)
+            text = f'{{"type":"{self.topic}","seq":0,"snapshot":{body}}}'
         else:
-            ops = diff(self._state, state)
-            if not ops:
+            if state is self._state:
                 return
-            msg = {"type": self.topic, "patch": ops, "seq": self.seq}
+            ops = self._shared.text(self._state, state)
+            if ops is None:
+                self._state = state
+                return
+            text = f'{{"type":"{self.topic}","seq":{self.seq},"patch":{ops}}}'
         self._state = state
         self.seq += 1
-        await self._send(msg)
+        await self._send(text)
 
     async def publish_ops(self, ops: list[dict[str, Any]], state: Any) -> None:
         """Send ``ops``, which the caller computed, that bring the last state to ``state``."""
@@ -88,9 +149,9 @@ class TopicStream:
             await self.publish(state)
         elif ops:
             self._state = state
-            msg = {"type": self.topic, "patch": ops, "seq": self.seq}
+            text = f'{{"type":"{self.topic}","seq":{self.seq},"patch":{encode(ops)}}}'
             self.seq += 1
-            await self._send(msg)
+            await self._send(text)
 
 
 class SubscribeError(ValueError):

@@ -4,6 +4,7 @@ subscription parser refuses bad input with the reason, the rate limiter counts."
 from __future__ import annotations
 
 import copy
+import json
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from edge.auth import RateLimiter
 from edge.ws_topics import (
+    SharedDiffs,
     SubscribeError,
     TopicStream,
     diff,
@@ -52,16 +54,23 @@ def test_only_what_changed_is_sent() -> None:
 async def test_a_stream_sends_the_snapshot_then_patches_and_nothing_when_unchanged() -> None:
     sent: list[dict[str, Any]] = []
 
-    async def send(msg: dict[str, Any]) -> None:
-        sent.append(msg)
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
 
-    stream = TopicStream("axes", send)
-    await stream.publish({"a": 1})
-    await stream.publish({"a": 1})
-    await stream.publish({"a": 2})
+    shared = SharedDiffs()
+    one, two = TopicStream("axes", send, shared), TopicStream("axes", send, shared)
+    s1, s2 = {"a": 1, "b": [1, 2]}, {"a": 2, "b": [1, 2]}
+    await one.publish(s1)
+    await one.publish({"a": 1, "b": [1, 2]})  # equal: nothing sent
+    await one.publish(s2)
+    await two.publish(s1)
+    await two.publish(s2)
+    patch = [{"op": "replace", "path": "/a", "value": 2}]
     assert sent == [
-        {"type": "axes", "snapshot": {"a": 1}, "seq": 0},
-        {"type": "axes", "patch": [{"op": "replace", "path": "/a", "value": 2}], "seq": 1},
+        {"type": "axes", "snapshot": s1, "seq": 0},
+        {"type": "axes", "patch": patch, "seq": 1},
+        {"type": "axes", "snapshot": s1, "seq": 0},
+        {"type": "axes", "patch": patch, "seq": 1},
     ]
 
 
