@@ -62,6 +62,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from drivers.dmx import artnet, sacn
+from edge.auth import AuthStore, Role
 
 ROUNDS = 200  # GOs per input at 44 Hz
 CONSOLES = 50  # the second pass: this many more WebSocket clients, each sent every snapshot
@@ -360,7 +361,7 @@ async def _start_service(venue: Path, api_port: int) -> asyncio.subprocess.Proce
         )  # fmt: skip
     url = f"http://127.0.0.1:{api_port}/api/v1/playback"
     deadline = time.monotonic() + START_TIMEOUT_S
-    async with httpx.AsyncClient(timeout=1.0) as client:
+    async with httpx.AsyncClient(timeout=1.0, headers=_auth(venue)) as client:
         while time.monotonic() < deadline and proc.returncode is None:
             with contextlib.suppress(httpx.HTTPError):
                 r = await client.get(url)
@@ -371,6 +372,16 @@ async def _start_service(venue: Path, api_port: int) -> asyncio.subprocess.Proce
     await _stop_service(proc)
     err = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
     raise RuntimeError(f"the service did not start with its show loaded:\n{err}")
+
+
+def _auth(venue: Path) -> dict[str, str]:
+    """An operator's API token (access control is on, as in a venue): every GO pays its check."""
+    secret = venue.with_name("token")
+    if not secret.exists():
+        store = AuthStore(venue.parent / "var" / "auth.sqlite3")
+        secret.write_text(store.create_token("bench", Role.OPERATOR)[1])
+        store.close()
+    return {"Authorization": f"Bearer {secret.read_text()}"}
 
 
 async def _stop_service(proc: asyncio.subprocess.Process) -> None:
@@ -413,16 +424,18 @@ async def measure(rate_hz: float, rounds: int, consoles: int = 0) -> tuple[Sampl
         )
         base = f"http://127.0.0.1:{api_port}"
         try:
+            auth = _auth(venue)
+            url = f"ws://127.0.0.1:{api_port}/ws"
             async with (
-                httpx.AsyncClient(base_url=base, timeout=2.0) as http,
-                websockets.connect(f"ws://127.0.0.1:{api_port}/ws", max_size=None) as raw_ws,
+                httpx.AsyncClient(base_url=base, timeout=2.0, headers=auth) as http,
+                websockets.connect(url, max_size=None, additional_headers=auth) as raw_ws,
             ):
                 ws = WsClient(raw_ws)
                 others: list[WsClient] = []
                 try:
                     for _ in range(consoles):
-                        url = f"ws://127.0.0.1:{api_port}/ws"
-                        others.append(WsClient(await websockets.connect(url, max_size=None)))
+                        sock = await websockets.connect(url, max_size=None, additional_headers=auth)
+                        others.append(WsClient(sock))
                     samples = await _rounds(rate_hz, rounds, wire, http, osc, ws)
                 finally:
                     for c in [ws, *others]:

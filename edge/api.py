@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,36 +171,6 @@ def create_app(service: Service) -> FastAPI:
         ]
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    def topic_state(topic: str) -> Any:
-        """A topic's state as every WebSocket subscriber gets it (JSON-safe)."""
-        if topic == "devices":
-            return {d.id: device_out(d).model_dump() for d in service.devices.values()}
-        if topic == "axes":
-            sup = service.supervisor
-            return {} if sup is None else _json_safe(sup.snapshot())
-        if topic == "alarms":
-            engine = getattr(service, "alarms", None)
-            return {"alarms": [] if engine is None else _json_safe(engine.active())}
-        if topic == "lighting":
-            e = service.lighting
-            if e is None:
-                return {"rendered": False}
-            return _json_safe(
-                {"rendered": True}
-                | e.status()
-                | {"levels": {str(u): e.universe(u).tolist() for u in e.patch.universes}}
-            )
-        assert topic == "acoustics", topic
-        sf = service.soundfield
-        return (
-            {"configured": False}
-            if sf is None
-            else _json_safe({"configured": True} | sf.snapshot())
-        )
-
-    shared = ws_topics.Shared(topic_state)
-    diffs = {t: ws_topics.SharedDiffs() for t in ws_topics.TOPICS}
-
     def device_or_404(device_id: str) -> Device:
         dev = service.devices.get(device_id)
         if dev is None:
@@ -228,6 +199,138 @@ def create_app(service: Service) -> FastAPI:
                 for name, c in dev.profile.commands.items()
             },
         )
+
+    def topic_source(topic: str, key: Any) -> tuple[ws_topics.Source, Callable[[], Any] | None]:
+        """Where a WebSocket topic's states come from (edge/ws_topics.py): one source per
+        topic and filter, shared by every connection that subscribes to it; and how to build
+        its state at once, where it can (for a newcomer)."""
+
+        async def every(interval_s: float, build: Callable[[], Any]) -> ws_topics.States:
+            while True:
+                yield build(), None
+                await asyncio.sleep(interval_s)
+
+        def devices() -> Any:
+            return {
+                d.id: device_out(d).model_dump()
+                for d in service.devices.values()
+                if key is None or d.id in key
+            }
+
+        def axes() -> Any:
+            sup = service.supervisor
+            return {} if sup is None else _json_safe(sup.snapshot())
+
+        def alarms() -> Any:
+            engine = getattr(service, "alarms", None)
+            return {"alarms": [] if engine is None else _json_safe(engine.active())}
+
+        def lighting() -> Any:
+            e = service.lighting
+            if e is None:
+                return {"rendered": False}
+            levels = {str(u): e.universe(u).tolist() for u in e.patch.universes}
+            return _json_safe({"rendered": True} | e.status() | {"levels": levels})
+
+        def acoustics() -> Any:
+            sf = service.soundfield
+            if sf is None:
+                return {"configured": False}
+            return _json_safe({"configured": True} | sf.snapshot())
+
+        async def playback() -> ws_topics.States:
+            """On every change, at once after a quiet spell (a GO reaches the consoles without
+            waiting out an interval), at most every WS_INTERVAL_S while cues run."""
+            while (pb := service.playback) is None:
+                yield {}, None
+                await asyncio.sleep(1.0)
+            sent_at = -math.inf
+            while True:
+                snap = _json_safe(pb.snapshot())
+                yield snap, None
+                sent_at = time.monotonic()
+                if not any(r["running"] for r in snap["lists"]):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(pb.wait_changed(snap["version"]), 5.0)
+                await asyncio.sleep(max(0.0, sent_at + WS_INTERVAL_S - time.monotonic()))
+
+        async def configurations() -> ws_topics.States:
+            sw = api_configurations.switcher(service)
+            yield ({} if sw is None else _json_safe(sw.progress())), None
+            if sw is None:
+                await asyncio.Event().wait()  # this node runs no switches
+                return
+            while True:
+                version = sw.version
+                if sw.running:
+                    await asyncio.sleep(WS_INTERVAL_S)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sw.wait_changed(version), 5.0)
+                yield _json_safe(sw.progress()), None
+
+        async def telemetry() -> ws_topics.States:
+            devs, points = key if key is not None else (None, None)
+
+            def wanted(r: Reading) -> bool:
+                if devs is None and points is None:
+                    return True
+                return (devs is not None and r.device in devs) or (
+                    points is not None and (r.device, r.point) in points
+                )
+
+            def entry(r: Reading) -> dict[str, Any]:
+                return {"v": _finite(r.value), "q": r.quality.value, "ts": r.ts_wall}
+
+            sub = service.live_feed(f"ws-topic:telemetry:{hash(key)}")
+            try:
+                state = {
+                    f"{r.device}/{r.point}": entry(r)
+                    for r in list(service.live.values())
+                    if wanted(r)
+                }
+                yield state, None
+                while True:
+                    batch = await sub.get_batch()
+                    ops = []
+                    for r in batch:
+                        if wanted(r):
+                            name = f"{r.device}/{r.point}"
+                            op = "replace" if name in state else "add"
+                            state[name] = value = entry(r)
+                            path = "/" + ws_topics.escape(name)
+                            ops.append({"op": op, "path": path, "value": value})
+                    if ops:
+                        yield state, ops
+                    await asyncio.sleep(WS_INTERVAL_S)  # conflate: at most 10 a second
+            finally:
+                sub.close()
+
+        def playback_now() -> Any:
+            pb = service.playback
+            return {} if pb is None else _json_safe(pb.snapshot())
+
+        def configurations_now() -> Any:
+            sw = api_configurations.switcher(service)
+            return {} if sw is None else _json_safe(sw.progress())
+
+        polled: dict[str, tuple[float, Callable[[], Any]]] = {
+            "devices": (1.0, devices),
+            "axes": (WS_INTERVAL_S, axes),
+            "alarms": (WS_INTERVAL_S, alarms),
+            "lighting": (WS_INTERVAL_S, lighting),
+            "acoustics": (2 * WS_INTERVAL_S, acoustics),
+        }
+        if topic in polled:
+            interval, build = polled[topic]
+            return (lambda: every(interval, build)), build
+        if topic == "playback":
+            return playback, playback_now
+        if topic == "configurations":
+            return configurations, configurations_now
+        return telemetry, None
+
+    hub = ws_topics.Hub(topic_source)
 
     @app.get("/api/v1/health", tags=["service"])
     async def health() -> dict[str, Any]:
@@ -456,80 +559,23 @@ def create_app(service: Service) -> FastAPI:
         async def subscribed(
             topics: list[str], devices: set[str] | None, points: set[tuple[str, str]] | None
         ) -> None:
-            """Each topic: its snapshot, then JSON patches of what changed (edge/ws_topics.py)."""
-            async with asyncio.TaskGroup() as tg:
-                for topic in topics:
-                    stream = ws_topics.TopicStream(topic, send_text, diffs[topic])
-                    tg.create_task(topic_feed(stream, devices, points), name=f"ws-{topic}")
-
-        async def topic_feed(
-            stream: ws_topics.TopicStream,
-            devices: set[str] | None,
-            points: set[tuple[str, str]] | None,
-        ) -> None:
-            """One topic. States come from ``shared``: built at most once per interval for
-            every connection, so their patches are diffed and encoded once too."""
-            topic = stream.topic
-            if topic == "telemetry":
-                await telemetry_feed(stream, devices, points)
-                return
-            if topic in ("playback", "configurations"):  # the feeds' own shared snapshots
-
-                async def adapt(msg: dict[str, Any]) -> None:
-                    await stream.publish(msg.get("snapshot", msg.get("progress")))
-
-                feed = api_playback.ws_feed if topic == "playback" else api_configurations.ws_feed
-                await stream.publish({})  # the snapshot, even on a node without a show
-                await feed(service, adapt)
-                await asyncio.Event().wait()  # nothing here (no show, no switcher): stay quiet
-            interval = 1.0 if topic == "devices" else WS_INTERVAL_S
-            while True:
-                if topic == "devices" and devices is not None:
-                    state = {k: v for k, v in shared.get("devices", 1.0).items() if k in devices}
-                else:
-                    state = shared.get(topic, interval / 2)
-                await stream.publish(state)
-                await asyncio.sleep(interval)
-
-        async def telemetry_feed(
-            stream: ws_topics.TopicStream,
-            devices: set[str] | None,
-            points: set[tuple[str, str]] | None,
-        ) -> None:
-            def wanted_reading(r: Reading) -> bool:
-                if points is not None and (r.device, r.point) in points:
-                    return True
-                return (devices is None and points is None) or (
-                    devices is not None and r.device in devices
-                )
-
-            sub = service.live_feed(f"ws:{id(socket)}:telemetry")
+            """Each topic: its snapshot, then JSON patches of what changed, from the hub's one
+            publisher per topic and filter (edge/ws_topics.py)."""
+            sub = ws_topics.Subscriber(send_text)
             try:
-                state = {
-                    f"{r.device}/{r.point}": {
-                        "v": _finite(r.value),
-                        "q": r.quality.value,
-                        "ts": r.ts_wall,
-                    }
-                    for r in list(service.live.values())
-                    if wanted_reading(r)
-                }
-                await stream.publish(dict(state))
-                while True:
-                    batch = await sub.get_batch()
-                    ops = []
-                    for r in batch:
-                        if not wanted_reading(r):
-                            continue
-                        key = f"{r.device}/{r.point}"
-                        value = {"v": _finite(r.value), "q": r.quality.value, "ts": r.ts_wall}
-                        op = "replace" if key in state else "add"
-                        state[key] = value
-                        ops.append({"op": op, "path": "/" + ws_topics.escape(key), "value": value})
-                    await stream.publish_ops(ops, state)
-                    await asyncio.sleep(WS_INTERVAL_S)  # conflate: at most 10 a second
+                for topic in topics:
+                    key: Any = None
+                    if topic == "telemetry" and (devices is not None or points is not None):
+                        key = (
+                            frozenset(devices) if devices is not None else None,
+                            frozenset(points) if points is not None else None,
+                        )
+                    elif topic == "devices" and devices is not None:
+                        key = frozenset(devices)
+                    hub.subscribe(sub, topic, key)
+                await sub.run()
             finally:
-                sub.close()
+                hub.unsubscribe(sub)
 
         async def still_signed_in() -> None:
             """A revoked or expired credential, a disabled user: close with 1008 and why."""

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import tomllib
 import weakref
 from collections.abc import Callable, Mapping
@@ -439,6 +440,7 @@ async def ws_feed(service: Service, send: Callable[[dict[str, Any]], Any]) -> No
     if fan is None:
         fan = _FANOUTS[pb] = _Fanout()
     version = -1
+    sent_at = -math.inf
     while True:
         async with fan.turn:
             await asyncio.sleep(0)  # hold the turn across one turn of the loop
@@ -449,7 +451,10 @@ async def ws_feed(service: Service, send: Callable[[dict[str, Any]], Any]) -> No
         if snap["version"] != version or running:
             version = snap["version"]
             await send({"type": "playback", "snapshot": snap})
+            sent_at = time.monotonic()
         if not running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pb.wait_changed(version), 5.0)
-        await asyncio.sleep(WS_PLAYBACK_INTERVAL_S)
+        # At most one snapshot per interval, but a change after a quiet spell goes at once
+        # (on the leading edge): a GO reaches the consoles without waiting out an interval.
+        await asyncio.sleep(max(0.0, sent_at + WS_PLAYBACK_INTERVAL_S - time.monotonic()))

@@ -520,6 +520,9 @@ class Service:
             lifespan="off",
             ws_ping_interval=10,
             ws_ping_timeout=10,
+            # Per-message deflate compresses every message once per client: with hundreds of
+            # consoles it cost more than the rest of the fan-out (benchmarks/bench_ws_fanout).
+            ws_per_message_deflate=False,
         )
         return _Uvicorn(config)
 

@@ -18,10 +18,10 @@ its TCP window full) closes that client's connection, so it never holds memory o
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 TOPICS = (
@@ -60,6 +60,18 @@ def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
             else:
                 ops.extend(diff(old[key], value, where))
         return ops
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and old:
+        # A few elements changed (a universe's levels): those, by index; else the whole list.
+        pairs = enumerate(zip(old, new, strict=True))
+        changed = [i for i, (a, b) in pairs if a is not b and (type(a) is not type(b) or a != b)]
+        if not changed:
+            return []
+        if len(changed) * 4 <= len(old):
+            out: list[dict[str, Any]] = []
+            for i in changed:
+                out.extend(diff(old[i], new[i], f"{path}/{i}"))
+            return out
+        return [{"op": "replace", "path": path, "value": new}]
     if old == new and type(old) is type(new):
         return []
     return [{"op": "replace", "path": path, "value": new}]
@@ -70,88 +82,149 @@ def encode(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class SharedDiffs:
-    """One topic's encoded snapshots and patches, shared by its connections. The feeds hand
-    every connection the same state objects (one snapshot per change, not one per client), so
-    the patch between two of them is computed and encoded once, not once per client: what
-    lets 500 consoles follow the show (``benchmarks/bench_ws_fanout.py``)."""
-
-    def __init__(self, size: int = 8) -> None:
-        self._entries: deque[tuple[Any, Any, str | None]] = deque(maxlen=size)
-
-    def text(self, old: Any, new: Any) -> str | None:
-        """The encoded patch from ``old`` to ``new`` (the encoded state if ``old`` is None);
-        None if nothing changed."""
-        for o, n, done in self._entries:
-            if o is old and n is new:
-                return done
-        text: str | None
-        if old is None:
-            text = encode(new)
-        else:
-            ops = diff(old, new)
-            text = encode(ops) if ops else None
-        self._entries.append((old, new, text))
-        return text
+# A topic's source: an async iterator of (state, ops). ``ops`` are the RFC 6902 operations
+# from the state before, when the source knows them (telemetry), else None (diffed here).
+States = AsyncIterator[tuple[Any, list[dict[str, Any]] | None]]
+Source = Callable[[], States]
+CHUNK = 25  # subscribers handed a message per turn of the event loop
+MAX_PENDING = 64  # messages waiting for one slow connection before it is resynchronised
 
 
-class Shared:
-    """Topic states built at most once per ``max_age_s`` for every connection (the same
-    object to all, so ``SharedDiffs`` diffs it once). Treat them as read-only."""
+class Subscriber:
+    """One connection's outgoing topic messages: publishers put them in its mailbox, its own
+    writer task sends them (``run``), so a slow connection holds up only itself. A mailbox
+    that overflows is replaced by each topic's current snapshot (the client resynchronises:
+    a ``snapshot`` message replaces the state, whatever came before)."""
 
-    def __init__(self, build: Callable[[str], Any]) -> None:
-        self._build = build
-        self._states: dict[str, tuple[float, Any]] = {}
+    def __init__(self, send_text: Callable[[str], Awaitable[None]]) -> None:
+        self.send_text = send_text
+        self.pending: deque[tuple[str, str, bool]] = deque()  # (topic, body, is a snapshot)
+        self.wake = asyncio.Event()
+        self.seq: dict[str, int] = {}
+        self.publishers: dict[str, Publisher] = {}
+        self.resyncs = 0
 
-    def get(self, topic: str, max_age_s: float) -> Any:
-        now = time.monotonic()
-        hit = self._states.get(topic)
-        if hit is None or now - hit[0] >= max_age_s:
-            hit = self._states[topic] = (now, self._build(topic))
-        return hit[1]
+    def deliver(self, topic: str, body: str, snapshot: bool) -> None:
+        if len(self.pending) >= MAX_PENDING:
+            self.pending.clear()
+            self.resyncs += 1
+            for t, pub in self.publishers.items():
+                if pub.state is not None:
+                    self.pending.append((t, pub.snapshot_text(), True))
+            if topic in self.publishers:
+                return  # its snapshot (just queued) already holds this message
+        self.pending.append((topic, body, snapshot))
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                topic, body, snapshot = self.pending.popleft()
+                n = self.seq.get(topic, 0)
+                self.seq[topic] = n + 1
+                kind = "snapshot" if snapshot else "patch"
+                await self.send_text(f'{{"type":"{topic}","seq":{n},"{kind}":{body}}}')
 
 
-class TopicStream:
-    """One topic on one connection: the first state whole, then patches of what changed."""
+class Publisher:
+    """One topic (with one filter) for every connection that subscribes to it: the state is
+    built, diffed and encoded once per change, and the same text goes to every subscriber,
+    ``CHUNK`` of them per turn of the event loop so that a GO is never queued behind the
+    whole crowd (``benchmarks/bench_ws_fanout.py``)."""
+
+    def __init__(self, topic: str, source: Source, fresh: Callable[[], Any] | None = None) -> None:
+        self.topic = topic
+        self.source = source
+        self.fresh = fresh  # builds the state now: a newcomer never starts from a stale one
+        self.subscribers: dict[int, Subscriber] = {}
+        self.state: Any = None
+        self._snapshot: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.messages = 0
+
+    def snapshot_text(self) -> str:
+        if self._snapshot is None:
+            self._snapshot = encode(self.state)
+        return self._snapshot
+
+    def add(self, sub: Subscriber) -> None:
+        if self.state is not None and self.fresh is not None:
+            self._publish(self.fresh(), None, list(self.subscribers.values()))
+        self.subscribers[id(sub)] = sub
+        sub.publishers[self.topic] = self
+        if self.state is not None:
+            sub.deliver(self.topic, self.snapshot_text(), True)
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name=f"ws-topic-{self.topic}")
+
+    def remove(self, sub: Subscriber) -> bool:
+        """Drop ``sub``; True when nobody is left (the caller forgets this publisher)."""
+        self.subscribers.pop(id(sub), None)
+        sub.publishers.pop(self.topic, None)
+        if self.subscribers:
+            return False
+        if self.task is not None:
+            self.task.cancel()
+        return True
+
+    def _publish(
+        self, state: Any, known: list[dict[str, Any]] | None, subs: list[Subscriber]
+    ) -> tuple[str, bool] | None:
+        """Take ``state``; the message for ``subs`` (None: no change), delivered to none yet."""
+        first = self.state is None
+        ops = None if first else (known if known is not None else diff(self.state, state))
+        if not first and not ops:
+            self.state = state
+            return None
+        self.state, self._snapshot = state, None
+        body = self.snapshot_text() if first else encode(ops)
+        self.messages += 1
+        if subs is not None and not first:
+            for sub in subs:
+                sub.deliver(self.topic, body, first)
+        return body, first
+
+    async def _run(self) -> None:
+        async for state, known in self.source():
+            subs = list(self.subscribers.values())
+            out = self._publish(state, known, [])
+            if out is None:
+                continue
+            body, first = out
+            for i, sub in enumerate(subs):
+                sub.deliver(self.topic, body, first)
+                if i % CHUNK == CHUNK - 1:
+                    await asyncio.sleep(0)
+
+
+class Hub:
+    """Every connection's subscriptions: one ``Publisher`` per topic and filter."""
 
     def __init__(
-        self,
-        topic: str,
-        send: Callable[[str], Awaitable[None]],
-        shared: SharedDiffs | None = None,
+        self, source: Callable[[str, Any], tuple[Source, Callable[[], Any] | None]]
     ) -> None:
-        self.topic = topic
-        self._send = send
-        self._shared = shared if shared is not None else SharedDiffs(size=1)
-        self._state: Any = None
-        self.seq = 0
+        self._source = source
+        self.publishers: dict[tuple[str, Any], Publisher] = {}
 
-    async def publish(self, state: Any) -> None:
-        """Send ``state``: whole the first time, else the patch from the last one (if any)."""
-        if self.seq == 0:
-            body = self._shared.text(None, state)
-            text = f'{{"type":"{self.topic}","seq":0,"snapshot":{body}}}'
-        else:
-            if state is self._state:
-                return
-            ops = self._shared.text(self._state, state)
-            if ops is None:
-                self._state = state
-                return
-            text = f'{{"type":"{self.topic}","seq":{self.seq},"patch":{ops}}}'
-        self._state = state
-        self.seq += 1
-        await self._send(text)
+    def subscribe(self, sub: Subscriber, topic: str, key: Any = None) -> None:
+        pub = self.publishers.get((topic, key))
+        if pub is None:
+            pub = self.publishers[(topic, key)] = Publisher(topic, *self._source(topic, key))
+        pub.add(sub)
 
-    async def publish_ops(self, ops: list[dict[str, Any]], state: Any) -> None:
-        """Send ``ops``, which the caller computed, that bring the last state to ``state``."""
-        if self.seq == 0:
-            await self.publish(state)
-        elif ops:
-            self._state = state
-            text = f'{{"type":"{self.topic}","seq":{self.seq},"patch":{encode(ops)}}}'
-            self.seq += 1
-            await self._send(text)
+    def unsubscribe(self, sub: Subscriber) -> None:
+        for (topic, key), pub in list(self.publishers.items()):
+            if id(sub) in pub.subscribers and pub.remove(sub):
+                del self.publishers[(topic, key)]
+
+    async def close(self) -> None:
+        tasks = [p.task for p in self.publishers.values() if p.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.publishers.clear()
 
 
 class SubscribeError(ValueError):

@@ -43,9 +43,12 @@ pytestmark = pytest.mark.integration
 LO = "127.0.0.1"
 SCRIPTS = REPO / "examples" / "scripts"
 
+# This file is about the client, not the supervisor's timing rules (their own tests are):
+# a 2 s enable, 0.5 s of stale telemetry and 1 s drive watchdogs ride out a loaded machine.
 MACHINERY = """
 [machinery]
-enable_timeout_s = 0.5
+enable_timeout_s = 2.0
+stale_cycles = 25
 [machinery.axes.hoist-1]
 [machinery.axes.hoist-2]
 """
@@ -77,8 +80,8 @@ def venue(tmp_path: Path) -> Path:
     path = write_venue(
         tmp_path,
         [
-            {"id": "hoist-1", "port": port, "unit": 1, "start": 1000},
-            {"id": "hoist-2", "port": port, "unit": 2, "start": 5000},
+            {"id": "hoist-1", "port": port, "unit": 1, "start": 1000, "watchdog_ms": 1000},
+            {"id": "hoist-2", "port": port, "unit": 2, "start": 5000, "watchdog_ms": 1000},
         ],
     )
     text, n = re.subn(r"\[auth\]\nenabled = false[^\n]*\n", "[auth]\n", path.read_text())
@@ -215,7 +218,7 @@ async def test_an_operator_holds_the_enable_moves_and_waits_for_the_axis(rig: Ri
             with pytest.raises(MotionRefused) as refused:  # a malformed request: 422
                 await ft.stop_axes(["ghost"])
             assert refused.value.status == 422 and "no axis 'ghost'" in str(refused.value)
-            await asyncio.sleep(0.8)  # longer than enable_timeout_s: the renewals keep it
+            await asyncio.sleep(2.5)  # longer than enable_timeout_s: the renewals keep it
             move = await ft.move({"hoist-1": 1500}, speed=800)
             assert move["axes"] == ["hoist-1"]
             view = await ft.wait_for_axis("hoist-1", 1500, timeout_s=15, on_update=updates.append)

@@ -3,6 +3,7 @@ subscription parser refuses bad input with the reason, the rate limiter counts."
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -15,9 +16,12 @@ from hypothesis import strategies as st
 
 from edge.auth import RateLimiter
 from edge.ws_topics import (
-    SharedDiffs,
+    MAX_PENDING,
+    Hub,
+    Source,
+    States,
     SubscribeError,
-    TopicStream,
+    Subscriber,
     diff,
     parse_subscription,
 )
@@ -49,29 +53,68 @@ def test_only_what_changed_is_sent() -> None:
     ]
     assert diff({"a": 1}, {"a": 1.0}) == [{"op": "replace", "path": "/a", "value": 1.0}]
     assert diff({"a": True}, {"a": 1}) == [{"op": "replace", "path": "/a", "value": 1}]
+    levels = [0] * 512
+    lit = [*levels[:7], 255, *levels[8:]]
+    assert diff({"u": levels}, {"u": lit}) == [{"op": "replace", "path": "/u/7", "value": 255}]
+    assert diff([1, 2, 3, 4], [1.0, 2, 3, 4]) == [{"op": "replace", "path": "/0", "value": 1.0}]
+    assert diff([1, 2], [3, 4]) == [{"op": "replace", "path": "", "value": [3, 4]}]
 
 
-async def test_a_stream_sends_the_snapshot_then_patches_and_nothing_when_unchanged() -> None:
-    sent: list[dict[str, Any]] = []
+async def test_one_publisher_serves_every_subscriber_and_resyncs_a_slow_one() -> None:
+    feed: asyncio.Queue[Any] = asyncio.Queue()
+    built: list[str] = []
 
-    async def send(text: str) -> None:
-        sent.append(json.loads(text))
+    def source(topic: str, key: Any) -> tuple[Source, None]:
+        built.append(topic)
 
-    shared = SharedDiffs()
-    one, two = TopicStream("axes", send, shared), TopicStream("axes", send, shared)
-    s1, s2 = {"a": 1, "b": [1, 2]}, {"a": 2, "b": [1, 2]}
-    await one.publish(s1)
-    await one.publish({"a": 1, "b": [1, 2]})  # equal: nothing sent
-    await one.publish(s2)
-    await two.publish(s1)
-    await two.publish(s2)
-    patch = [{"op": "replace", "path": "/a", "value": 2}]
-    assert sent == [
-        {"type": "axes", "snapshot": s1, "seq": 0},
-        {"type": "axes", "patch": patch, "seq": 1},
-        {"type": "axes", "snapshot": s1, "seq": 0},
-        {"type": "axes", "patch": patch, "seq": 1},
-    ]
+        async def states() -> States:
+            while True:
+                yield await feed.get(), None
+
+        return states, None
+
+    hub = Hub(source)
+    got: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+
+    def sender(name: str) -> Any:
+        async def send(text: str) -> None:
+            got[name].append(json.loads(text))
+
+        return send
+
+    a, b = Subscriber(sender("a")), Subscriber(sender("b"))
+    hub.subscribe(a, "axes")
+    hub.subscribe(b, "axes")
+    writers = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+    await feed.put({"x": 1, "y": [1, 2]})
+    await feed.put({"x": 1, "y": [1, 2]})  # equal: nothing sent
+    await feed.put({"x": 2, "y": [1, 2]})
+    async with asyncio.timeout(5):
+        while len(got["b"]) < 2:  # noqa: ASYNC110 (the writers' progress has no event)
+            await asyncio.sleep(0.01)
+    assert built == ["axes"]  # one source for both
+    assert (
+        got["a"]
+        == got["b"]
+        == [
+            {"type": "axes", "seq": 0, "snapshot": {"x": 1, "y": [1, 2]}},
+            {"type": "axes", "seq": 1, "patch": [{"op": "replace", "path": "/x", "value": 2}]},
+        ]
+    )
+    # A connection that does not drain its mailbox gets the state again instead of a backlog.
+    writers[1].cancel()
+    for i in range(MAX_PENDING + 5):
+        await feed.put({"x": 3 + i, "y": [1, 2]})
+    async with asyncio.timeout(5):
+        while got["a"][-1].get("patch", [{}])[0].get("value") != MAX_PENDING + 7:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert b.resyncs == 1 and len(b.pending) < MAX_PENDING
+    assert b.pending[0][2] is True  # the snapshot first
+    hub.unsubscribe(a)
+    hub.unsubscribe(b)
+    assert not hub.publishers  # the last one out stops the source
+    writers[0].cancel()
+    await asyncio.gather(*writers, return_exceptions=True)
 
 
 def test_subscriptions_are_checked() -> None:
