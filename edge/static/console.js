@@ -1,4 +1,5 @@
-// Flytower operator console: live state over /ws, commands over the REST API.
+// Flytower operator console: the shell (sign-in, header, navigation, hold-to-run, E-stop) around
+// the pages in static/pages/*.js; live state over /ws topics (static/core.js), commands over REST.
 //
 // Access control (edge/api_auth.py): on load the console asks /api/v1/auth/me who it is. A 401
 // shows the sign-in form instead of the pages. The session is an HttpOnly cookie that the
@@ -8,187 +9,55 @@
 // are disabled from the permissions /me lists: an element's `data-needs` names the permissions
 // any one of which enables it. That is a courtesy; the server checks every request itself.
 // Without access control /me answers `via: "open"` and there is no sign-in at all.
-const axes = new Map();           // device id -> {el, device, values}
-const machineryAxes = new Set();  // axes the safety supervisor runs (their Stop goes through it)
-const $ = (root, sel) => root.querySelector(sel);
-const byId = (id) => document.getElementById(id);
+import {
+  api, applyPermissions, byId, command, connect, disconnect, live, notice, reasonOf, session,
+} from "./core.js";
+import { page as show } from "./pages/show.js";
+import { page as machinery } from "./pages/machinery.js";
+import { page as lighting } from "./pages/lighting.js";
+import { page as acoustics } from "./pages/acoustics.js";
+import { page as equipment } from "./pages/equipment.js";
+
 const LOGIN = "/api/v1/auth/login";
 const ME = "/api/v1/auth/me";
 const CHECK_EVERY_MS = 30_000;   // notice an expired session on an idle console too
-
-let me = null;          // {name, role, via, permissions} while signed in
-let ws = null;          // the live WebSocket, null while none is wanted or it is reconnecting
+const PAGES = [show, machinery, lighting, acoustics, equipment];
+const DEFAULT_PAGE = "machinery";
 let checkTimer = null;
+let current = null;
 
-function fmt(v, digits = 0) {
-  return typeof v === "number" ? v.toFixed(digits) : "—";
+// --- pages ------------------------------------------------------------------------------------
+
+function pageOf(name) {
+  return PAGES.find((p) => p.id === name) ?? null;
 }
 
-// --- requests ---------------------------------------------------------------------------
-
-/** The reason in an error answer: `detail` (a string, or pydantic's list), else the status. */
-async function reasonOf(res) {
-  const body = await res.clone().json().catch(() => ({}));
-  const d = body.detail;
-  if (Array.isArray(d)) return d.map((x) => x?.msg ?? String(x)).join("; ");
-  return typeof d === "string" && d ? d : `${res.status} ${res.statusText}`.trim();
-}
-
-/** fetch for the API: JSON in, the session cookie along; a 401 signs this console out, a 403
- * refreshes the permissions (the role may have changed), and the caller shows the reason. */
-async function api(path, { method = "GET", body } = {}) {
-  const init = { method, credentials: "same-origin", headers: {} };
-  if (body !== undefined) {
-    init.headers["content-type"] = "application/json";
-    init.body = JSON.stringify(body);
+/** Show the page the address names (#show, …), else the last one used, else machinery. */
+function route() {
+  const wanted = location.hash.slice(1);
+  let remembered = null;
+  try { remembered = localStorage.getItem("flytower.page"); } catch { /* private mode */ }
+  const next = pageOf(wanted) ?? pageOf(remembered) ?? pageOf(DEFAULT_PAGE);
+  for (const p of PAGES) byId(`page-${p.id}`).hidden = p !== next;
+  for (const a of document.querySelectorAll("nav a[data-page]")) {
+    if (a.dataset.page === next.id) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
   }
-  const res = await fetch(path, init);
-  if (res.status === 401 && me !== null) signedOut(`Signed out: ${await reasonOf(res)}`);
-  if (res.status === 403 && me !== null) checkSession();
-  return res;
+  if (current !== next) current?.hide?.();
+  current = next;
+  try { localStorage.setItem("flytower.page", next.id); } catch { /* private mode */ }
+  if (session.me !== null) next.show?.();
 }
 
-function notice(text) {
-  byId("notice").textContent = text;
-}
+window.addEventListener("hashchange", route);
 
-// --- machinery cards ----------------------------------------------------------------------
-
-function card(device) {
-  const el = byId("axis-card").content.firstElementChild.cloneNode(true);
-  el.dataset.device = device.id;
-  $(el, ".name").textContent = device.name || device.id;
-  $(el, ".id").textContent = device.id;
-  const form = $(el, "form.move");
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const args = { position: Number(form.position.value) };
-    if (form.speed.value) args.speed = Number(form.speed.value);
-    await command(device.id, "move_to", args, el);
-  });
-  $(el, "button.stop").addEventListener("click", () => command(device.id, "stop", {}, el));
-  if (machineryAxes.has(device.id)) el.setAttribute("data-supervised", "");
-  applyPermissions(el);
-  byId("axes").append(el);
-  return { el, device, values: {} };
-}
-
-async function command(id, name, args, el) {
-  const reason = $(el, ".reason");
-  reason.textContent = "";
-  try {
-    // Stopping an axis is everyone's right (the stop permission), and the supervisor also
-    // ends the move it is running: its route, not the device command (run or maintain).
-    const res = name === "stop" && machineryAxes.has(id)
-      ? await api("/api/v1/machinery/stop", { method: "POST", body: { axes: [id] } })
-      : await api(`/api/v1/devices/${encodeURIComponent(id)}/commands/${name}`, {
-        method: "POST", body: args,
-      });
-    if (!res.ok && res.status !== 401) reason.textContent = `Refused: ${await reasonOf(res)}`;
-  } catch (err) {
-    reason.textContent = `Not sent: ${err}`;
-  }
-}
-
-function limits(a) {
-  const spec = a.device.commands?.move_to?.args?.position;
-  return { min: a.points?.position?.min ?? spec?.min ?? 0, max: a.points?.position?.max ?? spec?.max ?? 1 };
-}
-
-function render(a) {
-  const v = a.values, el = a.el;
-  $(el, ".position").textContent = fmt(v.position, 1);
-  $(el, ".velocity").textContent = fmt(v.velocity, 0);
-  $(el, ".load").textContent = fmt(v.load, 1);
-  $(el, ".target-value").textContent = fmt(v.target_position, 0);
-  const { min, max } = limits(a);
-  const frac = (x) => `${Math.max(0, Math.min(1, (x - min) / (max - min))) * 100}%`;
-  if (typeof v.position === "number") $(el, ".carriage").style.bottom = frac(v.position);
-  const target = $(el, ".travel .target");
-  if (typeof v.target_position === "number") {
-    target.style.display = "block";
-    target.style.bottom = frac(v.target_position);
-  }
-  const drive = v.fault ? `fault ${v.fault_code ?? ""}` : v.moving ? "moving"
-    : v.enabled ? "enabled" : v.ready ? "ready" : "—";
-  $(el, ".drive").textContent = drive;
-}
-
-function setHealth(id, h) {
-  const a = axes.get(id);
-  if (!a) return;
-  const badge = $(a.el, ".state");
-  badge.textContent = h.state;
-  badge.className = `state badge ${h.state === "online" ? "ok" : h.state === "degraded" ? "warn" : "bad"}`;
-  badge.title = h.reason || "";
-}
-
-async function loadPoints(a) {
-  const res = await api(`/api/v1/devices/${encodeURIComponent(a.device.id)}/points`);
-  if (!res.ok) return;
-  a.points = Object.fromEntries((await res.json()).map((p) => [p.name, p]));
-  render(a);
-}
-
-// --- live state ---------------------------------------------------------------------------
-
-function connect() {
+function linkShown(up) {
   const link = byId("link");
-  const sock = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
-  ws = sock;
-  sock.onopen = () => { link.textContent = "live"; link.className = "badge ok"; };
-  sock.onclose = (ev) => {
-    if (ws !== sock) return;  // closed on purpose: signed out
-    ws = null;
-    link.textContent = "offline";
-    link.className = "badge bad";
-    if (ev.code === 1008) {
-      signedOut(`Signed out: ${ev.reason || "the service refused this session"}`);
-      return;
-    }
-    // A handshake refused before it opened reaches a browser as 1006, without its reason:
-    // ask who we are (a 401 signs out), and reconnect only if still signed in.
-    setTimeout(async () => {
-      if (me !== null && ws === null && (await checkSession()) && ws === null) connect();
-    }, 1000);
-  };
-  sock.onmessage = (ev) => {
-    if (ws !== sock) return;
-    const msg = JSON.parse(ev.data);
-    if (msg.type === "snapshot") {
-      for (const d of msg.devices) {
-        if (!axes.has(d.id)) {
-          const a = card(d);
-          axes.set(d.id, a);
-          loadPoints(a);
-        }
-        setHealth(d.id, d.health);
-      }
-    }
-    if (msg.type === "health") {
-      for (const [id, h] of Object.entries(msg.health)) setHealth(id, h);
-    }
-    if (msg.type === "machinery" && msg.snapshot) {
-      for (const id of Object.keys(msg.snapshot.axes ?? {})) {
-        machineryAxes.add(id);
-        axes.get(id)?.el.setAttribute("data-supervised", "");
-      }
-    }
-    if (msg.ok === false && msg.detail) notice(`Refused: ${msg.detail}`);  // a command's answer
-    if (msg.readings) {
-      const touched = new Set();
-      for (const r of msg.readings) {
-        const a = axes.get(r.d);
-        if (!a) continue;
-        a.values[r.p] = r.q === "bad" ? undefined : r.v;
-        touched.add(a);
-      }
-      touched.forEach(render);
-    }
-  };
+  link.textContent = up ? "live" : "offline";
+  link.className = `badge ${up ? "ok" : "bad"} signed-in-only`;
 }
 
-// --- hold-to-run and E-stop ---------------------------------------------------------------
+// --- hold-to-run and E-stop -----------------------------------------------------------------
 
 // Hold-to-run (docs/machinery.md): machinery moves only while the enable is renewed; it is
 // renewed every 200 ms while the button is held, and released when it is let go, the pointer
@@ -218,7 +87,7 @@ function hold(on) {
     clearInterval(holding);
     holding = null;
     holdButton.classList.remove("held");
-    if (me === null) return Promise.resolve();  // signed out: the enable lapses by itself
+    if (session.me === null) return Promise.resolve();  // signed out: the enable lapses
     return api(`/api/v1/machinery/enable?holder=${encodeURIComponent(holder)}`, { method: "DELETE" })
       .catch(() => undefined);
   }
@@ -245,57 +114,57 @@ byId("estop").addEventListener("click", async () => {
     notice(`E-stop NOT sent: ${err}`);
   }
 });
+byId("estop-reset").addEventListener("click", async () => {
+  notice(await command("/api/v1/machinery/estop/reset", {}));
+});
+
+live.on("axes", (s) => {
+  const latched = Boolean(s?.estop?.latched);
+  byId("estop-banner").hidden = !latched;
+  byId("estop-reason").textContent = latched ? s.estop.reason ?? "" : "";
+  document.body.classList.toggle("estop-latched", latched);
+});
 
 // --- who is signed in -----------------------------------------------------------------------
 
-/** Enable what the role may use, disable the rest (``data-needs``: any one permission). */
-function applyPermissions(root) {
-  const granted = new Set(me?.permissions ?? []);
-  for (const el of root.querySelectorAll("[data-needs]")) {
-    if (el.dataset.title === undefined) el.dataset.title = el.title;
-    const ok = el.dataset.needs.split(/\s+/).some((p) => granted.has(p));
-    el.disabled = !ok;
-    const wanted = el.dataset.needs.split(/\s+/).join(" or ");
-    el.title = ok ? el.dataset.title : `${me?.role ?? "signed out"}: needs the ${wanted} permission`;
-  }
-}
-
 function showUser() {
-  document.body.dataset.via = me.via;
-  byId("user-name").textContent = me.name;
-  byId("user-role").textContent = me.role;
+  document.body.dataset.via = session.me.via;
+  byId("user-name").textContent = session.me.name;
+  byId("user-role").textContent = session.me.role;
   applyPermissions(document);
 }
 
 /** Ask /me again: false after a 401 (signed out), true otherwise (also when unreachable). */
 async function checkSession() {
-  if (me === null) return false;
+  if (session.me === null) return false;
   try {
     const res = await api(ME);
-    if (!res.ok) return me !== null;
+    if (!res.ok) return session.me !== null;
     const who = await res.json();
-    if (me === null) return false;
-    if (who.role !== me.role || who.permissions.join() !== me.permissions.join()) {
-      me = who;
+    if (session.me === null) return false;
+    if (who.role !== session.me.role
+        || who.permissions.join() !== session.me.permissions.join()) {
+      session.me = who;
       showUser();
     }
   } catch {
     /* unreachable: the WebSocket shows offline and keeps trying */
   }
-  return me !== null;
+  return session.me !== null;
 }
 
 function start(who) {
-  me = who;
+  session.me = who;
   document.body.dataset.auth = "signed-in";
   byId("signin-error").textContent = "";
   notice("");
   showUser();
-  api("/api/v1/health").then((r) => (r.ok ? r.json() : null)).then((h) => {
-    if (h) byId("venue").textContent = `${h.venue} · node ${h.node}`;
+  api("/api/v1/health").then((r) => (r.ok ? r.json() : null)).then((hl) => {
+    if (hl) byId("venue").textContent = `${hl.venue} · node ${hl.node}`;
   }).catch(() => undefined);
-  connect();
+  connect(linkShown);
   checkTimer = setInterval(checkSession, CHECK_EVERY_MS);
+  route();
 }
 
 function showSignIn(message = "") {
@@ -308,19 +177,19 @@ function showSignIn(message = "") {
 
 /** End this console's session: stop the live feed, forget the state, show the form. */
 function signedOut(message) {
-  if (me === null) return;
+  if (session.me === null) return;
   hold(false);
-  me = null;
+  session.me = null;
   clearInterval(checkTimer);
-  const sock = ws;
-  ws = null;
-  sock?.close(1000);
-  axes.clear();
-  machineryAxes.clear();
-  byId("axes").replaceChildren();
+  disconnect();
+  linkShown(false);
+  for (const p of PAGES) p.reset?.();
   byId("venue").textContent = "";
   showSignIn(message);
 }
+
+session.signedOut = signedOut;
+session.check = checkSession;
 
 /** Who are we? Signed in (or no access control): start; else the sign-in form. */
 async function begin(message = "") {
@@ -407,4 +276,5 @@ document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") checkSession();  // a tablet waking up
 });
 
+for (const p of PAGES) p.init();
 begin();
