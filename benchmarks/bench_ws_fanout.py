@@ -15,6 +15,9 @@ client gets ~10 updates a second of each topic.
   cores: an upper bound of what a console on its own machine would see.
 - **GO -> DMX**: from the same instant to the first changed sACN and Art-Net packet.
 
+The service runs on CPU 0, the crowd and this benchmark on the other CPUs: the consoles stand in
+for machines of their own.
+
 Reference, same run: the same passes with ``1`` client. Targets (issue 9): delivery p99 <=
 100 ms with 500 clients; GO -> DMX p99 <= 5 ms under that load.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import socket
 import sys
@@ -50,6 +54,7 @@ from benchmarks.bench_go_latency import (
 CLIENTS = 500
 ROUNDS = 150  # GOs per pass, ~10 a second
 GO_PERIOD_S = 0.1
+_CPUS = frozenset(os.sched_getaffinity(0))  # before any pinning
 
 
 async def measure(clients: int, rounds: int) -> dict[str, Any]:
@@ -81,6 +86,7 @@ async def measure(clients: int, rounds: int) -> dict[str, Any]:
             "--clients", str(clients), "--out", str(out),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        pinned = _pin(proc.pid, crowd.pid)
         loop = asyncio.get_running_loop()
         transport, osc = await loop.create_datagram_endpoint(
             OscClient, remote_addr=("127.0.0.1", osc_port)
@@ -138,7 +144,20 @@ async def measure(clients: int, rounds: int) -> dict[str, Any]:
         "bytes": seen["bytes"],
         "closed": seen["closed"],
         "seconds": gos[-1] - gos[0] if gos else 0.0,
+        "pinned": pinned,
     }
+
+
+def _pin(service: int, crowd: int) -> bool:
+    """The service on CPU 0, the crowd and this benchmark on the others: the consoles stand
+    in for machines of their own, so their CPU should not be the service's. (One CPU: no.)"""
+    cpus = sorted(_CPUS)
+    if len(cpus) < 2:
+        return False
+    os.sched_setaffinity(service, {cpus[0]})
+    os.sched_setaffinity(crowd, set(cpus[1:]))
+    os.sched_setaffinity(0, set(cpus[1:]))
+    return True
 
 
 def _line(label: str, r: dict[str, Any], ref: dict[str, Any] | None) -> None:
@@ -151,8 +170,9 @@ def _line(label: str, r: dict[str, Any], ref: dict[str, Any] | None) -> None:
     rate = r["messages"] / max(1e-9, r["seconds"])
     mbps = r["bytes"] / max(1e-9, r["seconds"]) / 1e6
     missed = 100 * r["missed"] / max(1, total)
+    where = "service on CPU 0, crowd on the others" if r["pinned"] else "one CPU for all"
     print(
-        f"   {label}: {r['clients']} clients, delivery p50 {d50:6.1f}  p99 {d99:6.1f}  "
+        f"   {label}: {r['clients']} clients ({where}), delivery p50 {d50:6.1f}  p99 {d99:6.1f}  "
         f"max {dmax:6.1f} ms{ratio}"
     )
     print(

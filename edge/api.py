@@ -433,14 +433,24 @@ def create_app(service: Service) -> FastAPI:
         wanted: set[str] | None = None  # the console's feeds: readings of these devices only
         feeds: asyncio.Task[None] | None = None
 
+        sending_since: list[float] = []  # when each send in progress began
+
         async def send_text(text: str) -> None:
-            """A client that stops reading (its TCP window full) is dropped after
-            SEND_TIMEOUT_S: it never holds memory, the other clients or the show."""
+            """A client that stops reading (its TCP window full) is dropped once a send has
+            waited SEND_TIMEOUT_S (``watchdog``): it never holds memory, the other clients or
+            the show. (No timer per message: with hundreds of consoles that cost more than
+            the send.)"""
+            sending_since.append(time.monotonic())
             try:
-                async with asyncio.timeout(ws_topics.SEND_TIMEOUT_S):
-                    await socket.send_text(text)
-            except TimeoutError:
-                raise WebSocketDisconnect(1008, "too slow: messages not read") from None
+                await socket.send_text(text)
+            finally:
+                sending_since.pop(0)
+
+        async def watchdog() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                if sending_since and time.monotonic() - sending_since[0] > ws_topics.SEND_TIMEOUT_S:
+                    raise WebSocketDisconnect(1008, "too slow: messages not read")
 
         async def send_json(msg: dict[str, Any]) -> None:
             await send_text(ws_topics.encode(msg))
@@ -601,6 +611,7 @@ def create_app(service: Service) -> FastAPI:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(receive())
                 tg.create_task(feeds_until_subscribed())
+                tg.create_task(watchdog())
                 if principal.via != "open":
                     tg.create_task(still_signed_in())
         except* (WebSocketDisconnect, RuntimeError):
