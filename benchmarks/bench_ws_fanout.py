@@ -4,10 +4,9 @@ Figure: the real service (``flytower run``, a child process, access control on) 
 latency benchmark's venue (``bench_go_latency``: PARs over sACN and Art-Net to loopback ports a
 receiver thread timestamps, a looping two-cue list with snap cues). A crowd process
 (``benchmarks/ws_crowd.py``) connects ``CLIENTS`` WebSocket clients, each subscribed to the
-``playback`` and ``lighting`` topics (snapshot, then JSON patches), and timestamps every
-playback message. The benchmark sends ``ROUNDS`` GOs over OSC at ~10 Hz (a random phase of the
-frame clock each time); every GO changes the playback state (and the lighting), so every
-client gets ~10 updates a second of each topic.
+``playback`` topic (snapshot, then JSON patches), and timestamps every message. The benchmark
+sends ``ROUNDS`` GOs over OSC at ~10 Hz (a random phase of the frame clock each time); every
+GO changes the playback state, so every client gets ~10 updates a second.
 
 - **Delivery**: from just before a GO is sent to the first playback message each client
   receives after it (both clocks are the box's ``CLOCK_MONOTONIC``), p50 / p99 / max over
@@ -83,7 +82,7 @@ async def measure(clients: int, rounds: int) -> dict[str, Any]:
         crowd = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "benchmarks.ws_crowd",
             "--url", f"ws://127.0.0.1:{api_port}/ws", "--token", token,
-            "--clients", str(clients), "--out", str(out),
+            "--clients", str(clients), "--out", str(out), "--topics", "playback",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         pinned = _pin(proc.pid, crowd.pid)

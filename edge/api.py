@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 STATIC = Path(__file__).parent / "static"
 WS_INTERVAL_S = 0.1
+WS_MIN_GAP_S = 0.05  # a topic's changes go out at most this often (bursts are conflated)
 
 
 class HealthOut(BaseModel):
@@ -239,20 +240,22 @@ def create_app(service: Service) -> FastAPI:
             return _json_safe({"configured": True} | sf.snapshot())
 
         async def playback() -> ws_topics.States:
-            """On every change, at once after a quiet spell (a GO reaches the consoles without
-            waiting out an interval), at most every WS_INTERVAL_S while cues run."""
+            """Every change at once (a GO reaches the consoles without waiting out an
+            interval), at most one per WS_MIN_GAP_S; while cues run, their progress every
+            WS_INTERVAL_S besides."""
             while (pb := service.playback) is None:
                 yield {}, None
                 await asyncio.sleep(1.0)
-            sent_at = -math.inf
             while True:
                 snap = _json_safe(pb.snapshot())
                 yield snap, None
                 sent_at = time.monotonic()
-                if not any(r["running"] for r in snap["lists"]):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(pb.wait_changed(snap["version"]), 5.0)
-                await asyncio.sleep(max(0.0, sent_at + WS_INTERVAL_S - time.monotonic()))
+                running = any(r["running"] for r in snap["lists"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        pb.wait_changed(snap["version"]), WS_INTERVAL_S if running else 5.0
+                    )
+                await asyncio.sleep(max(0.0, sent_at + WS_MIN_GAP_S - time.monotonic()))
 
         async def configurations() -> ws_topics.States:
             sw = api_configurations.switcher(service)
