@@ -33,8 +33,8 @@ async def client(
     stats = record
     prefix = f'{{"type":"{track}","seq":'
     headers = {"Authorization": f"Bearer {token}"}
-    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "subscribe", "topics": topics}))
+    where = f"{url}?topics={','.join(topics)}"  # subscribed from the handshake on
+    async with websockets.connect(where, additional_headers=headers, max_size=None) as ws:
         snapshots = 0
         try:
             async for raw in ws:

@@ -600,9 +600,28 @@ def create_app(service: Service) -> FastAPI:
                     await socket.close(1008, str(exc.detail)[:120])
                     raise WebSocketDisconnect(1008) from None
 
+        async def from_query() -> None:
+            """``/ws?topics=a,b&devices=x&points=d/p``: subscribed from the handshake on, with
+            no console feeds first (what a script or a crowd of consoles wants)."""
+            q = socket.query_params
+            msg: dict[str, Any] = {"topics": q["topics"].split(",")}
+            for name in ("devices", "points"):
+                if q.get(name):
+                    msg[name] = q[name].split(",")
+            try:
+                topics, devices, points = ws_topics.parse_subscription(msg, service.devices)
+            except ws_topics.SubscribeError as exc:
+                await send_json({"type": "error", "detail": str(exc)[:200]})
+                await asyncio.Event().wait()  # until the client subscribes by a message
+                return
+            assert topics is not None
+            await send_json({"type": "subscribed", "topics": topics})
+            await subscribed(topics, devices, points)
+
         async def feeds_until_subscribed() -> None:
             nonlocal feeds
-            feeds = asyncio.create_task(console_feeds())
+            wanted_topics = "topics" in socket.query_params
+            feeds = asyncio.create_task(from_query() if wanted_topics else console_feeds())
             while True:  # a subscription replaces the task; end with whichever fails
                 current = feeds
                 await asyncio.wait([current])  # (being cancelled here leaves `current` be)

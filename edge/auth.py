@@ -171,6 +171,7 @@ class AuthStore:
                 self.path, timeout=5, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")  # a revocation survives a power cut
             self._conn.execute("PRAGMA busy_timeout=5000")
         yield self._conn
 
@@ -355,7 +356,11 @@ class AuthStore:
                 raise AuthError("this user no longer exists or is disabled")
             if now - self._used.get(cid, 0.0) >= LAST_USED_EVERY_S:
                 self._used[cid] = now
+                # Not worth an fsync on the show's event loop (a power cut may lose it; the
+                # next change to the store makes it durable).
+                db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (now, cid))
+                db.execute("PRAGMA synchronous=FULL")
         until = float(expires) if expires is not None else math.inf
         if kind == "session":
             return Principal(name, Role(user_role), "session", cid), until

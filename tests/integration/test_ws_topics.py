@@ -149,3 +149,14 @@ async def test_topics_snapshot_then_patches_mirror_the_service(
             assert 30 <= len(limited) <= 45, len(limited)
             assert "at most 20 a second" in limited[0]["detail"]
             assert results["stop"]["ok"] is True
+        # Subscribed from the handshake: no console feeds first.
+        async with websockets.connect(url + "?topics=axes,telemetry&points=hoist-1/position") as q:
+            first = json.loads(await asyncio.wait_for(q.recv(), 5))
+            assert first == {"type": "subscribed", "topics": ["axes", "telemetry"]}
+            kinds = set()
+            for _ in range(2):
+                kinds.add(json.loads(await asyncio.wait_for(q.recv(), 5))["type"])
+            assert kinds == {"axes", "telemetry"}
+        async with websockets.connect(url + "?topics=axes,bogus") as q:
+            first = json.loads(await asyncio.wait_for(q.recv(), 5))
+            assert first["type"] == "error" and "unknown topic" in first["detail"]
