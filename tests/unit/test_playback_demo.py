@@ -135,7 +135,8 @@ async def test_hostile_ws_messages_change_nothing_unless_valid(msg: dict[str, An
         playback = d.pb
 
     before = d.pb.snapshot()
-    reply = await ws_command(Svc(), {**msg, "type": "playback"}, "fuzz")  # type: ignore[arg-type]
+    origin = Origin(SourceKind.USER, "fuzz")
+    reply = await ws_command(Svc(), {**msg, "type": "playback"}, origin)  # type: ignore[arg-type]
     assert reply["type"] == "playback.result"
     if not reply["ok"]:
         assert reply["status"] in (409, 422) and reply["detail"]
