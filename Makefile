@@ -30,8 +30,12 @@ run: $(VENV)/.installed-run
 system-deps:
 	@tools/apt-ensure $(TEST_SYSTEM_PACKAGES)
 
+# Unit tests (pure logic, no timing) run on every core; the tests against real servers and
+# simulated hardware run one at a time, as their timing needs. Both run; either failing fails.
 test: $(VENV)/.installed-test system-deps
-	$(BIN)/pytest
+	@$(BIN)/pytest -n auto tests/unit; unit=$$?; \
+	  $(BIN)/pytest tests --ignore=tests/unit; rest=$$?; \
+	  exit $$(( unit != 0 || rest != 0 ))
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
