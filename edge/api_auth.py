@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from controller.journal import JournalEvent, Origin, Result, SourceKind
 from edge.auth import (
+    GRANTS,
     OPEN,
     AuthError,
     AuthStore,
@@ -123,7 +124,6 @@ class Gate:
 
     def __init__(self, service: Service) -> None:
         cfg = service.venue.config.auth
-        self.enabled = cfg.enabled
         self.tls = cfg.tls_cert is not None
         self.allowed_origins = {o.rstrip("/").lower() for o in cfg.allowed_origins}
         self.store: AuthStore | None = (
@@ -310,8 +310,6 @@ def router(service: Service, gate: Gate) -> APIRouter:
     @api.get("/me")
     async def me(request: Request) -> dict[str, Any]:
         """Who this request is, with the role's permissions (the console shows what fits)."""
-        from edge.auth import GRANTS
-
         p = principal_of(request)
         return {
             "name": p.name,
