@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from simulators.machinery.models import AxisType
 
 G = 9.81
+SQRT3 = math.sqrt(3)  # three-phase supply: P = sqrt(3) U I efficiency
 BRAKE_FEEDBACK_TIMEOUT_S = 0.5  # brake commanded open but no feedback: fault 6
 BRAKE_SLIP_LIMIT = 5.0  # movement with the brake applied beyond this: fault 6
 OVERCURRENT_FACTOR = 2.0  # motor current above this times the rated current: fault 4
@@ -304,26 +305,28 @@ class Drive:
         return self.kind.load_kg(self)
 
     def status_word(self) -> int:
-        sw = 0
-        if self.fault == FAULT_NONE and not self.injected.estop:
-            sw |= SW_READY
+        # Read on every status request: the helpers (moving, limit_low/high, heartbeat_alive)
+        # are inlined here.
+        kind, p, estop = self.kind, self.params, self.injected.estop
+        sw = SW_READY if self.fault == FAULT_NONE and not estop else 0
         if self.enabled:
             sw |= SW_ENABLED
-        if self.moving:
-            sw |= SW_MOVING
-        if self.kind.in_position(self):
+        if abs(self.velocity) > p.moving_threshold:
+            sw |= SW_MOVING | SW_BRAKE_RELEASED
+        elif self.brake_open:
+            sw |= SW_BRAKE_RELEASED
+        if kind.in_position(self):
             sw |= SW_IN_POSITION
         if self.fault:
             sw |= SW_FAULT
-        if self.injected.estop:
+        if estop:
             sw |= SW_ESTOP
-        if self.brake_open or self.moving:
-            sw |= SW_BRAKE_RELEASED
-        if self.limit_low():
-            sw |= SW_LIMIT_LOW
-        if self.limit_high():
-            sw |= SW_LIMIT_HIGH
-        if self.heartbeat_alive(self.now):
+        if not kind.rotary:
+            if self.position <= -p.hard_limit_margin:
+                sw |= SW_LIMIT_LOW
+            if self.position >= p.travel + p.hard_limit_margin:
+                sw |= SW_LIMIT_HIGH
+        if kind.has_commands and self.now - self.heartbeat_at <= self.watchdog_s():
             sw |= SW_WATCHDOG_OK
         return sw
 
@@ -347,14 +350,18 @@ class Drive:
     # --- register access (the server's action hook) --------------------------------------
 
     def status_block(self) -> list[int]:
-        scale = self.kind.position_scale
+        kind = self.kind
+        scale = kind.position_scale
+        measured = self.measured
+        if kind.rotary:
+            measured = physics.wrap(measured, self.params.travel)
         return [
-            *i32(self.wrapped(self.measured) / scale),
+            *i32(measured / scale),
             *i32(self.velocity / scale),
-            *i32(self.load_kg() * 10),
+            *i32(kind.load_kg(self) * 10),
             self.status_word(),
             self.fault,
-            self.heartbeat if self.kind.has_commands else 0,
+            self.heartbeat if kind.has_commands else 0,
             u16(self.current * 10),
             i16(self.temperature * 10),
         ]
@@ -370,33 +377,42 @@ class Drive:
         ]
 
     def write(self, address: int, values: list[int], now: float) -> None:
-        """Apply one write request: settings first, the control word and heartbeat last."""
-        image = dict(enumerate(self.command_block(), start=REG_TARGET))
-        touched = range(address, address + len(values))
-        for a, v in zip(touched, values, strict=True):
-            image[a] = v & 0xFFFF
-        settings = [
-            (a, v) for a, v in zip(touched, values, strict=True) if a >= REG_TARGET + COMMAND_COUNT
-        ]
-        if REG_TARGET in touched or REG_TARGET + 1 in touched:
-            raw = to_i32(image[REG_TARGET], image[REG_TARGET + 1])
-            self.target = raw * self.kind.position_scale
+        """Apply one write request: settings first, the control word and heartbeat last.
+
+        ``values`` start at ``address`` (at or above 100: the status block is read-only). A
+        write of one word of the target keeps the other word of the present target.
+        """
+        end = address + len(values)
+        if address <= REG_TARGET + 1 and end > REG_TARGET:
+            if address <= REG_TARGET and end > REG_TARGET + 1:
+                hi = values[REG_TARGET - address] & 0xFFFF
+                lo = values[REG_TARGET + 1 - address] & 0xFFFF
+            else:  # one word of the two: the other one is the present target's
+                hi, lo = i32(self.target / self.kind.position_scale)
+                if address <= REG_TARGET:
+                    hi = values[REG_TARGET - address] & 0xFFFF
+                else:
+                    lo = values[0] & 0xFFFF
+            self.target = to_i32(hi, lo) * self.kind.position_scale
             self.retarget()
-        if REG_SPEED in touched:
-            self.speed_raw = image[REG_SPEED]
-        if REG_ACCEL in touched:
-            self.accel_raw = image[REG_ACCEL]
-        if REG_WATCHDOG in touched:
-            self.watchdog_ms = image[REG_WATCHDOG]
-        for a, v in settings:
-            self.kind.write_setting(self, a, v & 0xFFFF)
-        if REG_HEARTBEAT in touched and image[REG_HEARTBEAT] != self.heartbeat:
-            self.heartbeat, self.heartbeat_at = image[REG_HEARTBEAT], now
-        if REG_CONTROL in touched:
+        if address <= REG_SPEED < end:
+            self.speed_raw = values[REG_SPEED - address] & 0xFFFF
+        if address <= REG_ACCEL < end:
+            self.accel_raw = values[REG_ACCEL - address] & 0xFFFF
+        if address <= REG_WATCHDOG < end:
+            self.watchdog_ms = values[REG_WATCHDOG - address] & 0xFFFF
+        for a in range(max(address, REG_TARGET + COMMAND_COUNT), end):
+            self.kind.write_setting(self, a, values[a - address] & 0xFFFF)
+        if address <= REG_HEARTBEAT < end:
+            heartbeat = values[REG_HEARTBEAT - address] & 0xFFFF
+            if heartbeat != self.heartbeat:
+                self.heartbeat, self.heartbeat_at = heartbeat, now
+        if address <= REG_CONTROL < end:
+            control = values[REG_CONTROL - address] & 0xFFFF
             # Every write carrying bit 3 is a reset request, also the same word again (§7.7).
-            if image[REG_CONTROL] & CW_RESET:
+            if control & CW_RESET:
                 self.reset()
-            self.control = image[REG_CONTROL]
+            self.control = control
 
     def retarget(self) -> None:
         """Work out the goal of a run from the target (and a rotary axis's direction rule)."""
@@ -439,23 +455,30 @@ class Drive:
         if self._idle_dt:  # no longer quiet: first the cooling of the quiet cycles not stepped
             self._thermal(self._idle_dt, False)
             self._idle_dt = 0.0
-        p, inj = self.params, self.injected
+        # Every drive runs this 100 times a second: the small helpers (latching,
+        # enable_requested, heartbeat_alive, moving, limit_low/high) are inlined.
+        p, inj, kind = self.params, self.injected, self.kind
         self.now = now
-        inj.degrade(dt)
+        if inj.degrading():  # else nothing grows: skip it (most drives, every cycle)
+            inj.degrade(dt)
         # 1. faults
-        if self.latching:
+        if kind.has_commands:
             if inj.estop:
                 self.latch(FAULT_ESTOP)
-            if self.enable_requested and self.fault == FAULT_NONE and not self.heartbeat_alive(now):
+            if (
+                self.control & CW_ENABLE
+                and self.fault == FAULT_NONE
+                and not now - self.heartbeat_at <= self.watchdog_s()
+            ):
                 self.latch(FAULT_WATCHDOG)
             if inj.trip:
                 self.latch(FAULT_DRIVE_TRIP)
             if inj.encoder_lost or abs(inj.encoder_offset) > p.encoder_plausibility:
                 self.latch(FAULT_ENCODER)
-        self.kind.check(self, dt)
+        kind.check(self, dt)
         enabled = self.enabled
         # 2. brake
-        if not self.kind.has_commands:
+        if not kind.has_commands:
             pass  # the type's own controller works its brake (``check``)
         elif inj.trip or self.fault == FAULT_DRIVE_TRIP:
             self.brake_open, self._brake_timer = False, 0.0  # power gone: the brake drops
@@ -476,7 +499,7 @@ class Drive:
             self._brake_timer = 0.0
         # 3. motion
         v0, a0 = self.velocity, self.accel
-        run = self.kind.run_allowed(self, enabled) and self.brake_open and self.kind.wants_run(self)
+        run = kind.run_allowed(self, enabled) and self.brake_open and kind.wants_run(self)
         if run and not self._was_running:
             self.retarget()  # a run (re)starts from where the axis is
         self._was_running = run
@@ -484,34 +507,41 @@ class Drive:
         sensed = self.sensed
         offset = sensed - self.position
         measured = sensed
-        if run and self.kind.may_run(self, self.goal - measured):
+        if run and kind.may_run(self, self.goal - measured):
             m = physics.run_step(measured, v0, a0, self.goal, self.limits(), dt, p.settle)
-        elif not self.brake_open and self.moving:
+        elif not self.brake_open and abs(v0) > p.moving_threshold:
             m = physics.stop_step(measured, v0, a0, p.brake_stop_decel, 0.0, dt)
         else:
             decel, jerk = self.stop_rate()
             m = physics.stop_step(measured, v0, a0, decel, jerk, dt)
         self.position = m.position - offset
         self.velocity, self.accel = m.velocity, m.accel
-        if not self.brake_open and inj.brake == "slip" and not self.moving:
+        if (
+            not self.brake_open
+            and inj.brake == "slip"
+            and not abs(self.velocity) > p.moving_threshold
+        ):
             self._slip(dt)
         else:
             self._slip_from = None
         self.jerk = (self.accel - a0) / dt if dt > 0 else 0.0
         # 4. hard limits, then load, current and temperature
-        if (self.limit_low() and self.velocity < 0) or (self.limit_high() and self.velocity > 0):
+        if not kind.rotary:
             low, high = -p.hard_limit_margin, p.travel + p.hard_limit_margin
-            self.position = min(max(self.position, low), high)
-            self.velocity = self.accel = 0.0
-            if self.latching:
-                self.latch(FAULT_HARD_LIMIT)
-        self.kind.step(self, dt)
+            if (self.velocity < 0 and self.position <= low) or (
+                self.velocity > 0 and self.position >= high
+            ):
+                self.position = min(max(self.position, low), high)
+                self.velocity = self.accel = 0.0
+                if kind.has_commands:
+                    self.latch(FAULT_HARD_LIMIT)
+        kind.step(self, dt)
         self._thermal(dt, enabled or self.brake_open)
         # The power stage protects itself: overcurrent, or a winding too hot (fault 4). Armed
         # only while a slow degradation is injected: the nine types' current figures are not
         # calibrated against their rated currents (a turntable at full acceleration would trip).
         if (
-            self.latching
+            kind.has_commands
             and inj.degrading()
             and (
                 self.current > OVERCURRENT_FACTOR * p.rated_current_a
@@ -550,7 +580,7 @@ class Drive:
         speed = self.kind.linear_speed_m_s(self)
         power_w = abs(self.kind.force_n(self) * speed) + self.injected.friction_n * abs(speed)
         current = (p.holding_current_a if powered else 0.0) + power_w / (
-            math.sqrt(3) * p.supply_v * p.efficiency
+            SQRT3 * p.supply_v * p.efficiency
         )
         self.current = current
         heat = p.rated_rise_c / (p.rated_current_a**2 * p.thermal_tau_s)

@@ -45,8 +45,23 @@ LINE_DEFAULTS: dict[str, Any] = {"baudrate": 19200, "parity": "E", "stopbits": 1
 
 
 # What one device costs this family, measured with ``python -m simulators.machinery.measure``
-# (64 hoists, pymodbus masters in another process, a busy 2-core machine): CPU per Modbus
-# request served, and per axis and physics cycle (running; a quiet axis costs ~2 us).
+# (pymodbus masters in another process, a busy 2-core VM, old code and new alternated in the
+# same minutes, 2026-12): CPU per Modbus request served, and per axis and physics cycle.
+#
+#   mix                                          before          after (this code)
+#   --mix cycle, 16 axes moving, 800 FC 23/s     303-327 us/req  221-240 us/req (-27 %)
+#     (the benchmark's load on one of its four simulator processes; process 27-30 % -> 20-22 %)
+#   --mix poll, 64 axes, 2 000 req/s (FC 03/06)  161-231 us/req  122-163 us/req (-25 %)
+#   physics, a running hoist, per axis-cycle     18-21 us        15-17 us (in the family)
+#     (Drive.step alone, in-process: 10-15 us -> 7-10 us; enabled at rest 9-10 -> 4.5-7 us;
+#      a quiet axis ~2 us)
+#
+# Where a request's CPU goes (py-spy on one benchmark simulator process, before): the event
+# loop's wake-up and socket calls ~40 % (a bare asyncio echo server costs 110-150 us a request
+# on this VM; uvloop halves that: ``measure --uvloop``), pymodbus's framing, decoding,
+# SimDevice checks and its per-request thread hop ~45 % (the hop is gone: server.py), our hook
+# ~10 % (now ~5 us: Drive.write and the status block) and the 100 Hz physics the rest.
+# The weights below stay as they were (conservative for partitioning).
 REQUEST_CPU_S = 200e-6
 AXIS_CYCLE_CPU_S = 15e-6
 HEARTBEAT_HZ = 20.0  # the master writes register 105 every 50 ms (§7.2)

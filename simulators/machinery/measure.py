@@ -4,13 +4,23 @@ Not a test: a load script for sizing venues and for the weights of ``family.weig
 
     python -m simulators.machinery.measure --axes 64 --rate 2000 --seconds 10
 
-This process serves ``--axes`` hoists behind gateway ports (8 units a port) with the family's
-100 Hz physics clock. A child process (``--client``) runs pymodbus masters, one connection
-per axis as Flytower's driver does, that send ``--rate`` requests/s in total, paced, in the
-mix a master sends (per poll: the status block and the command block read, and heartbeat
-writes at 20 Hz; ``--moving`` axes run back and forth). The server's own CPU time is split
-into physics (the clock's thread time) and the rest (requests, the loop), and printed per
-axis and per request, with the achieved tick and request rates.
+This process serves ``--axes`` hoists behind gateway ports (``--per-port`` units a port, 8 by
+default) with the family's 100 Hz physics clock. A child process (``--client``) runs pymodbus
+masters, one connection per axis as Flytower's driver does, that send ``--rate`` requests/s in
+total, paced, in one of two mixes:
+
+- ``--mix poll`` (the default): what a polling master sends (per poll the status block and the
+  command block read, and heartbeat writes at 20 Hz; ``--moving`` axes run back and forth);
+- ``--mix cycle``: what Flytower's axis cycle sends (docs/interfaces/modbus-machinery.md §9.5):
+  one FC 23 per cycle that writes the control word and heartbeat (``--moving`` axes: the
+  whole command block, with a target that runs back and forth) and reads the status block, as
+  ``benchmarks.bench_machinery_cycle`` does (64 axes, 16 a port, 3 200 requests/s).
+
+The server's own CPU time is split into physics (the clock's thread time) and the rest
+(requests, the loop), and printed per axis and per request, with the achieved tick and
+request rates. ``--profile FILE`` writes a cProfile of the server (``--seconds`` of load);
+``--uvloop`` serves on uvloop's event loop instead of asyncio's (to size that option: most of
+a request's CPU on a virtual machine is the event loop's wake-up and socket calls).
 """
 
 from __future__ import annotations
@@ -28,11 +38,12 @@ from simulators.core import DeviceSpec
 from simulators.machinery.family import MachineryFamily
 
 UNITS_PER_PORT = 8
+CW_ENABLE_RUN = 1 | 2  # control word: enable, run
 
 
-def _ports(base: int, axes: int) -> list[tuple[int, int]]:
+def _ports(base: int, axes: int, per_port: int = UNITS_PER_PORT) -> list[tuple[int, int]]:
     """(port, unit) of each axis."""
-    return [(base + i // UNITS_PER_PORT, i % UNITS_PER_PORT + 1) for i in range(axes)]
+    return [(base + i // per_port, i % per_port + 1) for i in range(axes)]
 
 
 def _cpu() -> float:
@@ -42,7 +53,7 @@ def _cpu() -> float:
 
 async def serve(args: argparse.Namespace) -> None:
     family = MachineryFamily({})
-    for i, (port, unit) in enumerate(_ports(args.base_port, args.axes)):
+    for i, (port, unit) in enumerate(_ports(args.base_port, args.axes, args.per_port)):
         tr = {"kind": "modbus-tcp", "host": "127.0.0.1", "port": port, "unit": unit}
         family.add(DeviceSpec(f"h{i}", "hoist", tr, {"model": "hoist"}, "measure"))
     async with contextlib.AsyncExitStack() as stack:
@@ -53,6 +64,7 @@ async def serve(args: argparse.Namespace) -> None:
             cmd = [sys.executable, "-m", "simulators.machinery.measure", "--client"]
             cmd += [f"--axes={args.axes}", f"--rate={args.rate}", f"--base-port={args.base_port}"]
             cmd += [f"--moving={args.moving}", f"--seconds={args.seconds + 2}"]
+            cmd += [f"--per-port={args.per_port}", f"--mix={args.mix}"]
             client = subprocess.Popen(cmd)  # noqa: ASYNC220 -- started once, waited below
         await asyncio.sleep(1.5)  # connections up, clocks settled
         cpu0, wall0 = _cpu(), time.monotonic()
@@ -65,7 +77,10 @@ async def serve(args: argparse.Namespace) -> None:
         if client is not None:
             await asyncio.to_thread(client.wait, 10)
     other = cpu - phys
-    print(f"axes {args.axes} ({args.moving} moving), offered {args.rate} req/s, {wall:.1f} s")
+    print(
+        f"axes {args.axes} ({args.moving} moving, {args.per_port} a port), mix {args.mix}, "
+        f"offered {args.rate:g} req/s, {wall:.1f} s, {'uvloop' if args.uvloop else 'asyncio'}"
+    )
     print(f"  ticks/s {ticks / wall:7.1f}   requests/s {requests / wall:7.1f}")
     print(f"  process CPU {100 * cpu / wall:5.1f} % of a core")
     print(
@@ -83,7 +98,7 @@ async def serve(args: argparse.Namespace) -> None:
 async def clients(args: argparse.Namespace) -> None:
     from pymodbus.client import AsyncModbusTcpClient
 
-    axes = _ports(args.base_port, args.axes)
+    axes = _ports(args.base_port, args.axes, args.per_port)
     per_axis = args.rate / len(axes)
     end = time.monotonic() + args.seconds
 
@@ -100,6 +115,27 @@ async def clients(args: argparse.Namespace) -> None:
                 deadline += period
                 n += 1
                 with contextlib.suppress(Exception):
+                    if args.mix == "cycle":
+                        beat = (beat + 1) & 0xFFFF
+                        if moving:
+                            target = 20000 if (n // 400) % 2 else 100000
+                            write = [target >> 16, target & 0xFFFF, 1500, 2000, CW_ENABLE_RUN]
+                            await c.readwrite_registers(
+                                read_address=0,
+                                read_count=11,
+                                write_address=100,
+                                values=[*write, beat],
+                                device_id=unit,
+                            )
+                        else:
+                            await c.readwrite_registers(
+                                read_address=0,
+                                read_count=11,
+                                write_address=104,
+                                values=[1, beat],
+                                device_id=unit,
+                            )
+                        continue
                     if n % 2 == 0:  # half of a master's requests are heartbeats
                         beat = (beat + 1) & 0xFFFF
                         await c.write_register(105, beat, device_id=unit)
@@ -124,9 +160,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--moving", type=int, default=0, help="axes that run back and forth")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--base-port", type=int, default=26001)
+    parser.add_argument("--per-port", type=int, default=UNITS_PER_PORT, help="units a port")
+    parser.add_argument("--mix", choices=("poll", "cycle"), default="poll")
     parser.add_argument("--profile", help="write a cProfile of the server to this file")
+    parser.add_argument("--uvloop", action="store_true", help="serve on uvloop's event loop")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.uvloop and not args.client:
+        import uvloop  # installed with uvicorn[standard]
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.client:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
         asyncio.run(clients(args))

@@ -21,11 +21,13 @@ rotary helpers at the end turn a wrapped target and a direction rule into an unw
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
+
+# Limits and Motion are named tuples, not frozen dataclasses: every drive makes one of each
+# per control cycle, and a frozen dataclass costs several times more to build.
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """What one run may use: speed, acceleration (= deceleration) and jerk (0 = unlimited)."""
 
     speed: float
@@ -33,8 +35,7 @@ class Limits:
     jerk: float = 0.0
 
 
-@dataclass(frozen=True)
-class Motion:
+class Motion(NamedTuple):
     """The state of an axis after a step: position, velocity, acceleration, and whether the
     run has settled on its goal in this step."""
 
