@@ -394,28 +394,34 @@ async def _stop_service(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
+def write_venue(folder: Path, wire: Wire, rate_hz: float) -> tuple[Path, int, int]:
+    """The benchmark's venue and show in ``folder``: (the venue file, API port, OSC port)."""
+    api_port = _free_port(socket.SOCK_STREAM)
+    osc_port = _free_port(socket.SOCK_DGRAM)
+    venue = folder / "venue.toml"
+    venue.write_text(
+        _VENUE.format(
+            api_port=api_port,
+            osc_port=osc_port,
+            osc_tcp_port=_free_port(socket.SOCK_STREAM),
+            rate_hz=rate_hz,
+            sacn_port=wire.port("sacn"),
+            artnet_port=wire.port("artnet"),
+            pars=PARS,
+        ),
+        encoding="utf-8",
+    )
+    (folder / "show.toml").write_text(_SHOW, encoding="utf-8")
+    return venue, api_port, osc_port
+
+
 async def measure(rate_hz: float, rounds: int, consoles: int = 0) -> tuple[Samples, int]:
     """One service at ``rate_hz``; ``rounds`` GOs per input, with ``consoles`` more WebSocket
     clients connected (each gets every playback snapshot). Returns the samples and the number
     of undecodable packets."""
     wire = Wire.open()
-    api_port = _free_port(socket.SOCK_STREAM)
-    osc_port = _free_port(socket.SOCK_DGRAM)
     with tempfile.TemporaryDirectory(prefix="bench-golat-") as tmp:
-        venue = Path(tmp) / "venue.toml"
-        venue.write_text(
-            _VENUE.format(
-                api_port=api_port,
-                osc_port=osc_port,
-                osc_tcp_port=_free_port(socket.SOCK_STREAM),
-                rate_hz=rate_hz,
-                sacn_port=wire.port("sacn"),
-                artnet_port=wire.port("artnet"),
-                pars=PARS,
-            ),
-            encoding="utf-8",
-        )
-        (Path(tmp) / "show.toml").write_text(_SHOW, encoding="utf-8")
+        venue, api_port, osc_port = write_venue(Path(tmp), wire, rate_hz)
         wire.start()
         proc = await _start_service(venue, api_port)
         loop = asyncio.get_running_loop()

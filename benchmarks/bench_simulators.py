@@ -580,6 +580,7 @@ async def run() -> None:
     bench_room()
     large_venue_needs()
 
+
 if __name__ == "__main__":
     kind, *rest = sys.argv[1:] or ["all"]
     if kind == "all":

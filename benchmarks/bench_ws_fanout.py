@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -37,17 +36,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_go_latency import (
-    _SHOW,
-    _VENUE,
-    PARS,
     RATE_HZ,
     OscClient,
     Wire,
     _auth,
-    _free_port,
     _start_service,
     _stop_service,
     pct,
+    write_venue,
 )
 
 CLIENTS = 500
@@ -58,23 +54,8 @@ _CPUS = frozenset(os.sched_getaffinity(0))  # before any pinning
 
 async def measure(clients: int, rounds: int) -> dict[str, Any]:
     wire = Wire.open()
-    api_port = _free_port(socket.SOCK_STREAM)
-    osc_port = _free_port(socket.SOCK_DGRAM)
     with tempfile.TemporaryDirectory(prefix="bench-wsfan-") as tmp:
-        venue = Path(tmp) / "venue.toml"
-        venue.write_text(
-            _VENUE.format(
-                api_port=api_port,
-                osc_port=osc_port,
-                osc_tcp_port=_free_port(socket.SOCK_STREAM),
-                rate_hz=RATE_HZ,
-                sacn_port=wire.port("sacn"),
-                artnet_port=wire.port("artnet"),
-                pars=PARS,
-            ),
-            encoding="utf-8",
-        )
-        (Path(tmp) / "show.toml").write_text(_SHOW, encoding="utf-8")
+        venue, api_port, osc_port = write_venue(Path(tmp), wire, RATE_HZ)
         wire.start()
         proc = await _start_service(venue, api_port)
         token = _auth(venue)["Authorization"].removeprefix("Bearer ")
