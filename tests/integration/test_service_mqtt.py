@@ -46,7 +46,9 @@ transport = { kind = "mqtt", node = "gw" }
 async def service(tmp_path: Path, mosquitto: RealServer) -> AsyncIterator[Service]:
     venue = write_venue(
         tmp_path,
-        [{"id": "hoist-1", "port": free_port(), "start": 2000}],
+        # The drive shares this test's event loop: a 1 s watchdog rides out a loaded machine
+        # starving it (CI once saw the 200 ms one latch before an enable).
+        [{"id": "hoist-1", "port": free_port(), "start": 2000, "watchdog_ms": 1000}],
         mqtt_mode="external",
         mqtt_port=mosquitto.port,
     )
