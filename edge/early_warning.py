@@ -201,6 +201,7 @@ class MachineWatch:
         self.values: dict[str, float] = {}
         self._window: tuple[float, float, float, float, float] | None = None  # t0, T0, ∫I², ∫T, t
         self._enabled_at: float | None = None
+        self._released_at: float | None = None  # a brake bit seen rising before the enable
 
     def observe(self, point: str, value: Any, ts: float, good: bool) -> list[DriftWarning]:
         if not good or value is None or isinstance(value, str):
@@ -217,11 +218,19 @@ class MachineWatch:
         if point == "enabled":
             if v and not previous and not faulted:
                 self._enabled_at = ts
+                if self._released_at == ts and "brake_release" in self.fits:
+                    # both bits rose in one poll (the brake bit read first): a release
+                    # within one poll period, which counts too, or the model only ever
+                    # learns the slow ones
+                    out += self._sample("brake_release", [1.0], 0.0, ts)
+                    self._enabled_at = None
             elif not v:
                 self._enabled_at = None
+            self._released_at = None
         elif point == "brake_released" and v and not previous:
             if self._enabled_at is not None and "brake_release" in self.fits and not faulted:
                 out += self._sample("brake_release", [1.0], ts - self._enabled_at, ts)
+            self._released_at = ts if self._enabled_at is None and not faulted else None
             self._enabled_at = None
         elif point == "motor_current" and "motor_current" in self.fits and not faulted:
             speed = abs(self.values.get("velocity", 0.0))

@@ -310,3 +310,20 @@ async def test_warnings_are_raised_and_cleared_as_alarms(tmp_path: Path) -> None
         assert all(not a["active"] for a in engine.active(include_inactive=True))
     finally:
         await store.close()
+
+
+def test_a_brake_released_within_one_poll_counts_whichever_bit_is_read_first() -> None:
+    watch = MachineWatch("hoist-1", ["brake_release"], EarlyWarningSettings())
+    fit = watch.fits["brake_release"]
+    t = 100.0
+    for first in ("enabled", "brake_released"):  # both rise in one poll, either order
+        second = "brake_released" if first == "enabled" else "enabled"
+        watch.observe(first, 1, t, True)
+        watch.observe(second, 1, t, True)
+        t += 1.0
+        watch.observe("enabled", 0, t, True)
+        watch.observe("brake_released", 0, t, True)
+        t += 1.0
+    watch.observe("enabled", 1, t, True)  # and one a poll apart
+    watch.observe("brake_released", 1, t + 0.05, True)
+    assert fit.y == [0.0, 0.0, pytest.approx(0.05)]
