@@ -118,26 +118,11 @@ class CommandOut(BaseModel):
     writes: dict[str, float | int | bool | str]
 
 
-def _finite(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _json_safe(value: Any) -> Any:
-    """JSON has no infinity or NaN: they go out as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def reading_json(r: Reading) -> dict[str, Any]:
     return {
         "d": r.device,
         "p": r.point,
-        "v": _finite(r.value),
+        "v": ws_topics.json_safe(r.value),
         "q": r.quality.value,
         "ts": r.ts_wall,
     }
@@ -220,24 +205,24 @@ def create_app(service: Service) -> FastAPI:
 
         def axes() -> Any:
             sup = service.supervisor
-            return {} if sup is None else _json_safe(sup.snapshot())
+            return {} if sup is None else ws_topics.json_safe(sup.snapshot())
 
         def alarms() -> Any:
             engine = getattr(service, "alarms", None)
-            return {"alarms": [] if engine is None else _json_safe(engine.active())}
+            return {"alarms": [] if engine is None else ws_topics.json_safe(engine.active())}
 
         def lighting() -> Any:
             e = service.lighting
             if e is None:
                 return {"rendered": False}
             levels = {str(u): e.universe(u).tolist() for u in e.patch.universes}
-            return _json_safe({"rendered": True} | e.status() | {"levels": levels})
+            return ws_topics.json_safe({"rendered": True} | e.status() | {"levels": levels})
 
         def acoustics() -> Any:
             sf = service.soundfield
             if sf is None:
                 return {"configured": False}
-            return _json_safe({"configured": True} | sf.snapshot())
+            return ws_topics.json_safe({"configured": True} | sf.snapshot())
 
         async def playback() -> ws_topics.States:
             """Every change at once (a GO reaches the consoles without waiting out an
@@ -247,7 +232,7 @@ def create_app(service: Service) -> FastAPI:
                 yield {}, None
                 await asyncio.sleep(1.0)
             while True:
-                snap = _json_safe(pb.snapshot())
+                snap = ws_topics.json_safe(pb.snapshot())
                 yield snap, None
                 sent_at = time.monotonic()
                 running = any(r["running"] for r in snap["lists"])
@@ -259,7 +244,7 @@ def create_app(service: Service) -> FastAPI:
 
         async def configurations() -> ws_topics.States:
             sw = api_configurations.switcher(service)
-            yield ({} if sw is None else _json_safe(sw.progress())), None
+            yield ({} if sw is None else ws_topics.json_safe(sw.progress())), None
             if sw is None:
                 await asyncio.Event().wait()  # this node runs no switches
                 return
@@ -270,7 +255,7 @@ def create_app(service: Service) -> FastAPI:
                 else:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(sw.wait_changed(version), 5.0)
-                yield _json_safe(sw.progress()), None
+                yield ws_topics.json_safe(sw.progress()), None
 
         async def telemetry() -> ws_topics.States:
             devs, points = key if key is not None else (None, None)
@@ -283,7 +268,7 @@ def create_app(service: Service) -> FastAPI:
                 )
 
             def entry(r: Reading) -> dict[str, Any]:
-                return {"v": _finite(r.value), "q": r.quality.value, "ts": r.ts_wall}
+                return {"v": ws_topics.json_safe(r.value), "q": r.quality.value, "ts": r.ts_wall}
 
             sub = service.live_feed(f"ws-topic:telemetry:{hash(key)}")
             try:
@@ -311,11 +296,11 @@ def create_app(service: Service) -> FastAPI:
 
         def playback_now() -> Any:
             pb = service.playback
-            return {} if pb is None else _json_safe(pb.snapshot())
+            return {} if pb is None else ws_topics.json_safe(pb.snapshot())
 
         def configurations_now() -> Any:
             sw = api_configurations.switcher(service)
-            return {} if sw is None else _json_safe(sw.progress())
+            return {} if sw is None else ws_topics.json_safe(sw.progress())
 
         polled: dict[str, tuple[float, Callable[[], Any]]] = {
             "devices": (1.0, devices),
@@ -371,7 +356,7 @@ def create_app(service: Service) -> FastAPI:
                     min=p.min,
                     max=p.max,
                     description=p.description,
-                    value=_finite(r.value) if r else None,
+                    value=ws_topics.json_safe(r.value) if r else None,
                     quality=r.quality.value if r else None,
                     ts=r.ts_wall if r else None,
                 )

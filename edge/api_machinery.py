@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from controller.journal import Origin, Result, SourceKind
 from controller.motion.supervisor import MotionRefused, StopKind, Supervisor
 from edge.api_auth import origin_of
+from edge.ws_topics import json_safe
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -233,17 +234,6 @@ async def ws_feed(service: Service, send: Callable[[dict[str, Any]], Any]) -> No
         return
     while True:
         snap = sup.snapshot()
-        await send({"type": "machinery", "snapshot": _finite(snap)})
+        await send({"type": "machinery", "snapshot": json_safe(snap)})
         busy = snap["moves"] or snap["enable"]["live"]
         await asyncio.sleep(WS_INTERVAL_S if busy else 1.0)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no infinity: unbounded limits (a rotary axis's soft limits) go out as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

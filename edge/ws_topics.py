@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -75,6 +76,17 @@ def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
     if old == new and type(old) is type(new):
         return []
     return [{"op": "replace", "path": path, "value": new}]
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no infinity or NaN: they go out as null (an unbounded soft limit, say)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def encode(value: Any) -> str:
@@ -151,7 +163,10 @@ class Publisher:
 
     def add(self, sub: Subscriber) -> None:
         if self.state is not None and self.fresh is not None:
-            self._publish(self.fresh(), None, list(self.subscribers.values()))
+            out = self._publish(self.fresh(), None)
+            if out is not None:  # the others get what changed since, before the newcomer
+                for other in self.subscribers.values():
+                    other.deliver(self.topic, *out)
         self.subscribers[id(sub)] = sub
         sub.publishers[self.topic] = self
         if self.state is not None:
@@ -169,27 +184,21 @@ class Publisher:
             self.task.cancel()
         return True
 
-    def _publish(
-        self, state: Any, known: list[dict[str, Any]] | None, subs: list[Subscriber]
-    ) -> tuple[str, bool] | None:
-        """Take ``state``; the message for ``subs`` (None: no change), delivered to none yet."""
+    def _publish(self, state: Any, known: list[dict[str, Any]] | None) -> tuple[str, bool] | None:
+        """Take ``state``: the message it makes, (body, is a snapshot), or None if unchanged."""
         first = self.state is None
         ops = None if first else (known if known is not None else diff(self.state, state))
         if not first and not ops:
             self.state = state
             return None
         self.state, self._snapshot = state, None
-        body = self.snapshot_text() if first else encode(ops)
         self.messages += 1
-        if subs is not None and not first:
-            for sub in subs:
-                sub.deliver(self.topic, body, first)
-        return body, first
+        return (self.snapshot_text() if first else encode(ops)), first
 
     async def _run(self) -> None:
         async for state, known in self.source():
             subs = list(self.subscribers.values())
-            out = self._publish(state, known, [])
+            out = self._publish(state, known)
             if out is None:
                 continue
             body, first = out
