@@ -24,6 +24,10 @@ target < 1 %), missed cycles, round trip p50/p99, this process's CPU (per cycle)
 simulators' CPU, and this event loop's lag (a 5 ms sleeper's oversleep: whether our loop or the
 answers are late).
 
+This process's event loop runs under SCHED_FIFO 20, as the service's does with the recommended
+``[machinery] realtime_priority = 20`` (edge/realtime.py); ``--realtime 0`` measures the
+time-sharing scheduler instead.
+
 Duration: FLYTOWER_BENCH_SECONDS (default 30) per phase; ``--seconds N`` as a script:
 
     python -m benchmarks.bench_machinery_cycle --seconds 10
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -53,6 +58,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from drivers.modbus.cycle import AxisCycle, Setpoint, StopKind
 from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import PROFILE_DIR, Device, ModbusTcpTransport, Reading, load_profile
+from edge import realtime
 
 REPO = Path(__file__).resolve().parent.parent
 AXES, PORTS = 64, 4
@@ -60,6 +66,7 @@ CYCLE_HZ = 50.0
 DEFAULT_SECONDS = 30.0
 WARMUP_S = 2.0
 ESTOPS = 100
+REALTIME_PRIORITY = 20  # docs/machinery.md recommends [machinery] realtime_priority = 20
 START_MM = 6000.0
 AMPLITUDE_MM, PERIOD_S = 2000.0, 10.0
 
@@ -400,7 +407,27 @@ async def ours(children: Children, axes: list[tuple[int, int]], seconds: float) 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class GcPauses:
+    """The cyclic collector's pauses in this process (start, seconds, generation)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.monotonic()
+        else:
+            self.pauses.append((self._t0, time.monotonic() - self._t0, info["generation"]))
+
+    def within(self, a: float, b: float) -> list[tuple[float, float, int]]:
+        return [p for p in self.pauses if p[0] < b and p[0] + p[1] > a]
+
+
 async def estops(children: Children, axes: list[tuple[int, int]], fleet: Fleet) -> None:
+    gc_pauses = GcPauses()
+    gc.callbacks.append(gc_pauses)
+    in_stop: list[tuple[float, float, int]] = []
     fanout: list[float] = []
     written: list[float] = []  # call -> the last stop frame handed to its socket
     late_send: list[int] = []  # axes whose stop was not on the wire when stop_now returned
@@ -423,6 +450,7 @@ async def estops(children: Children, axes: list[tuple[int, int]], fleet: Fleet) 
         acks = await asyncio.gather(*pending, return_exceptions=True)
         fanout.append(time.monotonic() - t0)
         written.append(max(c.stop_sent_at for c in fleet.cycles) - t0)
+        in_stop.extend(gc_pauses.within(t0, t0 + written[-1]))
         per_axis.extend(a for a in acks if isinstance(a, float))
         errors = [a for a in acks if isinstance(a, BaseException)]
         if errors:
@@ -440,7 +468,13 @@ async def estops(children: Children, axes: list[tuple[int, int]], fleet: Fleet) 
             not_decelerating += v1 > 1.0 and v2 >= v1
             not_stopped += bool(t3[key]["moving"])
             del v0
+    gc.callbacks.remove(gc_pauses)
     n = ESTOPS * len(axes)
+    longest = max((p[1] for p in in_stop), default=0.0)
+    print(
+        f"   cyclic GC pauses inside a fan-out's write: {len(in_stop)} (generations "
+        f"{sorted({p[2] for p in in_stop})}, longest {1000 * longest:.1f} ms)"
+    )
     print(
         f"   E-stop fan-out to {len(axes)} axes: call -> last stop written"
         f" {fanout_line(written, '')} (target <= 20 ms)"
@@ -471,12 +505,17 @@ def seconds_from_env() -> float:
     return float(os.environ.get("FLYTOWER_BENCH_SECONDS", DEFAULT_SECONDS))
 
 
-async def run(seconds: float | None = None, skip_reference: bool = False) -> None:
+async def run(
+    seconds: float | None = None, skip_reference: bool = False, priority: int = REALTIME_PRIORITY
+) -> None:
     seconds = seconds_from_env() if seconds is None else seconds
     async with simulators() as (children, axes):
+        # As the service does with [machinery] realtime_priority (the simulators, started
+        # before, keep the time-sharing scheduler, as a venue's drives are other machines).
+        scheduling = realtime.raise_priority(priority, asyncio.get_running_loop())
         print(
             f"   {len(axes)} hoists on {PORTS} ports in {PORTS} processes, {CYCLE_HZ:g} Hz, "
-            f"{seconds:g} s per phase"
+            f"{seconds:g} s per phase; this process: {scheduling}"
         )
         if not skip_reference:
             ref = await reference(children, axes, seconds)
@@ -493,6 +532,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_machinery_cycle")
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--realtime",
+        type=int,
+        default=REALTIME_PRIORITY,
+        metavar="PRIORITY",
+        help="SCHED_FIFO priority of this process's loop, as [machinery] realtime_priority "
+        f"(default {REALTIME_PRIORITY}; 0: time-sharing)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--units", type=int, default=AXES // PORTS, help=argparse.SUPPRESS)
@@ -500,4 +547,4 @@ if __name__ == "__main__":
     if args.serve:
         asyncio.run(serve(args.port, args.units))
     else:
-        asyncio.run(run(args.seconds, args.skip_reference))
+        asyncio.run(run(args.seconds, args.skip_reference, args.realtime))

@@ -66,6 +66,7 @@ from edge import machinery as edge_machinery
 from edge import maintenance as edge_maintenance
 from edge import mqtt as edge_mqtt
 from edge import osc as edge_osc
+from edge import realtime
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
@@ -292,6 +293,15 @@ class Service:
                 while not server.started and not api_task.done():  # noqa: ASYNC110 (no event to wait on)
                     await asyncio.sleep(0.01)
                 self.bound_api_port = _bound_port(server)
+                # Last, so that the threads start-up made keep the time-sharing scheduler.
+                if cfg.machinery.realtime_priority:
+                    stack.callback(realtime.time_sharing)
+                log.info(
+                    "scheduling: %s",
+                    realtime.raise_priority(
+                        cfg.machinery.realtime_priority, asyncio.get_running_loop()
+                    ),
+                )
                 self.started.set()
                 log.info(
                     "flytower %s/%s: %d device(s), console %s://%s:%s/",
@@ -414,6 +424,9 @@ class Service:
                 sf.send = audio.driver.control
                 sf.driver, sf.journal = audio.driver, self.journal
                 sf.var_dir = self.venue.resolve("var/acoustics")  # measurements
+                if ac.occupancy is not None:  # the headcount, from the live view
+                    dev_id, point = ac.occupancy.point.split("/", 1)
+                    sf.headcount = lambda: self.live.get((dev_id, point))
                 self._soundfield_task = tg.create_task(
                     sf.run(lambda: audio.driver.streaming), name="soundfield"
                 )

@@ -205,6 +205,9 @@ class MachineryConfig(_Strict):
     stop_category: Literal[1, 2] = 1
     """IEC 60204-1 category of a software E-stop: 1 = quick-stop ramp, then power off and
     brake (the default); 2 = quick-stop ramp, holding under power."""
+    realtime_priority: int = Field(default=0, ge=0, le=98)
+    """SCHED_FIFO priority of the service's event loop, where the axis cycle and the E-stop run
+    (edge/realtime.py); 0 leaves the time-sharing scheduler."""
     axes: dict[str, AxisConfig] = Field(default_factory=dict)
     zones: list[ZoneConfig] = Field(default_factory=list)
     interlocks: list[InterlockConfig] = Field(default_factory=list)

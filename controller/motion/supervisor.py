@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -66,6 +67,18 @@ SETTLE_TOLERANCE = 10.0  # past its plan and this close, a move gives way to the
 LAG_CYCLES = 2.0  # a status may lag the plan by up to this many cycles (following error band)
 CATCH_UP = 2.0  # 1/s: extra speed per unit the axis lags behind its plan
 MIN_SPEED = 1.0  # the lowest speed limit a drive takes (the map's register 102 minimum)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: for one synchronous step that must not stall."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class MotionRefused(CommandError):
@@ -687,9 +700,12 @@ class Supervisor:
     async def _stop_axes(self, names: Sequence[str], kind: StopKind) -> dict[str, str]:
         for a in names:
             self.axes[a].stopping = True
-        results = await asyncio.gather(
-            *(self.io.stop(a, kind) for a in names), return_exceptions=True
-        )
+        # Every stop frame is written in this one step (``io.stop``); a cyclic collection
+        # falling due in it would hold all of them back (a full one takes tens of ms in the
+        # service's heap), so the collector waits until they are on the wire.
+        with collector_paused():
+            stops = [self.io.stop(a, kind) for a in names]
+        results = await asyncio.gather(*stops, return_exceptions=True)
         return {
             a: f"{type(r).__name__}: {r}"
             for a, r in zip(names, results, strict=True)

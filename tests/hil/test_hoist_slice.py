@@ -229,3 +229,32 @@ async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) 
         assert 2000 < position < 11000
     finally:
         modbus.close()
+
+
+async def test_realtime_priority_runs_the_loop_fifo_and_moves(venue: Path) -> None:
+    """``[machinery] realtime_priority``: the service's loop runs SCHED_FIFO while it runs, its
+    worker threads do not, an axis still moves, and the scheduling is given back at the end."""
+    from edge import realtime
+
+    venue.write_text(
+        venue.read_text().replace("[machinery]\n", "[machinery]\nrealtime_priority = 10\n", 1)
+    )
+    if subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no CAP_SYS_NICE here: tests/unit/test_realtime.py covers the refusal")
+    async with run_service(venue) as service:
+        assert realtime.describe() == "SCHED_FIFO 10"  # this test shares the service's loop
+        assert await asyncio.to_thread(realtime.describe) == "SCHED_OTHER 0"
+        base = f"http://127.0.0.1:{service.bound_api_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client, hold_enable(client):
+            await wait_online(client, ["hoist-1"])
+            res = await client.post(
+                "/api/v1/devices/hoist-1/commands/move_to", json={"position": 2500, "speed": 800}
+            )
+            assert res.status_code == 200, res.text
+
+            async def arrived() -> bool:
+                p = await points(client, "hoist-1")
+                return abs(float(p["position"]) - 2500) < 1 and not p["moving"]  # type: ignore[arg-type]
+
+            await wait_until(arrived, 10, "hoist-1 at 2500 mm")
+    assert realtime.describe() == "SCHED_OTHER 0"

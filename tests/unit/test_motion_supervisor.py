@@ -234,6 +234,31 @@ async def test_estop_latches_stops_everything_and_needs_a_clear_reset(r: Rig) ->
     assert [e.result for e in r.journal.of("estop.reset")] == [Result.REFUSED, Result.OK]
 
 
+async def test_every_stop_frame_is_written_with_the_collector_paused(r: Rig) -> None:
+    """The E-stop's one synchronous step (every axis's stop frame) is never held up by a
+    cyclic collection; the collector is back as it was afterwards."""
+    import gc
+
+    seen: list[bool] = []
+
+    def stop(axis: str, kind: StopKind) -> asyncio.Future[None]:  # writes in the call
+        seen.append(gc.isenabled())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    r.axes.stop = stop  # type: ignore[method-assign,assignment]
+    assert gc.isenabled()
+    await r.sup.estop(BOB)
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()  # a caller that runs without the collector keeps it off
+    try:
+        await r.sup.estop(BOB)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 async def test_an_estop_reset_needs_a_person_and_every_input_known_clear(r: Rig) -> None:
     await r.sup.estop(BOB)
     for kind in (SourceKind.FOLLOW, SourceKind.TIMECODE, SourceKind.SCRIPT, SourceKind.SYSTEM):
