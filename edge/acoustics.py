@@ -65,6 +65,7 @@ import numpy as np
 
 from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind, journalled
 from controller.playback.ports import PlaybackError, Unavailable
+from drivers.model import Quality, Reading
 from dsp.adapt import LOOP_MARGIN_DB, AdaptError, MeasuredPaths, adapt, loop_gain_db, scaled
 from dsp.design import Design, DesignError, Room, design, params_record, room_from
 from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory
@@ -85,6 +86,7 @@ from dsp.measure import (
     plan_measurement,
 )
 from dsp.metrics import IRError, analyze, decay_curve
+from dsp.occupancy import OccupancyError, occupied_room, t30_drift
 from dsp.presets import Mode, ModeError
 from edge.acoustics_config import AcousticsConfig, ZoneSettings
 
@@ -92,6 +94,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 15.0  # a SetField is built (and its crossfade started) within this
 DESIGN_TIMEOUT_S = 120.0  # the first design also starts the design process
+MAX_DESIGNS = 256  # designs kept (per zone, mode and room)
 DEFAULT_ROOM: Mapping[str, Any] = {
     # A dry multi-purpose room (mid T ~1 s, C80 ~ +3 dB), assumed until one is configured or
     # measured; the design's notes say so.
@@ -515,6 +518,7 @@ class Restored:
     room: Room | None = None
     room_from: str = ""  # "measurement <id>" / "adaptation <id>"
     room_started: float = 0.0
+    room_people: float | None = None  # the headcount when it was measured, where known
     paths: MeasuredPaths | None = None
     paths_from: str = ""
     adapted: tuple[str, FieldParams, dict[str, Any]] | None = None  # mode, params, result
@@ -654,6 +658,15 @@ def _take_adaptation(
         r.adapted = (str(mode), params, {**final, "restored_from": c.id})
     if r.room is None:
         r.room, r.room_from, r.room_started = room, c.what, c.started
+        r.room_people = _headcount_of(c.data)
+
+
+def _headcount_of(data: dict[str, Any]) -> float | None:
+    """The headcount a stored result was made with (None: not recorded, or not a count)."""
+    v = data.get("people")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+        return None
+    return float(v)
 
 
 def _take_measurement(
@@ -667,6 +680,7 @@ def _take_measurement(
         try:
             r.room = measured_room(c.data.get("room"))
             r.room_from, r.room_started = c.what, c.started
+            r.room_people = _headcount_of(c.data)
         except (DesignError, KeyError, IndexError, TypeError) as exc:
             problems.append(f"no room ({exc})")
     if r.paths is None and c.data.get("mute_inner") is True and settings.pickup is not None:
@@ -747,6 +761,19 @@ class ZoneState:
     paths: MeasuredPaths | None = None
     paths_source: str = ""
     loop: dict[str, Any] = field(default_factory=lambda: {"checked": False, "note": ""})
+    # occupancy (``follow_occupancy``): ``room`` was measured with ``base_people`` present;
+    # ``occupied`` is the room predicted for ``people``, which the field is designed for
+    # (None: ``room`` itself, the headcount is close enough to the measured one)
+    base_people: float = 0.0
+    occupied: Room | None = None
+    people: float | None = None
+    readapted_at: float = -math.inf  # monotonic
+    occupancy_note: str = ""
+
+    @property
+    def field_room(self) -> Room:
+        """The room the zone's field is designed for: at the headcount now, where known."""
+        return self.room if self.occupied is None else self.occupied
 
 
 class SoundFieldControl:
@@ -763,6 +790,8 @@ class SoundFieldControl:
             self.zones[z.name] = ZoneState(
                 z.name, z.layout_obj(), room_from(room_cfg or DEFAULT_ROOM), source
             )
+            if config.occupancy is not None:
+                self.zones[z.name].base_people = config.occupancy.measured_people
         self._designs: dict[tuple[str, str, int], Design] = {}
         self._ready: dict[str, asyncio.Future[FieldReady]] = {}
         self._pool: ProcessPoolExecutor | None = None
@@ -785,6 +814,11 @@ class SoundFieldControl:
         self._adapted: dict[tuple[str, str], tuple[FieldParams, MeasuredPaths, dict[str, Any]]] = {}
         # what ``restore`` took up from var_dir at start, per zone (None: not run yet)
         self.restored: dict[str, Restored] | None = None
+        # occupancy: the newest headcount reading (the service reads its live view)
+        self.headcount: Callable[[], Reading | None] = lambda: None
+        self.occupancy: dict[str, Any] = {"people": None, "state": "off", "note": ""}
+        if config.occupancy is not None:
+            self.occupancy.update(point=config.occupancy.point, state="waiting")
 
     def factory(self) -> MeasurementFactory:
         """The stream's processor under the player: the measurement wrapping the engine."""
@@ -943,7 +977,8 @@ class SoundFieldControl:
         """What ``mode`` plays in zone ``name``: its adapted parameters when the zone was
         adapted to it on the paths it has now, else its design."""
         adapted = self._adapted.get((name, mode))
-        if adapted is not None and adapted[1] is self.zones[name].paths:
+        zone = self.zones[name]
+        if adapted is not None and adapted[1] is zone.paths and zone.occupied is None:
             return self.zones[name].design if self.zones[name].mode == mode else None, adapted[0]
         d = await self._design_for(name, mode)
         return d, d.params
@@ -1007,7 +1042,8 @@ class SoundFieldControl:
 
     async def _design_for(self, name: str, mode: str) -> Design:
         zone = self.zones[name]
-        key = (name, mode, id(zone.room))
+        room = zone.field_room
+        key = (name, mode, id(room))
         cached = self._designs.get(key)
         if cached is not None:
             return cached
@@ -1017,7 +1053,7 @@ class SoundFieldControl:
         try:
             async with asyncio.timeout(DESIGN_TIMEOUT_S):
                 d = await loop.run_in_executor(
-                    self._pool, _design, self.modes[mode], zone.layout, zone.room, self.config.cap
+                    self._pool, _design, self.modes[mode], zone.layout, room, self.config.cap
                 )
         except (DesignError, ModeError, ValueError) as exc:
             raise PlaybackError(f"zone {name}: mode '{mode}' cannot be designed: {exc}") from None
@@ -1028,6 +1064,10 @@ class SoundFieldControl:
                 "designed for an assumed dry room (mid T ~1 s): configure [acoustics] room or "
                 "measure the hall for a design that fits it"
             )
+        if zone.occupied is not None:
+            d.notes.append(zone.occupancy_note)
+        if len(self._designs) >= MAX_DESIGNS:  # a headcount moving all evening: keep the newest
+            self._designs.pop(next(iter(self._designs)))
         self._designs[key] = d
         return d
 
@@ -1048,6 +1088,8 @@ class SoundFieldControl:
             await asyncio.sleep(period_s)
             if not streaming() or self._lock.locked():
                 continue
+            if self.config.occupancy is not None:
+                await self.follow_occupancy()
             by_mode: dict[str, list[str]] = {}
             adapting = self._adapting_zone()
             for z in self.zones.values():
@@ -1063,6 +1105,115 @@ class SoundFieldControl:
                     if mode not in warned:
                         warned.add(mode)
                         log.warning("sound field: mode '%s' not (re)started: %s", mode, exc)
+
+    # --- occupancy ----------------------------------------------------------------------
+
+    def _set_room(self, zone: ZoneState, room: Room, source: str, people: Any) -> None:
+        """``zone``'s natural room is now ``room``, measured with ``people`` present (None:
+        not known; then the configured ``measured_people``): the occupancy follows from it."""
+        occ = self.config.occupancy
+        zone.room, zone.room_source = room, source
+        zone.occupied, zone.people, zone.occupancy_note = None, None, ""
+        if occ is not None:
+            known = isinstance(people, int | float) and not isinstance(people, bool)
+            zone.base_people = float(people) if known else occ.measured_people
+
+    def people_now(self) -> float | None:
+        """The headcount to design for, or None (no occupancy configured, no reading yet, a
+        stale, bad or unbelievable one: then ``self.occupancy`` says why)."""
+        occ = self.config.occupancy
+        if occ is None:
+            return None
+        r = self.headcount()
+        st = self.occupancy
+        value = None if r is None else r.value
+        if r is None:
+            st.update(state="waiting", note=f"no reading of {occ.point} yet")
+        elif r.quality is not Quality.GOOD:
+            st.update(state="bad", note=f"{occ.point} is {r.quality.value}")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            st.update(state="bad", note=f"{occ.point} is not a number: {value!r:.40}")
+        elif not 0 <= value <= occ.max_people:
+            st.update(state="bad", note=f"{occ.point} = {value:g}: not 0 .. {occ.max_people:g}")
+        elif time.time() - r.ts_wall > occ.stale_s:
+            st.update(state="stale", note=f"{occ.point}: no reading for {occ.stale_s:g} s")
+        else:
+            st.update(state="ok", people=float(value), note="", at=r.ts_wall)
+            return float(value)
+        return None
+
+    async def follow_occupancy(self, origin: Origin | None = None) -> list[str]:
+        """Re-design each occupancy zone whose room, at the headcount now, has drifted from the
+        one its field was designed for by ``threshold`` or more (T30 in any band), at most once
+        in ``min_interval_s``; a playing zone crossfades (the configured late fade) to the new
+        field, journalled as ``acoustics.readapted``. A zone adapted by measurement leaves its
+        adapted parameters for the design at the new headcount, and takes them up again when
+        the headcount comes back to its measurement's. Returns the zones re-designed."""
+        occ = self.config.occupancy
+        people = self.people_now()
+        if occ is None or people is None:
+            return []
+        origin = origin or Origin(SourceKind.SYSTEM, "sound field: occupancy")
+        adapting, now, changed = self._adapting_zone(), time.monotonic(), []
+        for name in occ.zones or list(self.zones):
+            zone = self.zones[name]
+            if name == adapting or now - zone.readapted_at < occ.min_interval_s:
+                continue
+            try:
+                predicted = occupied_room(
+                    zone.room, occ.volume_m3, people, occ.absorption_m2, zone.base_people
+                )
+            except OccupancyError as exc:
+                if zone.occupancy_note != str(exc):
+                    log.warning("sound field: zone %s keeps its field: %s", name, exc)
+                zone.occupancy_note = str(exc)
+                continue
+            if t30_drift(zone.field_room, predicted) < occ.threshold:
+                continue
+            before, was = zone.field_room, zone.people
+            zone.readapted_at = now
+            if t30_drift(zone.room, predicted) < occ.threshold:
+                zone.occupied, zone.occupancy_note = None, ""  # back to the measured room
+            else:
+                zone.occupied = predicted
+                zone.occupancy_note = (
+                    f"designed for {people:g} people, predicted from the room measured with "
+                    f"{zone.base_people:g} (Sabine + Barron: docs/acoustics.md, Occupancy)"
+                )
+            zone.people = people
+            changed.append(name)
+            if zone.mode is None or zone.state == "silent":
+                continue  # the next recall designs for the new room
+            args: dict[str, Any] = {
+                "zone": name,
+                "mode": zone.mode,
+                "people": people,
+                "people_before": zone.base_people if was is None else was,
+                "t30_s_before": _rounded(before.t30_s),
+                "t30_s": _rounded(zone.field_room.t30_s),
+                "adapted": zone.occupied is None and (name, zone.mode) in self._adapted,
+            }
+            try:
+                await self._readapt(name, zone.mode, origin, args)
+            except (PlaybackError, Unavailable) as exc:
+                zone.occupancy_note = f"not re-designed for {people:g} people: {exc}"
+                log.warning("sound field: zone %s: %s", name, zone.occupancy_note)
+        return changed
+
+    async def _readapt(self, name: str, mode: str, origin: Origin, args: dict[str, Any]) -> None:
+        async def recall() -> dict[str, Any]:
+            return await self.recall(mode, None, origin, [name], args)
+
+        if self.journal is None:
+            await recall()
+        else:
+            await journalled(
+                self.journal, origin, "acoustics.readapted", recall, targets=[name], args=args
+            )
+        log.info(
+            "sound field: zone %s re-designed for %g people (T30 at 1 kHz %.2f -> %.2f s)",
+            name, args["people"], args["t30_s_before"][3], args["t30_s"][3],
+        )  # fmt: skip
 
     async def restore(self, samplerate: int | None = None) -> dict[str, Any]:
         """Take up what each zone learnt before a restart (docs/acoustics.md, "After a
@@ -1084,8 +1235,9 @@ class SoundFieldControl:
                 zone = self.zones[name]
                 if r.room is not None:
                     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.room_started))
-                    zone.room = r.room
-                    zone.room_source = f"restored from {r.room_from} (made {when})"
+                    self._set_room(
+                        zone, r.room, f"restored from {r.room_from} (made {when})", r.room_people
+                    )
                 if r.paths is not None:
                     zone.paths, zone.paths_source = r.paths, f"restored from {r.paths_from}"
                 if r.adapted is not None and r.paths is not None:
@@ -1236,6 +1388,7 @@ class SoundFieldControl:
             "level_db": level_db,
             "mute_inner": mute_inner,
             "zone": zone,
+            "people": self.people_now(),  # the headcount: what the measured room had
             "error": "",
         }
         self._started = loop.create_future()
@@ -1375,9 +1528,8 @@ class SoundFieldControl:
             state["room_error"] = f"zone {name} keeps its room: {exc}"
             return
         zone = self.zones[name]
-        zone.room = measured
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state["started"]))
-        zone.room_source = f"measured {when}"
+        self._set_room(zone, measured, f"measured {when}", state.get("people"))
         state["room"] = "updated"
 
     async def _use_paths(
@@ -1495,6 +1647,7 @@ class SoundFieldControl:
             "latency_s": 0.0,
             "stream_latency_ms": round(1000 * (stats.input_latency_s + stats.output_latency_s), 2),
             "closed_loop": True,
+            "people": self.people_now(),
             "error": "",
         }
         self._adapt_task = asyncio.create_task(
@@ -1581,8 +1734,8 @@ class SoundFieldControl:
         summary: dict[str, Any] = result["adaptation"]
         zone = self.zones[name]
         zone.paths, zone.paths_source = paths, f"adaptation {state['id']}"
-        zone.room = result["room"]
-        zone.room_source = f"adapted {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._set_room(zone, result["room"], f"adapted {when}", state.get("people"))
         final = {
             "converged": summary["converged"],
             "reason": summary["reason"],
@@ -1790,7 +1943,14 @@ class SoundFieldControl:
             "since": z.since,
             "latency": z.latency,
             "error": z.error,
-            "room": {"source": z.room_source, **_room_dict(z.room)},
+            "room": {"source": z.room_source, "people": z.base_people, **_room_dict(z.room)},
+            "occupancy": None
+            if self.config.occupancy is None
+            else {
+                "people": z.people,
+                "room": None if z.occupied is None else _room_dict(z.occupied),
+                "note": z.occupancy_note,
+            },
             "layout": z.layout.to_dict(),
             "design": None if z.design is None else z.design.to_dict(),
             "loop": dict(z.loop),
@@ -1802,7 +1962,7 @@ class SoundFieldControl:
     def _zone_adaptation(self, z: ZoneState) -> dict[str, Any] | None:
         """The adaptation in force in the zone: its mode's, on the zone's current paths."""
         adapted = None if z.mode is None else self._adapted.get((z.name, z.mode))
-        if adapted is None or adapted[1] is not z.paths:
+        if adapted is None or adapted[1] is not z.paths or z.occupied is not None:
             return None
         return {"mode": z.mode, **adapted[2]}
 
@@ -1815,7 +1975,12 @@ class SoundFieldControl:
             "bands_hz": list(BANDS_HZ),
             "modes": {name: _mode_dict(m) for name, m in sorted(self.modes.items())},
             "zones": {n: self._zone_snapshot(z) for n, z in self.zones.items()},
+            "occupancy": dict(self.occupancy),
         }
+
+
+def _rounded(values: Any) -> list[float | None]:
+    return [round(float(v), 3) if math.isfinite(v) else None for v in values]
 
 
 def _copy(state: dict[str, Any]) -> dict[str, Any]:

@@ -112,6 +112,39 @@ class ZoneSettings(_Strict):
         return layout_from_dict({"n_out": len(self.outputs), **self.layout})
 
 
+class OccupancyConfig(_Strict):
+    """``[acoustics.occupancy]``: re-design the field as the audience comes and goes
+    (edge/acoustics.py, ``SoundFieldControl.follow_occupancy``; docs/acoustics.md,
+    "Occupancy"). The headcount is a device point's value (a ticketing gateway's or a people
+    counter's, over MQTT or the REST API)."""
+
+    point: str = Field(pattern=r"^[^/\s]+/[^/\s]+$")  # "device/point": the number of people
+    volume_m3: float = Field(gt=0, le=1e7, allow_inf_nan=False)
+    absorption_m2: list[float] = Field(  # per band 125 Hz .. 4 kHz, each person over an empty seat
+        default_factory=lambda: [0.10, 0.20, 0.30, 0.35, 0.35, 0.35], min_length=6, max_length=6
+    )
+    measured_people: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
+    """How many people were in the hall when the configured room was measured (a measurement
+    made by the service records the headcount of its own time)."""
+    max_people: float = Field(default=100_000, gt=0, le=1e6, allow_inf_nan=False)
+    """A headcount above this is not believed (a counter's fault): the field is left alone."""
+    threshold: float = Field(default=0.025, gt=0, le=0.5, allow_inf_nan=False)
+    """Re-design when a band's predicted T30 is this far (relative) from the playing field's
+    room: 0.025 is half the JND of reverberation time (5 %)."""
+    min_interval_s: float = Field(default=30.0, ge=0, le=86400, allow_inf_nan=False)
+    """At most one re-design a zone in this time (a headcount ticking up as doors open)."""
+    stale_s: float = Field(default=600.0, gt=0, le=86400, allow_inf_nan=False)
+    """A headcount older than this is not used."""
+    zones: list[ZoneName] = Field(default_factory=list, max_length=32)  # none given: every zone
+
+    @model_validator(mode="after")
+    def _absorption(self) -> Self:
+        for hz, v in zip((125, 250, 500, 1000, 2000, 4000), self.absorption_m2, strict=True):
+            if not (0 <= v <= 10):
+                raise ValueError(f"absorption_m2 at {hz} Hz: 0 .. 10 m2 a person, got {v}")
+        return self
+
+
 class AcousticsConfig(_Strict):
     """``[acoustics]`` of the venue file (docs/interfaces/venue-file.md)."""
 
@@ -122,6 +155,7 @@ class AcousticsConfig(_Strict):
     cap: float = Field(default=2.0, ge=1.0, le=10.0, allow_inf_nan=False)
     early_fade_s: float = Field(default=0.1, ge=0, le=60, allow_inf_nan=False)
     late_fade_s: float = Field(default=1.5, ge=0, le=60, allow_inf_nan=False)
+    occupancy: OccupancyConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -140,6 +174,10 @@ class AcousticsConfig(_Strict):
                 room_from(self.room)
             except DesignError as exc:
                 raise ValueError(f"acoustics: {exc}") from None
+        if self.occupancy is not None:
+            unknown = [z for z in self.occupancy.zones if z not in names]
+            if unknown:
+                raise ValueError(f"acoustics.occupancy.zones: no zone {unknown[0]!r} ({names})")
         for z in self.zones:
             if z.mode is not None and z.mode not in modes:
                 raise ValueError(

@@ -520,6 +520,12 @@ class VenueConfig(_Strict):
                     f"acoustics: zone {z.name} names channels beyond device '{dev.id}' "
                     f"({t.inputs} inputs, {t.outputs} outputs)"
                 )
+        if ac.occupancy is not None:
+            device = ac.occupancy.point.split("/", 1)[0]
+            if all(d.id != device for d in self.devices):
+                raise ValueError(
+                    f"acoustics.occupancy.point: no device '{device}' for {ac.occupancy.point!r}"
+                )
 
     @model_validator(mode="after")
     def _timecode_socket(self) -> Self:
