@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import math
+import operator
 import os
 import random
 import re
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from edge.service import Service
 
 log = logging.getLogger(__name__)
+_READING_KEY = operator.attrgetter("device", "point")  # C-level: a key a reading
 
 SEVERITIES = ("critical", "major", "minor", "warning", "info")  # most severe first
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -1049,7 +1051,7 @@ async def running(
     engine.restore(await store.open())
     await store.prune(time.time() - cfg.history_days * 86400)
     feed = (
-        readings.subscribe("alarms", Overflow.LATEST, FEED_POINTS, lambda r: (r.device, r.point))
+        readings.subscribe("alarms", Overflow.LATEST, FEED_POINTS, _READING_KEY)
         if readings is not None
         else None
     )
