@@ -814,8 +814,9 @@ class SoundFieldControl:
         self._adapted: dict[tuple[str, str], tuple[FieldParams, MeasuredPaths, dict[str, Any]]] = {}
         # what ``restore`` took up from var_dir at start, per zone (None: not run yet)
         self.restored: dict[str, Restored] | None = None
-        # occupancy: the newest headcount reading (the service reads its live view)
+        # occupancy: the newest reading of a point (the service reads its live view)
         self.headcount: Callable[[], Reading | None] = lambda: None
+        self.counter_fault: Callable[[], Reading | None] = lambda: None
         self.occupancy: dict[str, Any] = {"people": None, "state": "off", "note": ""}
         if config.occupancy is not None:
             self.occupancy.update(point=config.occupancy.point, state="waiting")
@@ -1127,7 +1128,10 @@ class SoundFieldControl:
         r = self.headcount()
         st = self.occupancy
         value = None if r is None else r.value
-        if r is None:
+        fault = self.counter_fault() if occ.fault_point is not None else None
+        if fault is not None and fault.value is True:
+            st.update(state="bad", note=f"{occ.fault_point} is set: the count is not reliable")
+        elif r is None:
             st.update(state="waiting", note=f"no reading of {occ.point} yet")
         elif r.quality is not Quality.GOOD:
             st.update(state="bad", note=f"{occ.point} is {r.quality.value}")

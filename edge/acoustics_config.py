@@ -119,6 +119,8 @@ class OccupancyConfig(_Strict):
     counter's, over MQTT or the REST API)."""
 
     point: str = Field(pattern=r"^[^/\s]+/[^/\s]+$")  # "device/point": the number of people
+    fault_point: str | None = Field(default=None, pattern=r"^[^/\s]+/[^/\s]+$")
+    """A point that is true while the counter cannot be believed (a blocked sensor)."""
     volume_m3: float = Field(gt=0, le=1e7, allow_inf_nan=False)
     absorption_m2: list[float] = Field(  # per band 125 Hz .. 4 kHz, each person over an empty seat
         default_factory=lambda: [0.10, 0.20, 0.30, 0.35, 0.35, 0.35], min_length=6, max_length=6

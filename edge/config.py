@@ -521,11 +521,11 @@ class VenueConfig(_Strict):
                     f"({t.inputs} inputs, {t.outputs} outputs)"
                 )
         if ac.occupancy is not None:
-            device = ac.occupancy.point.split("/", 1)[0]
-            if all(d.id != device for d in self.devices):
-                raise ValueError(
-                    f"acoustics.occupancy.point: no device '{device}' for {ac.occupancy.point!r}"
-                )
+            for key in ("point", "fault_point"):
+                name = getattr(ac.occupancy, key)
+                device = None if name is None else name.split("/", 1)[0]
+                if device is not None and all(d.id != device for d in self.devices):
+                    raise ValueError(f"acoustics.occupancy.{key}: no device '{device}' ({name!r})")
 
     @model_validator(mode="after")
     def _timecode_socket(self) -> Self:

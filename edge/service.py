@@ -427,6 +427,9 @@ class Service:
                 if ac.occupancy is not None:  # the headcount, from the live view
                     dev_id, point = ac.occupancy.point.split("/", 1)
                     sf.headcount = lambda: self.live.get((dev_id, point))
+                    if ac.occupancy.fault_point is not None:
+                        f_dev, f_point = ac.occupancy.fault_point.split("/", 1)
+                        sf.counter_fault = lambda: self.live.get((f_dev, f_point))
                 self._soundfield_task = tg.create_task(
                     sf.run(lambda: audio.driver.streaming), name="soundfield"
                 )

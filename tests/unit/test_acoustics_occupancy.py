@@ -167,6 +167,19 @@ async def test_a_headcount_not_to_be_trusted_changes_nothing(
     assert sf.zones["stalls"].occupied is None
 
 
+async def test_a_counter_in_fault_is_not_believed(quiet: Any) -> None:
+    sf, counter, sent = quiet
+    sf.config = config(fault_point="doors/fault")
+    fault = Counter()
+    sf.counter_fault = lambda: fault.reading
+    counter.set(1500)
+    fault.set(True)
+    assert await sf.follow_occupancy() == [] and sent == []
+    assert sf.occupancy["state"] == "bad" and "doors/fault is set" in sf.occupancy["note"]
+    fault.set(False)
+    assert await sf.follow_occupancy() == ["stalls", "foyer"]
+
+
 async def test_no_reading_yet_is_waiting(quiet: Any) -> None:
     sf, _, sent = quiet
     assert await sf.follow_occupancy() == [] and sent == []
