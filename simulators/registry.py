@@ -44,6 +44,7 @@ MODELS: dict[str, str] = {
             "load_cell",
             "temp_humidity",
             "spl_meter",
+            "people_counter",
             "power_meter",
             "wireless_mic_receiver",
             "power_amplifier",

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from simulators.core import FaultError, FaultInfo
+from simulators.core import FaultError, FaultInfo, SimulationError
+from simulators.gear.audience import MAX_OCCUPANCY, Audience, Crowd, Show, ShowError
 from simulators.gear.dynamics import (
     FPS_RATES,
     SoundWindows,
@@ -376,6 +377,147 @@ class SplMeter(Model):
 
     def truth(self) -> dict[str, Any]:
         return {**self.values(), "laf": self.laf, "envelope_db": self.envelope}
+
+
+class PeopleCounter(Model):
+    """People counter over the hall's doors (people_counter.md) following a show: empty, the
+    doors open and the hall fills, act 1, an interval (some leave and come back), act 2, the
+    hall empties; then the next show, with the day's counts reset (simulators.gear.audience).
+    The ``occupancy`` fault holds the count at a given number, for a test to say "now 1200
+    people are in"; ``blocked`` sets the fault flag and makes the sensor miss people."""
+
+    name = "people_counter"
+    default_hz = 1.0 / 30.0  # the heartbeat; every change goes out at once as well
+    primary = "occupancy"
+    schedule: ClassVar[dict[str, Every]] = {
+        "occupancy": Every(fast=True, change=0),
+        "entries": Every(fast=True, change=0),
+        "exits": Every(fast=True, change=0),
+        "capacity": Every(fast=True, change=0),
+        "fault": Every(fast=True, change=0),
+    }
+    faults = (
+        FaultDef(
+            "occupancy",
+            "hold the count at people (as if the difference walked in or out) until cleared; "
+            "then the show goes on from there",
+            {"people": (int, f"people, 0-{MAX_OCCUPANCY}", 0)},
+        ),
+        FaultDef(
+            "blocked",
+            "a sensor is blocked or tampered with: the fault flag is set and missed_pct of "
+            "the people passing are not counted",
+            {"missed_pct": (float, "%, 0-100", 100.0)},
+        ),
+    )
+
+    @dataclass
+    class Params:
+        capacity: int = 1200  # seats
+        attendance_pct: float = 92.0  # of the seats taken, on average (2 % spread a show)
+        late_pct: float = 3.0  # of the audience arriving in the first fifth of act 1
+        interval_out_pct: float = 40.0  # of the audience leaving the hall in the interval
+        interval_home_pct: float = 3.0  # of those, the share who do not come back
+        empty_s: float = 600.0  # the phases, in seconds: shorten them to compress a show
+        doors_s: float = 1800.0
+        act_1_s: float = 3000.0
+        interval_s: float = 1200.0  # 0: no interval
+        act_2_s: float = 2700.0
+        egress_s: float = 600.0
+        start_s: float = 0.0  # where in the show the simulation starts (0: empty, doors next)
+        repeat: bool = True  # the next show after the hall has emptied
+        daily_reset: bool = True  # entries and exits back to 0 as each show's cycle starts
+
+        def __post_init__(self) -> None:
+            # A venue's ``simulate`` table arrives here: say which value is wrong, and how.
+            try:
+                self.show()
+                self.crowd()
+            except ShowError as exc:
+                raise SimulationError(str(exc)) from None
+            if not (math.isfinite(self.start_s) and self.start_s >= 0):
+                raise SimulationError(f"start_s must be a finite number >= 0, not {self.start_s}")
+
+        def show(self) -> Show:
+            return Show(self.empty_s, self.doors_s, self.act_1_s, self.interval_s,
+                        self.act_2_s, self.egress_s)  # fmt: skip
+
+        def crowd(self) -> Crowd:
+            return Crowd(self.capacity, self.attendance_pct, self.late_pct,
+                         self.interval_out_pct, self.interval_home_pct)  # fmt: skip
+
+    def __init__(self, params: Params, rng: random.Random, t: float) -> None:
+        super().__init__(params, rng, t)
+        self.p: PeopleCounter.Params = params
+        self.capacity = params.capacity
+        show = params.show()
+        self.hall = Audience(show, params.crowd(), rng, params.repeat, params.daily_reset)
+        # Starting mid-show: the evening so far happens now (counted since the day's reset).
+        self.hall.advance(params.start_s % show.cycle_s)
+
+    def step(self, dt: float, t: float) -> None:
+        self.hall.advance(dt)
+
+    def values(self) -> dict[str, Scalar]:
+        c = self.hall.counter
+        return {
+            "occupancy": c.occupancy,
+            "entries": c.entries,
+            "exits": c.exits,
+            "capacity": self.capacity,
+            "fault": "blocked" in self.active,
+        }
+
+    def truth(self) -> dict[str, Any]:
+        h = self.hall
+        return {
+            **self.values(),
+            "people_inside": h.inside,  # really in the hall; occupancy is what was counted
+            "phase": h.phase(),
+            "show": h.cycle,
+            "show_s": h.t,
+            "audience": h.audience,  # coming to tonight's show
+            "foyer": h.pools.get("foyer", 0) + h.pools.get("returning", 0),
+            "missed": h.missed,
+            "held": h.hold,
+        }
+
+    def command(self, name: str, args: Mapping[str, Any]) -> list[list[Scalar]]:
+        if name == "reset_counts":
+            only(args)
+            self.hall.counter.reset()
+            return [["counts_reset", True]]
+        if name == "set_capacity":
+            only(args, "seats")
+            self.capacity = arg(args, "seats", int, 0, MAX_OCCUPANCY)
+            return [["capacity", self.capacity]]
+        return super().command(name, args)
+
+    def inject(self, fault: str, params: dict[str, Any]) -> None:
+        # Checked before anything changes: a refused injection leaves the device as it was.
+        if fault == "occupancy":
+            people = params["people"]
+            if not 0 <= people <= MAX_OCCUPANCY:
+                raise FaultError(
+                    f"{self.name}: occupancy: people must be 0 to {MAX_OCCUPANCY}, not {people}"
+                )
+            self.hall.set_people(people)
+            self.hall.hold = True
+        elif fault == "blocked":
+            missed = params["missed_pct"]
+            if not 0.0 <= missed <= 100.0:
+                raise FaultError(
+                    f"{self.name}: blocked: missed_pct must be 0 to 100, not {missed:g}"
+                )
+            self.hall.missed_pct = missed
+        super().inject(fault, params)
+
+    def clear(self, fault: str) -> None:
+        if fault == "occupancy":
+            self.hall.hold = False
+        elif fault == "blocked":
+            self.hall.missed_pct = 0.0
+        super().clear(fault)
 
 
 @dataclass
@@ -1211,6 +1353,7 @@ MODELS: dict[str, type[Model]] = {
         LoadCell,
         TempHumidity,
         SplMeter,
+        PeopleCounter,
         PowerMeter,
         WirelessMicReceiver,
         PowerAmplifier,

@@ -18,7 +18,9 @@ import pytest
 from controller.journal import Origin, SourceKind
 from controller.playback.ports import PlaybackError
 from edge.config import load_venue
-from tests.conftest import run_service, wait_until, write_venue
+from tests.conftest import RealServer, run_service, wait_until, write_venue
+from tests.integration.test_sim_gear import device_entry
+from tests.integration.test_sim_gear import running as sim_running
 from tests.peers.jack import JackServer
 
 pytestmark = pytest.mark.integration
@@ -100,6 +102,7 @@ async def test_modes_are_designed_recalled_and_journalled(tmp_path: Path, jack: 
         assert r.status_code == 404 and "no sound-field mode 'stadium'" in r.json()["detail"]
         r = await api.post("/api/v1/acoustics/recall", json={"mode": "drama", "zones": ["gallery"]})
         assert r.status_code == 404 and "no sound-field zone 'gallery'" in r.json()["detail"]
+        bad: dict[str, Any]
         for bad in ({"mode": "drama", "fade_s": -1}, {"mode": "drama", "fade_s": float("inf")},
                     {"mode": ""}, {"mode": "drama", "extra": 1}, {"zones": []}):  # fmt: skip
             r = await api.post("/api/v1/acoustics/recall", content=_json(bad))
@@ -306,3 +309,97 @@ async def test_the_cli_measures_the_room_through_the_venue_device(
     bad = ["acoustics", "measure", str(venue(tmp_path / "x", jack)), "--outputs", "9",
            "--inputs", "1", "--out", str(tmp_path / "bad"), "--settle-s", "0"]  # fmt: skip
     assert await asyncio.to_thread(main, bad) == 1
+
+
+async def test_the_field_follows_the_audience_counted_at_the_doors(
+    tmp_path: Path, jack: JackServer, mosquitto: RealServer
+) -> None:
+    """A simulated people counter over a real Mosquitto, the service's MQTT driver, its live
+    view, and the sound field on a real stream: 1 500 people in re-design the playing zone
+    for a drier hall (journalled), a blocked sensor is not believed, and an empty hall
+    brings the measured room back."""
+    counter = device_entry("people_counter", "test", empty_s=3600.0, repeat=False)
+    occupancy = """
+[acoustics.occupancy]
+point = "people-counter-1/occupancy"
+fault_point = "people-counter-1/fault"
+volume_m3 = 6000
+min_interval_s = 0
+"""
+    path = write_venue(tmp_path, [], mqtt_mode="external", mqtt_port=mosquitto.port)
+    path.write_text(
+        path.read_text()
+        + f"""
+[[devices]]
+id = "hall"
+profile = "audio_interface"
+transport = {{ kind = "audio", device = "JACK", jack_server = "{jack.name}", blocksize = 128, \
+inputs = 2, outputs = 4 }}
+
+[[devices]]
+id = "people-counter-1"
+profile = "people_counter"
+transport = {{ kind = "mqtt", node = "gw" }}
+"""
+        + ACOUSTICS
+        + occupancy
+    )
+    load_venue(path)  # the venue as a whole is valid
+    async with (
+        sim_running(mosquitto.port, "test", [counter]) as family,
+        run_service(path) as service,
+        httpx.AsyncClient(base_url=f"http://{LO}:{service.bound_api_port}", timeout=60) as api,
+    ):
+        (sim,) = family.devices
+
+        async def acoustics() -> dict[str, Any]:
+            return dict((await api.get("/api/v1/acoustics")).json())
+
+        async def playing() -> bool:
+            z = (await acoustics())["zones"]["stalls"]
+            return z["state"] in ("fading", "playing")
+
+        await wait_until(playing, 90, "the initial mode designed and in")
+        measured = (await acoustics())["zones"]["stalls"]["room"]["t30_s"]
+
+        sim.inject("occupancy", {"people": 1500})
+
+        async def redesigned() -> bool:  # the new design in (its notes say what for)
+            z = (await acoustics())["zones"]["stalls"]
+            return "1500 people" in " ".join(z["design"]["notes"])
+
+        await wait_until(redesigned, 60, "the zone re-designed for 1500 people")
+        body = await acoustics()
+        assert body["occupancy"]["state"] == "ok" and body["occupancy"]["people"] == 1500
+        z = body["zones"]["stalls"]
+        assert all(o < m for o, m in zip(z["occupancy"]["room"]["t30_s"], measured, strict=True))
+        assert z["occupancy"]["people"] == 1500 and z["occupancy"]["room"] is not None
+        readapted: list[dict[str, Any]] = []
+
+        async def journalled() -> bool:  # the journal is written behind the action
+            events = (await api.get("/api/v1/journal", params={"limit": 200})).json()["events"]
+            readapted[:] = [e for e in events if e["command"] == "acoustics.readapted"]
+            return bool(readapted)
+
+        await wait_until(journalled, 10, "the re-design journalled")
+        assert (
+            readapted[-1]["result"] == "ok" and readapted[-1]["source"] == "sound field: occupancy"
+        )
+        assert readapted[-1]["args"]["people"] == 1500
+        assert readapted[-1]["args"]["t30_s"][3] < readapted[-1]["args"]["t30_s_before"][3]
+
+        sim.inject("blocked", {"missed_pct": 100.0})
+
+        async def not_believed() -> bool:
+            return bool((await acoustics())["occupancy"]["state"] == "bad")
+
+        await wait_until(not_believed, 30, "a blocked sensor not believed")
+        assert "fault is set" in (await acoustics())["occupancy"]["note"]
+        sim.clear("blocked")
+        sim.inject("occupancy", {"people": 0})
+
+        async def measured_again() -> bool:
+            z = (await acoustics())["zones"]["stalls"]
+            return z["occupancy"]["people"] == 0 and z["occupancy"]["room"] is None
+
+        await wait_until(measured_again, 60, "the empty hall: the measured room again")

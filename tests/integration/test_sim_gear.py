@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from simulators import runner
 from simulators.core import DeviceSpec
 from simulators.gear import MqttFamily
 from simulators.gear.models import MODELS
@@ -348,6 +350,7 @@ async def test_faults_are_seen_from_outside(mosquitto: RealServer) -> None:
 TYPE_FAULTS: list[tuple[str, str, dict[str, Any], str, Any]] = [
     ("load_cell", "overload", {"load_kg": 3600.0}, "overload", True),
     ("spl_meter", "overload", {}, "overload", True),
+    ("people_counter", "blocked", {}, "fault", True),
     ("power_meter", "phase_loss", {"phase": 2}, "voltage_l2", 0.0),
     ("wireless_mic_receiver", "tx_off", {}, "tx_present", False),
     ("power_amplifier", "protect", {"channel": 3}, "protect_3", True),
@@ -392,6 +395,142 @@ async def test_type_faults_are_seen_from_outside(mosquitto: RealServer) -> None:
                 lambda e=entry, p=point, v=value: seen(e, p)[-1] != v,
                 f"{entry['id']}: {point} back after clearing {fault}",
             )
+
+
+# --- the people counter: a show, and the control endpoint's override --------------------------
+
+# A show compressed to about 9 s (docs/interfaces/devices/people_counter.md).
+QUICK_SHOW = {"capacity": 300, "empty_s": 0.5, "doors_s": 3.0, "act_1_s": 1.0,
+              "interval_s": 2.0, "act_2_s": 1.0, "egress_s": 1.5, "repeat": False}  # fmt: skip
+
+
+def counter_states(lines: list[Line]) -> list[tuple[int, dict[str, Any]]]:
+    """What a subscriber knows of the counter after each tick: (ts, latest value per point).
+
+    The points a tick changed go out together with the tick's timestamp, so the state is
+    complete and consistent each time the timestamp moves on."""
+    latest: dict[str, Any] = {}
+    states: list[tuple[int, dict[str, Any]]] = []
+    ts = None
+    for _, topic, payload in lines:
+        point = topic.rsplit("/", 1)[-1]
+        if point == "$state":
+            continue
+        doc = json.loads(payload)
+        if ts is not None and doc["ts"] != ts:
+            states.append((ts, dict(latest)))
+        ts = doc["ts"]
+        latest[point] = doc["v"]
+    if ts is not None:
+        states.append((ts, dict(latest)))
+    return states
+
+
+async def test_people_counter_follows_a_show_over_mosquitto(mosquitto: RealServer) -> None:
+    venue, port = new_venue(), mosquitto.port
+    base = f"flytower/{venue}/gw/people-counter-1/"
+    entry = device_entry("people_counter", venue, **QUICK_SHOW)
+    async with (
+        Sub.run(port, base + "+") as sub,
+        running(port, venue, [entry]) as family,
+    ):
+        (dev,) = family.devices
+
+        def now() -> dict[str, Any]:
+            states = counter_states(sub.lines)
+            return states[-1][1] if states else {}
+
+        await sub.wait_for(lambda: now().get("occupancy", 0) > 0, "the doors open")
+        await sub.wait_for(lambda: dev.truth()["phase"] == "egress", "the end of the show", 15)
+        await sub.wait_for(lambda: now().get("exits", 0) > 0 and now()["occupancy"] == 0,
+                           "the hall empty", 10)  # fmt: skip
+        audience = dev.truth()["audience"]
+    states = counter_states(sub.lines)
+    assert len(states) > 20
+    for _, s in states:
+        assert set(s) == {"occupancy", "entries", "exits", "capacity", "fault"}
+        assert s["entries"] - s["exits"] == s["occupancy"] >= 0, s
+        assert s["capacity"] == 300 and s["fault"] is False
+        for point, value in s.items():
+            check_value("people_counter", point, value)
+    peak = max(s["occupancy"] for _, s in states)
+    assert 250 <= peak == audience <= 300  # everyone who came was in at once
+    assert states[-1][1]["entries"] > audience  # the interval: out and in again
+    assert states[-1][1]["entries"] == states[-1][1]["exits"]
+    occupancy = [s["occupancy"] for _, s in states]
+    rising = occupancy[: occupancy.index(peak) + 1]
+    assert rising == sorted(rising) and len(set(rising)) > 5  # it filled over several ticks
+
+
+async def test_people_counter_is_set_through_the_control_endpoint(
+    mosquitto: RealServer,
+) -> None:
+    """What an end-to-end test does: "now 1200 people are in", over HTTP, seen on the wire."""
+    venue, port = new_venue(), mosquitto.port
+    base = f"flytower/{venue}/foh/counter-hall/"
+    config = {
+        "venue": {"id": venue},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "devices": [{"id": "counter-hall", "profile": "people_counter",
+                     "transport": {"kind": "mqtt", "node": "foh"},
+                     "simulate": {"model": "people_counter"}}],
+    }  # fmt: skip
+    ports: list[int] = []
+    ready = asyncio.Event()
+
+    def on_ready(bound: int) -> None:
+        ports.append(bound)
+        ready.set()
+
+    server = asyncio.create_task(runner.serve(config, "venue.toml", port=0, ready=on_ready))
+    try:
+        async with Sub.run(port, base + "+") as sub:
+            await asyncio.wait_for(ready.wait(), 15)
+            url = f"http://127.0.0.1:{ports[0]}/sim/v1"
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+
+                def last(point: str) -> Any:
+                    lines = sub.on(base + point)
+                    return json.loads(lines[-1][2])["v"] if lines else None
+
+                await sub.wait_for(lambda: last("occupancy") == 0, "the empty hall")
+                reply = await http.post("/devices/counter-hall/faults/occupancy",
+                                        json={"people": 1200})  # fmt: skip
+                assert reply.status_code == 200, reply.text
+                assert reply.json() == {"active": {"occupancy": {"people": 1200}}}
+                await sub.wait_for(lambda: last("occupancy") == 1200, "1200 people in")
+                assert (last("entries"), last("exits")) == (1200, 0)
+                truth = (await http.get("/truth", params={"ids": "counter-hall"})).json()
+                hall = truth["devices"]["counter-hall"]
+                assert hall["occupancy"] == hall["people_inside"] == 1200 and hall["held"]
+
+                hostile = [
+                    b'{"people": "1200"}', b'{"people": 1200.5}', b'{"people": -1}',
+                    b'{"people": 100001}', b'{"people": true}', b'{"people": null}',
+                    b'{"people": NaN}', b'{"people": 1e999}', b'{"count": 5}', b"[1200]",
+                    b"people=1200", b'{"people": [1]}',
+                ]  # fmt: skip
+                for body in hostile:
+                    r = await http.post("/devices/counter-hall/faults/occupancy", content=body)
+                    assert r.status_code == 422, (body, r.status_code, r.text)
+                    assert r.json()["detail"], body
+                bad = await http.post("/devices/counter-hall/faults/blocked",
+                                      json={"missed_pct": 150})  # fmt: skip
+                assert bad.status_code == 422 and "missed_pct" in bad.json()["detail"]
+                one = (await http.get("/devices/counter-hall")).json()
+                assert one["active"] == {"occupancy": {"people": 1200}}
+                assert one["truth"]["occupancy"] == 1200
+
+                reply = await http.post("/devices/counter-hall/faults/blocked", json={})
+                assert reply.status_code == 200, reply.text
+                await sub.wait_for(lambda: last("fault") is True, "the fault flag")
+                reply = await http.delete("/devices/counter-hall/faults")
+                assert reply.status_code == 200 and reply.json() == {"active": {}}
+                await sub.wait_for(lambda: last("fault") is False, "the flag cleared")
+                assert last("occupancy") == 1200  # handed back to the show: doors still shut
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
 
 
 def malformed_kind(payload: bytes) -> str:

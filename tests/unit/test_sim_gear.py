@@ -38,6 +38,9 @@ RANGES: dict[str, dict[str, tuple[type, float, float]]] = {
     "spl_meter": {"laf": (float, 20, 140), "laeq_1min": (float, 20, 140),
                   "laeq_15min": (float, 20, 140), "lafmax": (float, 20, 140),
                   "lcpeak": (float, 40, 150), "overload": (bool, 0, 1)},
+    "people_counter": {"occupancy": (int, 0, 100000), "entries": (int, 0, 10000000),
+                       "exits": (int, 0, 10000000), "capacity": (int, 0, 100000),
+                       "fault": (bool, 0, 1)},
     "power_meter": {
         **{f"voltage_l{k}": (float, 0, 300) for k in (1, 2, 3)},
         **{f"current_l{k}": (float, 0, 150) for k in (1, 2, 3)},
