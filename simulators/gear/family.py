@@ -150,7 +150,9 @@ class GearDevice:
             v = out.get(point)
             if isinstance(v, int | float) and not isinstance(v, bool):
                 hours = (mono - self._since["drift"]) / 3600.0
-                out[point] = round(v + drift["rate_per_h"] * hours, 4)
+                drifted = v + drift["rate_per_h"] * hours
+                # an integer point (a count) drifts in whole steps: still an integer
+                out[point] = round(drifted) if isinstance(v, int) else round(drifted, 4)
         for point, v in self._frozen.items():
             if point in out:
                 out[point] = v

@@ -483,6 +483,19 @@ def test_command_reply_codes() -> None:
     assert dev.handle_command("set_blackout", {"on": True})[0] == "unavailable"
 
 
+def test_an_integer_point_drifts_in_whole_counts() -> None:
+    """A count (the people counter's occupancy) stays an integer under drift: the driver
+    refuses 1200.0083 for an int point, as it must."""
+    dev, _ = device("people_counter", empty_s=3600.0, repeat=False)
+    dev.tick(0.1, 0.0, 1e9)
+    dev.inject("occupancy", {"people": 1200})
+    dev.inject("drift", {"rate_per_h": 3600.0})  # one person a second
+    dev._since["drift"] = 0.0
+    seen = [points(dev.tick(0.1, t, 1e9)).get("occupancy") for t in (2.5, 33.7, 64.2)]
+    drifted = [v for v in seen if v is not None]
+    assert drifted and all(type(v) is int and v > 1200 for v in drifted), seen
+
+
 def test_drift_stuck_dropout_malformed() -> None:
     dev, link = device("temp_humidity", temperature_c=20.0, daily_amplitude_c=0.0, publish_hz=10)
     dev.tick(0.1, 0.0, 1e9)
