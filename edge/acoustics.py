@@ -1919,6 +1919,18 @@ class SoundFieldControl:
                 raise PlaybackError(f"measurement {run_id} is {m['state']}", 409) from None
             raise PlaybackError(f"no measurement '{run_id}'", 404) from None
 
+    def adaptation_file(self, run_id: str, name: str) -> Path:
+        """A finished adaptation's ``adaptation.json`` or ``adaptation.png`` (404: no such
+        adaptation, or it has no such file; 409: it is still running)."""
+        assert name in ("adaptation.json", "adaptation.png")
+        path = self._check_id(run_id).with_name(name)
+        if path.is_file():
+            return path
+        a = self.adaptation
+        if a is not None and a["id"] == run_id and a["state"] not in ("done", "failed"):
+            raise PlaybackError(f"adaptation {run_id} is {a['state']}", 409)
+        raise PlaybackError(f"adaptation {run_id} has no {name}", 404)
+
     async def drain(self) -> None:
         """After ``close()``: let a cancelled adaptation journal its end (before the journal
         closes)."""

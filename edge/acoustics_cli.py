@@ -8,6 +8,9 @@
                                      [--device ID] [--settle-s 1] [--out DIR]
                                      [--plot out.png|.svg] [--mode M]
     flytower acoustics modes [--json]
+    flytower acoustics adapt ZONE MODE [--iterations 3] [--sweeps 2] [--level-db -30]
+                                       [--url http://127.0.0.1:8080] [--follow] [--json]
+                                       [--plot out.png]
 
 ``analyze`` reads a WAV (any format libsndfile reads; a multichannel file is analysed channel
 by channel, or ``--channel N``) or a ``.npy`` array ``[frames]`` / ``[frames, channels]``
@@ -18,7 +21,10 @@ that file and the per-band parameters (against ``--mode``'s targets) beside it
 device, or ``--device``; the service must not be running it) with the measurement processor,
 plays the sweeps with a live status line, then writes the IRs (WAV), ``summary.json`` and,
 with ``--plot``, the plots per pair into ``--out``. Exit codes: 0 done, 1 the input or the
-measurement failed (the reason on stderr), 2 bad arguments.
+measurement failed (the reason on stderr), 2 bad arguments. ``adapt`` talks to the running
+service (``edge.client``): it starts the closed-loop adaptation of a zone, follows it with a
+live status line and prints a table per iteration and what is not reachable; its exit codes
+are in its ``--help`` (0 converged, 1 refused or failed, 2 not converged, 130 Ctrl-C).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -89,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("venue", type=Path, nargs="?", help="include this venue's custom modes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=modes_command)
+    add_adapt_arguments(sub)
 
 
 def _fail(text: str) -> int:
@@ -421,3 +430,286 @@ async def _measure(
     return await asyncio.to_thread(
         analyse_measurement, plan, payload.recording, payload.path, str(out), meta
     )
+
+
+# --- adapt ------------------------------------------------------------------------------------
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+ADAPT_HELP = """\
+Adapt a sound-field zone to a mode by measurement, through the running service (POST
+/api/v1/acoustics/zones/ZONE/adapt): the service measures the zone's paths with the field
+muted, then iterates design -> play -> measure through the running field (the closed loop),
+stores the result and recalls the adapted field. This command starts the run, shows its
+progress on stderr (phase, iteration k of n, worst error so far in JNDs), and at the end
+prints a table per iteration, the targets held and those that are not reachable (with the
+reason), and where the before/after plot is (adaptation.png in the run's folder,
+var/acoustics/RUN under the venue's folder on the service's node).
+
+The token is FLYTOWER_TOKEN's (an API token with the run permission), as for scripts.
+
+exit codes:
+  0    converged: every held target within one JND
+  1    refused or failed: unknown zone or mode, bad --iterations/--sweeps/--level-db, no
+       service at --url, busy, no stream, or the run failed (the reason on stderr)
+  2    not converged in the iterations (it says which targets, and why when unreachable);
+       also argparse's own usage errors (a missing ZONE or MODE), before anything is sent
+  130  Ctrl-C: the run goes on in the service (the API cannot cancel it); follow it again
+       with --follow
+"""
+
+
+def add_adapt_arguments(sub: Any) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt a zone to a mode by measurement, through the running service",
+        description=ADAPT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("zone", help="the sound-field zone ([[acoustics.zones]] name)")
+    p.add_argument("mode", help="the mode to adapt it to (flytower acoustics modes)")
+    # numbers are read here, not by argparse: a bad one is a refusal (exit 1), never exit 2
+    p.add_argument("--iterations", default="3", help="measured iterations, 1..5 (default 3)")
+    p.add_argument("--sweeps", help="sweeps averaged per measurement, 1..8 (service: 2)")
+    p.add_argument("--level-db", help="sweep level, dB re full scale, -80..-6 (service: -30)")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
+    p.add_argument(
+        "--timeout-s", default="960", help="give up following after this long (default 960)"
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="start nothing: follow the service's current (or last) adaptation of ZONE to "
+        "MODE, e.g. after a Ctrl-C",
+    )
+    p.add_argument("--json", action="store_true", help="print the final state as JSON")
+    p.add_argument(
+        "--plot", type=Path, help="save the run's before/after plot here (PNG) when it is done"
+    )
+    p.set_defaults(fn=adapt_command)
+
+
+def _number_arg(text: str | None, what: str, whole: bool) -> Any:
+    if text is None:
+        return None
+    try:
+        value: float = int(text) if whole else float(text)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise InputError(f"{what} {text!r}: {kind}") from None
+    if not math.isfinite(value):
+        raise InputError(f"{what} {text!r}: a finite number")
+    return value
+
+
+class _Status:
+    """The live status line on stderr: rewritten in place on a terminal, a line per change
+    elsewhere (a log, a pipe)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.width = 0
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            # one line, or ``\r`` would rewrite only its wrapped tail
+            text = text[: max(20, shutil.get_terminal_size().columns - 1)]
+            pad = " " * max(0, self.width - len(text))
+            print(f"\r{text}{pad}", end="", file=sys.stderr, flush=True)
+            self.width = len(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self.width:
+            print(file=sys.stderr, flush=True)
+        self.width = 0
+
+
+def _progress_text(state: Any) -> str:
+    worst = " ".join("-" if w is None else f"{w:.2f}" for w in state.worst_jnd)
+    so_far = f" (worst JND per iteration: {worst})" if worst else ""
+    return f"{state.id} {state.zone} -> {state.mode}: {state.phase}{so_far}"
+
+
+def _hz(hz: float) -> str:
+    return f"{hz / 1000:g}k" if hz >= 1000 else f"{hz:g}"
+
+
+def adaptation_report(state: Any) -> str:
+    """The end of a run as text: a row per measured iteration, the targets held, those not
+    reachable with the reason, the plot."""
+    r = state.result
+    assert r is not None
+    verdict = "converged" if r.converged else "NOT converged"
+    lines = [f"adaptation {state.id}: zone {state.zone} to '{state.mode}': {verdict}"]
+    if r.reason:
+        lines.append(f"  {r.reason}")
+    lines.append(f"{'iteration':>9} {'worst JND':>9}  within 1 JND")
+    for i, w in enumerate(state.worst_jnd):
+        mark = " (best)" if r.best_iteration == i else ""
+        ok = "-" if w is None else ("yes" if w <= 1.0 else "no")
+        lines.append(f"{i + 1:>9} {'-' if w is None else f'{w:.2f}':>9}  {ok}{mark}")
+    if not state.worst_jnd:
+        lines.append(f"{'-':>9} {'-':>9}  (no measured iteration reported)")
+    extra = []
+    if r.worst_jnd is not None:
+        extra.append(f"worst held error {r.worst_jnd:.2f} JND")
+    if r.loop_gain_db is not None:
+        extra.append(f"loop gain {r.loop_gain_db:.1f} dB")
+    if extra:
+        lines.append("; ".join(extra))
+    held = "; ".join(
+        f"{m} {', '.join(_hz(b) for b in bands)} Hz" for m, bands in r.held.items() if bands
+    )
+    lines.append(f"held: {held or 'none'}")
+    if r.unreachable:
+        lines.append(f"not reachable ({len(r.unreachable)}):")
+        for u in r.unreachable:
+            t = "-" if u.target is None else f"{u.target:.3g}"
+            b = "-" if u.best is None else f"{u.best:.3g}"
+            lines.append(
+                f"  {u.metric} at {_hz(u.band_hz)} Hz (target {t}, best {b}): "
+                f"{u.reason or 'no reason given'}"
+            )
+    if r.plot:
+        lines.append(
+            f"plot: var/acoustics/{state.id}/{r.plot} (in the venue's folder on the service's "
+            "node; the API does not serve it)"
+        )
+    elif r.plot_error:
+        lines.append(f"no plot: {r.plot_error}")
+    return "\n".join(lines)
+
+
+def adapt_command(args: argparse.Namespace) -> int:
+    from edge.client import FlytowerClient
+
+    if not getattr(args, "verbose", False):  # a line per request is noise here
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    started: dict[str, Any] = {}
+    try:
+        iterations = _number_arg(args.iterations, "--iterations", True)
+        sweeps = _number_arg(args.sweeps, "--sweeps", True)
+        level_db = _number_arg(args.level_db, "--level-db", False)
+        timeout_s = _number_arg(args.timeout_s, "--timeout-s", False)
+        if timeout_s <= 0:
+            raise InputError(f"--timeout-s {args.timeout_s}: more than 0")
+        client = FlytowerClient(args.url, name="flytower acoustics adapt")
+    except (InputError, ValueError) as exc:
+        return _fail(str(exc))
+    status = _Status()
+    try:
+        return asyncio.run(
+            _adapt(args, client, iterations, sweeps, level_db, timeout_s, status, started)
+        )
+    except KeyboardInterrupt:
+        status.end()
+        if "id" in started:
+            print(
+                f"interrupted: adaptation {started['id']} goes on in the service (the API "
+                "cannot cancel it); follow it with: flytower acoustics adapt "
+                f"{args.zone} {args.mode} --follow --url {args.url}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                "interrupted before the service answered: an adaptation may have started "
+                f"(GET {args.url}/api/v1/acoustics)",
+                file=sys.stderr,
+            )
+        return 130
+
+
+async def _save_plot(client: Any, run_id: str, path: Path) -> None:
+    """The run's plot into ``path``; a plot that cannot be had or written is said on stderr
+    (the adaptation stands without it, and the exit code is the adaptation's)."""
+    from edge.client import FlytowerError, MalformedAnswer
+
+    try:
+        png = await client.adaptation_plot(run_id)
+        await asyncio.to_thread(path.write_bytes, png)
+    except (FlytowerError, MalformedAnswer, OSError) as exc:
+        print(f"plot: not saved: {exc}", file=sys.stderr)
+        return
+    print(f"the plot saved: {path}", file=sys.stderr)
+
+
+async def _adapt(
+    args: argparse.Namespace,
+    client: Any,
+    iterations: int,
+    sweeps: int | None,
+    level_db: float | None,
+    timeout_s: float,
+    status: _Status,
+    started: dict[str, Any],
+) -> int:
+    import httpx
+    import websockets
+
+    from edge.client import FlytowerError, MalformedAnswer
+
+    where = args.url
+    async with client:
+        try:
+            if args.follow:
+                state = await client.adaptation()
+                if state is None or (state.zone, state.mode) != (args.zone, args.mode):
+                    last = "none" if state is None else f"{state.id}: {state.zone} to {state.mode}"
+                    return _fail(
+                        f"no adaptation of {args.zone} to '{args.mode}' to follow at {where} "
+                        f"(the service's last: {last})"
+                    )
+            else:
+                state = await client.adapt(
+                    args.zone, args.mode, iterations, sweeps=sweeps, level_db=level_db
+                )
+            started["id"] = state.id  # its progress: wait_adaptation's first on_progress
+            final = await client.wait_adaptation(
+                state.id, on_progress=lambda s: status.show(_progress_text(s)), timeout_s=timeout_s
+            )
+            if args.plot is not None and final.state == "done":
+                status.end()
+                await _save_plot(client, final.id, args.plot)
+        except FlytowerError as exc:
+            status.end()
+            return _fail(f"the service refused: {exc}")
+        except MalformedAnswer as exc:
+            status.end()
+            return _fail(f"{where} answered something unexpected: {exc}")
+        except ValueError as exc:  # an empty zone or mode, refused before anything is sent
+            status.end()
+            return _fail(str(exc))
+        except TimeoutError:
+            status.end()
+            return _fail(
+                f"adaptation {started.get('id')} did not end within {timeout_s:g} s "
+                "(it may go on in the service)"
+            )
+        except httpx.ConnectError as exc:
+            status.end()
+            return _fail(f"no Flytower service at {where}: {exc}")
+        except (httpx.HTTPError, OSError, websockets.WebSocketException) as exc:
+            status.end()
+            return _fail(f"talking to {where}: {type(exc).__name__}: {exc}")
+    status.end()
+    if args.json:
+        print(json.dumps(final.raw, indent=1))
+    if final.state == "failed":
+        return _fail(f"adaptation {final.id} failed: {final.error or 'no reason given'}")
+    if not args.json:
+        print(adaptation_report(final))
+    result = final.result
+    assert result is not None
+    if result.converged:
+        return 0
+    why = [f"not converged in {final.iterations} iteration(s): {result.reason}"]
+    if result.worst_jnd is not None:
+        held = ", ".join(
+            f"{m} at {'/'.join(_hz(b) for b in bands)} Hz" for m, bands in result.held.items()
+        )
+        why.append(f"the held targets ({held}) are {result.worst_jnd:.2f} JND off at worst")
+    for u in result.unreachable:
+        why.append(f"unreachable: {u.metric} at {_hz(u.band_hz)} Hz: {u.reason}")
+    print("\n".join(why), file=sys.stderr)
+    return 2

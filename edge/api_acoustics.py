@@ -32,14 +32,19 @@
 - ``GET /api/v1/acoustics/measurements``: the stored measurements, newest first;
   ``GET /api/v1/acoustics/measurements/{id}``: one in full: per output x input pair the metrics
   per band, the decay curves with their fit ranges, the warnings; and the room they agree on.
+- ``GET /api/v1/acoustics/adaptations/{id}``: a finished adaptation's record (its iterations,
+  result, what it played); ``.../{id}/plot``: its before/after plot (PNG).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.journal import journalled
@@ -190,5 +195,32 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(409, str(exc)) from None
         except PlaybackError as exc:
             raise HTTPException(exc.status or 404, str(exc)) from None
+
+    def _adaptation_file(run_id: str, name: str) -> Path:
+        sf = service.soundfield
+        if sf is None:
+            raise HTTPException(404, "this node has no sound field")
+        try:
+            return sf.adaptation_file(run_id, name)
+        except Unavailable as exc:
+            raise HTTPException(409, str(exc)) from None
+        except PlaybackError as exc:
+            raise HTTPException(exc.status or 404, str(exc)) from None
+
+    @api.get("/api/v1/acoustics/adaptations/{run_id}")
+    async def adaptation(run_id: str) -> dict[str, Any]:
+        """A finished adaptation's record: its iterations, result and what it played."""
+        path = await asyncio.to_thread(_adaptation_file, run_id, "adaptation.json")
+        return dict(json.loads(await asyncio.to_thread(path.read_text)))
+
+    @api.get(
+        "/api/v1/acoustics/adaptations/{run_id}/plot",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def adaptation_plot(run_id: str) -> FileResponse:
+        """Its before/after plot (PNG): each metric per band against the target's JND band."""
+        path = await asyncio.to_thread(_adaptation_file, run_id, "adaptation.png")
+        return FileResponse(path, media_type="image/png", filename=f"adaptation-{run_id}.png")
 
     return api

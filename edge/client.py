@@ -30,8 +30,13 @@ names the script ``token:<label>``; without access control, ``script <name> <pee
 the permission), ``RateLimited`` (429, with ``retry_after_s``), ``PlaybackRefused``,
 ``MotionRefused`` and ``AlarmRefused`` (409: the state refuses it, e.g. debounce, no
 hold-to-run enable, a soft limit; 422: unknown list, cue or axis, or a malformed request; 404:
-the node runs no show, machinery or alarm engine). Network errors are httpx's and websockets'
-own.
+the node runs no show, machinery or alarm engine), ``AcousticsRefused`` (404 unknown zone or
+mode, 409 busy or no stream, 422 a bad request). An answer that is not what the route
+documents is ``MalformedAnswer``. Network errors are httpx's and websockets' own.
+
+**Acoustics.** ``adapt(zone, mode, iterations)`` starts a closed-loop adaptation and returns
+its ``AdaptationState``; ``wait_adaptation(id, on_progress=...)`` follows it over the
+``acoustics`` topic to its end (``flytower acoustics adapt`` is built on the two).
 
 **Feeds.** ``wait_for_cue``, ``wait_for_axis`` and ``alarm_events`` follow the ``/ws`` topics
 ``playback``, ``axes`` and ``alarms`` (edge/ws_topics.py: a snapshot, then JSON patches, which
@@ -52,6 +57,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import quote
@@ -109,6 +115,17 @@ class MotionRefused(FlytowerError):
 
 class AlarmRefused(FlytowerError):
     """An alarm action refused: 404 unknown alarm, 409 nothing to acknowledge, 422 bad input."""
+
+
+class AcousticsRefused(FlytowerError):
+    """A sound-field request refused: 404 unknown zone, mode or run, 409 busy (an adaptation
+    or a measurement running), no stream or no sound field on the node, 422 a bad request or
+    a zone that cannot be adapted."""
+
+
+class MalformedAnswer(ValueError):
+    """The service answered something this client cannot read (not JSON, or not the shape
+    the route documents): a proxy in the way, or a service of another version."""
 
 
 class MotionAborted(Exception):
@@ -207,7 +224,12 @@ class FlytowerClient:
             kw["timeout"] = timeout_s
         r = await self._http.request(method, path, **kw)
         if r.is_success:
-            return r.json()
+            try:
+                return r.json()
+            except ValueError:  # a proxy's page, a truncated body
+                raise MalformedAnswer(
+                    f"{method} {path}: {r.status_code} with a body that is not JSON"
+                ) from None
         try:
             body = r.json()
             reason = body.get("detail", r.text) if isinstance(body, dict) else r.text
@@ -533,6 +555,111 @@ class FlytowerClient:
             existing,
         )
 
+    # --- acoustics -------------------------------------------------------------------------
+
+    async def acoustics(self) -> dict[str, Any]:
+        """The sound field (``GET /api/v1/acoustics``): modes, zones, the measurement and the
+        adaptation in progress; ``{"configured": False}`` on a node without ``[acoustics]``."""
+        body = await self._call("GET", "/api/v1/acoustics", AcousticsRefused)
+        if not isinstance(body, dict):
+            raise MalformedAnswer(f"GET /api/v1/acoustics answered a {type(body).__name__}")
+        return body
+
+    async def adapt(
+        self,
+        zone: str,
+        mode: str,
+        iterations: int = 3,
+        *,
+        sweeps: int | None = None,
+        level_db: float | None = None,
+    ) -> AdaptationState:
+        """Start adapting ``zone`` to ``mode`` by measurement (``POST
+        /api/v1/acoustics/zones/{zone}/adapt``); returns the run's state once its first
+        measurement has started: follow it with ``wait_adaptation(state.id)``.
+        ``AcousticsRefused``: 404 unknown zone or mode, 409 busy (an adaptation or a
+        measurement running) or no stream, 422 a bad request (iterations outside 1..5,
+        ``sweeps`` outside 1..8, ``level_db`` outside -80..-6) or a zone that cannot be
+        adapted. ``ValueError`` before anything is sent for an empty zone or mode, or
+        iterations, sweeps or level that are not numbers."""
+        if not isinstance(zone, str) or not zone:
+            raise ValueError(f"a zone is a non-empty name, not {zone!r}")
+        if not isinstance(mode, str) or not mode:
+            raise ValueError(f"a mode is a non-empty name, not {mode!r}")
+        body: dict[str, Any] = {"mode": mode, "iterations": _whole(iterations, "iterations")}
+        if sweeps is not None:
+            body["sweeps"] = _whole(sweeps, "sweeps")
+        if level_db is not None:
+            body["level_db"] = _finite(level_db, "level_db")
+        path = f"/api/v1/acoustics/zones/{quote(zone, safe='')}/adapt"
+        return AdaptationState.parse(await self._call("POST", path, AcousticsRefused, json=body))
+
+    async def adaptation_plot(self, run_id: str) -> bytes:
+        """A finished adaptation's before/after plot (PNG bytes). AcousticsRefused 404: no
+        such adaptation or no plot (it failed, or the plot could not be drawn); 409: still
+        running."""
+        path = f"/api/v1/acoustics/adaptations/{quote(run_id, safe='')}/plot"
+        r = await self._http.get(path)
+        if r.is_success:
+            if not r.content.startswith(b"\x89PNG\r\n\x1a\n"):
+                raise MalformedAnswer(f"GET {path}: {r.status_code} with a body that is not a PNG")
+            return r.content
+        try:
+            body = r.json()
+            reason = body.get("detail", r.text) if isinstance(body, dict) else r.text
+        except ValueError:
+            reason = r.text or r.reason_phrase
+        if r.status_code in (401, 403):
+            raise AccessDenied(r.status_code, reason)
+        raise AcousticsRefused(r.status_code, reason)
+
+    async def adaptation(self) -> AdaptationState | None:
+        """The service's current (or last) adaptation, None when it has run none since it
+        started (or has no sound field)."""
+        return _adaptation_of(await self.acoustics())
+
+    async def wait_adaptation(
+        self,
+        run_id: str,
+        *,
+        on_progress: Callable[[AdaptationState], Any] | None = None,
+        timeout_s: float = 900.0,
+    ) -> AdaptationState:
+        """Follow the adaptation ``run_id`` (the ``/ws`` topic ``acoustics``) until it is done
+        or failed, and return its last state (``state.result`` when done: converged or not,
+        the unreachable targets with their reasons). ``on_progress(state)`` sees every
+        change of its state, phase or ``worst_jnd``. ``AcousticsRefused`` (404) when the
+        service's adaptation is not (or no longer) this one, e.g. after a restart;
+        ``MalformedAnswer`` for a state that does not parse; ``TimeoutError`` after
+        ``timeout_s`` (the run goes on in the service)."""
+        seen: tuple[Any, ...] | None = None
+
+        def check(snap: dict[str, Any]) -> AdaptationState | None:
+            nonlocal seen
+            state = _adaptation_of(snap)
+            if state is None or state.id != run_id:
+                now = "none" if state is None else f"{state.id} ({state.zone}, {state.mode})"
+                raise AcousticsRefused(
+                    404, f"adaptation {run_id[:64]} is not the service's (its adaptation: {now})"
+                )
+            key = (state.state, state.phase, state.worst_jnd)
+            if key != seen:
+                seen = key
+                if on_progress is not None:
+                    on_progress(state)
+            return state if state.finished else None
+
+        async with asyncio.timeout(timeout_s), self.feed("acoustics") as feed:
+            if (hit := check(await self.acoustics())) is not None:
+                return hit
+            async for msg in feed:
+                snap = msg["snapshot"]
+                if not isinstance(snap, dict) or "configured" not in snap:
+                    continue  # the topic's first, empty state
+                if (hit := check(snap)) is not None:
+                    return hit
+        raise TimeoutError(f"adaptation {run_id} did not end")  # pragma: no cover
+
     # --- feeds -----------------------------------------------------------------------------
 
     def feed(self, *topics: str) -> Feed:
@@ -558,6 +685,203 @@ class FlytowerClient:
             raise AccessDenied(status, "the /ws handshake was refused") from None
         await ws.send(json.dumps({"type": "subscribe", "topics": list(topics)}))
         return ws
+
+
+# --- acoustics answers ---------------------------------------------------------------------
+
+ADAPTATION_STATES = ("measuring", "adapting", "recalling", "done", "failed")
+MAX_TEXT = 2000  # a reason or phase longer than this is cut (it is printed to terminals)
+MAX_ITEMS = 1000  # iterations, unreachable targets, held bands: far more than a run has
+
+
+def _whole(value: Any, what: str) -> int:
+    """An integer argument (``True`` is not 1): ``ValueError`` before anything is sent."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number, not {value!r}")
+    return value
+
+
+def _text(value: Any, what: str, *, default: str | None = None) -> str:
+    """A string of the answer, control characters (a terminal's escape codes) made visible
+    and cut to ``MAX_TEXT``."""
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise MalformedAnswer(f"{what}: expected text, got {type(value).__name__}")
+    clean = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value[:MAX_TEXT])
+    return clean + ("…" if len(value) > MAX_TEXT else "")
+
+
+def _number(value: Any, what: str) -> float | None:
+    """A number of the answer; None (or NaN, ±inf: the service sends none) is None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedAnswer(f"{what}: expected a number, got {type(value).__name__}")
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ITEMS:
+        raise MalformedAnswer(f"{what}: expected a count 0..{MAX_ITEMS}, got {value!r}"[:200])
+    return value
+
+
+def _items(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise MalformedAnswer(f"{what}: expected a list, got {type(value).__name__}")
+    if len(value) > MAX_ITEMS:
+        raise MalformedAnswer(f"{what}: {len(value)} items, more than {MAX_ITEMS}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedAnswer(f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class UnreachableTarget:
+    """A mode's target the room cannot be brought to, and why (``dsp.adapt.Unreachable``)."""
+
+    metric: str
+    band_hz: float
+    target: float | None
+    best: float | None
+    reason: str
+
+    @classmethod
+    def parse(cls, data: Any) -> UnreachableTarget:
+        d = _mapping(data, "unreachable target")
+        band = _number(d.get("band_hz"), "unreachable band_hz")
+        if band is None or band <= 0:
+            raise MalformedAnswer(f"unreachable target: band_hz {d.get('band_hz')!r}"[:200])
+        return cls(
+            metric=_text(d.get("metric"), "unreachable metric"),
+            band_hz=band,
+            target=_number(d.get("target"), "unreachable target"),
+            best=_number(d.get("best"), "unreachable best"),
+            reason=_text(d.get("reason"), "unreachable reason", default=""),
+        )
+
+
+@dataclass(frozen=True)
+class AdaptationResult:
+    """How an adaptation ended (``result`` of its state once done): ``converged`` (every held
+    target within one JND), the ``reason``, the best iteration's worst error in JNDs, the
+    targets ``held`` (metric -> bands), the ``unreachable`` ones with reasons, the loop gain,
+    and the before/after plot's file name in the run's folder (``plot``; ``plot_error`` when
+    it could not be drawn)."""
+
+    converged: bool
+    reason: str
+    worst_jnd: float | None
+    best_iteration: int | None
+    held: dict[str, tuple[float, ...]]
+    unreachable: tuple[UnreachableTarget, ...]
+    loop_gain_db: float | None
+    plot: str | None
+    plot_error: str
+
+    @classmethod
+    def parse(cls, data: Any) -> AdaptationResult:
+        d = _mapping(data, "adaptation result")
+        converged = d.get("converged")
+        if not isinstance(converged, bool):
+            raise MalformedAnswer(f"adaptation result: converged {converged!r}"[:200])
+        held: dict[str, tuple[float, ...]] = {}
+        for metric, bands in _mapping(d.get("held", {}), "held").items():
+            hz = [_number(b, f"held {metric}") for b in _items(bands, f"held {metric}")]
+            held[_text(metric, "held metric")] = tuple(b for b in hz if b is not None)
+        best = d.get("best_iteration")
+        plot = d.get("plot")
+        return cls(
+            converged=converged,
+            reason=_text(d.get("reason"), "adaptation reason", default=""),
+            worst_jnd=_number(d.get("worst_jnd"), "result worst_jnd"),
+            best_iteration=None if best is None else _count(best, "best_iteration"),
+            held=held,
+            unreachable=tuple(
+                UnreachableTarget.parse(u) for u in _items(d.get("unreachable", []), "unreachable")
+            ),
+            loop_gain_db=_number(d.get("loop_gain_db"), "loop_gain_db"),
+            plot=None if plot is None else _plot_name(plot),
+            plot_error=_text(d.get("plot_error"), "plot_error", default=""),
+        )
+
+
+def _plot_name(value: Any) -> str:
+    """The plot is a file name in the run's folder: never a path to somewhere else."""
+    name = _text(value, "plot")
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise MalformedAnswer(f"plot: not a file name: {name!r}"[:200])
+    return name
+
+
+@dataclass(frozen=True)
+class AdaptationState:
+    """An adaptation run as the service reports it (``adaptation`` in ``GET
+    /api/v1/acoustics``): ``state`` measuring / adapting / recalling / done / failed, a
+    readable ``phase`` ("adapting 2 of 3: measuring"), ``iteration`` of ``iterations``, the
+    worst error over the held targets in JNDs after each measured iteration (``worst_jnd``;
+    None where it was not finite), ``error`` when failed, ``result`` when done; ``raw`` is
+    the whole answer."""
+
+    id: str
+    zone: str
+    mode: str
+    state: str
+    phase: str
+    iteration: int
+    iterations: int
+    worst_jnd: tuple[float | None, ...]
+    error: str
+    result: AdaptationResult | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+    @classmethod
+    def parse(cls, data: Any) -> AdaptationState:
+        d = _mapping(data, "adaptation")
+        run_id = _text(d.get("id"), "adaptation id")
+        if not run_id or not all(c.isalnum() or c in "-_" for c in run_id) or len(run_id) > 64:
+            raise MalformedAnswer(f"adaptation id {run_id!r}"[:200])
+        state = d.get("state")
+        if state not in ADAPTATION_STATES:
+            raise MalformedAnswer(f"adaptation state {state!r}"[:200])
+        result = d.get("result")
+        if state == "done" and result is None:
+            raise MalformedAnswer("adaptation done without a result")
+        return cls(
+            id=run_id,
+            zone=_text(d.get("zone"), "adaptation zone"),
+            mode=_text(d.get("mode"), "adaptation mode"),
+            state=state,
+            phase=_text(d.get("phase"), "adaptation phase", default=state),
+            iteration=_count(d.get("iteration", 0), "adaptation iteration"),
+            iterations=_count(d.get("iterations"), "adaptation iterations"),
+            worst_jnd=tuple(
+                _number(v, "worst_jnd") for v in _items(d.get("worst_jnd", []), "worst_jnd")
+            ),
+            error=_text(d.get("error"), "adaptation error", default=""),
+            result=None if result is None else AdaptationResult.parse(result),
+            raw=d,
+        )
+
+
+def _adaptation_of(snapshot: Any) -> AdaptationState | None:
+    """The adaptation of a ``GET /api/v1/acoustics`` answer (or the ``acoustics`` topic's
+    state); None on a node without a sound field or before the first run."""
+    snap = _mapping(snapshot, "GET /api/v1/acoustics")
+    if snap.get("configured") is False:
+        return None
+    a = snap.get("adaptation")
+    return None if a is None else AdaptationState.parse(a)
 
 
 def apply_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
