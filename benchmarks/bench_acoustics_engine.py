@@ -308,7 +308,11 @@ def parse_rows(text: str) -> tuple[tuple[int, int], ...]:
 
 
 async def run(
-    seconds: float = STREAM_SECONDS, rows: tuple[tuple[int, int], ...] = ROWS, stream: bool = True
+    seconds: float = STREAM_SECONDS,
+    rows: tuple[tuple[int, int], ...] = ROWS,
+    stream: bool = True,
+    ref_seconds: float | None = None,
+    switch_every_s: float = 5.0,
 ) -> None:
     blocks = 375  # 1 s of audio, best of 5, per row
     print("   tight loop, 48 kHz / 128 frames, warm (share of one core; ref: a bare numpy copy)")
@@ -325,10 +329,10 @@ async def run(
         return
     with tempfile.TemporaryDirectory() as tmp:
         for zones, n_out in rows:
-            result = await stream_run(seconds, Path(tmp), zones, 5.0, n_out=n_out)
+            result = await stream_run(seconds, Path(tmp), zones, switch_every_s, n_out=n_out)
             print(f"   jackd, {zones} zone(s) x {n_out} outputs: {describe(result)}", flush=True)
-            copy = await stream_run(min(seconds, STREAM_SECONDS), Path(tmp), reference=True,
-                                    n_out=n_out)  # fmt: skip
+            ref_s = min(seconds, STREAM_SECONDS) if ref_seconds is None else ref_seconds
+            copy = await stream_run(ref_s, Path(tmp), reference=True, n_out=n_out)
             print(f"   jackd, the same stream copying its input (ref): {describe(copy)}",
                   flush=True)  # fmt: skip
 
@@ -339,9 +343,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=STREAM_SECONDS, help="(or) in seconds")
     parser.add_argument("--rows", type=parse_rows, default=ROWS, help="e.g. 1x8,10x8")
     parser.add_argument("--no-stream", action="store_true", help="the tight loop only")
+    parser.add_argument(
+        "--full-reference",
+        action="store_true",
+        help="run the copying reference as long as the engine (default: at most 20 s): the "
+        "xruns the machine gives any Python processor in the same length of time",
+    )
+    parser.add_argument(
+        "--switch-every",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="a mode switch in zone z0 every S seconds of the stream (default 5: the stress "
+        "case; 0: none, a show between its cues)",
+    )
     args = parser.parse_args()
     seconds = args.seconds if args.minutes is None else 60.0 * args.minutes
-    asyncio.run(run(seconds, args.rows, not args.no_stream))
+    ref = seconds if args.full_reference else None
+    asyncio.run(run(seconds, args.rows, not args.no_stream, ref, args.switch_every))
 
 
 if __name__ == "__main__":

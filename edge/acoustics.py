@@ -72,6 +72,7 @@ from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory
 from dsp.field import BANDS_HZ, EarlyPattern, FieldParams, LateParams
 from dsp.layout import Layout
 from dsp.measure import (
+    AbortMeasurement,
     MeasurementDone,
     MeasurementError,
     MeasurementFactory,
@@ -1174,7 +1175,7 @@ class SoundFieldControl:
                 continue
             if t30_drift(zone.field_room, predicted) < occ.threshold:
                 continue
-            before, was = zone.field_room, zone.people
+            before, was, kept = zone.field_room, zone.people, zone.occupied
             zone.readapted_at = now
             if t30_drift(zone.room, predicted) < occ.threshold:
                 zone.occupied, zone.occupancy_note = None, ""  # back to the measured room
@@ -1200,8 +1201,11 @@ class SoundFieldControl:
             try:
                 await self._readapt(name, zone.mode, origin, args)
             except (PlaybackError, Unavailable) as exc:
+                # it plays what it played: say so, and try again after min_interval_s
+                zone.occupied, zone.people = kept, was
                 zone.occupancy_note = f"not re-designed for {people:g} people: {exc}"
                 log.warning("sound field: zone %s: %s", name, zone.occupancy_note)
+                changed.remove(name)
         return changed
 
     async def _readapt(self, name: str, mode: str, origin: Origin, args: dict[str, Any]) -> None:
@@ -1672,7 +1676,8 @@ class SoundFieldControl:
         try:
             await self._adapting(state, settings, fs, measure, origin)
         except asyncio.CancelledError:
-            state["state"], state["error"] = "failed", "cancelled"
+            state["state"] = "failed"
+            state["error"] = state.get("cancelled_by") or "cancelled"
             raise
         except (PlaybackError, AdaptError, OSError, ValueError, EOFError) as exc:
             state["state"], state["error"] = "failed", str(exc) or type(exc).__name__
@@ -1918,6 +1923,38 @@ class SoundFieldControl:
             if m is not None and m["id"] == run_id:
                 raise PlaybackError(f"measurement {run_id} is {m['state']}", 409) from None
             raise PlaybackError(f"no measurement '{run_id}'", 404) from None
+
+    async def stop(self, origin: Origin) -> dict[str, Any]:
+        """Stop the test signal now: abort the running measurement (its block fades out) and
+        cancel a running adaptation (failed, "cancelled by ..."; journalled as such), then
+        give the adapted zone its mode again. Idempotent: with nothing running it says so.
+        Returns what was stopped."""
+        stopped: dict[str, Any] = {"measurement": None, "adaptation": None}
+        a, task, adapted = self.adaptation, self._adapt_task, None
+        if a is not None and self.adapting and task is not None and not task.done():
+            a["cancelled_by"] = f"cancelled by {origin.source}"
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            stopped["adaptation"], adapted = a["id"], self.zones[a["zone"]]
+        m = self.measurement
+        if m is not None and m["state"] in ("starting", "measuring") and self.send is not None:
+            with contextlib.suppress(Exception):  # a stream already gone plays nothing
+                self.send(AbortMeasurement(m["id"]))
+            stopped["measurement"] = m["id"]
+            done = self._measure_task
+            if done is not None and not done.done():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with asyncio.timeout(READY_TIMEOUT_S):
+                        await asyncio.shield(done)
+        if adapted is not None and adapted.mode is not None:  # it played candidates
+            try:
+                await self.recall(adapted.mode, None, origin, [adapted.name])
+            except (PlaybackError, Unavailable) as exc:
+                stopped["recall_error"] = str(exc)
+        if stopped["measurement"] is None and stopped["adaptation"] is None:
+            stopped["note"] = "no measurement or adaptation was running"
+        return stopped
 
     def adaptation_file(self, run_id: str, name: str) -> Path:
         """A finished adaptation's ``adaptation.json`` or ``adaptation.png`` (404: no such

@@ -11,6 +11,7 @@
     flytower acoustics adapt ZONE MODE [--iterations 3] [--sweeps 2] [--level-db -30]
                                        [--url http://127.0.0.1:8080] [--follow] [--json]
                                        [--plot out.png]
+    flytower acoustics stop [--url http://127.0.0.1:8080]
 
 ``analyze`` reads a WAV (any format libsndfile reads; a multichannel file is analysed channel
 by channel, or ``--channel N``) or a ``.npy`` array ``[frames]`` / ``[frames, channels]``
@@ -98,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=modes_command)
     add_adapt_arguments(sub)
+    p = sub.add_parser(
+        "stop",
+        help="stop the test signal now: abort the running measurement, cancel an adaptation",
+    )
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
+    p.set_defaults(fn=stop_command)
 
 
 def _fail(text: str) -> int:
@@ -453,8 +460,8 @@ exit codes:
        service at --url, busy, no stream, or the run failed (the reason on stderr)
   2    not converged in the iterations (it says which targets, and why when unreachable);
        also argparse's own usage errors (a missing ZONE or MODE), before anything is sent
-  130  Ctrl-C: the run goes on in the service (the API cannot cancel it); follow it again
-       with --follow
+  130  Ctrl-C: the run goes on in the service; follow it again with --follow, or stop
+       it (and any measurement's test signal) with: flytower acoustics stop
 """
 
 
@@ -486,6 +493,35 @@ def add_adapt_arguments(sub: Any) -> None:
         "--plot", type=Path, help="save the run's before/after plot here (PNG) when it is done"
     )
     p.set_defaults(fn=adapt_command)
+
+
+def stop_command(args: argparse.Namespace) -> int:
+    """``flytower acoustics stop``: POST /api/v1/acoustics/stop; says what was stopped."""
+    import httpx
+
+    from edge.client import FlytowerClient, FlytowerError
+
+    if not getattr(args, "verbose", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    async def stop() -> dict[str, Any]:
+        async with FlytowerClient(args.url, name="flytower acoustics stop") as client:
+            return await client.stop_acoustics()
+
+    try:
+        done = asyncio.run(stop())
+    except FlytowerError as exc:
+        return _fail(f"the service refused: {exc}")
+    except httpx.HTTPError as exc:
+        return _fail(f"no Flytower service at {args.url}: {exc}")
+    if done.get("note"):
+        print(done["note"])
+    for what in ("measurement", "adaptation"):
+        if done.get(what):
+            print(f"{what} {done[what]} stopped")
+    if done.get("recall_error"):
+        print(f"the zone's mode not recalled: {done['recall_error']}", file=sys.stderr)
+    return 0
 
 
 def _number_arg(text: str | None, what: str, whole: bool) -> Any:
@@ -606,9 +642,9 @@ def adapt_command(args: argparse.Namespace) -> int:
         status.end()
         if "id" in started:
             print(
-                f"interrupted: adaptation {started['id']} goes on in the service (the API "
-                "cannot cancel it); follow it with: flytower acoustics adapt "
-                f"{args.zone} {args.mode} --follow --url {args.url}",
+                f"interrupted: adaptation {started['id']} goes on in the service; follow it "
+                f"with: flytower acoustics adapt {args.zone} {args.mode} --follow --url "
+                f"{args.url}, or stop it with: flytower acoustics stop --url {args.url}",
                 file=sys.stderr,
             )
         else:

@@ -32,6 +32,9 @@
 - ``GET /api/v1/acoustics/measurements``: the stored measurements, newest first;
   ``GET /api/v1/acoustics/measurements/{id}``: one in full: per output x input pair the metrics
   per band, the decay curves with their fit ranges, the warnings; and the room they agree on.
+- ``POST /api/v1/acoustics/stop``: stop the test signal now (any role that may stop): the
+  running measurement aborted, a running adaptation cancelled; journalled ``acoustics.stop``.
+  A panic does the same.
 - ``GET /api/v1/acoustics/adaptations/{id}``: a finished adaptation's record (its iterations,
   result, what it played); ``.../{id}/plot``: its before/after plot (PNG).
 """
@@ -97,6 +100,9 @@ class MeasureIn(BaseModel):
 
 def router(service: Service) -> APIRouter:
     api = APIRouter(tags=["acoustics"])
+    pb, sf_ = service.playback, service.soundfield
+    if pb is not None and sf_ is not None:
+        pb.on_panic.append(sf_.stop)  # panic silences a test signal too
 
     @api.get("/api/v1/acoustics")
     async def acoustics() -> dict[str, Any]:
@@ -176,6 +182,24 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(409, str(exc)) from None
         except PlaybackError as exc:
             raise HTTPException(exc.status or 409, str(exc)) from None
+
+    @api.post("/api/v1/acoustics/stop")
+    async def stop(request: Request) -> dict[str, Any]:
+        """Stop the test signal now: the running measurement is aborted and a running
+        adaptation cancelled (journalled); nothing running is not an error."""
+        sf = service.soundfield
+        if sf is None:
+            raise HTTPException(404, "this node has no sound field")
+        origin = origin_of(request)
+        report: dict[str, Any] = {}
+
+        async def stop() -> dict[str, Any]:
+            report.update(await sf.stop(origin))
+            return report
+
+        return await journalled(
+            service.journal, origin, "acoustics.stop", stop, targets=[sf.config.device], args=report
+        )
 
     @api.get("/api/v1/acoustics/measurements")
     async def measurements() -> dict[str, Any]:

@@ -66,6 +66,7 @@ RULES: dict[tuple[str, str], frozenset[Permission]] = {
     ("POST", "/api/v1/acoustics/recall"): frozenset({P.RUN}),
     ("POST", "/api/v1/acoustics/measure"): RUN_OR_MAINTAIN,
     ("POST", "/api/v1/acoustics/zones/{zone}/adapt"): RUN_OR_MAINTAIN,
+    ("POST", "/api/v1/acoustics/stop"): frozenset({P.STOP}),  # the test signal off, now
     ("POST", "/api/v1/maintenance/records"): frozenset({P.MAINTAIN}),
     ("POST", "/api/v1/maintenance/work-orders"): frozenset({P.MAINTAIN}),
     ("PATCH", "/api/v1/maintenance/work-orders/{order}"): frozenset({P.MAINTAIN}),

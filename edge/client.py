@@ -594,6 +594,14 @@ class FlytowerClient:
         path = f"/api/v1/acoustics/zones/{quote(zone, safe='')}/adapt"
         return AdaptationState.parse(await self._call("POST", path, AcousticsRefused, json=body))
 
+    async def stop_acoustics(self) -> dict[str, Any]:
+        """Stop the test signal now: abort the running measurement, cancel a running
+        adaptation (POST /api/v1/acoustics/stop). Returns what was stopped."""
+        done = await self._call("POST", "/api/v1/acoustics/stop", AcousticsRefused)
+        if not isinstance(done, dict):
+            raise MalformedAnswer("POST /api/v1/acoustics/stop: not an object")
+        return done
+
     async def adaptation_plot(self, run_id: str) -> bytes:
         """A finished adaptation's before/after plot (PNG bytes). AcousticsRefused 404: no
         such adaptation or no plot (it failed, or the plot could not be drawn); 409: still

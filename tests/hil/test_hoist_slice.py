@@ -231,17 +231,23 @@ async def test_drive_watchdog_stops_the_axis_when_the_service_dies(venue: Path) 
         modbus.close()
 
 
-async def test_realtime_priority_runs_the_loop_fifo_and_moves(venue: Path) -> None:
+@pytest.fixture
+def realtime_venue(venue: Path) -> Path:
+    """The slice's venue with ``[machinery] realtime_priority = 10`` (skipped where the
+    system refuses SCHED_FIFO: tests/unit/test_realtime.py covers the refusal)."""
+    if subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no CAP_SYS_NICE here")
+    text = venue.read_text().replace("[machinery]\n", "[machinery]\nrealtime_priority = 10\n", 1)
+    venue.write_text(text)
+    return venue
+
+
+async def test_realtime_priority_runs_the_loop_fifo_and_moves(realtime_venue: Path) -> None:
     """``[machinery] realtime_priority``: the service's loop runs SCHED_FIFO while it runs, its
     worker threads do not, an axis still moves, and the scheduling is given back at the end."""
     from edge import realtime
 
-    venue.write_text(
-        venue.read_text().replace("[machinery]\n", "[machinery]\nrealtime_priority = 10\n", 1)
-    )
-    if subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode != 0:
-        pytest.skip("no CAP_SYS_NICE here: tests/unit/test_realtime.py covers the refusal")
-    async with run_service(venue) as service:
+    async with run_service(realtime_venue) as service:
         assert realtime.describe() == "SCHED_FIFO 10"  # this test shares the service's loop
         assert await asyncio.to_thread(realtime.describe) == "SCHED_OTHER 0"
         base = f"http://127.0.0.1:{service.bound_api_port}"

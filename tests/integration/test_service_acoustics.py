@@ -403,3 +403,57 @@ transport = {{ kind = "mqtt", node = "gw" }}
             return z["occupancy"]["people"] == 0 and z["occupancy"]["room"] is None
 
         await wait_until(measured_again, 60, "the empty hall: the measured room again")
+
+
+async def test_the_test_signal_stops_at_once(tmp_path: Path, jack: JackServer) -> None:
+    """POST /api/v1/acoustics/stop: a long sweep running in the stream is aborted (the run
+    fails, saying so), journalled with who stopped it; with nothing running it says so; a
+    panic stops a sweep too."""
+    async with (
+        run_service(venue(tmp_path, jack)) as service,
+        httpx.AsyncClient(
+            base_url=f"http://{LO}:{service.bound_api_port}",
+            timeout=60,
+            headers={"x-flytower-operator": "sound"},
+        ) as api,
+    ):
+        r = await api.post("/api/v1/acoustics/stop")
+        assert (
+            r.status_code == 200 and r.json()["note"] == "no measurement or adaptation was running"
+        )
+
+        async def streaming() -> bool:  # the sound field in: the stream runs
+            z = (await api.get("/api/v1/acoustics")).json()["zones"]["stalls"]
+            return bool(z["state"] in ("fading", "playing"))
+
+        await wait_until(streaming, 90, "the sound field playing")
+        request = {"outputs": [1], "inputs": [1], "sweeps": 8, "sweep_s": 20.0, "noise_s": 0}
+        r = await api.post("/api/v1/acoustics/measure", json=request)
+        assert r.status_code == 202, r.text
+        run_id = r.json()["id"]
+
+        async def measuring() -> bool:
+            m = (await api.get("/api/v1/acoustics")).json()["measurement"]
+            return bool(m["state"] == "measuring" and m["percent"] > 0)
+
+        await wait_until(measuring, 30, "the sweep playing")
+        r = await api.post("/api/v1/acoustics/stop", headers={"x-flytower-operator": "stage mgr"})
+        assert r.status_code == 200 and r.json()["measurement"] == run_id, r.text
+        m = (await api.get("/api/v1/acoustics")).json()["measurement"]
+        assert m["state"] == "failed" and "abort" in m["error"], m
+        # ended, not the 160 s the 8 sweeps would have taken
+        events = (await api.get("/api/v1/journal", params={"limit": 100})).json()["events"]
+        stops = [e for e in events if e["command"] == "acoustics.stop"]
+        assert [e["source"] for e in stops] == ["sound", "stage mgr"]
+        assert stops[-1]["args"]["measurement"] == run_id and stops[-1]["result"] == "ok"
+        measured = [e for e in events if e["command"] == "acoustics.measured"]
+        assert measured and measured[-1]["result"] != "ok"
+        # the stream goes on: the next measurement starts, and a panic stops it too
+        r = await api.post("/api/v1/acoustics/measure", json=request)
+        assert r.status_code == 202, r.text
+        second = r.json()["id"]
+        await wait_until(measuring, 30, "the next sweep playing")
+        r = await api.post("/api/v1/playback/panic")
+        assert r.status_code == 200, r.text
+        m = (await api.get("/api/v1/acoustics")).json()["measurement"]
+        assert m["id"] == second and m["state"] == "failed" and "abort" in m["error"], m

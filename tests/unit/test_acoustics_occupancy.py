@@ -132,6 +132,21 @@ async def test_small_changes_and_quick_ones_leave_the_field_alone(field: Any) ->
     assert sf.zones["stalls"].people == 1500
 
 
+async def test_a_redesign_the_engine_refuses_keeps_what_plays(field: Any) -> None:
+    sf, counter, _ = field
+    stalls = sf.zones["stalls"]
+
+    def refuse(msg: Any) -> None:
+        raise RuntimeError("the stream is gone")
+
+    sf.send = refuse
+    counter.set(1500)
+    assert await sf.follow_occupancy() == ["foyer"]  # the silent zone only takes the room
+    assert stalls.occupied is None and stalls.people is None and stalls.field_room is stalls.room
+    assert "not re-designed for 1500 people" in stalls.occupancy_note
+    assert "the stream is gone" in stalls.occupancy_note
+
+
 async def test_back_to_the_measured_headcount_is_the_measured_room(field: Any) -> None:
     sf, counter, sent = field
     counter.set(1500)
@@ -227,3 +242,29 @@ def test_bad_occupancy_sections_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(ValidationError, match=match):
         config(**change)
+
+
+async def test_stop_cancels_a_running_adaptation_and_gives_the_zone_its_mode(field: Any) -> None:
+    """``SoundFieldControl.stop``: the adaptation's task is cancelled, its state says who
+    cancelled it, and the zone that played candidates is recalled to its mode."""
+    from controller.journal import Origin, SourceKind
+
+    sf, _, sent = field
+    running = asyncio.Event()
+
+    async def forever(*_: Any) -> None:  # the closed loop, measuring
+        running.set()
+        await asyncio.Event().wait()
+
+    sf._adapting = forever
+    state: dict[str, Any] = {"id": "r1", "zone": "stalls", "mode": "concert", "state": "adapting"}
+    sf.adaptation = state
+    settings = sf.config.zones[0]
+    sf._adapt_task = asyncio.create_task(sf._adapt_run(state, settings, 48000, {}, _origin()))
+    await running.wait()
+    done = await sf.stop(Origin(SourceKind.USER, "stage mgr"))
+    assert done == {"measurement": None, "adaptation": "r1"}
+    assert state["state"] == "failed" and state["error"] == "cancelled by stage mgr"
+    assert [m.zone for m in sent] == ["stalls"]  # its mode again
+    again = await sf.stop(Origin(SourceKind.USER, "stage mgr"))
+    assert again["note"] == "no measurement or adaptation was running"
