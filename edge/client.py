@@ -167,6 +167,25 @@ def _finite(value: float, what: str) -> float:
     return v
 
 
+def _refusal(r: httpx.Response, refused: type[FlytowerError]) -> FlytowerError:
+    """The typed error of a refused request: the service's reason (its ``detail``), access
+    denied (401/403), rate limited (429, with Retry-After), else ``refused``."""
+    try:
+        body = r.json()
+        reason = body.get("detail", r.text) if isinstance(body, dict) else r.text
+    except ValueError:
+        reason = r.text or r.reason_phrase
+    if r.status_code in (401, 403):
+        return AccessDenied(r.status_code, reason)
+    if r.status_code == 429:
+        try:
+            after = float(r.headers.get("retry-after", "1"))
+        except ValueError:
+            after = 1.0
+        return RateLimited(429, reason, after if math.isfinite(after) else 1.0)
+    return refused(r.status_code, reason)
+
+
 class FlytowerClient:
     """``async with FlytowerClient(url, name=..., token=...)``: one use, not reentrant; on
     exit (or ``aclose()``) its HTTP connections and every feed still open are closed."""
@@ -230,20 +249,7 @@ class FlytowerClient:
                 raise MalformedAnswer(
                     f"{method} {path}: {r.status_code} with a body that is not JSON"
                 ) from None
-        try:
-            body = r.json()
-            reason = body.get("detail", r.text) if isinstance(body, dict) else r.text
-        except ValueError:
-            reason = r.text or r.reason_phrase
-        if r.status_code in (401, 403):
-            raise AccessDenied(r.status_code, reason)
-        if r.status_code == 429:
-            try:
-                after = float(r.headers.get("retry-after", "1"))
-            except ValueError:
-                after = 1.0
-            raise RateLimited(429, reason, after if math.isfinite(after) else 1.0)
-        raise refused(r.status_code, reason)
+        raise _refusal(r, refused)
 
     async def whoami(self) -> dict[str, Any]:
         """Who the service takes this client for: name, role, permissions."""
@@ -612,14 +618,7 @@ class FlytowerClient:
             if not r.content.startswith(b"\x89PNG\r\n\x1a\n"):
                 raise MalformedAnswer(f"GET {path}: {r.status_code} with a body that is not a PNG")
             return r.content
-        try:
-            body = r.json()
-            reason = body.get("detail", r.text) if isinstance(body, dict) else r.text
-        except ValueError:
-            reason = r.text or r.reason_phrase
-        if r.status_code in (401, 403):
-            raise AccessDenied(r.status_code, reason)
-        raise AcousticsRefused(r.status_code, reason)
+        raise _refusal(r, AcousticsRefused)
 
     async def adaptation(self) -> AdaptationState | None:
         """The service's current (or last) adaptation, None when it has run none since it

@@ -51,8 +51,19 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
         yield server
 
 
-def venue(tmp_path: Path, jack: JackServer, acoustics: str = ACOUSTICS) -> Path:
-    path = write_venue(tmp_path, [])
+def venue(
+    tmp_path: Path,
+    jack: JackServer,
+    acoustics: str = ACOUSTICS,
+    mqtt_port: int | None = None,
+    devices: str = "",
+) -> Path:
+    """A venue with the JACK device ``hall`` and ``acoustics``; ``devices``: more
+    ``[[devices]]`` entries; ``mqtt_port``: an external broker."""
+    if mqtt_port is None:
+        path = write_venue(tmp_path, [])
+    else:
+        path = write_venue(tmp_path, [], mqtt_mode="external", mqtt_port=mqtt_port)
     path.write_text(
         path.read_text()
         + f"""
@@ -62,6 +73,7 @@ profile = "audio_interface"
 transport = {{ kind = "audio", device = "JACK", jack_server = "{jack.name}", blocksize = 128, \
 inputs = 2, outputs = 4 }}
 """
+        + devices
         + acoustics
     )
     return path
@@ -326,24 +338,13 @@ fault_point = "people-counter-1/fault"
 volume_m3 = 6000
 min_interval_s = 0
 """
-    path = write_venue(tmp_path, [], mqtt_mode="external", mqtt_port=mosquitto.port)
-    path.write_text(
-        path.read_text()
-        + f"""
-[[devices]]
-id = "hall"
-profile = "audio_interface"
-transport = {{ kind = "audio", device = "JACK", jack_server = "{jack.name}", blocksize = 128, \
-inputs = 2, outputs = 4 }}
-
+    counter_device = """
 [[devices]]
 id = "people-counter-1"
 profile = "people_counter"
-transport = {{ kind = "mqtt", node = "gw" }}
+transport = { kind = "mqtt", node = "gw" }
 """
-        + ACOUSTICS
-        + occupancy
-    )
+    path = venue(tmp_path, jack, ACOUSTICS + occupancy, mosquitto.port, counter_device)
     load_venue(path)  # the venue as a whole is valid
     async with (
         sim_running(mosquitto.port, "test", [counter]) as family,
