@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
@@ -55,7 +55,10 @@ from controller.playback.ports import PlaybackError, Unavailable
 from edge.api_auth import origin_of
 
 if TYPE_CHECKING:
+    from edge.acoustics import SoundFieldControl
     from edge.service import Service
+
+T = TypeVar("T")
 
 
 class RecallIn(BaseModel):
@@ -208,34 +211,31 @@ def router(service: Service) -> APIRouter:
             return {"configured": False, "measurements": []}
         return {"configured": True, "measurements": await asyncio.to_thread(sf.measurements)}
 
-    @api.get("/api/v1/acoustics/measurements/{run_id}")
-    async def measurement(run_id: str) -> dict[str, Any]:
+    def _stored(read: Callable[[SoundFieldControl], T]) -> T:
+        """``read`` of a stored result (in a worker thread): 404 where there is no sound field
+        or no such result, 409 while it is still being made."""
         sf = service.soundfield
         if sf is None:
             raise HTTPException(404, "this node has no sound field")
         try:
-            return await asyncio.to_thread(sf.measurement_result, run_id)
+            return read(sf)
         except Unavailable as exc:
             raise HTTPException(409, str(exc)) from None
         except PlaybackError as exc:
             raise HTTPException(exc.status or 404, str(exc)) from None
 
-    def _adaptation_file(run_id: str, name: str) -> Path:
-        sf = service.soundfield
-        if sf is None:
-            raise HTTPException(404, "this node has no sound field")
-        try:
-            return sf.adaptation_file(run_id, name)
-        except Unavailable as exc:
-            raise HTTPException(409, str(exc)) from None
-        except PlaybackError as exc:
-            raise HTTPException(exc.status or 404, str(exc)) from None
+    @api.get("/api/v1/acoustics/measurements/{run_id}")
+    async def measurement(run_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(_stored, lambda sf: sf.measurement_result(run_id))
 
     @api.get("/api/v1/acoustics/adaptations/{run_id}")
     async def adaptation(run_id: str) -> dict[str, Any]:
         """A finished adaptation's record: its iterations, result and what it played."""
-        path = await asyncio.to_thread(_adaptation_file, run_id, "adaptation.json")
-        return dict(json.loads(await asyncio.to_thread(path.read_text)))
+
+        def record(sf: SoundFieldControl) -> dict[str, Any]:
+            return dict(json.loads(sf.adaptation_file(run_id, "adaptation.json").read_text()))
+
+        return await asyncio.to_thread(_stored, record)
 
     @api.get(
         "/api/v1/acoustics/adaptations/{run_id}/plot",
@@ -244,7 +244,9 @@ def router(service: Service) -> APIRouter:
     )
     async def adaptation_plot(run_id: str) -> FileResponse:
         """Its before/after plot (PNG): each metric per band against the target's JND band."""
-        path = await asyncio.to_thread(_adaptation_file, run_id, "adaptation.png")
+        path = await asyncio.to_thread(
+            _stored, lambda sf: sf.adaptation_file(run_id, "adaptation.png")
+        )
         return FileResponse(path, media_type="image/png", filename=f"adaptation-{run_id}.png")
 
     return api
