@@ -33,6 +33,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.hil
 LO = "127.0.0.1"
 HEALTHY_MOVES = 8
+PARKED_S = 0.5  # five polls of the 10 Hz telemetry
 FAULT_TIMEOUT_S = 50.0
 
 EXTRA = """
@@ -112,6 +113,10 @@ async def move(api: httpx.AsyncClient, sim: httpx.AsyncClient, target: float) ->
         if t["fault"]:
             return "fault"
         if not t["moving"] and not t["enabled"]:
+            # Parked: stay so for a few telemetry periods, as between cues. The brake model
+            # learns from the stored 10 Hz status (enabled rising, then the brake released):
+            # a park shorter than one poll is never stored, so the next release is not seen.
+            await asyncio.sleep(PARKED_S)
             return "done" if abs(t["position_mm"] - target) < 2 else "aborted"
     return "aborted"
 
