@@ -12,8 +12,11 @@ the worst case; 10 zones fed by 2 input mixes), 48 kHz / 128-frame blocks:
 2. **Stream**: the engine as the audio driver's processor on a real jackd (dummy backend) for
    ``--seconds`` per row (default 20 s as part of ``make bench``; DESIGN.md's figure is 10
    minutes of 8 outputs: ``--minutes 10 --rows 1x8``), with a mode switch in zone z0 every 5
-   s; xruns, the callback's share of one core, and percentiles of the processor's own time per
-   block (recorded by ``TimedFactory`` into shared memory). Reference, same run, right after
+   s, each built in a process of its own as the service builds it (``dsp.engine.build_set`` in
+   its design process; ``--build-in-host`` builds in the audio host's control thread, as the
+   engine does for a ``SetField`` without ``built``); xruns, the callback's share of one
+   core, and percentiles of the processor's own time per block (recorded by ``TimedFactory``
+   into shared memory). Reference, same run, right after
    each row: the same stream with a processor that copies its input (xruns and share).
 
 DESIGN.md's target: 8 channels at <= 30 % of one core with no underruns in 10 minutes; issue
@@ -28,6 +31,7 @@ import ctypes
 import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from dsp.engine import (
     SoundFieldEngine,
     SoundFieldFactory,
     ZoneConfig,
+    build_set,
     single_threaded_blas,
 )
 from dsp.field import EarlyPattern, FieldParams, LateParams
@@ -121,13 +126,15 @@ def tight_loop(
 @dataclass(frozen=True)
 class TimedFactory:
     """The sound-field engine, timed per block into shared memory (``times``: a ring of
-    ``capacity`` float64 seconds, ``count[0]``: blocks so far). Picklable for the spawned audio
-    host; control messages pass through to the engine."""
+    ``capacity`` float64 seconds, ``starts``: when each block began, ``time.monotonic``,
+    ``count[0]``: blocks so far). Picklable for the spawned audio host; control messages pass
+    through to the engine."""
 
     inner: SoundFieldFactory
     times: Any
     count: Any
     capacity: int
+    starts: Any
 
     def __call__(self, fmt: Any) -> _Timed:
         return _Timed(self.inner(fmt), self)
@@ -137,15 +144,18 @@ class _Timed:
     def __init__(self, engine: SoundFieldEngine, spec: TimedFactory) -> None:
         self.engine = engine
         self._times = np.frombuffer(memoryview(spec.times), dtype=np.float64)
+        self._starts = np.frombuffer(memoryview(spec.starts), dtype=np.float64)
         self._count = np.frombuffer(memoryview(spec.count), dtype=np.float64)
         self._capacity = spec.capacity
-        self._clock = time.perf_counter
+        self._clock = time.monotonic
 
     def __call__(self, inp: NDArray[np.float32], out: NDArray[np.float32]) -> None:
         t0 = self._clock()
         self.engine(inp, out)
         n = int(self._count[0])
-        self._times[n % self._capacity] = self._clock() - t0
+        k = n % self._capacity
+        self._times[k] = self._clock() - t0
+        self._starts[k] = t0
         self._count[0] = n + 1
 
     def control(self, payload: Any) -> None:
@@ -196,6 +206,7 @@ def timed_factory(config: EngineConfig, capacity: int = 1 << 20) -> TimedFactory
         ctx.RawArray(ctypes.c_double, capacity),
         ctx.RawArray(ctypes.c_double, 1),
         capacity,
+        ctx.RawArray(ctypes.c_double, capacity),
     )
 
 
@@ -216,6 +227,34 @@ class StreamResult:
     cpu_load: float
     processor_ms: dict[str, float]
     switches: int
+    # blocks that began within SWITCH_WINDOW_S after a switch was sent, against all others:
+    # (blocks, slower than SLOW_BLOCK_S per 1000, p99 ms, max ms) each
+    after_switch: tuple[int, float, float, float] | None = None
+    elsewhere: tuple[int, float, float, float] | None = None
+
+
+SWITCH_WINDOW_S = 0.06  # a switch's work in the audio host (receive, check, swap) is in here
+SLOW_BLOCK_S = 0.0015
+
+
+def switch_windows(
+    starts: NDArray[np.float64], times: NDArray[np.float64], sent: list[float]
+) -> tuple[tuple[int, float, float, float], tuple[int, float, float, float]] | None:
+    """Per-block times in the ``SWITCH_WINDOW_S`` after each switch was sent, and elsewhere
+    in the same run: the machine's own noise is in both, a switch's cost only in the first."""
+    if not sent or not times.size:
+        return None
+    at = np.asarray(sent)
+    k = np.searchsorted(at, starts, side="right") - 1
+    near = (k >= 0) & (starts - at[np.maximum(k, 0)] < SWITCH_WINDOW_S)
+
+    def stats(t: NDArray[np.float64]) -> tuple[int, float, float, float]:
+        if not t.size:
+            return (0, float("nan"), float("nan"), float("nan"))
+        return (int(t.size), 1000 * float(np.mean(t > SLOW_BLOCK_S)),
+                1000 * float(np.percentile(t, 99)), 1000 * float(t.max()))  # fmt: skip
+
+    return stats(times[near]), stats(times[~near])
 
 
 async def stream_run(
@@ -225,6 +264,7 @@ async def stream_run(
     switch_every_s: float = 0.0,
     reference: bool = False,
     n_out: int = STREAM_OUTPUTS,
+    build_in_host: bool = False,
 ) -> StreamResult:
     """The engine on jackd's dummy backend for ``seconds``; optionally a mode switch in zone
     z0 every ``switch_every_s`` (so crossfades are part of the run). ``reference``: the same
@@ -241,7 +281,10 @@ async def stream_run(
     if reference:
         switch_every_s = 0.0
     switches = 0
-    with JackServer(jack_dir, inputs=2, outputs=n_out, period=BLOCK) as jack:
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    builder = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with builder, JackServer(jack_dir, inputs=2, outputs=n_out, period=BLOCK) as jack:
         cfg = AudioConfig(
             device="JACK", jack_server=jack.name, blocksize=BLOCK, input_map=(1, 2),
             output_map=outs, stall_timeout_s=5.0,
@@ -260,15 +303,27 @@ async def stream_run(
             while (now := time.monotonic()) < end:
                 if switch_every_s and now >= next_switch:
                     params = field(n_out, switches + 100, 1.0 + 0.2 * (switches % 2))
-                    drv.control(SetField("z0", params))
+                    if build_in_host:
+                        payload = SetField("z0", params)
+                    else:
+                        built = await loop.run_in_executor(
+                            builder, build_set, config, cfg.stream_format, "z0", params
+                        )
+                        payload = SetField.of(built)
+                    sent.append(time.monotonic())
+                    drv.control(payload)
                     switches += 1
                     next_switch += switch_every_s
                 await asyncio.sleep(min(0.2, max(0.0, end - now)))
             after = drv.snapshot()
     times = block_times(factory)
     n_after = int(np.frombuffer(memoryview(factory.count), dtype=np.float64)[0])
+    windows = None
     if n_after <= factory.capacity:  # else the ring holds the newest `capacity` blocks
         times = times[n_before:n_after]
+        if isinstance(factory, TimedFactory):
+            starts = np.frombuffer(memoryview(factory.starts), dtype=np.float64)
+            windows = switch_windows(np.array(starts[n_before:n_after]), times, sent)
     audio_s = (after.frames - before.frames) / RATE
     pct = {
         f"p{q}": 1000 * float(np.percentile(times, q)) if times.size else float("nan")
@@ -284,6 +339,8 @@ async def stream_run(
         cpu_load=after.cpu_load,
         processor_ms=pct,
         switches=switches,
+        after_switch=windows[0] if windows else None,
+        elsewhere=windows[1] if windows else None,
     )
 
 
@@ -295,6 +352,20 @@ def describe(r: StreamResult) -> str:
         f"of {1000 * BLOCK / RATE:.2f} ms, PortAudio cpu_load {100 * r.cpu_load:.1f} %, "
         f"mode switches {r.switches}; processor per block p50 {p['p50']:.3f} / p90 "
         f"{p['p90']:.3f} / p99 {p['p99']:.3f} / p99.9 {p['p99.9']:.3f} / max {p['max']:.3f} ms"
+        + switch_text(r)
+    )
+
+
+def switch_text(r: StreamResult) -> str:
+    if r.after_switch is None or r.elsewhere is None:
+        return ""
+    (n, slow, p99, top), (n_ref, slow_ref, p99_ref, top_ref) = r.after_switch, r.elsewhere
+    return (
+        f"\n     blocks within {1000 * SWITCH_WINDOW_S:.0f} ms after a switch ({n}): over "
+        f"{1000 * SLOW_BLOCK_S:.1f} ms {slow:.2f} per 1000, p99 {p99:.3f} ms, max {top:.2f} ms; "
+        f"the run's other blocks (ref, {n_ref}): {slow_ref:.2f} per 1000, p99 {p99_ref:.3f} "
+        f"ms, max {top_ref:.2f} ms; ratio of slow-block rates "
+        f"{slow / slow_ref if slow_ref else (float('inf') if slow else 1.0):.1f}"
     )
 
 
@@ -313,6 +384,7 @@ async def run(
     stream: bool = True,
     ref_seconds: float | None = None,
     switch_every_s: float = 5.0,
+    build_in_host: bool = False,
 ) -> None:
     blocks = 375  # 1 s of audio, best of 5, per row
     print("   tight loop, 48 kHz / 128 frames, warm (share of one core; ref: a bare numpy copy)")
@@ -329,7 +401,9 @@ async def run(
         return
     with tempfile.TemporaryDirectory() as tmp:
         for zones, n_out in rows:
-            result = await stream_run(seconds, Path(tmp), zones, switch_every_s, n_out=n_out)
+            result = await stream_run(
+                seconds, Path(tmp), zones, switch_every_s, n_out=n_out, build_in_host=build_in_host
+            )
             print(f"   jackd, {zones} zone(s) x {n_out} outputs: {describe(result)}", flush=True)
             ref_s = min(seconds, STREAM_SECONDS) if ref_seconds is None else ref_seconds
             copy = await stream_run(ref_s, Path(tmp), reference=True, n_out=n_out)
@@ -357,10 +431,18 @@ def main() -> None:
         help="a mode switch in zone z0 every S seconds of the stream (default 5: the stress "
         "case; 0: none, a show between its cues)",
     )
+    parser.add_argument(
+        "--build-in-host",
+        action="store_true",
+        help="build each switch's parameter set in the audio host's control thread (beside the "
+        "callback) instead of in a process of its own, as the service does: the comparison",
+    )
     args = parser.parse_args()
     seconds = args.seconds if args.minutes is None else 60.0 * args.minutes
     ref = seconds if args.full_reference else None
-    asyncio.run(run(seconds, args.rows, not args.no_stream, ref, args.switch_every))
+    asyncio.run(
+        run(seconds, args.rows, not args.no_stream, ref, args.switch_every, args.build_in_host)
+    )
 
 
 if __name__ == "__main__":

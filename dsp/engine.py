@@ -60,6 +60,7 @@ envelopes by the audio thread only.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import sys
@@ -164,12 +165,22 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class SetField:
-    """Control payload: crossfade ``zone`` to ``params`` (fades None: the engine's defaults)."""
+    """Control payload: crossfade ``zone`` to ``params`` (fades None: the engine's defaults).
+
+    ``built``: ``params`` already built for this engine (``build_set``, in another process);
+    without it the engine builds them in the audio host's control thread, beside the callback
+    (set-up, tests). ``built.params`` must be ``params`` itself (one pickle keeps that)."""
 
     zone: str
     params: FieldParams
     early_fade_s: float | None = None
     late_fade_s: float | None = None
+    built: BuiltSet | None = None
+
+    @classmethod
+    def of(cls, built: BuiltSet, early_fade_s: float | None = None,
+           late_fade_s: float | None = None) -> SetField:  # fmt: skip
+        return cls(built.zone, built.params, early_fade_s, late_fade_s, built)
 
 
 @dataclass(frozen=True)
@@ -221,69 +232,160 @@ def _check_params(p: FieldParams, cfg: EngineConfig) -> None:
         raise ValueError(f"late.delay_s must be within {cfg.max_late_delay_s} s")
 
 
-class _Render:
-    """One parameter set of one zone: its tap tables and its late network (built off-thread).
+@dataclass(frozen=True)
+class BuiltSet:
+    """A zone's parameter set built ready to play: its tap table and its late network's
+    matrices (``build_set``). Picklable: the service builds it in its design process and sends
+    it in ``SetField.built``, so the audio host only checks it and swaps it in.
 
-    The audio thread reads the tap tables every block and copies the network's matrices into
-    a ``LateBank`` slot when the set comes in."""
+    ``geometry`` is what it was built for (rate, processing block, processor outputs, the
+    zone's outputs, its seed, the crossover's latency); the engine refuses a set built for
+    another."""
 
-    def __init__(self, zone: _Zone, params: FieldParams, paths: Sequence[str] = PATHS) -> None:
-        fs = zone.samplerate
-        src = zone.sources
-        self.params = params
-        self.fades = (1, 1)  # early and late fade lengths (samples) when this set comes in
-        cols = zone.config.outputs
-        # a tap is a delay and a gain per output: taps of equal delay (the direct sound to
-        # every output, above all) are one gather
-        taps: dict[int, FloatArray] = {}
+    zone: str
+    geometry: tuple[int, int, int, tuple[int, ...], int, int]
+    params: FieldParams
+    delays: Index  # [taps] ascending, samples
+    gains: F32  # [taps, processor outputs]
+    late: LateReverb  # not attached to a history yet
+    latency: PathLatency
 
-        def tap(delay: int, col: int, gain: float) -> None:
-            row = taps.get(delay)
-            if row is None:
-                row = taps[delay] = np.zeros(zone.width)
-            row[col] += gain
 
-        if "direct" in paths:
-            d = round(params.direct_delay_s * fs)
-            for j, g in enumerate(np.asarray(params.direct_gain, float)):
-                tap(d, cols[j], float(g))
-        if "early" in paths:
-            scale = 10 ** (params.early_db / 20)
-            for d_s, g, ch in zip(
-                params.early.delays_s, params.early.gains, params.early.channels, strict=True
-            ):
-                tap(round(float(d_s) * fs), cols[int(ch)], float(g) * scale)
-        delays = sorted(taps)
-        self.g: F32 = np.array([taps[d] for d in delays], dtype=np.float32).reshape(
-            len(delays), zone.width
+@functools.lru_cache(maxsize=8)
+def _late_geometry(fs: int, block: int, width: int, n_out: int, taps: int | None
+                   ) -> tuple[LateLayout, FloatArray, int]:  # fmt: skip
+    """A zone's late layout, band energies and crossover latency (what ``BandHistory`` has)."""
+    filters = design_crossover(fs, taps)
+    return make_layout(fs, block, width, n_out), np.sum(filters**2, axis=1), filters.shape[1] // 2
+
+
+def _build(
+    cfg: EngineConfig, index: int, fs: int, block: int, width: int, params: FieldParams,
+    paths: Sequence[str] = PATHS,
+) -> BuiltSet:  # fmt: skip
+    zc = cfg.zones[index]
+    if max(zc.outputs) >= width:
+        raise ValueError(f"zone {zc.name}: output {max(zc.outputs)} >= {width}")
+    if params.n_out != len(zc.outputs):
+        raise ValueError(
+            f"zone {zc.name}: params have {params.n_out} outputs, the zone {len(zc.outputs)}"
         )
-        # tap k reads the mirrored history at base[k] + hist_pos + t (no wrap mask)
-        self.base: Index = (
-            zone.source * 2 * src.hist_cap + src.hist_cap - np.array(delays, dtype=np.intp)
-        ).astype(np.intp)
-        requested = round(params.late.delay_s * fs)
-        minimum = src.bands.latency + zone.layout.min_latency
-        onset = max(requested, minimum)
-        late_gain = 10 ** (params.late_db / 20) if "late" in paths else 0.0
-        self.late = LateReverb(
-            zone.layout,
-            np.asarray(params.late.t60_s, dtype=np.float64),
-            cols,
-            src.bands.energy,
-            onset - minimum,
-            late_gain,
-            seed=zone.seed,
-        )
-        self.late.attach(src.bands, zone.source)
-        early_delays = [round(float(d) * fs) for d in params.early.delays_s]
-        self.latency = PathLatency(
+    _check_params(params, cfg)
+    layout, energy, crossover = _late_geometry(fs, block, width, len(zc.outputs),
+                                               cfg.crossover_taps)  # fmt: skip
+    cols = zc.outputs
+    # a tap is a delay and a gain per output: taps of equal delay (the direct sound to every
+    # output, above all) are one gather
+    taps: dict[int, FloatArray] = {}
+
+    def tap(delay: int, col: int, gain: float) -> None:
+        row = taps.get(delay)
+        if row is None:
+            row = taps[delay] = np.zeros(width)
+        row[col] += gain
+
+    if "direct" in paths:
+        d = round(params.direct_delay_s * fs)
+        for j, g in enumerate(np.asarray(params.direct_gain, float)):
+            tap(d, cols[j], float(g))
+    if "early" in paths:
+        scale = 10 ** (params.early_db / 20)
+        for d_s, g, ch in zip(
+            params.early.delays_s, params.early.gains, params.early.channels, strict=True
+        ):
+            tap(round(float(d_s) * fs), cols[int(ch)], float(g) * scale)
+    delays = sorted(taps)
+    requested = round(params.late.delay_s * fs)
+    minimum = crossover + layout.min_latency
+    onset = max(requested, minimum)
+    late_gain = 10 ** (params.late_db / 20) if "late" in paths else 0.0
+    late = LateReverb(layout, np.asarray(params.late.t60_s, dtype=np.float64), cols, energy,
+                      onset - minimum, late_gain, seed=index)  # fmt: skip
+    early_delays = [round(float(d) * fs) for d in params.early.delays_s]
+    return BuiltSet(
+        zone=zc.name,
+        geometry=(fs, block, width, cols, index, crossover),
+        params=params,
+        delays=np.array(delays, dtype=np.intp),
+        gains=np.array([taps[d] for d in delays], dtype=np.float32).reshape(len(delays), width),
+        late=late,
+        latency=PathLatency(
             direct_samples=round(params.direct_delay_s * fs),
             early_min_samples=min(early_delays, default=0),
             late_onset_samples=onset,
             late_min_samples=minimum,
             late_requested_samples=requested,
-            crossover_samples=src.bands.latency,
+            crossover_samples=crossover,
+        ),
+    )
+
+
+def build_set(
+    config: EngineConfig, fmt: StreamShape, zone: str, params: FieldParams,
+    paths: Sequence[str] = PATHS,
+) -> BuiltSet:  # fmt: skip
+    """Build ``params`` for ``zone`` of an engine of ``config`` on a stream of ``fmt``, ready
+    to swap in: the work a mode switch takes (the tap table; the late network, whose level is
+    set by running it over an impulse: about 25 ms the first time), done wherever this is
+    called — the service calls it in its design process, not in the audio host, where the
+    builder would hold the GIL the callback needs (docs/acoustics.md, "Mode switches")."""
+    names = [z.name for z in config.zones]
+    if zone not in names:
+        raise KeyError(f"no zone {zone!r}; zones: {sorted(names)}")
+    block = processing_block(int(fmt.blocksize))
+    return _build(config, names.index(zone), int(fmt.samplerate), block, int(fmt.n_out), params,
+                  paths)  # fmt: skip
+
+
+def _check_built(built: BuiltSet, zone: _Zone) -> None:
+    """The audio host's check of a set built elsewhere: for this zone and stream, and sound
+    (a few numpy calls: the thorough validation ran where it was built)."""
+    if built.zone != zone.name or built.geometry != zone.geometry:
+        raise ValueError(
+            f"zone {zone.name}: the set was built for zone {built.zone!r} with geometry "
+            f"{built.geometry}, this engine's is {zone.geometry}"
         )
+    g, d, late = built.gains, built.delays, built.late
+    lines = zone.layout.lines
+    nb = len(zone.layout.delays)
+    if not (isinstance(g, np.ndarray) and isinstance(d, np.ndarray)
+            and isinstance(late, LateReverb)):  # fmt: skip
+        raise TypeError(f"zone {zone.name}: a built set holds numpy arrays and a LateReverb")
+    if (
+        g.dtype != np.float32 or d.dtype != np.intp or g.ndim != 2 or d.ndim != 1
+        or g.shape != (len(d), zone.width) or len(d) > MAX_TAPS + zone.width
+        or late.m.dtype != np.float32 or late.m.shape != (nb, lines, lines + 2)
+        or late.c.dtype != np.float32 or late.c.shape != (nb * (lines + 2), zone.width)
+        or late.layout.lines != lines or not np.array_equal(late.layout.delays, zone.layout.delays)
+    ):  # fmt: skip
+        raise ValueError(f"zone {zone.name}: a built set of the wrong shape")
+    max_delay = math.ceil(zone.engine_cfg.max_early_delay_s * zone.samplerate)
+    if len(d) and (int(d.min()) < 0 or int(d.max()) > max_delay or np.any(np.diff(d) <= 0)):
+        raise ValueError(f"zone {zone.name}: tap delays must be ascending within 0..{max_delay}")
+    if not (np.all(np.isfinite(g)) and np.all(np.isfinite(late.m))
+            and np.all(np.isfinite(late.c))):  # fmt: skip
+        raise ValueError(f"zone {zone.name}: a built set with non-finite values")
+
+
+class _Render:
+    """One parameter set of one zone as the audio thread plays it: a ``BuiltSet`` placed in
+    this engine's histories (the tap table's read positions, the late network's input).
+
+    The audio thread reads the tap tables every block and copies the network's matrices into
+    a ``LateBank`` slot when the set comes in."""
+
+    def __init__(self, zone: _Zone, built: BuiltSet) -> None:
+        src = zone.sources
+        self.params = built.params
+        self.fades = (1, 1)  # early and late fade lengths (samples) when this set comes in
+        self.g: F32 = built.gains
+        # tap k reads the mirrored history at base[k] + hist_pos + t (no wrap mask)
+        self.base: Index = (zone.source * 2 * src.hist_cap + src.hist_cap - built.delays).astype(
+            np.intp
+        )
+        self.late = built.late
+        self.late.attach(src.bands, zone.source)
+        self.latency = built.latency
 
 
 class _EarlyBank:
@@ -449,6 +551,7 @@ class _Zone:
         self.sources = sources
         self.source = source
         self.layout: LateLayout = make_layout(fs, block, width, len(config.outputs))
+        self.geometry = (fs, block, width, config.outputs, seed, sources.bands.latency)
         self.group: _Group | None = None  # set by the engine
         self.slot = -1  # primary slot in the group's bank
         self.in_slot = -1  # secondary slot of the incoming set
@@ -475,8 +578,7 @@ class _Zone:
         """Engine set-up: the group whose bank runs this zone's late networks, and its slot."""
         self.group, self.slot = group, slot
         if self.config.params is not None:
-            _check_params(self.config.params, self.engine_cfg)
-            self.install(_Render(self, self.config.params))
+            self.install(_Render(self, self.build(self.config.params)))
 
     def install(self, render: _Render) -> None:
         """Play ``render`` at once, without a fade (set-up, ``render_ir``)."""
@@ -485,16 +587,24 @@ class _Zone:
         self.group.bank.load(self.slot, render.late)
         self.group.bank.env[self.slot].fill(1.0)
 
-    def prepare(
-        self, params: FieldParams, early_fade_s: float | None, late_fade_s: float | None
-    ) -> _Render:
-        """Control thread: validate and build a parameter set (``control`` publishes it)."""
-        if params.n_out != len(self.config.outputs):
-            raise ValueError(
-                f"zone {self.name}: params have {params.n_out} outputs, the zone "
-                f"{len(self.config.outputs)}"
-            )
-        _check_params(params, self.engine_cfg)
+    def build(self, params: FieldParams, paths: Sequence[str] = PATHS) -> BuiltSet:
+        """``build_set`` for this zone (in this process)."""
+        fs, block, width, _, seed, _ = self.geometry
+        return _build(self.engine_cfg, seed, fs, block, width, params, paths)
+
+    def prepare(self, payload: SetField) -> _Render:
+        """Control thread: a ``SetField``'s set, checked (built here when it was not built
+        elsewhere), with its fades (``control`` publishes it)."""
+        built = payload.built
+        if built is not None and not isinstance(built, BuiltSet):
+            raise TypeError(f"SetField.built must be a BuiltSet, got {type(built).__name__}")
+        if built is None:
+            built = self.build(payload.params)
+        else:
+            if built.params is not payload.params:
+                raise ValueError(f"zone {self.name}: SetField.built is of other params")
+            _check_built(built, self)
+        early_fade_s, late_fade_s = payload.early_fade_s, payload.late_fade_s
         fades = []
         for value, default in ((early_fade_s, self.engine_cfg.early_fade_s),
                                (late_fade_s, self.engine_cfg.late_fade_s)):  # fmt: skip
@@ -502,7 +612,7 @@ class _Zone:
             if not (math.isfinite(v) and 0 <= v <= 60):
                 raise ValueError(f"fade times must be within 0..60 s, got {v}")
             fades.append(max(1, round(v * self.samplerate)))
-        render = _Render(self, params)
+        render = _Render(self, built)
         render.fades = (fades[0], fades[1])
         return render
 
@@ -725,7 +835,7 @@ class SoundFieldEngine:
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, CONTROL_SWITCH_INTERVAL_S))
         try:
-            render = zone.prepare(payload.params, payload.early_fade_s, payload.late_fade_s)
+            render = zone.prepare(payload)
             if previous is not None:
                 self._alive.append((zone, previous, -1))
             self._alive.append((zone, render, -1))
@@ -888,8 +998,7 @@ def render_ir(
     )
     engine = SoundFieldEngine(cfg, _Shape(samplerate, blocksize, 1, params.n_out))
     z = engine.zones[0]
-    _check_params(params, cfg)
-    z.install(_Render(z, params, paths))
+    z.install(_Render(z, z.build(params, paths)))
     engine._early_next = engine.early = engine._early_bank()
     engine.changed = True
     n = round(seconds * samplerate)
@@ -916,6 +1025,7 @@ def predicted_late_energy(
 
 __all__ = [
     "BANDS_HZ",
+    "BuiltSet",
     "EngineConfig",
     "FadeDone",
     "FieldReady",
@@ -924,6 +1034,7 @@ __all__ = [
     "SoundFieldEngine",
     "SoundFieldFactory",
     "ZoneConfig",
+    "build_set",
     "predicted_late_energy",
     "processing_block",
     "render_ir",

@@ -68,7 +68,7 @@ from controller.playback.ports import PlaybackError, Unavailable
 from drivers.model import Quality, Reading
 from dsp.adapt import LOOP_MARGIN_DB, AdaptError, MeasuredPaths, adapt, loop_gain_db, scaled
 from dsp.design import Design, DesignError, Room, design, params_record, room_from
-from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory
+from dsp.engine import FadeDone, FieldReady, SetField, SoundFieldFactory, build_set
 from dsp.field import BANDS_HZ, EarlyPattern, FieldParams, LateParams
 from dsp.layout import Layout
 from dsp.measure import (
@@ -794,6 +794,7 @@ class SoundFieldControl:
             if config.occupancy is not None:
                 self.zones[z.name].base_people = config.occupancy.measured_people
         self._designs: dict[tuple[str, str, int], Design] = {}
+        self._engine_config = config.engine_config()
         self._ready: dict[str, asyncio.Future[FieldReady]] = {}
         self._pool: ProcessPoolExecutor | None = None
         self._lock = asyncio.Lock()  # one recall at a time: the last one wins, in order
@@ -824,7 +825,7 @@ class SoundFieldControl:
 
     def factory(self) -> MeasurementFactory:
         """The stream's processor under the player: the measurement wrapping the engine."""
-        return MeasurementFactory(inner=SoundFieldFactory(self.config.engine_config()))
+        return MeasurementFactory(inner=SoundFieldFactory(self._engine_config))
 
     # --- events from the stream (on the event loop) ---------------------------------------
 
@@ -940,11 +941,17 @@ class SoundFieldControl:
                 report["loop"] = {n: _loop_brief(v) for n, v in loops.items()}
             if refused:  # nothing is sent when a zone cannot be made stable
                 raise refused[0]
+            early = self.config.early_fade_s if fade_s is None else min(fade_s, 0.1)
+            sets = [
+                await self._set_field(name, g[0], early, fade_s)
+                for name, g in zip(names, guarded, strict=True)
+                if isinstance(g, tuple)
+            ]
             loop = asyncio.get_running_loop()
             waits = []
-            for name, (d, _), g in zip(names, designs, guarded, strict=True):
+            for name, (d, _), g, payload in zip(names, designs, guarded, sets, strict=True):
                 assert isinstance(g, tuple)
-                params, zone = g[0], self.zones[name]
+                zone = self.zones[name]
                 zone.loop = loops[name]
                 zone.mode, zone.design, zone.error = mode, d, ""
                 zone.state, zone.since = "designing", time.time()
@@ -953,9 +960,8 @@ class SoundFieldControl:
                 if old is not None and not old.done():
                     old.cancel()
                 self._ready[name] = fut
-                early = self.config.early_fade_s if fade_s is None else min(fade_s, 0.1)
                 try:
-                    self.send(SetField(name, params, early_fade_s=early, late_fade_s=fade_s))
+                    self.send(payload)
                 except Exception as exc:
                     self._ready.pop(name, None)
                     zone.state, zone.error = "failed", str(exc)
@@ -1036,6 +1042,29 @@ class SoundFieldControl:
         else:
             info["note"] = f"loop gain {before:+.1f} dB, within the {LOOP_MARGIN_DB:g} dB margin"
         return out, info
+
+    async def _set_field(
+        self, name: str, params: FieldParams, early_fade_s: float | None, late_fade_s: float | None
+    ) -> SetField:
+        """The ``SetField`` of ``params`` for zone ``name``, built for the running stream in
+        the design process (``dsp.engine.build_set``): the audio host then only swaps it in.
+        Building it there would hold the GIL beside the callback, which drops blocks
+        (docs/acoustics.md, "Mode switches"). Without the stream's format (no driver) the
+        engine builds it itself."""
+        fmt = getattr(getattr(self.driver, "config", None), "stream_format", None)
+        if fmt is None:
+            return SetField(name, params, early_fade_s, late_fade_s)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(DESIGN_TIMEOUT_S):
+                built = await loop.run_in_executor(
+                    self._design_pool(), build_set, self._engine_config, fmt, name, params
+                )
+        except (KeyError, ValueError) as exc:
+            raise PlaybackError(f"zone {name}: the engine cannot play it: {exc}", 409) from None
+        except TimeoutError:
+            raise PlaybackError(f"zone {name}: building the field took too long") from None
+        return SetField.of(built, early_fade_s, late_fade_s)
 
     def _design_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -1851,7 +1880,7 @@ class SoundFieldControl:
         if old is not None and not old.done():
             old.cancel()
         self._ready[name] = fut
-        self.send(SetField(name, params, early_fade_s=0.05, late_fade_s=LOOP_FADE_S))
+        self.send(await self._set_field(name, params, 0.05, LOOP_FADE_S))
         async with asyncio.timeout(READY_TIMEOUT_S):
             await fut
         # the crossfade over, and the old field's tail gone (it rang with the room)

@@ -17,6 +17,7 @@ import pytest
 
 from controller.journal import Origin, SourceKind
 from controller.playback.ports import PlaybackError
+from dsp.engine import SetField
 from edge.config import load_venue
 from tests.conftest import RealServer, run_service, wait_until, write_venue
 from tests.integration.test_sim_gear import device_entry
@@ -104,10 +105,18 @@ async def test_modes_are_designed_recalled_and_journalled(tmp_path: Path, jack: 
         assert z["latency"]["direct_samples"] >= 0
         assert z["design"]["params"]["n_out"] == 4 and z["design"]["notes"] is not None
 
+        # every set reaches the audio host built (in the design process), ready to swap in
+        sf = service.soundfield
+        assert sf is not None and sf.send is not None
+        sent: list[Any] = []
+        send = sf.send
+        sf.send = lambda payload: (sent.append(payload), send(payload))[1]
         r = await api.post("/api/v1/acoustics/recall", json={"mode": "opera", "fade_s": 0.5})
         assert r.status_code == 200, r.text
         assert r.json()["zones"]["stalls"]["mode"] == "opera"
         await wait_until(lambda: playing("opera"), 10, "opera crossfaded in")
+        assert len(sent) == 1 and isinstance(sent[0], SetField) and sent[0].built is not None
+        assert sent[0].built.params is sent[0].params and sent[0].late_fade_s == 0.5
 
         # what cannot be done is refused with the reason, and nothing changes
         r = await api.post("/api/v1/acoustics/recall", json={"mode": "stadium"})

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsp.engine import (
+    BuiltSet,
     EngineConfig,
     FadeDone,
     FieldReady,
@@ -31,6 +32,7 @@ from dsp.engine import (
     SoundFieldEngine,
     SoundFieldFactory,
     ZoneConfig,
+    build_set,
     predicted_late_energy,
     processing_block,
     render_ir,
@@ -403,6 +405,96 @@ def test_bad_control_payloads_are_refused_and_the_engine_plays_on(
         eng.control(payload)
     y = run(eng, sine(0.05))
     assert np.all(np.isfinite(y)) and np.abs(y).max() > 0
+
+
+# --- sets built elsewhere (the service's design process) -----------------------------------
+
+
+def two_zones() -> EngineConfig:
+    return EngineConfig(
+        (ZoneConfig("a", (0,), (0, 1), field()), ZoneConfig("b", (1,), (2, 3), field(seed=2)))
+    )
+
+
+def test_a_set_built_in_another_process_plays_exactly_as_one_built_in_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``build_set`` (pickled, as it crosses from the design process) and the engine's own
+    build give the same output sample for sample; the host builds no late network for it."""
+    cfg, new = two_zones(), field(t60=T60 * 1.3, seed=5, late_db=-3.0)
+    x = np.random.default_rng(0).standard_normal((FS // 2, 2)).astype(np.float32) * 0.1
+    host = SoundFieldEngine(cfg, Shape())
+    elsewhere = SoundFieldEngine(cfg, Shape())
+    built = pickle.loads(pickle.dumps(SetField.of(build_set(cfg, Shape(), "b", new), 0.05, 0.2)))
+    assert built.built is not None and built.params is built.built.params
+    run(host, x[:1280])
+    run(elsewhere, x[:1280])
+    host.control(SetField("b", new, 0.05, 0.2))
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the audio host built a late network")
+
+    monkeypatch.setattr(LateReverb, "__init__", no_network)
+    elsewhere.control(built)
+    assert [type(e) for e in elsewhere.poll_events()] == [FieldReady]
+    a, b = run(host, x[1280:]), run(elsewhere, x[1280:])
+    np.testing.assert_array_equal(a, b)
+    assert not elsewhere.fading("b") and elsewhere.zones[1].active is not None
+    assert elsewhere.zones[1].active.params is built.params
+
+
+def corrupt(built: BuiltSet, **change: Any) -> SetField:
+    late = pickle.loads(pickle.dumps(built.late))
+    for name in ("m", "c"):
+        if name in change:
+            setattr(late, name, change.pop(name))
+    b = BuiltSet(**{**built.__dict__, "late": late, **change})
+    return SetField("a", b.params, built=b)
+
+
+def bad_built() -> list[Any]:
+    cfg = two_zones()
+    good = build_set(cfg, Shape(), "a", field(seed=4))
+    other = build_set(cfg, Shape(), "b", field(seed=4))
+    g, d = good.gains, good.delays
+    return [
+        (SetField("a", field(), built=good), "other params"),  # params not the built ones
+        (SetField("a", other.params, built=other), "built for zone 'b'"),
+        (SetField.of(build_set(cfg, Shape(blocksize=64), "a", field(seed=4))), "geometry"),
+        (corrupt(good, gains=g.astype(np.float64)), "wrong shape"),
+        (corrupt(good, gains=g[:, :2].copy()), "wrong shape"),
+        (corrupt(good, gains=np.where(g != 0, np.nan, g).astype(np.float32)), "non-finite"),
+        (corrupt(good, m=good.late.m * np.float32(np.inf)), "non-finite"),
+        (corrupt(good, c=good.late.c[:-1]), "wrong shape"),
+        (corrupt(good, delays=d[::-1].copy()), "ascending"),
+        (corrupt(good, delays=d + 10 * FS), "ascending within"),
+        (corrupt(good, delays=d - 10 * FS), "ascending within"),
+        (corrupt(good, late="late"), "LateReverb"),
+        (SetField("a", good.params, built="built"), "must be a BuiltSet"),  # type: ignore[arg-type]
+    ]
+
+
+@pytest.mark.parametrize(("payload", "message"), bad_built())
+def test_bad_built_sets_are_refused_and_the_zone_plays_on(payload: Any, message: str) -> None:
+    eng = SoundFieldEngine(two_zones(), Shape())
+    playing = eng.zones[0].active
+    with pytest.raises((ValueError, TypeError), match=message):
+        eng.control(payload)
+    assert eng.zones[0].request is playing and not eng.fading("a")
+    y = run(eng, np.random.default_rng(1).standard_normal((FS // 20, 2)).astype(np.float32))
+    assert np.all(np.isfinite(y)) and np.abs(y).max() > 0
+
+
+def test_build_set_refuses_what_the_engine_refuses() -> None:
+    cfg = two_zones()
+    with pytest.raises(KeyError, match="no zone 'c'"):
+        build_set(cfg, Shape(), "c", field())
+    with pytest.raises(ValueError, match="params have 3 outputs"):
+        build_set(cfg, Shape(), "a", field(n_out=3))
+    with pytest.raises(ValueError, match="T60 must be in"):
+        build_set(cfg, Shape(), "a", field(t60=[40.0] * 6))
+    with pytest.raises(ValueError, match=r"output 3 >= 2"):
+        build_set(cfg, Shape(n_out=2), "b", field())
 
 
 def test_far_early_taps_are_refused() -> None:
