@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import math
-import operator
 import os
 import random
 import re
@@ -48,7 +47,15 @@ import httpx
 from pydantic import ValidationError
 
 from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
-from drivers.model import Device, Health, HealthState, Quality, Reading, format_validation_error
+from drivers.model import (
+    Device,
+    Health,
+    HealthState,
+    Quality,
+    Reading,
+    format_validation_error,
+    reading_key,
+)
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import AlarmRuleConfig, AlarmsConfig, AlarmWebhookConfig
 from edge.influx import QueueAlarm
@@ -57,7 +64,6 @@ if TYPE_CHECKING:
     from edge.service import Service
 
 log = logging.getLogger(__name__)
-_READING_KEY = operator.attrgetter("device", "point")  # C-level: a key a reading
 
 SEVERITIES = ("critical", "major", "minor", "warning", "info")  # most severe first
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -1051,7 +1057,7 @@ async def running(
     engine.restore(await store.open())
     await store.prune(time.time() - cfg.history_days * 86400)
     feed = (
-        readings.subscribe("alarms", Overflow.LATEST, FEED_POINTS, _READING_KEY)
+        readings.subscribe("alarms", Overflow.LATEST, FEED_POINTS, reading_key)
         if readings is not None
         else None
     )

@@ -29,6 +29,7 @@ The watcher takes readings from a bus subscription (``run``) and never blocks th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -40,6 +41,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from drivers.model import Device, Quality, Reading
+from edge.bus import Closed
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +346,10 @@ class EarlyWarning:
 
     async def run(self, feed: Any) -> None:
         """Consume a bus subscription (``Subscription[Reading]``) until it is closed."""
-        async for r in feed:
-            self.observe(r)
+        with contextlib.suppress(Closed):
+            while True:  # a batch at a time: no coroutine step per reading
+                for r in await feed.get_batch():
+                    self.observe(r)
 
     async def learn_from_store(
         self,

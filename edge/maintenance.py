@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from drivers.model import Device, Quality, Reading
-from edge.bus import Overflow
+from edge.bus import Closed, Overflow
 
 log = logging.getLogger(__name__)
 
@@ -411,9 +411,12 @@ class Maintenance:
 
         task = asyncio.create_task(flusher(), name="maintenance-flush")
         try:
-            async for r in feed:
-                self.counting.observe(r)
-                self.dropped = getattr(feed, "dropped", 0)
+            with contextlib.suppress(Closed):
+                while True:  # a batch at a time: no coroutine step per reading
+                    observe = self.counting.observe
+                    for r in await feed.get_batch():
+                        observe(r)
+                    self.dropped = getattr(feed, "dropped", 0)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

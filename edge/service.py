@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import os
 import signal
 import sys
@@ -52,6 +51,7 @@ from drivers.model import (
     OscTransport,
     Reading,
     Value,
+    reading_key,
 )
 from drivers.mqtt.driver import MqttDeviceDriver
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
@@ -84,7 +84,6 @@ class SimulatorsFailed(RuntimeError):
 
 # A reading's (device, point): the key of every LATEST feed, called per reading per feed, so a
 # C-level getter rather than a Python function (it was 8 % of a saturated loop, bench_ingest).
-reading_key: Callable[[Reading], tuple[str, str]] = operator.attrgetter("device", "point")
 
 
 SIMULATORS_READY_S = 120.0  # a large venue is ready in seconds; computing room IRs takes longer
@@ -166,8 +165,11 @@ class Service:
                 await self.store.write(await sub.get_batch(batch_max))
 
     async def _live_view(self, sub: Subscription[Reading]) -> None:
-        async for r in sub:
-            self.live[(r.device, r.point)] = r
+        live = self.live
+        with contextlib.suppress(Closed):
+            while True:  # a batch at a time: no coroutine step per reading
+                batch = await sub.get_batch()
+                live.update(zip(map(reading_key, batch), batch, strict=True))
 
     def live_feed(self, name: str) -> Subscription[Reading]:
         """A conflated feed of readings: the newest value of each point, never blocking."""

@@ -437,3 +437,20 @@ async def test_publish_many_into_a_full_block_subscription_waits_and_loses_nothi
         got += await done(sub.get_batch())
     await done(pub)
     assert got == items
+
+
+async def test_latest_subscriptions_sharing_a_key_function_compute_each_key_once() -> None:
+    calls: list[Item] = []
+
+    def counted(item: Item) -> str:
+        calls.append(item)
+        return item[0]
+
+    bus = Bus[Item]("readings")
+    subs = [bus.subscribe(f"s{i}", Overflow.LATEST, 10, counted) for i in range(4)]
+    other = bus.subscribe("other", Overflow.LATEST, 10, by_key)
+    items = [("a", 1), ("b", 1), ("a", 2)]
+    await done(bus.publish_many(items))
+    assert calls == items  # once per item, not once per item and subscription
+    for sub in (*subs, other):
+        assert sub.get_nowait() == [("b", 1), ("a", 2)] and sub.dropped == 1
