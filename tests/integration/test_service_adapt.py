@@ -12,13 +12,23 @@ with each iteration measured through the running field (the closed loop), stores
 recalls the adapted field, and from then on checks the loop gain of every recall on the
 measured paths: ``concert`` is lowered to the stability margin (or refused with the reason),
 and the engine keeps running.
+
+The run is started and followed by ``flytower acoustics adapt`` as a subprocess, so the one
+adaptation run (a minute of the suite) also carries the command's checks: its progress, a
+second command refused while the run goes on (409), Ctrl-C ending the command with 130 while
+the run goes on, ``--follow`` taking it up again with the table, the plot's place and exit 0.
+(``test_acoustics_adapt_cli`` has the command's refusals, which need no run.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +37,7 @@ import httpx
 import pytest
 
 from simulators.acoustics.jack import parse_jack_lsp
-from tests.conftest import run_service, wait_until, write_venue
+from tests.conftest import REPO, run_service, wait_until, write_venue
 from tests.integration.test_dsp_measure_room import running_room
 from tests.peers.jack import JackServer
 
@@ -93,7 +103,26 @@ def _json(value: Any) -> str:
     return json.dumps(value, allow_nan=True)
 
 
-@pytest.mark.timeout(400)  # a measurement, a worker process and the closed loop, on 2 cores
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "FLYTOWER_TOKEN"}
+
+
+async def start_cli(*args: str) -> asyncio.subprocess.Process:
+    """``flytower acoustics adapt ARGS`` as a subprocess."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge.cli", "acoustics", "adapt", *args,
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def run_cli(*args: str, timeout_s: float = 60) -> tuple[int, str, str]:
+    proc = await start_cli(*args)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.timeout(500)  # a measurement, a worker process and the closed loop, on 2 cores
 async def test_a_zone_is_adapted_in_the_room_and_its_loop_guarded(
     tmp_path: Path, jack: JackServer
 ) -> None:
@@ -137,10 +166,25 @@ async def test_a_zone_is_adapted_in_the_room_and_its_loop_guarded(
         r = await api.post("/api/v1/acoustics/zones/..%2F..%2Fetc/adapt", json={"mode": "drama"})
         assert r.status_code == 404, r.text
 
-        r = await api.post(url, json={"mode": "drama", "iterations": 3})
-        assert r.status_code == 202, r.text
-        run = r.json()
-        assert run["state"] == "measuring" and run["zone"] == "stalls" and run["iterations"] == 3
+        # the command starts the run and shows its progress
+        base = str(api.base_url).rstrip("/")
+        first = await start_cli("stalls", "drama", "--iterations", "3", "--url", base)
+        assert first.stderr is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any("measuring" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            line = await asyncio.wait_for(first.stderr.readline(), 60)
+            assert line, (lines, await first.communicate())
+            lines.append(line.decode())
+        run_id = lines[-1].split()[0]
+        assert f"{run_id} stalls -> drama: measuring" in lines[-1], lines
+        run = (await body())["adaptation"]
+        assert run["id"] == run_id and run["zone"] == "stalls" and run["iterations"] == 3
+
+        # while it runs, what would disturb it is refused with the reason
+        rc, _out, err = await run_cli("stalls", "drama", "--url", base)
+        assert rc == 1 and f"409: adaptation {run_id} is still running" in err, err
         busy = await api.post(url, json={"mode": "drama"})
         assert busy.status_code == 409 and "still running" in busy.json()["detail"]
         busy = await api.post("/api/v1/acoustics/measure", json={"outputs": [1], "inputs": [2]})
@@ -148,23 +192,27 @@ async def test_a_zone_is_adapted_in_the_room_and_its_loop_guarded(
         busy = await api.post("/api/v1/acoustics/recall", json={"mode": "opera"})
         assert busy.status_code == 409 and "being adapted" in busy.json()["detail"]
 
-        phases: list[str] = []
+        # Ctrl-C: the command ends, the run goes on
+        first.send_signal(signal.SIGINT)
+        _, rest = await asyncio.wait_for(first.communicate(), 30)
+        said = "".join(lines) + rest.decode()
+        assert first.returncode == 130, said
+        assert f"interrupted: adaptation {run_id} goes on in the service" in said, said
+        assert "--follow" in said and "Traceback" not in said, said
+        got = (await body())["adaptation"]
+        assert got["id"] == run_id and got["state"] in ("measuring", "adapting", "recalling")
 
-        async def adapted() -> bool:
-            a = (await body())["adaptation"]
-            if not phases or phases[-1] != a["phase"]:
-                phases.append(a["phase"])
-            assert a["state"] != "failed", a["error"]
-            return bool(a["state"] == "done")
-
-        await wait_until(adapted, 300, "the zone measured, adapted and recalled")
-        print("\nphases:", phases)
+        # --follow takes it up again and reports its end
+        saved = tmp_path / "adapted.png"
+        rc, out, err = await run_cli(
+            "stalls", "drama", "--follow", "--url", base, "--plot", str(saved), timeout_s=330
+        )
+        print("\n" + err + out)
         a = (await body())["adaptation"]
+        assert a["id"] == run_id and a["state"] == "done", a
         result = a["result"]
         print("worst error per iteration (JND):", a["worst_jnd"], "->", result["reason"])
         print("unreachable:", [(u["metric"], u["band_hz"]) for u in result["unreachable"]])
-        assert any(p.startswith("measuring") for p in phases)
-        assert any(p.startswith("adapting 1 of 3") for p in phases)
         assert 1 <= len(a["worst_jnd"]) <= 3
         # drama is reachable in this room: the measured combined response within one JND
         assert result["converged"], result["reason"]
@@ -172,6 +220,17 @@ async def test_a_zone_is_adapted_in_the_room_and_its_loop_guarded(
         assert sum(len(b) for b in result["held"].values()) >= 3
         assert all(u["reason"] for u in result["unreachable"])
         assert result["loop_gain_db"] <= -6.0 + 0.2
+        # what the command said: converged, exit 0, the table, the plot
+        assert rc == 0, (out, err)
+        assert "adapting 1 of 3" in err  # the progress line named the iteration
+        assert out.startswith(f"adaptation {run_id}: zone stalls to 'drama': converged\n"), out
+        assert "iteration worst JND  within 1 JND" in out
+        rows = [line for line in out.splitlines() if line.strip().split(" ")[0].isdigit()]
+        assert len(rows) == len(a["worst_jnd"]) >= 1, out
+        assert any(row.endswith("yes (best)") for row in rows), out
+        for u in result["unreachable"]:
+            assert f"{u['metric']} at " in out and u["reason"][:40] in out
+        assert f"plot: var/acoustics/{run_id}/adaptation.png" in out
 
         # the zone runs the adapted field, on the paths it was adapted on
         zone = (await body())["zones"]["stalls"]
@@ -184,6 +243,16 @@ async def test_a_zone_is_adapted_in_the_room_and_its_loop_guarded(
         assert stored["mode"] == "drama" and stored["converged"] and stored["iterations"]
         assert (folder / "adaptation.png").stat().st_size > 10_000
         assert (folder / "summary.json").is_file()  # the muted measurement of the paths
+        # --plot saved the service's plot, which the API serves with the run's record
+        assert f"the plot saved: {saved}" in err
+        assert saved.read_bytes() == (folder / "adaptation.png").read_bytes()
+        r = await api.get(f"/api/v1/acoustics/adaptations/{run_id}/plot")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        record = (await api.get(f"/api/v1/acoustics/adaptations/{run_id}")).json()
+        assert record["id"] == run_id and record["restore"]["version"] == 1
+        for bad_id in ("nope", "..", "a b", "x" * 65, "%2e%2e%2fetc"):
+            r = await api.get(f"/api/v1/acoustics/adaptations/{bad_id}/plot")
+            assert r.status_code == 404, (bad_id, r.text)
 
         # the recall that ran away before is now guarded, and the engine keeps running
         errors = int(sf.driver.snapshot().processor_errors)
