@@ -24,10 +24,12 @@ frames; a stream block longer than ``MAX_BLOCK`` is processed as equal sub-block
    delay line (about 33 ms at 48 kHz); a shorter ``delay_s`` is rendered at that minimum, and
    ``latency()`` says so.
 
-**Mode switches** (``SetField`` through ``control``): the control thread (never the audio
-thread) validates the parameters and builds a complete new parameter set (``_Render``: taps,
-gains, its late network's matrices), publishes a new early bank that holds its taps, then the
-set by one reference store (``zone.request``). The audio thread picks it up at the next block
+**Mode switches** (``SetField`` through ``control``): a parameter set is built (``build_set``:
+taps, gains, its late network's matrices) where it cannot hold the callback's GIL — the service
+builds it in its design process and sends it in ``SetField.built`` — and the control thread
+(never the audio thread) checks it against this engine, places it (``_Render``), publishes a
+new early bank that holds its taps, then the set by one reference store (``zone.request``). A
+``SetField`` without ``built`` is built by the control thread itself. The audio thread picks it up at the next block
 boundary (unless a fade is running in the zone: then the newest request waits for the fade to
 end; and at most one set starts or ends per block in the whole engine: each clears or moves a
 late slot) and runs old and new side by side: direct + early crossfade linearly over
