@@ -29,17 +29,17 @@ taps, gains, its late network's matrices) where it cannot hold the callback's GI
 builds it in its design process and sends it in ``SetField.built`` — and the control thread
 (never the audio thread) checks it against this engine, places it (``_Render``), publishes a
 new early bank that holds its taps, then the set by one reference store (``zone.request``). A
-``SetField`` without ``built`` is built by the control thread itself. The audio thread picks it up at the next block
-boundary (unless a fade is running in the zone: then the newest request waits for the fade to
-end; and at most one set starts or ends per block in the whole engine: each clears or moves a
-late slot) and runs old and new side by side: direct + early crossfade linearly over
-``early_fade_s`` (the two are the same signal with different gains: amplitudes add), the late
-fields with equal power (``cos``/``sin``) over ``late_fade_s`` (two different networks:
-uncorrelated, powers add); each set's envelope is applied per block as a line (value and
-slope). The new network starts empty and fills while it fades in; the old one keeps its input
-and decays while it fades out. At the end the new network moves to the zone's slot; the old
-set goes back to the control thread, which releases it (and early banks no longer used) once
-the audio thread has moved on two blocks (so the audio thread never frees arrays either).
+``SetField`` without ``built`` is built by the control thread itself. The audio thread picks it
+up at the next block boundary (unless a fade is running in the zone: then the newest request
+waits for the fade to end; and at most one set starts or ends per block in the whole engine:
+each clears or moves a late slot) and runs old and new side by side: direct + early crossfade
+linearly over ``early_fade_s`` (the two are the same signal with different gains: amplitudes
+add), the late fields with equal power (``cos``/``sin``) over ``late_fade_s`` (two different
+networks: uncorrelated, powers add); each set's envelope is applied per block as a line (value
+and slope). The new network starts empty and fills while it fades in; the old one keeps its
+input and decays while it fades out. At the end the new network moves to the zone's slot; the
+old set goes back to the control thread, which releases it (and early banks no longer used)
+once the audio thread has moved on two blocks (so the audio thread never frees arrays either).
 
 **No allocation in the audio thread**: every buffer, index table and view is made in
 ``__init__`` or in ``control``; a block runs only ``take``, ``matmul``, ufuncs and ``copyto``
