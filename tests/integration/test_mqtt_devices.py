@@ -107,6 +107,25 @@ async def running(driver: MqttDeviceDriver) -> AsyncIterator[MqttDeviceDriver]:
         await asyncio.wait_for(task, 10)
 
 
+@contextlib.asynccontextmanager
+async def running_lamp(
+    port: int, venue: str, bridge: str, sink: Any
+) -> AsyncIterator[MqttDeviceDriver]:
+    """The zigbee2mqtt lamp (``LAMP``) under ``bridge``, its driver running and subscribed."""
+    hub = MqttHub(BrokerSettings("127.0.0.1", port, client_id=f"ctl-{venue}"))
+    device = Device("lamp-1", LAMP, MqttTransport(kind="mqtt", base=bridge), 1)
+    driver = MqttDeviceDriver(device, hub, venue, sink)
+    async with running_hub(hub), running(driver):
+        await asyncio.wait_for(hub.connected.wait(), 10)
+
+        async def subscribed() -> bool:
+            return len(hub._router.filters) == 2
+
+        await wait_until(subscribed, 10, "the driver to subscribe")
+        await asyncio.sleep(0.1)  # the SUBACKs
+        yield driver
+
+
 def now_ms() -> int:
     return round(time.time() * 1000)
 
@@ -200,17 +219,7 @@ async def test_a_stalled_sink_drops_whole_messages_counted_and_keeps_order(
         await release.wait()
         got.extend(batch)
 
-    hub = MqttHub(BrokerSettings("127.0.0.1", port, client_id=f"ctl-{venue}"))
-    device = Device("lamp-1", LAMP, MqttTransport(kind="mqtt", base=bridge), 1)
-    driver = MqttDeviceDriver(device, hub, venue, stalled)
-    async with running_hub(hub), running(driver):
-        await asyncio.wait_for(hub.connected.wait(), 10)
-
-        async def subscribed() -> bool:
-            return len(hub._router.filters) == 2
-
-        await wait_until(subscribed, 10, "the driver to subscribe")
-        await asyncio.sleep(0.1)  # the SUBACKs
+    async with running_lamp(port, venue, bridge, stalled) as driver:
         for level in range(1, 11):  # three readings a message: on, level, temperature
             doc = {"state": "ON", "brightness": level, "sensors": {"temperature": 20.0}}
             await mosquitto_pub(port, f"{bridge}/foyer-lamp", json.dumps(doc).encode())
@@ -239,17 +248,7 @@ async def test_third_party_device_mapped_by_its_profile(mosquitto: RealServer) -
     bridge = f"z2m-{venue}"
     base = f"{bridge}/foyer-lamp"
     got = Collected()
-    hub = MqttHub(BrokerSettings("127.0.0.1", port, client_id=f"ctl-{venue}"))
-    device = Device("lamp-1", LAMP, MqttTransport(kind="mqtt", base=bridge), 1)
-    driver = MqttDeviceDriver(device, hub, venue, got.sink)
-    async with running_hub(hub), running(driver):
-        await asyncio.wait_for(hub.connected.wait(), 10)
-
-        async def subscribed() -> bool:
-            return len(hub._router.filters) == 2
-
-        await wait_until(subscribed, 10, "the driver to subscribe")
-        await asyncio.sleep(0.1)  # the SUBACKs
+    async with running_lamp(port, venue, bridge, got.sink) as driver:
         state = {"state": "ON", "brightness": 200, "sensors": {"temperature": 31.5}, "lqi": 9}
         await mosquitto_pub(port, base, json.dumps(state).encode())
         await mosquitto_pub(port, f"{base}/power", b"12.5")  # a bare number
