@@ -15,7 +15,9 @@ The sequence, and why:
    *skipped*, with the reason, on a node without a sound-field engine: acoustics never hold up
    the machinery).
 3. **Phases**, in order. An axis already within tolerance is not moved. Locking bolts are
-   released first where the axis has them. Every other axis of the phase gets ``move_to`` at
+   released first where the axis has them. An axis still closing the last millimetres of its
+   previous move (a switch within tolerance is done; the supervisor's move ends at rest) is
+   given ``BUSY_WAIT_S`` to end it. Every other axis of the phase gets ``move_to`` at
    once, then the phase is watched on a fixed tick until each axis is within tolerance. The
    phase fails, and the switch with it, when a move is refused, an axis reports a fault, its
    position goes stale, it stops short (no movement for ``stall_s``: a panic or an e-stop
@@ -73,6 +75,7 @@ log = logging.getLogger(__name__)
 LAYER = "configuration"  # the lighting engine source of the configurations' looks
 NO_SOUNDFIELD = "skipped: no sound-field engine on this node"
 POLL_S = 0.1  # the watch tick: arrival, faults, stalls, abort
+BUSY_WAIT_S = 3.0  # an axis still finishing its last move is given this long before its next
 DEFAULT_PHASE_TIMEOUT_S = 120.0
 
 
@@ -763,6 +766,7 @@ class Switcher:
                 self.clock.now() + self.settings.bolts_timeout_s,
             )
         to_move = [a for a in moving if (a.left() or 0.0) > a.tolerance]
+        await self._until_free(run, to_move, deadline)
         results = await asyncio.gather(
             *(self.machinery.move(a.id, move_args(a.info, a.move), who) for a in to_move),
             return_exceptions=True,
@@ -808,6 +812,15 @@ class Switcher:
             for a in locking:
                 a.state = "arrived"
                 await self._axis_event(run, a, who, Result.OK, "arrived and locked")
+
+    async def _until_free(self, run: _Run, axes: list[_Axis], deadline: float) -> None:
+        """Wait, up to ``BUSY_WAIT_S``, while any of ``axes`` is still in its last move (the
+        previous switch arrived within tolerance, the move ends at rest). One still busy after
+        that has its move refused, with the supervisor's reason."""
+        limit = min(deadline, self.clock.now() + BUSY_WAIT_S)
+        while any(self.machinery.busy(a.id) for a in axes) and self.clock.now() < limit:
+            self._check_abort(run)
+            await self.clock.sleep(self.poll_s)
 
     def _standstill(self, a: _Axis) -> bool:
         pv = self.devices.read(a.id, "moving")

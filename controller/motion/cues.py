@@ -62,6 +62,9 @@ class SupervisedMachinery(Machinery):
             return None
         return self.supervisor.at_position(device, position, tolerance)
 
+    def busy(self, device: str) -> bool:
+        return device in self.supervisor.axes and self.supervisor.busy(device)
+
     async def stop_all(self, origin: Origin) -> dict[str, str]:
         return await self.supervisor.stop(list(self.supervisor.axes), origin, StopKind.QUICK)
 

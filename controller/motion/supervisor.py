@@ -848,6 +848,15 @@ class Supervisor:
                 self._finish(m)
                 self._spawn(self._park(list(m.axes)))
 
+    def busy(self, axis: str, now: float | None = None) -> bool:
+        """``axis`` is in a move a new one would be refused for: pending or running, and not
+        yet settling on its target (a settling move gives way)."""
+        ax = self.axes.get(axis)
+        m = ax.move if ax is not None else None
+        if m is None or m.state not in ("running", "pending"):
+            return False
+        return not self._settling(m, self.clock() if now is None else now)
+
     def _settling(self, m: Move, now: float) -> bool:
         """``m``'s plan is over and every axis is within ``SETTLE_TOLERANCE`` of its target,
         still closing the last of the distance on the drive's own ramp."""

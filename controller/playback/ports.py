@@ -183,6 +183,11 @@ class Machinery:
         device's position point."""
         return None
 
+    def busy(self, device: str) -> bool:
+        """``device`` is still in a move a new one would be refused for (the tail of the last
+        one: within its arrival tolerance, not yet at rest). False: no such signal here."""
+        return False
+
     async def stop_all(self, origin: Origin) -> dict[str, str]:
         """A controlled stop of every axis at once; returns the axes that failed, with why."""
         results = await asyncio.gather(

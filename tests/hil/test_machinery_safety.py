@@ -59,9 +59,9 @@ def venue(tmp_path: Path) -> Path:
     path = write_venue(
         tmp_path,
         [
-            {"id": "hoist-1", "port": port, "unit": 1, "start": 1000},
-            {"id": "hoist-2", "port": port, "unit": 2, "start": 5000},
-            {"id": "hoist-3", "port": port, "unit": 3, "start": 8000},
+            {"id": "hoist-1", "port": port, "unit": 1, "start": 1000, "watchdog_ms": 500},
+            {"id": "hoist-2", "port": port, "unit": 2, "start": 5000, "watchdog_ms": 500},
+            {"id": "hoist-3", "port": port, "unit": 3, "start": 8000, "watchdog_ms": 500},
         ],
     )
     path.write_text(path.read_text().replace("[telemetry]", MACHINERY + "[telemetry]", 1))

@@ -5,6 +5,7 @@ timeouts, abort (every commanded axis stopped), lighting layer, acoustics skippe
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from controller.configurations import (
     axis_info,
     estimate_s,
 )
+from controller.configurations.sequencer import BUSY_WAIT_S
 from controller.journal import JournalEvent, Origin, Result, SourceKind
 from controller.playback import Machinery, PointValue, Refused, VirtualClock
 from controller.playback.ports import PlaybackError
@@ -390,6 +392,42 @@ async def test_phase_timeout() -> None:
     out = await rig.run_until_done()
     assert out["state"] == "failed" and "phase 1 timed out after 3" in out["reason"], out
     assert "fly-1 at 1000" in out["reason"]
+
+
+class BusyMachinery(Machinery):
+    """The supervisor's signal: each axis named is still in its last move until ``until``."""
+
+    def __init__(self, world: World, until: dict[str, float]) -> None:
+        super().__init__(world, list(AXES))
+        self.world, self.until = world, until
+
+    def busy(self, device: str) -> bool:
+        return self.world.clock.now() < self.until.get(device, -math.inf)
+
+
+async def test_an_axis_finishing_its_last_move_is_waited_for() -> None:
+    """A switch started as the last one arrives (within tolerance, the supervisor's move not
+    yet at rest) waits for that move to end instead of having its move refused."""
+    rig = Rig()
+    rig.sw.machinery = BusyMachinery(rig.world, {"fly-1": rig.clock.now() + 1.2})
+    await rig.sw.switch("concert", USER)
+    await rig.clock.advance(1.0)
+    assert not [c for c in rig.world.calls if c[1] == "move_to"]  # the phase waits
+    out = await rig.run_until_done()
+    assert out["state"] == "done", out
+    moved = [d for d, c, _, _ in rig.world.calls if c == "move_to"]
+    assert moved == ["fly-1", "fly-2", "lift", "wagon"]
+
+
+async def test_an_axis_busy_for_longer_has_its_move_refused() -> None:
+    rig = Rig()
+    rig.sw.machinery = BusyMachinery(rig.world, {"fly-1": math.inf})
+    rig.world.refuse.add(("fly-1", "move_to"))  # as the supervisor refuses a busy axis
+    await rig.sw.switch("concert", USER)
+    await rig.clock.advance(BUSY_WAIT_S - 0.5)
+    assert not [c for c in rig.world.calls if c[1] == "move_to"]
+    out = await rig.run_until_done()
+    assert out["state"] == "failed" and "fly-1: move refused" in out["reason"], out
 
 
 async def test_close_aborts_a_running_switch(rig: Rig) -> None:

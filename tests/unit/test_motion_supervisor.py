@@ -420,6 +420,19 @@ async def test_an_axis_in_a_move_refuses_a_second_one(r: Rig) -> None:
     assert first.state == "aborted" and ("hoist-1", StopKind.CONTROLLED) in r.axes.stops
 
 
+async def test_busy_until_the_move_settles_on_its_target(r: Rig) -> None:
+    """``busy`` is what a new move would be refused for: a running move, until its plan is
+    over and the axis is within the settling tolerance (then a new move supersedes it)."""
+    r.sup.keep_enabled("desk", r.now)
+    assert not r.sup.busy("hoist-1") and not r.sup.busy("no-such-axis")
+    move = await r.sup.move({"hoist-1": 2000}, ALICE)
+    assert r.sup.busy("hoist-1") and not r.sup.busy("hoist-2")
+    await r.run(move.plan.duration * 0.9)
+    assert r.sup.busy("hoist-1")
+    await r.run(move.plan.duration * 0.1 + 0.2)
+    assert not r.sup.busy("hoist-1")
+
+
 async def test_position_triggers_fire_as_the_axis_passes(r: Rig) -> None:
     r.sup.keep_enabled("desk", r.now)
     move = await r.sup.move({"hoist-1": 5000}, ALICE)
