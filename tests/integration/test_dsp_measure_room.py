@@ -35,6 +35,7 @@ import pytest
 
 from drivers.audio import AudioConfig, AudioDriver
 from dsp.measure import (
+    Measurement,
     MeasurementDone,
     MeasurementFactory,
     MeasurementFailed,
@@ -256,6 +257,36 @@ def check_pair(measured: np.ndarray, room_ir: np.ndarray, truth: dict[str, Any])
     within(mine, truth, ("t30_s", "c80_db", "d50"), "dsp.metrics on the measured IR vs truth")
 
 
+def judge(result: Measurement, plan: MeasurementPlan, irs: np.ndarray, t: dict[str, Any]) -> None:
+    """The measurement of the room's four pairs against the room's own IRs and truth."""
+    # The background noise the room was told to make: 40 dB SPL, full scale 120 dB SPL.
+    for n in result.noise:
+        print(f"noise at input {n.input}: {n.broadband_dbfs:.1f} dBFS broadband")
+        assert n.broadband_dbfs + 120 == pytest.approx(NOISE_DB, abs=1.5)
+    assert result.noise_margin_ok and not result.flagged("clipped")
+    for speaker in (1, 2):
+        for mic in (1, 2):
+            p = result.pair(speaker, mic)
+            assert p.peak_to_noise_db is not None
+            print(
+                f"speaker {speaker} -> mic {mic}: peak-to-noise "
+                f"{np.round(p.peak_to_noise_db, 1).tolist()} dB, THD {p.thd:.2e}, "
+                f"onset {1000 * p.onset_s:.1f} ms, sweeps used {p.sweeps_used}"
+            )
+            assert min(p.peak_to_noise_db) > 45, "enough for a T30 in every band"
+            assert p.thd < 0.01, "the room is linear"
+            room_ir = irs[mic - 1, speaker - 1].astype(float)
+            _, raw = best_match(p.ir, room_ir)
+            lag, coeff = best_match(p.ir, band_limited(room_ir, plan))
+            print(
+                f"  the room's IR found {lag} samples in, correlation {coeff:.6f} "
+                f"({raw:.4f} with its energy above {plan.sweep.f2_hz:g} Hz)"
+            )
+            assert coeff > 0.999
+            assert lag % 256 == 0, "the loop delays by whole JACK periods"
+            check_pair(p.ir, room_ir, pair(t, speaker, mic))
+
+
 async def test_a_sweep_measurement_recovers_the_room(jack: JackServer, tmp_path: Path) -> None:
     cache = tmp_path / "room-cache"
     # The room's IRs ring 0.8 s; the loop adds three JACK periods and the sound's flight.
@@ -281,40 +312,26 @@ async def test_a_sweep_measurement_recovers_the_room(jack: JackServer, tmp_path:
                 return driver.streaming and await asyncio.to_thread(patched, jack)
 
             await wait_until(connected, 60, "the room to patch itself to the measurement stream")
-            recording = await measurer.measure(driver, "hall-1", plan)
-            xruns = driver.snapshot().xruns
-            result = await asyncio.to_thread(analyze_recording, plan, recording)
-            print(f"\n{plan.seconds:.1f} s measured, {xruns} xrun(s)")
-            print(result.to_dict()["noise"])
-            for w in result.warnings:
-                print("warning:", w.text)
-
-            # The background noise the room was told to make: 40 dB SPL, full scale 120 dB SPL.
-            for n in result.noise:
-                print(f"noise at input {n.input}: {n.broadband_dbfs:.1f} dBFS broadband")
-                assert n.broadband_dbfs + 120 == pytest.approx(NOISE_DB, abs=1.5)
-            assert result.noise_margin_ok and not result.flagged("clipped")
-            for speaker in (1, 2):
-                for mic in (1, 2):
-                    p = result.pair(speaker, mic)
-                    assert p.peak_to_noise_db is not None
-                    print(
-                        f"speaker {speaker} -> mic {mic}: peak-to-noise "
-                        f"{np.round(p.peak_to_noise_db, 1).tolist()} dB, THD {p.thd:.2e}, "
-                        f"onset {1000 * p.onset_s:.1f} ms, sweeps used {p.sweeps_used}"
-                    )
-                    assert min(p.peak_to_noise_db) > 45, "enough for a T30 in every band"
-                    assert p.thd < 0.01, "the room is linear"
-                    room_ir = irs[mic - 1, speaker - 1].astype(float)
-                    _, raw = best_match(p.ir, room_ir)
-                    lag, coeff = best_match(p.ir, band_limited(room_ir, plan))
-                    print(
-                        f"  the room's IR found {lag} samples in, correlation {coeff:.6f} "
-                        f"({raw:.4f} with its energy above {plan.sweep.f2_hz:g} Hz)"
-                    )
-                    assert coeff > 0.999
-                    assert lag % 256 == 0, "the loop delays by whole JACK periods"
-                    check_pair(p.ir, room_ir, pair(t, speaker, mic))
+            # A take during which JACK lost cycles (an xrun: the machine not running the graph
+            # in time, which drops periods from the sweeps it falls in) and that fails the
+            # checks is measured again, each time said; up to three takes. A take with no xrun
+            # is judged as it is.
+            for take in range(1, 4):
+                before = driver.snapshot().xruns
+                recording = await measurer.measure(driver, f"hall-{take}", plan)
+                xruns = driver.snapshot().xruns - before
+                result = await asyncio.to_thread(analyze_recording, plan, recording)
+                print(f"\ntake {take}: {plan.seconds:.1f} s measured, {xruns} xrun(s)")
+                print(result.to_dict()["noise"])
+                for w in result.warnings:
+                    print("warning:", w.text)
+                try:
+                    judge(result, plan, irs, t)
+                    break
+                except AssertionError as exc:
+                    if not xruns or take == 3:
+                        raise
+                    print(f"take {take} spoiled by its xruns ({exc}): measured again")
 
             # A loud room: the same measurement is flagged as too noisy for a T30.
             reply = await http.post("/devices/hall/faults/noise_level", json={"db_spl": 95.0})

@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -41,6 +41,7 @@ from tests.conftest import wait_until
 from tests.peers.jack import JackServer
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 RATE = 48000
 PERIOD = RATE  # longer than the IR (0.8 s) plus the loop latency
@@ -178,6 +179,30 @@ async def peer(jack: JackServer, tmp: Path, seconds: float, play_on: int) -> np.
     return np.asarray(np.load(out))
 
 
+async def judged(
+    jack: JackServer,
+    http: httpx.AsyncClient,
+    tmp: Path,
+    play_on: int,
+    check: Callable[[np.ndarray], T],
+) -> T:
+    """``check`` of a ``peer`` recording. A take during which JACK lost cycles (an xrun: the
+    machine not running the graph in time, which drops periods whatever the room does) and
+    that fails ``check`` is recorded again, each time said; up to three takes. A take with no
+    xrun is judged as it is."""
+    for take in range(1, 4):
+        before = (await truth(http))["stream"]["xruns"]
+        rec = await peer(jack, tmp, RECORD_S, play_on)
+        lost = (await truth(http))["stream"]["xruns"] - before
+        try:
+            return check(rec)
+        except AssertionError as exc:
+            if not lost or take == 3:
+                raise
+            print(f"take {take}: {lost} xrun(s) during it, spoiled ({exc}): recorded again")
+    raise AssertionError("unreachable")
+
+
 def loop_response(x: np.ndarray) -> np.ndarray:
     """The loop's impulse response: each period of the recording deconvolved by the sequence
     (circularly: the excitation is periodic), then the median over periods, so that a period
@@ -250,16 +275,19 @@ async def test_room_returns_its_ir_and_noise(jack: JackServer, cache: Path, tmp_
         assert cached, "the room uses the cache it was given"
 
         # Speaker 1 plays; both microphones record.
-        rec = await peer(jack, tmp_path, RECORD_S, play_on=0)
-        lags = []
-        for mic in range(2):
-            measured = loop_response(rec[:, mic].astype(float))
-            lag, coeff = best_match(measured, irs[mic, 0])
-            print(f"\nmic {mic + 1}: loop lag {lag} samples, correlation {coeff:.5f}")
-            assert coeff > 0.99
-            recovered = aligned(measured, lag, irs.shape[2])
-            assert_metrics_match(recovered, pair(t, 1, mic + 1), f"speaker 1 -> mic {mic + 1}")
-            lags.append(lag)
+        def both_mics(rec: np.ndarray) -> tuple[np.ndarray, list[int]]:
+            lags = []
+            for mic in range(2):
+                measured = loop_response(rec[:, mic].astype(float))
+                lag, coeff = best_match(measured, irs[mic, 0])
+                print(f"\nmic {mic + 1}: loop lag {lag} samples, correlation {coeff:.5f}")
+                assert coeff > 0.99
+                recovered = aligned(measured, lag, irs.shape[2])
+                assert_metrics_match(recovered, pair(t, 1, mic + 1), f"speaker 1 -> mic {mic + 1}")
+                lags.append(lag)
+            return rec, lags
+
+        rec, lags = await judged(jack, http, tmp_path, 0, both_mics)
         assert lags[0] == lags[1], "both microphones are heard with the same loop latency"
         assert lags[0] % 256 == 0, "the loop delays by whole JACK periods"
 
@@ -304,25 +332,38 @@ async def test_occupancy_and_doors_change_what_the_room_sounds_like(
         assert occupied_truth["playing"]["version"] > empty_truth["playing"]["version"]
         occupied, _, _ = ir_job(room.config.model, room.state, str(cache))
         assert not np.allclose(occupied, empty, atol=1e-3), "occupancy changed the IRs"
-        rec = await peer(jack, tmp_path, RECORD_S, play_on=1)
-        measured = loop_response(rec[:, 0].astype(float))
-        lag, coeff = best_match(measured, occupied[0, 1])
-        _, coeff_empty = best_match(measured, empty[0, 1])
-        print(f"\noccupied: correlation {coeff:.5f} with the occupied IR, {coeff_empty:.5f} empty")
-        assert coeff > 0.99 and coeff > coeff_empty, "speaker 2 -> mic 1 sounds occupied"
-        recovered = aligned(measured, lag, occupied.shape[2])
-        assert_metrics_match(recovered, pair(occupied_truth, 2, 1), "occupied, speaker 2 -> mic 1")
+
+        def sounds_occupied(rec: np.ndarray) -> None:
+            measured = loop_response(rec[:, 0].astype(float))
+            lag, coeff = best_match(measured, occupied[0, 1])
+            _, coeff_empty = best_match(measured, empty[0, 1])
+            print(
+                f"\noccupied: correlation {coeff:.5f} with the occupied IR, {coeff_empty:.5f} empty"
+            )
+            assert coeff > 0.99 and coeff > coeff_empty, "speaker 2 -> mic 1 sounds occupied"
+            recovered = aligned(measured, lag, occupied.shape[2])
+            assert_metrics_match(
+                recovered, pair(occupied_truth, 2, 1), "occupied, speaker 2 -> mic 1"
+            )
+
+        await judged(jack, http, tmp_path, 1, sounds_occupied)
 
         # Doors open as well: the endpoint's truth and the sound both lose reverberation.
         reply = await http.post("/devices/hall/faults/doors_open", json={})
         assert reply.status_code == 200, reply.text
         doors_truth = await wait_settled(http, "the open-doors IR to crossfade in")
         assert doors_truth["playing"]["doors_open"] is True
-        rec = await peer(jack, tmp_path, RECORD_S, play_on=1)
-        measured = loop_response(rec[:, 0].astype(float))
-        lag, _ = best_match(measured, occupied[0, 1])
-        recovered = aligned(measured, lag, occupied.shape[2])
-        assert_metrics_match(recovered, pair(doors_truth, 2, 1), "doors open, speaker 2 -> mic 1")
+
+        def doors_open(rec: np.ndarray) -> np.ndarray:
+            measured = loop_response(rec[:, 0].astype(float))
+            lag, _ = best_match(measured, occupied[0, 1])
+            recovered = aligned(measured, lag, occupied.shape[2])
+            assert_metrics_match(
+                recovered, pair(doors_truth, 2, 1), "doors open, speaker 2 -> mic 1"
+            )
+            return recovered
+
+        recovered = await judged(jack, http, tmp_path, 1, doors_open)
         heard = mid_t30(band_metrics(recovered, RATE))
         before = mid_t30(pair(empty_truth, 2, 1))
         print(f"T30 (500 Hz-4 kHz) heard with doors open {heard:.3f} s, empty room {before:.3f} s")
