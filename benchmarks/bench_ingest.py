@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # imported where used: the publisher process must start fast
     from drivers.model import Reading
     from edge.bus import Subscription
     from edge.store import TelemetryStore
+    from edge.store_process import StoreProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SECONDS = 30.0
@@ -219,12 +220,15 @@ def sim_venue(ports: Sequence[int], devices: int) -> str:
     return "".join(lines)
 
 
-def service_venue(ports: Sequence[int], broker: int, modbus: int, mqtt: int) -> str:
+def service_venue(
+    ports: Sequence[int], broker: int, modbus: int, mqtt: int, writer: str = "process"
+) -> str:
     lines = [
         'version = 1\nprofile_dirs = ["profiles"]\n[venue]\nid = "bench"\n'
         '[[nodes]]\nid = "edge"\n[api]\nport = 0\n'
         f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {broker}\n'
         f'[telemetry]\nstore = "telemetry.sqlite3"\nbatch_max = {BATCH}\nqueue_size = {QUEUE}\n'
+        f'writer = "{writer}"\n'
     ]
     for i in range(modbus):
         port, unit = ports[i // UNITS_PER_PORT], i % UNITS_PER_PORT + 1
@@ -275,7 +279,11 @@ def publish(port: int, devices: int, points: int, seconds: float) -> None:
 
 
 async def probe(
-    store: TelemetryStore, device: str, point: str, sent_value: bool, stop: asyncio.Event
+    store: TelemetryStore | StoreProcess,
+    device: str,
+    point: str,
+    sent_value: bool,
+    stop: asyncio.Event,
 ) -> list[float]:
     """Two probes a second: from the probe's start, poll a raw query every 20 ms until a reading
     made after it is visible; latency = now - its make time (the ``sent`` value or its ts)."""
@@ -374,6 +382,7 @@ async def step(
     fraction: float,
     seconds: float,
     per_poll_guess: float,
+    writer: str = "process",
 ) -> Step:
     from edge.config import load_venue
     from edge.service import Service
@@ -388,7 +397,7 @@ async def step(
     (work / "profiles" / "bench_sensor.toml").write_text(
         sensor_profile_toml(MQTT_POINTS_PER_MESSAGE)
     )
-    (work / "venue.toml").write_text(service_venue(ports, broker[0], modbus, mqtt))
+    (work / "venue.toml").write_text(service_venue(ports, broker[0], modbus, mqtt, writer))
     venue = load_venue(work / "venue.toml")
     total = seconds + WARMUP_S + 1.0
     pub_args = [sys.executable, "-m", "benchmarks.bench_ingest", "publish"]
@@ -404,6 +413,7 @@ async def step(
                 "simulators": family(sims),
                 "mosquitto": [broker[1]],
                 "publisher": [pub],
+                "store": [p] if (p := getattr(service.store, "pid", None)) else [],
             }
             c0 = {k: cpu_s(v) for k, v in procs.items()}
             th0 = thread_cpu()
@@ -537,7 +547,9 @@ def seconds_from_env() -> float:
     return float(os.environ.get("FLYTOWER_BENCH_SECONDS", DEFAULT_SECONDS))
 
 
-async def run(seconds: float | None = None, ramp: Sequence[float] = RAMP) -> None:
+async def run(
+    seconds: float | None = None, ramp: Sequence[float] = RAMP, writer: str = "process"
+) -> None:
     seconds = seconds_from_env() if seconds is None else seconds
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     for name in ("drivers", "edge", "uvicorn", "uvicorn.error", "controller"):
@@ -559,7 +571,9 @@ async def run(seconds: float | None = None, ramp: Sequence[float] = RAMP) -> Non
             first: Step | None = None
             failed = 0.0
             for fraction in ramp:
-                st = await step(folder, ports, broker, sims, fraction, seconds, per_poll_guess)
+                st = await step(
+                    folder, ports, broker, sims, fraction, seconds, per_poll_guess, writer
+                )
                 print_step(st)
                 first = first or st
                 if st.holds():
@@ -569,7 +583,7 @@ async def run(seconds: float | None = None, ramp: Sequence[float] = RAMP) -> Non
             if best is not None and failed > best.fraction:
                 # One step back up, halfway to the load that failed.
                 mid = (best.fraction + failed) / 2
-                st = await step(folder, ports, broker, sims, mid, seconds, per_poll_guess)
+                st = await step(folder, ports, broker, sims, mid, seconds, per_poll_guess, writer)
                 print_step(st)
                 if st.holds():
                     best = st
@@ -603,5 +617,12 @@ if __name__ == "__main__":
             default=RAMP,
             help="fractions of 80 000/s to try, in order, until one holds (default: %(default)s)",
         )
+        parser.add_argument(
+            "--writer",
+            choices=("process", "thread"),
+            default="process",
+            help="[telemetry] writer of the service: the store in a process of its own "
+            "(default) or a thread of the service's",
+        )
         args = parser.parse_args()
-        asyncio.run(run(args.seconds, args.load))
+        asyncio.run(run(args.seconds, args.load, args.writer))

@@ -319,6 +319,9 @@ class TelemetryConfig(_Strict):
     retention_days: float = Field(default=30, gt=0)
     batch_max: int = Field(default=2000, ge=1, le=100_000)
     queue_size: int = Field(default=10_000, ge=1)
+    # Where the store's writer runs: a thread of the service, or a process of its own
+    # (edge/store_process.py), which takes its work off the service's GIL at high rates.
+    writer: Literal["thread", "process"] = "thread"
     # --- embedded store: rollup tiers, retention per tier, bad input (edge/store.py;
     # docs/telemetry.md, "Embedded store"). ``retention_days`` above is the raw tier's.
     retention_1s_days: float = Field(default=90, gt=0, allow_inf_nan=False)

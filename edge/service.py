@@ -73,6 +73,7 @@ from edge.config import DmxConfig, Venue
 from edge.early_warning import EarlyWarning
 from edge.journal import JournalStore, device_command, journal_path
 from edge.store import StoreSettings, TelemetryStore, point_types
+from edge.store_process import StoreProcess
 from edge.timecode import ServiceTimecode
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class Service:
         self.live: dict[tuple[str, str], Reading] = {}
         self.health: dict[str, Health] = {}
         self.drivers: dict[str, DeviceDriver] = {}
-        self.store = TelemetryStore(
+        store_kind = StoreProcess if cfg.telemetry.writer == "process" else TelemetryStore
+        self.store: TelemetryStore | StoreProcess = store_kind(
             venue.store_path,
             StoreSettings.from_config(cfg.telemetry),
             dtypes=point_types(self.devices.values()),

@@ -175,11 +175,30 @@ ON CONFLICT (series, bucket) DO UPDATE SET
 """
 _UPSERT = "INSERT INTO rollup_{tier} VALUES (?, ?, ?, ?, ?, ?, ?, ?) " + _MERGE
 _Row = tuple[int, float, Any, int]  # series, ts, value, quality
+# A reading as the writer checks it: (device, point, value, ts_wall, quality). Plain tuples
+# are made in C (``to_wire``) and pickle cheaply for a store in another process.
+Wire = tuple[Any, Any, Any, Any, Any]
+_WIRE = operator.attrgetter("device", "point", "value", "ts_wall", "quality")
 _TS = operator.itemgetter(1)
 _TS0 = operator.itemgetter(0)
 # A partial aggregate: [min, max, sum, count, last_ts, last].
 _Part = list[Any]
 _Parts = dict[tuple[int, int], _Part]
+
+
+def to_wire(readings: Sequence[Reading]) -> list[Wire | None]:
+    """``readings`` as ``Wire`` tuples, None for an item that is not a reading (the writer
+    counts it ``malformed``)."""
+    try:
+        return list(map(_WIRE, readings))
+    except Exception:  # something in the batch is not a reading: item by item
+        out: list[Wire | None] = []
+        for r in readings:
+            try:
+                out.append(_WIRE(r))
+            except Exception:
+                out.append(None)
+        return out
 
 
 def _merge(into: _Parts, key: tuple[int, int], p: Sequence[Any]) -> None:
@@ -811,7 +830,7 @@ class TelemetryStore:
         counts[reason] = counts.get(reason, 0) + 1
 
     def _check(
-        self, conn: sqlite3.Connection, readings: Sequence[Reading], lo: float, hi: float
+        self, conn: sqlite3.Connection, readings: Iterable[Wire | None], lo: float, hi: float
     ) -> list[_Row]:
         """The rows to insert for ``readings``; what cannot be stored is counted, not raised.
         Runs inside the write transaction (a new series is inserted with its first row)."""
@@ -819,7 +838,7 @@ class TelemetryStore:
         series = self._series
         for r in readings:
             try:
-                ts = r.ts_wall
+                device, point, v, ts, quality = r  # type: ignore[misc]  # None: malformed
                 if type(ts) is not float:
                     if isinstance(ts, bool) or not isinstance(ts, int | float):
                         self._count(BAD_TIMESTAMP)
@@ -831,7 +850,7 @@ class TelemetryStore:
                     else:
                         self._count(FUTURE if ts > hi else TOO_OLD)
                     continue
-                key = (r.device, r.point)
+                key = (device, point)
                 entry = series.get(key)
                 if entry is None:
                     if not all(type(k) is str and _NAME.fullmatch(k) for k in key):
@@ -839,11 +858,10 @@ class TelemetryStore:
                         continue
                     entry = self._new_series(conn, key)
                 sid, kind = entry
-                q = _QUALITY_CODE.get(r.quality)
+                q = _QUALITY_CODE.get(quality)
                 if q is None:
                     self._count(BAD_QUALITY)
                     continue
-                v = r.value
                 if v is None:
                     pass
                 elif isinstance(v, bool):
@@ -885,7 +903,9 @@ class TelemetryStore:
                 self._count(MALFORMED)
         return rows
 
-    def _write(self, readings: Sequence[Reading]) -> int:
+    def _write(self, readings: Sequence[Reading], wire: bool = False) -> int:
+        """Check and commit one batch of readings (``wire``: already ``Wire`` tuples)."""
+        checked: Sequence[Wire | None] = readings if wire else to_wire(readings)  # type: ignore[assignment]
         conn = self._wconn
         assert conn is not None, "store is not open"
         s = self.settings
@@ -895,7 +915,7 @@ class TelemetryStore:
         known = len(self._series)
         conn.execute("BEGIN IMMEDIATE")  # one transaction per batch: committed, or not at all
         try:
-            rows = self._check(conn, readings, lo, hi)
+            rows = self._check(conn, checked, lo, hi)
             conn.executemany("INSERT INTO inbox VALUES (?, ?, ?, ?)", rows)
             top = int(conn.execute("SELECT max(rowid) FROM inbox").fetchone()[0] or 0)
             conn.execute("COMMIT")  # durable from here on: only now may the caller hear back
@@ -1095,6 +1115,13 @@ class TelemetryStore:
         if not readings:
             return 0
         return await self._on(self._writer, self._write, readings)
+
+    async def write_wire(self, rows: Sequence[Wire | None]) -> int:
+        """``write`` of readings already made ``Wire`` tuples (``to_wire``): what a store in
+        a process of its own is sent."""
+        if not rows:
+            return 0
+        return await self._on(self._writer, self._write, rows, True)
 
     async def rollup(self) -> int:
         """Compact every reading written so far from the inbox into ``readings`` and the
