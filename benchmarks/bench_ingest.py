@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import getpass
 import json
 import logging
@@ -275,6 +276,31 @@ def publish(port: int, devices: int, points: int, seconds: float) -> None:
     client.disconnect()
 
 
+class GcClock:
+    """Collections of the service's interpreter and the time they took, by generation: the
+    cyclic collector runs on the loop's thread, so its time is the loop's."""
+
+    def __init__(self) -> None:
+        self.runs = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            g = self.runs[info["generation"]]
+            g[0] += 1
+            g[1] += time.perf_counter() - self._t
+
+    def start(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self)
+
+
 # --- probes ------------------------------------------------------------------------------------
 
 
@@ -329,6 +355,7 @@ class Step:
     missed: tuple[int, int] = (0, 0)  # Modbus (missed, cycles) over the whole run
     dropped: int = 0  # MQTT readings the drivers' queues dropped (newest-dropped overflow)
     poll_ms: tuple[float, float] = (float("nan"), float("nan"))  # Modbus poll p50, p99
+    gc: dict[int, tuple[int, float]] = field(default_factory=dict)  # generation: (runs, s)
 
     def offered(self, source: str) -> float:
         if source == "modbus":
@@ -404,8 +431,10 @@ async def step(
     pub_args += [str(broker[0]), str(mqtt), str(MQTT_POINTS_PER_MESSAGE), str(total + 5)]
     service = Service(venue)
     task = asyncio.create_task(service.run(), name="service")
+    gc_clock = GcClock()
     try:
         await asyncio.wait_for(service.started.wait(), 30)
+        service.freeze_startup_heap()  # as ``flytower run`` does
         async with child(pub_args, ready_line=True) as pub:
             await asyncio.sleep(WARMUP_S)  # drivers connected, broker subscriptions made
             procs = {
@@ -426,6 +455,7 @@ async def step(
                 ),
                 "mqtt": asyncio.create_task(probe(service.store, "mq-000", "sent", True, stop)),
             }
+            gc_clock.start()
             t0, m0 = time.time(), time.monotonic()
             w_prev, t_prev = service.store.written, m0
             while (left := seconds - (time.monotonic() - m0)) > 0:
@@ -439,6 +469,8 @@ async def step(
                 )
                 w_prev, t_prev = written, now
             t1 = time.time()
+            gc_clock.stop()
+            st.gc = {g: (int(n), float(s)) for g, (n, s) in gc_clock.runs.items()}
             st.seconds = time.monotonic() - m0
             st.cpu = {k: (cpu_s(v) - c0[k]) / st.seconds for k, v in procs.items()}
             st.threads = {k: (v - th0.get(k, 0.0)) / st.seconds for k, v in thread_cpu().items()}
@@ -457,6 +489,7 @@ async def step(
                 if d.device.id.startswith("mq-")
             )
     finally:
+        gc_clock.stop()
         service.stop()
         await asyncio.wait_for(task, 60)
     st.stored = count_stored(venue.store_path, t0, t1)
@@ -489,6 +522,15 @@ def print_step(st: Step) -> None:
     )
     busy = sorted(st.threads.items(), key=lambda kv: -kv[1])[:4]
     print("      service threads: " + ", ".join(f"{k} {v:.2f}" for k, v in busy))
+    if st.seconds:
+        print(
+            "      the service's cyclic GC (on the loop): "
+            + ", ".join(
+                f"gen {g} {n} runs, {s / st.seconds:.1%} of the time "
+                f"({s / n * 1000 if n else 0:.0f} ms each)"
+                for g, (n, s) in st.gc.items()
+            )
+        )
     missed, cycles = st.missed
     print(
         f"      Modbus missed cycles {missed:,} of {cycles:,} "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import importlib
 import logging
 import sys
@@ -76,11 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         started = asyncio.create_task(service.started.wait())
         await asyncio.wait([run, started], return_when=asyncio.FIRST_COMPLETED)
         if started.done():
-            # What start-up built lives as long as the service: out of the cyclic collector's
-            # sight, so that its full collections stay short and do not stall the show's
-            # loop (benchmarks/bench_ws_fanout: GO -> DMX p99 with 500 consoles).
-            gc.collect()
-            gc.freeze()
+            service.freeze_startup_heap()
         else:
             started.cancel()
         await run

@@ -175,10 +175,15 @@ ON CONFLICT (series, bucket) DO UPDATE SET
 """
 _UPSERT = "INSERT INTO rollup_{tier} VALUES (?, ?, ?, ?, ?, ?, ?, ?) " + _MERGE
 _Row = tuple[int, float, Any, int]  # series, ts, value, quality
-# A reading as the writer checks it: (device, point, value, ts_wall, quality). Plain tuples
-# are made in C (``to_wire``) and pickle cheaply for a store in another process.
+# A reading as the writer checks it: (device, point, value, ts_wall, quality).
 Wire = tuple[Any, Any, Any, Any, Any]
 _WIRE = operator.attrgetter("device", "point", "value", "ts_wall", "quality")
+_FIELDS = tuple(map(operator.attrgetter, ("device", "point", "value", "ts_wall", "quality")))
+# A batch as ``to_wire`` makes it: five columns (lists of the readings' fields, made in C,
+# with no object a reading: the service's heap, and its collector, see five lists, not a
+# tuple a reading), or, when an item is not a reading, one ``Wire`` (or None) an item.
+Columns = tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]
+WireBatch = Columns | list[Wire | None]
 _TS = operator.itemgetter(1)
 _TS0 = operator.itemgetter(0)
 # A partial aggregate: [min, max, sum, count, last_ts, last].
@@ -186,11 +191,19 @@ _Part = list[Any]
 _Parts = dict[tuple[int, int], _Part]
 
 
-def to_wire(readings: Sequence[Reading]) -> list[Wire | None]:
-    """``readings`` as ``Wire`` tuples, None for an item that is not a reading (the writer
-    counts it ``malformed``)."""
+def to_wire(readings: Sequence[Reading]) -> WireBatch:
+    """``readings`` as a ``WireBatch``: what the writer checks, and what a store in another
+    process is sent (it pickles cheaply). An item that is not a reading becomes None, which
+    the writer counts ``malformed``."""
     try:
-        return list(map(_WIRE, readings))
+        d, p, v, t, q = _FIELDS
+        return (
+            list(map(d, readings)),
+            list(map(p, readings)),
+            list(map(v, readings)),
+            list(map(t, readings)),
+            list(map(q, readings)),
+        )
     except Exception:  # something in the batch is not a reading: item by item
         out: list[Wire | None] = []
         for r in readings:
@@ -199,6 +212,11 @@ def to_wire(readings: Sequence[Reading]) -> list[Wire | None]:
             except Exception:
                 out.append(None)
         return out
+
+
+def wire_rows(batch: WireBatch) -> Iterable[Wire | None]:
+    """The ``Wire`` rows of ``batch``, one an item."""
+    return zip(*batch, strict=False) if isinstance(batch, tuple) else batch  # equal, checked
 
 
 def _merge(into: _Parts, key: tuple[int, int], p: Sequence[Any]) -> None:
@@ -903,9 +921,9 @@ class TelemetryStore:
                 self._count(MALFORMED)
         return rows
 
-    def _write(self, readings: Sequence[Reading], wire: bool = False) -> int:
-        """Check and commit one batch of readings (``wire``: already ``Wire`` tuples)."""
-        checked: Sequence[Wire | None] = readings if wire else to_wire(readings)  # type: ignore[assignment]
+    def _write(self, readings: Sequence[Reading] | WireBatch, wire: bool = False) -> int:
+        """Check and commit one batch of readings (``wire``: already a ``WireBatch``)."""
+        checked = wire_rows(readings if wire else to_wire(readings))  # type: ignore[arg-type]
         conn = self._wconn
         assert conn is not None, "store is not open"
         s = self.settings
@@ -1116,12 +1134,12 @@ class TelemetryStore:
             return 0
         return await self._on(self._writer, self._write, readings)
 
-    async def write_wire(self, rows: Sequence[Wire | None]) -> int:
-        """``write`` of readings already made ``Wire`` tuples (``to_wire``): what a store in
+    async def write_wire(self, batch: WireBatch) -> int:
+        """``write`` of readings already made a ``WireBatch`` (``to_wire``): what a store in
         a process of its own is sent."""
-        if not rows:
-            return 0
-        return await self._on(self._writer, self._write, rows, True)
+        if isinstance(batch, tuple) and (len(batch) != 5 or len(set(map(len, batch))) > 1):
+            raise ValueError("a batch's columns must be five of one length")
+        return await self._on(self._writer, self._write, batch, True)
 
     async def rollup(self) -> int:
         """Compact every reading written so far from the inbox into ``readings`` and the

@@ -96,6 +96,8 @@ async def test_errors_come_back_as_themselves(tmp_path: Path) -> None:
     async with StoreProcess(tmp_path / "t.sqlite3", SETTINGS) as store:
         with pytest.raises(ValueError, match="no tier 'hourly'"):
             await store.prune_tier("hourly", 60.0)
+        with pytest.raises(ValueError, match="five of one length"):
+            await store._call("write_wire", (["d"], ["p"], [], [], []))
         with pytest.raises(ValueError, match="no method"):
             await store._call("_write", [])  # only the store's public calls are served
         with pytest.raises(Exception, match="pickle"):  # pickle's own error
