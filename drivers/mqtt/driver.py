@@ -165,12 +165,12 @@ class MqttDeviceDriver:
             self._silence_s = profile.health.offline_after_failures * silence_period_s(
                 profile, device.poll_hz
             )
-        self._topics: dict[str, list[PointSpec]] = {}
+        self._topics: dict[str, list[mapping.Mapped]] = {}
         if self.transport.base is not None:
             for spec in profile.points.values():
                 if spec.mqtt is not None and spec.access.readable:
                     topic = mapping.resolve(self.transport.base, spec.mqtt.topic)
-                    self._topics.setdefault(topic, []).append(spec)
+                    self._topics.setdefault(topic, []).append(mapping.Mapped(spec))
 
     @property
     def health(self) -> Health:
@@ -317,17 +317,15 @@ class MqttDeviceDriver:
         mono, wall = time.monotonic(), time.time()
         device = self.device.id
         readings: list[Reading] = []
-        for spec in self._topics.get(topic, ()):
-            assert spec.mqtt is not None
+        good = Quality.GOOD
+        for point in self._topics.get(topic, ()):
             try:
-                raw = mapping.extract(doc, spec.mqtt)
-                if raw is None:
-                    continue  # this message does not carry the point
-                value = mapping.to_value(spec, raw)
+                value = point.read(doc)
             except SchemaError as exc:
                 self._bad(topic, str(exc))
                 continue
-            readings.append(Reading(device, spec.name, value, mono, wall, Quality.GOOD))
+            if value is not None:  # None: this message does not carry the point
+                readings.append(Reading(device, point.name, value, mono, wall, good))
         self._emit(readings)
 
     # --- commands ---------------------------------------------------------------------------

@@ -72,6 +72,43 @@ def extract(doc: Any, wire: MqttWire) -> Any:
     return value
 
 
+class Mapped:
+    """One readable mapped point of a topic, compiled once per driver: its field's key path
+    and, for a float point with no value map, its range, so that the common case (a JSON
+    number in range) takes a dictionary lookup and two comparisons. Whatever else
+    (``read``'s slow path) goes through ``extract`` and ``to_value``, which say why a value
+    is refused."""
+
+    __slots__ = ("hi", "key", "lo", "name", "plain_float", "spec")
+
+    def __init__(self, spec: PointSpec) -> None:
+        wire = spec.mqtt
+        assert wire is not None
+        self.spec, self.name = spec, spec.name
+        path = None if wire.field is None else wire.field.split(".")
+        self.key = path[0] if path is not None and len(path) == 1 else None
+        self.plain_float = spec.dtype is ValueType.FLOAT and not wire.values
+        self.lo = -math.inf if spec.min is None else float(spec.min)
+        self.hi = math.inf if spec.max is None else float(spec.max)
+
+    def read(self, doc: Any) -> Value | None:
+        """The point's value in a parsed payload; None if the payload does not carry it.
+        Raises ``SchemaError`` as ``extract`` / ``to_value`` do."""
+        key = self.key
+        if key is not None and type(doc) is dict:
+            raw = doc.get(key)
+            if raw is None:
+                return None
+            # A JSON number is finite here (``parse_payload`` refuses the others).
+            if self.plain_float and type(raw) is float and self.lo <= raw <= self.hi:
+                return raw
+        else:
+            raw = extract(doc, self.spec.mqtt)  # type: ignore[arg-type]  # set: __init__
+            if raw is None:
+                return None
+        return to_value(self.spec, raw)
+
+
 def to_value(spec: PointSpec, raw: Any) -> Value:
     """Map and type-check a raw value for ``spec``; SchemaError says why it is not one."""
     wire = spec.mqtt

@@ -318,6 +318,61 @@ def test_fuzz_mapping(raw: bytes) -> None:
             mapping.to_value(spec, mapping.extract(doc, spec.mqtt))
 
 
+TEMP = PointSpec(name="temperature", min=-40, max=85, mqtt=MqttWire(field="temperature"))
+HUMID = PointSpec(name="humidity", dtype=ValueType.INT, mqtt=MqttWire(field="humidity"))
+STATE = PointSpec(
+    name="state", dtype=ValueType.BOOL, mqtt=MqttWire(field="state", values={"ON": True})
+)
+WHOLE = PointSpec(name="whole", mqtt=MqttWire())  # the whole payload is the value
+
+
+def slow_read(spec: PointSpec, doc: Any) -> Any:
+    """What the driver did before ``Mapped``: extract, then to_value."""
+    assert spec.mqtt is not None
+    raw = mapping.extract(doc, spec.mqtt)
+    return None if raw is None else mapping.to_value(spec, raw)
+
+
+def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        v = fn(*args)
+    except SchemaError as exc:
+        return "refused", str(exc)
+    return "value", (type(v), v)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["ON", "OFF", "21.5", ""]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+documents = json_values | st.fixed_dictionaries(
+    {},
+    optional={
+        "temperature": json_values,
+        "humidity": json_values,
+        "state": json_values,
+        "light": st.fixed_dictionaries({}, optional={"level": json_values}),
+    },
+)
+
+
+@FAST
+@given(doc=documents)
+def test_compiled_points_read_as_extract_and_to_value(doc: Any) -> None:
+    """``Mapped.read`` (the driver's fast path) gives what extract + to_value give: the same
+    value of the same type, the same None, or the same refusal."""
+    doc = json.loads(json.dumps(doc))  # what parse_payload hands over: plain JSON types
+    for spec in (TEMP, HUMID, STATE, WHOLE, LEVEL, ON):
+        assert outcome(mapping.Mapped(spec).read, doc) == outcome(slow_read, spec, doc), spec.name
+
+
 # --- router --------------------------------------------------------------------------------
 
 
