@@ -404,22 +404,26 @@ async def test_maxsize_one_works(policy: Overflow) -> None:
     items=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 99)), max_size=60),
     maxsize=st.integers(1, 12),
     chunks=st.integers(1, 5),
+    drain_every=st.integers(0, 3),
 )
 async def test_publish_many_leaves_what_publishing_one_by_one_leaves(
-    items: list[Item], maxsize: int, chunks: int
+    items: list[Item], maxsize: int, chunks: int, drain_every: int
 ) -> None:
     """For the non-blocking policies, one ``publish_many`` per chunk gives each subscription
-    exactly the queue, order and drop count that one ``publish`` per item gives."""
+    exactly the queue, order and drop count that one ``publish`` per item gives, also when
+    the reader takes everything between chunks (``drain_every``: after every n-th chunk)."""
     for policy in (Overflow.LATEST, Overflow.DROP_OLDEST):
         key = by_key if policy is Overflow.LATEST else None
         one, many = Bus[Item]("one"), Bus[Item]("many")
         a = one.subscribe("s", policy, maxsize, key)
         b = many.subscribe("s", policy, maxsize, key)
-        for item in items:
-            await one.publish(item)
         step = max(1, len(items) // chunks)
-        for i in range(0, len(items), step):
+        for n, i in enumerate(range(0, len(items), step)):
+            for item in items[i : i + step]:
+                await one.publish(item)
             await many.publish_many(items[i : i + step])
+            if drain_every and n % drain_every == 0:
+                assert b.get_nowait() == a.get_nowait()
         assert (b.dropped, len(b)) == (a.dropped, len(a))
         assert b.get_nowait() == a.get_nowait()
 
