@@ -113,19 +113,7 @@ class Subscription(Generic[T]):
         if self.policy is Overflow.LATEST:
             assert self._key is not None
             latest, maxsize = self._latest, self.maxsize
-            keys = keys or list(map(self._key, items))
-            if (
-                len(latest) + len(items) <= maxsize
-                and latest.keys().isdisjoint(keys)
-                and len(set(keys)) == len(keys)
-            ):
-                # The usual case (the reader took everything last time, one reading a point
-                # a batch): nothing replaced, nothing evicted, so the loop below would only
-                # append. The same in one C call.
-                latest.update(zip(keys, items, strict=True))
-                self._readable.set()
-                return
-            for k, item in zip(keys, items, strict=True):
+            for k, item in zip(keys or list(map(self._key, items)), items, strict=True):
                 if k in latest:
                     self.dropped += 1
                     del latest[k]
