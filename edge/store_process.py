@@ -124,6 +124,7 @@ class StoreProcess:
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._ids = 0
         self._gone: StoreProcessError | None = None
+        self._closing = False  # the link's end is expected: not an error
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -189,6 +190,7 @@ class StoreProcess:
     async def __aexit__(self, *exc: object) -> None:
         try:
             if self._gone is None and self._writer is not None:
+                self._closing = True
                 with contextlib.suppress(StoreProcessError):
                     await asyncio.wait_for(self._call("close"), CLOSE_TIMEOUT_S)
         finally:
@@ -243,6 +245,9 @@ class StoreProcess:
                 else:
                     fut.set_exception(payload)
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            if self._closing:
+                self._fail(StoreProcessError("the store is closed"))
+                return
             code = None
             if self._proc is not None:  # the link closes as the process dies: reap it
                 await asyncio.to_thread(self._proc.join, 10)
