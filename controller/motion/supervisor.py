@@ -174,6 +174,7 @@ class _Axis:
     stopping: bool = False
     aborted: str = ""  # why the last move of this axis stopped short
     following_error: float | None = None  # of the last status, while moving
+    bad_statuses: int = 0  # statuses with no usable position (a read that failed), counted
     # position waits: (position, tolerance, future given the status time), checked per status
     waits: list[tuple[float, float, asyncio.Future[float]]] = field(default_factory=list)
 
@@ -259,6 +260,7 @@ class Supervisor:
                 "group": lim.group,
                 "move": None if ax.move is None else ax.move.id,
                 "last_abort": ax.aborted,
+                "bad_statuses": ax.bad_statuses,
                 "shown": self.learning.shown(name),
             }
         return {
@@ -759,6 +761,15 @@ class Supervisor:
         ax = self.axes.get(axis)
         if ax is None:
             return
+        if not st.good and ax.status is not None and ax.status.good:
+            # No usable position (a read that failed or timed out): as no status at all. The
+            # axis keeps its last good status, which goes stale after ``stale_cycles``
+            # cycles, and ``tick`` stops a move then ("stale telemetry"), so one lost read
+            # does not abort a move but a lost link does, within the configured time. A
+            # fault or e-stop flag it carries is still acted on at once, below.
+            ax.bad_statuses += 1
+            if not (st.estop or st.fault):
+                return
         ax.status = st
         if ax.stopping and abs(st.velocity or 0.0) <= 0.5 and ax.move is None:
             ax.stopping = False

@@ -233,45 +233,63 @@ async def test_a_measurement_in_the_service_becomes_the_zones_room(
             "mute_inner": True,
             "zone": "stalls",
         }
-        r = await api.post("/api/v1/acoustics/measure", json=request)
-        assert r.status_code == 202, r.text
-        run_id = r.json()["id"]
-        busy = await api.post("/api/v1/acoustics/measure", json=request)
-        assert busy.status_code == 409 and "still running" in busy.json()["detail"]
 
-        seen: set[str] = set()
+        async def measure_once(take: int) -> tuple[str, dict[str, Any]]:
+            r = await api.post("/api/v1/acoustics/measure", json=request)
+            assert r.status_code == 202, r.text
+            run_id = str(r.json()["id"])
+            if take == 1:
+                busy = await api.post("/api/v1/acoustics/measure", json=request)
+                assert busy.status_code == 409 and "still running" in busy.json()["detail"]
+            seen: set[str] = set()
 
-        async def finished() -> bool:
-            m = (await api.get("/api/v1/acoustics")).json()["measurement"]
-            seen.add(m["state"])
-            assert m["state"] != "failed", m["error"]
-            return bool(m["state"] == "done")
+            async def finished() -> bool:
+                m = (await api.get("/api/v1/acoustics")).json()["measurement"]
+                seen.add(m["state"])
+                assert m["state"] != "failed", m["error"]
+                return bool(m["state"] == "done" and m.get("id", run_id) == run_id)
 
-        await wait_until(finished, 120, "the measurement measured and analysed")
-        assert "measuring" in seen
+            await wait_until(finished, 120, "the measurement measured and analysed")
+            assert "measuring" in seen
+            return run_id, (await api.get(f"/api/v1/acoustics/measurements/{run_id}")).json()
 
+        def check(run_id: str, result: dict[str, Any]) -> None:
+            assert result["mute_inner"] and result["xruns"] >= 0
+            folder = service.venue.resolve("var/acoustics") / run_id
+            assert (folder / "summary.json").is_file()
+            for p in result["pairs"]:
+                assert (folder / p["file"]).stat().st_size > 1000, p
+                metrics = p["metrics"]
+                bands = [b["band_hz"] for b in metrics["bands"]]
+                assert bands == [125, 250, 500, 1000, 2000, 4000]
+                curve = metrics["curves"][3]
+                assert len(curve["time_s"]) == len(curve["level_db"]) <= 600
+                assert {f["name"] for f in curve["fits"]} == {"edt", "t20", "t30"}
+                # the natural room (the enhancement muted), within one JND of the room's truth
+                truth_pair = pair(t, 1, p["input"])
+                got_t30 = [b["t30_s"] for b in metrics["bands"]]
+                print(f"\ninput {p['input']}: T30 measured {got_t30}")
+                print(f"         truth {truth_pair['t30_s']}")
+                for i, (got, want) in enumerate(zip(got_t30, truth_pair["t30_s"], strict=True)):
+                    if got is not None and want is not None and i >= 1:
+                        assert abs(got - want) <= 0.05 * want, (p["input"], i, got, want)
+
+        # A take during which JACK lost cycles (an xrun drops periods from the sweeps it falls
+        # in) and that misses the truth is measured again, each time said; up to three takes.
+        # A take with no xrun is judged as it is.
+        run_ids: list[str] = []
+        for take in range(1, 4):
+            run_id, result = await measure_once(take)
+            run_ids.append(run_id)
+            try:
+                check(run_id, result)
+                break
+            except AssertionError as exc:
+                if not result["xruns"] or take == 3:
+                    raise
+                print(f"take {take}: {result['xruns']} xrun(s), spoiled ({exc}): measured again")
         listed = (await api.get("/api/v1/acoustics/measurements")).json()["measurements"]
-        assert [m["id"] for m in listed] == [run_id]
-        result = (await api.get(f"/api/v1/acoustics/measurements/{run_id}")).json()
-        assert result["mute_inner"] and result["xruns"] >= 0
-        folder = service.venue.resolve("var/acoustics") / run_id
-        assert (folder / "summary.json").is_file()
-        for p in result["pairs"]:
-            assert (folder / p["file"]).stat().st_size > 1000, p
-            metrics = p["metrics"]
-            assert [b["band_hz"] for b in metrics["bands"]] == [125, 250, 500, 1000, 2000, 4000]
-            curve = metrics["curves"][3]
-            assert len(curve["time_s"]) == len(curve["level_db"]) <= 600
-            assert {f["name"] for f in curve["fits"]} == {"edt", "t20", "t30"}
-            # the natural room (the enhancement muted), within one JND of the room's truth
-            truth_pair = pair(t, 1, p["input"])
-            print(f"\ninput {p['input']}: T30 measured {[b['t30_s'] for b in metrics['bands']]}")
-            print(f"         truth {truth_pair['t30_s']}")
-            for i, (got, want) in enumerate(
-                zip([b["t30_s"] for b in metrics["bands"]], truth_pair["t30_s"], strict=True)
-            ):
-                if got is not None and want is not None and i >= 1:
-                    assert abs(got - want) <= 0.05 * want, (p["input"], i, got, want)
+        assert sorted(m["id"] for m in listed) == sorted(run_ids)
 
         zone = (await api.get("/api/v1/acoustics")).json()["zones"]["stalls"]
         assert zone["room"]["source"].startswith("measured ")
@@ -285,9 +303,11 @@ async def test_a_measurement_in_the_service_becomes_the_zones_room(
         events = (await api.get("/api/v1/journal", params={"limit": 100})).json()["events"]
         measures = [e for e in events if e["command"] == "acoustics.measure"]
         assert {e["result"] for e in measures} >= {"ok", "failed"}
-        (measured,) = [e for e in events if e["command"] == "acoustics.measured"]
-        assert measured["result"] == "ok" and measured["source"] == "sound"
-        assert measured["args"]["id"] == run_id and measured["args"]["room"] == "updated"
+        measured = [e for e in events if e["command"] == "acoustics.measured"]
+        assert len(measured) == len(run_ids)  # one a take
+        last = next(e for e in measured if e["args"]["id"] == run_id)
+        assert last["result"] == "ok" and last["source"] == "sound"
+        assert last["args"]["room"] == "updated"
 
 
 @pytest.mark.timeout(300)

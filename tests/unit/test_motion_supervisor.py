@@ -4,6 +4,7 @@ the same rules against the Modbus simulators are in tests/hil)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -338,6 +339,44 @@ async def test_stale_telemetry_stops_the_axis(r: Rig) -> None:
     assert r.sup.state("hoist-1") is AxisState.OFFLINE
     with pytest.raises(MotionRefused, match="hoist-1 is offline"):
         await r.sup.move({"hoist-1": 2000}, ALICE)
+
+
+def bad(r: Rig, axis: str, **flags: Any) -> None:
+    """A status with no usable position (the read failed), with the flags given."""
+    st = r.axes.status(axis, r.now)
+    r.sup.status(axis, dataclasses.replace(st, position=None, velocity=None, good=False, **flags))
+
+
+async def test_a_lost_read_is_no_status_and_stale_cycles_decide(r: Rig) -> None:
+    """A bad status is as no status: the move goes on while the last good one is fresh, and
+    stops as stale telemetry after ``stale_cycles``; flags it carries act at once."""
+    r.sup.keep_enabled("desk", r.now)
+    move = await r.sup.move({"hoist-1": 5000}, ALICE)
+    await r.run(0.3)
+    bad(r, "hoist-1")  # one read lost
+    await r.run(0.3)
+    assert move.state == "running" and r.sup.snapshot()["axes"]["hoist-1"]["bad_statuses"] == 1
+    for _ in range(10):  # 10 cycles of failed reads: 5 is the limit
+        r.now += r.sup.period
+        bad(r, "hoist-1")
+        r.sup.tick(r.now)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert move.state == "aborted" and "stale telemetry from hoist-1" in move.reason
+    assert r.sup.state("hoist-1") is AxisState.OFFLINE
+
+
+async def test_a_bad_status_with_a_fault_or_estop_flag_acts_at_once(r: Rig) -> None:
+    r.sup.keep_enabled("desk", r.now)
+    move = await r.sup.move({"hoist-1": 5000}, ALICE)
+    await r.run(0.3)
+    bad(r, "hoist-1", fault=True, fault_code=4)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert move.state == "aborted" and "drive fault 4" in move.reason
+    bad(r, "hoist-2", estop=True)
+    await r.run(0.1)
+    assert r.sup.estop_latched and "e-stop input of hoist-2" in r.sup.estop_reason
 
 
 async def test_interlocks_block_and_stop() -> None:
