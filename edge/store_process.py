@@ -129,6 +129,15 @@ class StoreProcess:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> StoreProcess:
+        try:
+            await self._start()
+        except BaseException:  # refused, failed or cancelled: no process nor folder left
+            await self._end()
+            raise
+        log.info("telemetry store %s in process %d", self.path, self.pid)
+        return self
+
+    async def _start(self) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="flytower-store-"))  # 0700
         sock = self._folder / "store.sock"
         joined: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
@@ -157,16 +166,12 @@ class StoreProcess:
         try:
             ready = await asyncio.wait_for(_receive(self._reader), START_TIMEOUT_S)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as exc:
-            await self._end()
             raise StoreProcessError(f"the store process did not open {self.path}: {exc}") from None
         _, ok, payload, counters = ready
         if not ok:
-            await self._end()
             raise payload
         self._mirror(counters)
         self._replies = asyncio.create_task(self._read_replies(), name="store-process-replies")
-        log.info("telemetry store %s in process %d", self.path, self.pid)
-        return self
 
     async def _until_joined(
         self, joined: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
@@ -175,12 +180,10 @@ class StoreProcess:
         deadline = loop.time() + START_TIMEOUT_S
         while not joined.done():
             if not self._proc.is_alive():
-                await self._end()
                 raise StoreProcessError(
                     f"the store process exited (code {self._proc.exitcode}) before it connected"
                 )
             if loop.time() > deadline:
-                await self._end()
                 raise StoreProcessError(
                     f"the store process did not connect in {START_TIMEOUT_S:g} s"
                 )
@@ -206,7 +209,7 @@ class StoreProcess:
             self._replies.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replies
-        if self._proc is not None:
+        if self._proc is not None and self._proc.pid is not None:  # started
             await asyncio.to_thread(self._proc.join, 10)
             if self._proc.is_alive():
                 self._proc.kill()
