@@ -4,7 +4,7 @@ Why (docs/decisions.md, "Telemetry ingest"): at tens of thousands of readings a 
 store's writer thread (checks, inserts, compaction) takes a fifth to a quarter of the service's
 one GIL, which the event loop then waits for. In a process of its own the same
 :class:`~edge.store.TelemetryStore` runs on the other core, and the service only turns each
-batch into plain tuples (``edge.store.to_wire``, in C) and pickles it.
+batch into five columns of the readings' fields (``edge.store.to_wire``, in C) and pickles it.
 
 :class:`StoreProcess` has the store's interface as the service uses it (``write``, ``query``,
 ``history``, ``count``, ``prune``, ``prune_tier``, ``rollup``, the counters ``written``,
