@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -207,11 +207,16 @@ class Bus(Generic[T]):
         for sub in list(self._subs):
             await sub._put(item)
 
-    async def publish_many(self, items: Sequence[T]) -> None:
-        """Deliver ``items`` in order to every subscriber, a subscriber at a time (each sees
-        them in order; a full BLOCK subscriber holds up the ones after it)."""
+    async def publish_many(
+        self, items: Sequence[T], skip: Collection[Subscription[T]] = ()
+    ) -> None:
+        """Deliver ``items`` in order to every subscriber but those in ``skip``, a subscriber
+        at a time (each sees them in order; a full BLOCK subscriber holds up the ones after
+        it)."""
         keys: dict[Callable[[T], Hashable], list[Hashable]] = {}
         for sub in list(self._subs):
+            if sub in skip:
+                continue
             key = sub._key
             if sub.policy is Overflow.LATEST and key is not None:
                 if key not in keys:

@@ -331,7 +331,26 @@ class TelemetryConfig(_Strict):
     prune_chunk: int = Field(default=20_000, ge=100, le=1_000_000)
     future_tolerance_s: float = Field(default=300.0, gt=0, le=86400, allow_inf_nan=False)
     # --- end of the embedded store's fields
+    # Ingest workers (edge/ingest.py): mapped MQTT devices read in this many processes of
+    # their own, which write every reading to the store process and send the service each
+    # point's newest value ``ingest_latest_hz`` times a second. 0: read in the service.
+    ingest_workers: int = Field(default=0, ge=0, le=16)
+    ingest_latest_hz: float = Field(default=4.0, ge=0.5, le=50, allow_inf_nan=False)
     influxdb: InfluxConfig | None = None
+
+    @model_validator(mode="after")
+    def _workers_write_to_the_store_process(self) -> Self:
+        if self.ingest_workers and self.writer != "process":
+            raise ValueError(
+                'ingest_workers needs writer = "process": the workers write to the store '
+                "process, not to a thread of the service"
+            )
+        if self.ingest_workers and self.influxdb is not None:
+            raise ValueError(
+                "ingest_workers cannot be used with [telemetry.influxdb]: the workers' "
+                "readings reach only the embedded store, and the mirror would miss them"
+            )
+        return self
 
 
 # --- [alarms] (edge/alarms.py, docs/telemetry.md "Alarms") ------------------------------------

@@ -52,6 +52,7 @@ class ServiceCollector(Collector):
         yield from self._devices()
         yield from self._queues()
         yield from self._store()
+        yield from self._ingest()
         yield from self._influx()
         yield from self._lighting()
         yield from self._machinery()
@@ -124,6 +125,42 @@ class ServiceCollector(Collector):
             for reason, n in sorted(dict(getattr(store, name, {}) or {}).items()):
                 fam.add_metric([str(reason)], n)
             yield fam
+
+    def _ingest(self) -> Iterator[Metric]:
+        ingest = self.service.ingest
+        if ingest is None:
+            return
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "running": GaugeMetricFamily(
+                "flytower_ingest_worker_running",
+                "1 while the worker process runs",
+                labels=["worker"],
+            ),
+            "starts": CounterMetricFamily(
+                "flytower_ingest_worker_starts",
+                "times the worker process started",
+                labels=["worker"],
+            ),
+            "written": CounterMetricFamily(
+                "flytower_ingest_worker_written",
+                "readings the worker's batches committed since it started",
+                labels=["worker"],
+            ),
+            "queued": GaugeMetricFamily(
+                "flytower_ingest_worker_queued",
+                "readings waiting in the worker for the store",
+                labels=["worker"],
+            ),
+            "published": CounterMetricFamily(
+                "flytower_ingest_worker_published",
+                "newest readings the worker sent the service",
+                labels=["worker"],
+            ),
+        }
+        for w in ingest.workers:
+            for name, fam in fams.items():
+                fam.add_metric([str(w.index)], float(getattr(w, name)))
+        yield from fams.values()
 
     def _influx(self) -> Iterator[Metric]:
         sink = self.service.influx

@@ -63,6 +63,7 @@ from edge import alarms as edge_alarms
 from edge import audio as edge_audio
 from edge import dmx as edge_dmx
 from edge import influx as edge_influx
+from edge import ingest as edge_ingest
 from edge import machinery as edge_machinery
 from edge import maintenance as edge_maintenance
 from edge import mqtt as edge_mqtt
@@ -150,6 +151,8 @@ class Service:
         edge_alarms.check(cfg.alarms, self.devices.values())  # a bad rule fails here
         self.journal = JournalStore(journal_path(venue.store_path))
         self.mqtt: MqttNodeLink | None = None
+        # mapped MQTT devices read in processes of their own ([telemetry] ingest_workers)
+        self.ingest: edge_ingest.IngestWorkers | None = None
         self._mqtt_feed: Subscription[Reading] | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -285,6 +288,13 @@ class Service:
                 )
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
+                stored = [sub for sub in (store_sub, influx_sub) if sub is not None]
+                self.ingest = edge_ingest.for_service(self, stored)
+                ingest_task = (
+                    tg.create_task(self.ingest.run(), name="ingest-workers")
+                    if self.ingest is not None
+                    else None
+                )
                 if cfg.alarms.enabled:  # after the MQTT link (it notifies through it)
                     self.alarms = await stack.enter_async_context(edge_alarms.for_service(self))
                 # counters and early warning, before the drivers start (no reading missed)
@@ -302,6 +312,9 @@ class Service:
                     for dev in self.devices.values()
                     if (task := self._start_driver(tg, dev)) is not None
                 ]
+                if self.ingest is not None:  # the workers read before the service says started
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.ingest.ready.wait(), edge_ingest.START_WAIT_S)
                 server = self._api_server()
                 api_task = tg.create_task(server.serve(), name="api")
                 while not server.started and not api_task.done():  # noqa: ASYNC110 (no event to wait on)
@@ -352,6 +365,9 @@ class Service:
                 for driver in self.drivers.values():
                     driver.stop()
                 await _finish(driver_tasks, 3.0)
+                if self.ingest is not None and ingest_task is not None:
+                    self.ingest.stop()  # their last batches are written before the store closes
+                    await _finish([ingest_task], edge_ingest.STOP_TIMEOUT_S + 10)
                 store_sub.close()
                 await writer
                 if influx_sub is not None and influx_task is not None:
@@ -412,7 +428,9 @@ class Service:
 
     def _start_driver(self, tg: asyncio.TaskGroup, dev: Device) -> asyncio.Task[None] | None:
         driver: DeviceDriver
-        if self.supervisor is not None and dev.id in self.supervisor.axes:
+        if self.ingest is not None and dev.id in self.ingest.devices:
+            driver = self.ingest.devices[dev.id]  # read by an ingest worker
+        elif self.supervisor is not None and dev.id in self.supervisor.axes:
             driver = edge_machinery.driver_for(self, dev)  # cycled, its statuses supervised
         elif isinstance(dev.transport, ModbusTcpTransport | ModbusRtuTransport):
             driver = ModbusDeviceDriver(dev, self.readings.publish_many, self._on_health)

@@ -39,7 +39,7 @@ import shutil
 import signal
 import struct
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,14 @@ class StoreProcessError(RuntimeError):
     """The store process is gone (or never came up): says why, with its exit code."""
 
 
-async def _send(writer: asyncio.StreamWriter, obj: object) -> None:
+async def send_frame(writer: asyncio.StreamWriter, obj: object) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     writer.write(_LEN.pack(len(data)))
     writer.write(data)
     await writer.drain()
 
 
-async def _receive(reader: asyncio.StreamReader) -> Any:
+async def receive_frame(reader: asyncio.StreamReader) -> Any:
     """The next frame's object; ``IncompleteReadError`` at the end of the stream."""
     (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
     if n > FRAME_MAX:
@@ -94,6 +94,52 @@ def _portable(exc: BaseException) -> BaseException:
     except Exception:
         pass
     return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+async def spawn_linked(
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    sock: Path,
+    name: str,
+    timeout_s: float = START_TIMEOUT_S,
+) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Start ``target(str(sock), *args)`` in a spawned process and wait until it connects to
+    ``sock`` (in a private folder of the caller's): the process and the link to it. Only the
+    first connection is heard, and the listener closes once it came. If the process exits or
+    does not connect within ``timeout_s`` (StoreProcessError), or the wait is cancelled, the
+    process is killed before this returns."""
+    joined: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    joined = asyncio.get_running_loop().create_future()
+
+    def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if joined.done():
+            w.close()  # only the one process started here is heard
+        else:
+            joined.set_result((r, w))
+
+    server = await asyncio.start_unix_server(on_connect, path=str(sock))
+    proc = multiprocessing.get_context("spawn").Process(
+        target=target, args=(str(sock), *args), name=name, daemon=True
+    )
+    try:
+        await asyncio.to_thread(proc.start)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not joined.done():
+            if not proc.is_alive():
+                raise StoreProcessError(f"{name} exited (code {proc.exitcode}) before it connected")
+            if loop.time() > deadline:
+                raise StoreProcessError(f"{name} did not connect in {timeout_s:g} s")
+            await asyncio.wait({joined}, timeout=0.05)
+    except BaseException:
+        if proc.pid is not None and proc.is_alive():
+            proc.kill()
+            await asyncio.to_thread(proc.join, 5)
+        raise
+    finally:
+        server.close()
+    reader, writer = joined.result()
+    return proc, reader, writer
 
 
 class StoreProcess:
@@ -139,32 +185,15 @@ class StoreProcess:
 
     async def _start(self) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="flytower-store-"))  # 0700
-        sock = self._folder / "store.sock"
-        joined: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
-        joined = asyncio.get_running_loop().create_future()
-
-        def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            if joined.done():
-                w.close()  # only the one process this store started is heard
-            else:
-                joined.set_result((r, w))
-
-        server = await asyncio.start_unix_server(on_connect, path=str(sock))
+        self._proc, self._reader, self._writer = await spawn_linked(
+            serve,
+            (str(self.path), self.settings, self._dtypes, str(self.ingest_path)),
+            self._folder / "store.sock",
+            "flytower-store",
+        )
+        self.pid = self._proc.pid
         try:
-            ctx = multiprocessing.get_context("spawn")
-            self._proc = ctx.Process(
-                target=serve,
-                args=(str(sock), str(self.path), self.settings, self._dtypes),
-                name="flytower-store",
-                daemon=True,
-            )
-            await asyncio.to_thread(self._proc.start)
-            self.pid = self._proc.pid
-            self._reader, self._writer = await self._until_joined(joined)
-        finally:
-            server.close()
-        try:
-            ready = await asyncio.wait_for(_receive(self._reader), START_TIMEOUT_S)
+            ready = await asyncio.wait_for(receive_frame(self._reader), START_TIMEOUT_S)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as exc:
             raise StoreProcessError(f"the store process did not open {self.path}: {exc}") from None
         _, ok, payload, counters = ready
@@ -173,22 +202,11 @@ class StoreProcess:
         self._mirror(counters)
         self._replies = asyncio.create_task(self._read_replies(), name="store-process-replies")
 
-    async def _until_joined(
-        self, joined: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT_S
-        while not joined.done():
-            if not self._proc.is_alive():
-                raise StoreProcessError(
-                    f"the store process exited (code {self._proc.exitcode}) before it connected"
-                )
-            if loop.time() > deadline:
-                raise StoreProcessError(
-                    f"the store process did not connect in {START_TIMEOUT_S:g} s"
-                )
-            await asyncio.wait({joined}, timeout=0.05)
-        return joined.result()
+    @property
+    def ingest_path(self) -> Path:
+        """Where the store process takes batches from ingest workers (``IngestWriter``)."""
+        assert self._folder is not None, "the store is not open"
+        return self._folder / "ingest.sock"
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -238,7 +256,7 @@ class StoreProcess:
         assert self._reader is not None
         try:
             while True:
-                call, ok, payload, counters = await _receive(self._reader)
+                call, ok, payload, counters = await receive_frame(self._reader)
                 self._mirror(counters)
                 fut = self._waiting.pop(call, None)
                 if fut is None or fut.done():
@@ -277,7 +295,7 @@ class StoreProcess:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[call] = fut
         try:
-            await _send(self._writer, (call, method, args))
+            await send_frame(self._writer, (call, method, args))
         except (ConnectionError, OSError) as exc:
             self._waiting.pop(call, None)
             self._fail(StoreProcessError(f"the store process is unreachable: {exc}"))
@@ -326,13 +344,20 @@ class StoreProcess:
 # --- the store process ---------------------------------------------------------------------
 
 
-def serve(sock: str, path: str, settings: StoreSettings, dtypes: dict[Any, ValueType]) -> None:
-    """The store process's main: serve one service's connection until it closes."""
+def serve(
+    sock: str,
+    path: str,
+    settings: StoreSettings,
+    dtypes: dict[Any, ValueType],
+    ingest_sock: str | None = None,
+) -> None:
+    """The store process's main: serve one service's connection until it closes, and the
+    ingest workers' connections on ``ingest_sock`` meanwhile."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when the store closes
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s store-process %(name)s: %(message)s"
     )
-    asyncio.run(_serve(sock, Path(path), settings, dtypes))
+    asyncio.run(_serve(sock, Path(path), settings, dtypes, ingest_sock))
 
 
 def _counters(store: TelemetryStore) -> dict[str, Any]:
@@ -345,48 +370,87 @@ def _counters(store: TelemetryStore) -> dict[str, Any]:
     }
 
 
+class _Peer:
+    """One connection to the store process: its replies are whole frames, one at a time."""
+
+    def __init__(self, writer: asyncio.StreamWriter, counters: bool) -> None:
+        self.writer = writer
+        self.counters = counters  # the service mirrors them; an ingest worker does not
+        self.lock = asyncio.Lock()
+
+    async def reply(self, store: TelemetryStore, call: int, ok: bool, payload: object) -> None:
+        async with self.lock:
+            with contextlib.suppress(ConnectionError, OSError):
+                counters = _counters(store) if self.counters else None
+                await send_frame(self.writer, (call, ok, payload, counters))
+
+
 async def _serve(
-    sock: str, path: Path, settings: StoreSettings, dtypes: dict[Any, ValueType]
+    sock: str,
+    path: Path,
+    settings: StoreSettings,
+    dtypes: dict[Any, ValueType],
+    ingest_sock: str | None,
 ) -> None:
     reader, writer = await asyncio.open_unix_connection(sock)
-    lock = asyncio.Lock()  # replies are whole frames, one at a time
+    service = _Peer(writer, counters=True)
     store = TelemetryStore(path, settings, dtypes=dtypes)
     try:
         await store.__aenter__()
     except Exception as exc:
-        await _send(writer, (0, False, _portable(exc), None))
+        await send_frame(writer, (0, False, _portable(exc), None))
         writer.close()
         return
-    await _send(writer, (0, True, None, _counters(store)))
-    writes: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
+    await send_frame(writer, (0, True, None, _counters(store)))
+    writes: asyncio.Queue[tuple[_Peer, int, Any] | None] = asyncio.Queue()
 
-    async def reply(call: int, ok: bool, payload: object) -> None:
-        async with lock:
-            with contextlib.suppress(ConnectionError, OSError):
-                await _send(writer, (call, ok, payload, _counters(store)))
-
-    async def run(call: int, method: str, args: tuple[Any, ...]) -> None:
+    async def run(peer: _Peer, call: int, method: str, args: tuple[Any, ...]) -> None:
         try:
             if method not in METHODS or method == "close":
                 raise ValueError(f"the store process has no method {method!r}")
             result = await getattr(store, method)(*args)
         except Exception as exc:
-            await reply(call, False, _portable(exc))
+            await peer.reply(store, call, False, _portable(exc))
         else:
-            await reply(call, True, result)
+            await peer.reply(store, call, True, result)
 
     async def writer_loop() -> None:
-        """Batches one after the other, in the order they came."""
+        """Batches one after the other, in the order they came (per connection)."""
         while (item := await writes.get()) is not None:
-            await run(item[0], "write_wire", item[1])
+            await run(item[0], item[1], "write_wire", item[2])
+
+    async def ingest(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        """An ingest worker: it may only write. A frame that does not unpickle, or is not a
+        write, ends its connection (it is told why), never the store."""
+        peer = _Peer(w, counters=False)
+        try:
+            while True:
+                call, method, args = await receive_frame(r)
+                if method != "write_wire":
+                    await peer.reply(
+                        store, call, False, ValueError(f"an ingest link may not call {method!r}")
+                    )
+                    break
+                writes.put_nowait((peer, call, args))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass  # the worker is gone; what it had sent is written
+        except Exception as exc:
+            log.warning("bad frame from an ingest worker: %s; closing its link", exc)
+        finally:
+            w.close()
 
     tasks: set[asyncio.Task[None]] = set()
     ordered = asyncio.create_task(writer_loop())
+    workers = (
+        await asyncio.start_unix_server(ingest, path=ingest_sock)
+        if ingest_sock is not None
+        else None
+    )
     closing: int | None = None
     try:
         while True:
             try:
-                call, method, args = await _receive(reader)
+                call, method, args = await receive_frame(reader)
             except (asyncio.IncompleteReadError, ConnectionError, OSError):
                 break  # the service is gone: close the store and exit
             except Exception:  # a frame that does not unpickle: the link cannot be trusted
@@ -396,17 +460,84 @@ async def _serve(
                 closing = call
                 break
             if method == "write_wire":
-                writes.put_nowait((call, args))
+                writes.put_nowait((service, call, args))
             else:
-                task = asyncio.create_task(run(call, method, tuple(args)))
+                task = asyncio.create_task(run(service, call, method, tuple(args)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
     finally:
+        if workers is not None:
+            workers.close()  # no new worker; batches already queued are written below
         writes.put_nowait(None)
         await asyncio.gather(ordered, *tasks, return_exceptions=True)
         await store.__aexit__(None, None, None)
         if closing is not None:
-            await reply(closing, True, None)
+            await service.reply(store, closing, True, None)
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+class IngestWriter:
+    """An ingest worker's link to the store process (``StoreProcess.ingest_path``): it can only
+    write, and ``write`` returns once the batch is committed (durable), like the service's.
+    Batches of one writer are written in the order sent. ``StoreProcessError`` once the link
+    is gone (the store closed or died)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = 0
+        self._waiting: dict[int, asyncio.Future[int]] = {}
+        self._gone: StoreProcessError | None = None
+        self._replies = asyncio.create_task(self._read_replies(), name="ingest-writer-replies")
+
+    @classmethod
+    async def connect(cls, path: str | Path) -> IngestWriter:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        return cls(reader, writer)
+
+    async def _read_replies(self) -> None:
+        why = "the store closed the link"
+        try:
+            while True:
+                call, ok, payload, _ = await receive_frame(self._reader)
+                fut = self._waiting.pop(call, None)
+                if fut is not None and not fut.done():
+                    if ok:
+                        fut.set_result(int(payload))
+                    else:
+                        fut.set_exception(payload)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except Exception as exc:
+            why = f"bad reply from the store process: {exc}"
+        self._gone = StoreProcessError(why)
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(self._gone)
+        self._waiting.clear()
+
+    async def write(self, readings: Sequence[Reading]) -> int:
+        if self._gone is not None:
+            raise self._gone
+        if not readings:
+            return 0
+        self._ids += 1
+        call = self._ids
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting[call] = fut
+        try:
+            await send_frame(self._writer, (call, "write_wire", (to_wire(readings),)))
+        except (ConnectionError, OSError) as exc:
+            self._waiting.pop(call, None)
+            raise StoreProcessError(f"the store process is unreachable: {exc}") from None
+        return await fut
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+        self._replies.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._replies
