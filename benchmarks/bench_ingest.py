@@ -69,6 +69,7 @@ BATCH, QUEUE = 20_000, 50_000  # bench_store's [telemetry] batch_max / queue_siz
 TARGET_P99_MS = 500.0
 HOLDS = 0.97  # stored / offered for a step to count as sustained
 RAMP = (1.0, 0.5, 0.25, 0.125, 0.0625)  # halving: a short ramp
+INGEST_WORKERS = 1  # [telemetry] ingest_workers: the MQTT sensors read outside the service
 
 
 def _port() -> int:
@@ -222,14 +223,19 @@ def sim_venue(ports: Sequence[int], devices: int) -> str:
 
 
 def service_venue(
-    ports: Sequence[int], broker: int, modbus: int, mqtt: int, writer: str = "process"
+    ports: Sequence[int],
+    broker: int,
+    modbus: int,
+    mqtt: int,
+    writer: str = "process",
+    ingest_workers: int = 0,
 ) -> str:
     lines = [
         'version = 1\nprofile_dirs = ["profiles"]\n[venue]\nid = "bench"\n'
         '[[nodes]]\nid = "edge"\n[api]\nport = 0\n'
         f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {broker}\n'
         f'[telemetry]\nstore = "telemetry.sqlite3"\nbatch_max = {BATCH}\nqueue_size = {QUEUE}\n'
-        f'writer = "{writer}"\n'
+        f'writer = "{writer}"\ningest_workers = {ingest_workers}\n'
     ]
     for i in range(modbus):
         port, unit = ports[i // UNITS_PER_PORT], i % UNITS_PER_PORT + 1
@@ -410,6 +416,7 @@ async def step(
     seconds: float,
     per_poll_guess: float,
     writer: str = "process",
+    ingest_workers: int = 0,
 ) -> Step:
     from edge.config import load_venue
     from edge.service import Service
@@ -424,7 +431,9 @@ async def step(
     (work / "profiles" / "bench_sensor.toml").write_text(
         sensor_profile_toml(MQTT_POINTS_PER_MESSAGE)
     )
-    (work / "venue.toml").write_text(service_venue(ports, broker[0], modbus, mqtt, writer))
+    (work / "venue.toml").write_text(
+        service_venue(ports, broker[0], modbus, mqtt, writer, ingest_workers)
+    )
     venue = load_venue(work / "venue.toml")
     total = seconds + WARMUP_S + 1.0
     pub_args = [sys.executable, "-m", "benchmarks.bench_ingest", "publish"]
@@ -443,6 +452,9 @@ async def step(
                 "mosquitto": [broker[1]],
                 "publisher": [pub],
                 "store": [p] if (p := getattr(service.store, "pid", None)) else [],
+                "ingest": [w.pid for w in service.ingest.workers if w.pid]
+                if service.ingest is not None
+                else [],
             }
             c0 = {k: cpu_s(v) for k, v in procs.items()}
             th0 = thread_cpu()
@@ -484,9 +496,9 @@ async def step(
             lat = [x for d in stats for x in d.latencies_s]
             st.poll_ms = (pct(lat, 50), pct(lat, 99))
             st.dropped = sum(
-                int(getattr(d, "dropped", 0))
+                int(d.report().get("dropped", 0))
                 for d in service.drivers.values()
-                if d.device.id.startswith("mq-")
+                if d.device.id.startswith("mq-") and hasattr(d, "report")
             )
     finally:
         gc_clock.stop()
@@ -590,7 +602,10 @@ def seconds_from_env() -> float:
 
 
 async def run(
-    seconds: float | None = None, ramp: Sequence[float] = RAMP, writer: str = "process"
+    seconds: float | None = None,
+    ramp: Sequence[float] = RAMP,
+    writer: str = "process",
+    ingest_workers: int = INGEST_WORKERS,
 ) -> None:
     seconds = seconds_from_env() if seconds is None else seconds
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -614,7 +629,15 @@ async def run(
             failed = 0.0
             for fraction in ramp:
                 st = await step(
-                    folder, ports, broker, sims, fraction, seconds, per_poll_guess, writer
+                    folder,
+                    ports,
+                    broker,
+                    sims,
+                    fraction,
+                    seconds,
+                    per_poll_guess,
+                    writer,
+                    ingest_workers,
                 )
                 print_step(st)
                 first = first or st
@@ -625,7 +648,17 @@ async def run(
             if best is not None and failed > best.fraction:
                 # One step back up, halfway to the load that failed.
                 mid = (best.fraction + failed) / 2
-                st = await step(folder, ports, broker, sims, mid, seconds, per_poll_guess, writer)
+                st = await step(
+                    folder,
+                    ports,
+                    broker,
+                    sims,
+                    mid,
+                    seconds,
+                    per_poll_guess,
+                    writer,
+                    ingest_workers,
+                )
                 print_step(st)
                 if st.holds():
                     best = st
@@ -666,5 +699,14 @@ if __name__ == "__main__":
             help="[telemetry] writer of the service: the store in a process of its own "
             "(default) or a thread of the service's",
         )
+        parser.add_argument(
+            "--ingest-workers",
+            type=int,
+            default=INGEST_WORKERS,
+            help="[telemetry] ingest_workers of the service (default: %(default)s; 0: the MQTT "
+            "sensors are read in the service)",
+        )
         args = parser.parse_args()
-        asyncio.run(run(args.seconds, args.load, args.writer))
+        if args.ingest_workers and args.writer != "process":
+            parser.error("--ingest-workers needs --writer process")
+        asyncio.run(run(args.seconds, args.load, args.writer, args.ingest_workers))

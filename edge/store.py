@@ -260,7 +260,7 @@ class StoreSettings:
     prune_interval_s: float = 60.0
     prune_chunk: int = 20_000  # rows a prune transaction deletes at most
     rollup_pass_max: int = 400_000  # inbox rows a recovery pass holds in memory at most
-    flush_chunk: int = 20_000  # rows a compaction transaction moves (whole series)
+    flush_chunk: int = 5_000  # rows a compaction transaction moves (whole series)
     future_tolerance_s: float = 300.0  # a reading this far ahead of the clock is refused
     checkpoint_interval_s: float = 1.0  # WAL checkpoints, off the writer's thread
 
