@@ -69,7 +69,6 @@ BATCH, QUEUE = 20_000, 50_000  # bench_store's [telemetry] batch_max / queue_siz
 TARGET_P99_MS = 500.0
 HOLDS = 0.97  # stored / offered for a step to count as sustained
 RAMP = (1.0, 0.5, 0.25, 0.125, 0.0625)  # halving: a short ramp
-INGEST_WORKERS = 1  # [telemetry] ingest_workers: the MQTT sensors read outside the service
 
 
 def _port() -> int:
@@ -222,20 +221,41 @@ def sim_venue(ports: Sequence[int], devices: int) -> str:
     return "".join(lines)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """The service's [telemetry] choices under test."""
+
+    writer: str = "process"
+    ingest_workers: int = 2  # telemetry devices read outside the service's interpreter
+    ingest_protocols: tuple[str, ...] = ("mqtt", "modbus")  # which devices the workers read
+    ingest_latest_hz: float = 2.0  # the newest values the workers send the service
+
+    def toml(self) -> str:
+        return (
+            f'writer = "{self.writer}"\ningest_workers = {self.ingest_workers}\n'
+            f"ingest_protocols = {json.dumps(list(self.ingest_protocols))}\n"
+            f"ingest_latest_hz = {self.ingest_latest_hz}\n"
+        )
+
+    def __str__(self) -> str:
+        workers = (
+            f"{self.ingest_workers} ingest worker(s) reading {'+'.join(self.ingest_protocols)}, "
+            f"newest values at {self.ingest_latest_hz:g} Hz"
+            if self.ingest_workers
+            else "no ingest worker"
+        )
+        return f"store writer in a {self.writer}, {workers}"
+
+
 def service_venue(
-    ports: Sequence[int],
-    broker: int,
-    modbus: int,
-    mqtt: int,
-    writer: str = "process",
-    ingest_workers: int = 0,
+    ports: Sequence[int], broker: int, modbus: int, mqtt: int, setup: Setup = Setup()
 ) -> str:
     lines = [
         'version = 1\nprofile_dirs = ["profiles"]\n[venue]\nid = "bench"\n'
         '[[nodes]]\nid = "edge"\n[api]\nport = 0\n'
         f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {broker}\n'
         f'[telemetry]\nstore = "telemetry.sqlite3"\nbatch_max = {BATCH}\nqueue_size = {QUEUE}\n'
-        f'writer = "{writer}"\ningest_workers = {ingest_workers}\n'
+        + setup.toml()
     ]
     for i in range(modbus):
         port, unit = ports[i // UNITS_PER_PORT], i % UNITS_PER_PORT + 1
@@ -415,8 +435,7 @@ async def step(
     fraction: float,
     seconds: float,
     per_poll_guess: float,
-    writer: str = "process",
-    ingest_workers: int = 0,
+    setup: Setup = Setup(),
 ) -> Step:
     from edge.config import load_venue
     from edge.service import Service
@@ -431,9 +450,7 @@ async def step(
     (work / "profiles" / "bench_sensor.toml").write_text(
         sensor_profile_toml(MQTT_POINTS_PER_MESSAGE)
     )
-    (work / "venue.toml").write_text(
-        service_venue(ports, broker[0], modbus, mqtt, writer, ingest_workers)
-    )
+    (work / "venue.toml").write_text(service_venue(ports, broker[0], modbus, mqtt, setup))
     venue = load_venue(work / "venue.toml")
     total = seconds + WARMUP_S + 1.0
     pub_args = [sys.executable, "-m", "benchmarks.bench_ingest", "publish"]
@@ -604,14 +621,14 @@ def seconds_from_env() -> float:
 async def run(
     seconds: float | None = None,
     ramp: Sequence[float] = RAMP,
-    writer: str = "process",
-    ingest_workers: int = INGEST_WORKERS,
+    setup: Setup = Setup(),
 ) -> None:
     seconds = seconds_from_env() if seconds is None else seconds
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     for name in ("drivers", "edge", "uvicorn", "uvicorn.error", "controller"):
         logging.getLogger(name).setLevel(logging.ERROR)
     per_poll_guess = float(status_profile_toml().count("[points."))
+    print(f"   the service: {setup}")
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         folder = Path(tmp)
         ref_rate, ref_probes = await reference(folder, min(seconds, 10.0))
@@ -636,8 +653,7 @@ async def run(
                     fraction,
                     seconds,
                     per_poll_guess,
-                    writer,
-                    ingest_workers,
+                    setup,
                 )
                 print_step(st)
                 first = first or st
@@ -656,8 +672,7 @@ async def run(
                     mid,
                     seconds,
                     per_poll_guess,
-                    writer,
-                    ingest_workers,
+                    setup,
                 )
                 print_step(st)
                 if st.holds():
@@ -702,11 +717,28 @@ if __name__ == "__main__":
         parser.add_argument(
             "--ingest-workers",
             type=int,
-            default=INGEST_WORKERS,
-            help="[telemetry] ingest_workers of the service (default: %(default)s; 0: the MQTT "
-            "sensors are read in the service)",
+            default=Setup.ingest_workers,
+            help="[telemetry] ingest_workers of the service (default: %(default)s; 0: every "
+            "device is read in the service)",
+        )
+        parser.add_argument(
+            "--ingest-protocols",
+            nargs="+",
+            choices=("mqtt", "modbus"),
+            default=Setup.ingest_protocols,
+            help="[telemetry] ingest_protocols: which devices the workers read "
+            "(default: %(default)s)",
+        )
+        parser.add_argument(
+            "--latest-hz",
+            type=float,
+            default=Setup.ingest_latest_hz,
+            help="[telemetry] ingest_latest_hz (default: %(default)s)",
         )
         args = parser.parse_args()
         if args.ingest_workers and args.writer != "process":
             parser.error("--ingest-workers needs --writer process")
-        asyncio.run(run(args.seconds, args.load, args.writer, args.ingest_workers))
+        setup = Setup(
+            args.writer, args.ingest_workers, tuple(args.ingest_protocols), args.latest_hz
+        )
+        asyncio.run(run(args.seconds, args.load, setup))

@@ -314,6 +314,10 @@ class InfluxConfig(_Strict):
         return self
 
 
+IngestProtocol = Literal["mqtt", "modbus"]
+INGEST_PROTOCOLS: tuple[IngestProtocol, ...] = ("mqtt", "modbus")
+
+
 class TelemetryConfig(_Strict):
     store: str = "var/telemetry.sqlite3"
     retention_days: float = Field(default=30, gt=0)
@@ -335,7 +339,12 @@ class TelemetryConfig(_Strict):
     # their own, which write every reading to the store process and send the service each
     # point's newest value ``ingest_latest_hz`` times a second. 0: read in the service.
     ingest_workers: int = Field(default=0, ge=0, le=16)
-    ingest_latest_hz: float = Field(default=4.0, ge=0.5, le=50, allow_inf_nan=False)
+    ingest_latest_hz: float = Field(default=2.0, ge=0.5, le=50, allow_inf_nan=False)
+    # Which devices the workers read: mapped MQTT devices, polled Modbus TCP devices with no
+    # commands (not axes), or both. On a machine with few cores, MQTT alone may cost less.
+    ingest_protocols: list[IngestProtocol] = Field(
+        default_factory=lambda: list(INGEST_PROTOCOLS), min_length=1, max_length=2
+    )
     influxdb: InfluxConfig | None = None
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""Ingest workers (``[telemetry] ingest_workers = N``): mapped MQTT devices read outside the
+"""Ingest workers (``[telemetry] ingest_workers = N``): telemetry devices read outside the
 service's interpreter.
 
 Why (docs/decisions.md, "Telemetry ingest"): at 80 000 readings/s the service's one event
@@ -8,15 +8,17 @@ view, alarms, the node link and the WebSocket feeds want each point's present va
 
 So each worker process:
 
-- has its own broker connection (client id ``{service's}-ingest-{k}``) and runs the same
-  :class:`~drivers.mqtt.driver.MqttDeviceDriver` for its share of the devices;
+- runs the service's own drivers for its share of the devices: ``MqttDeviceDriver`` on a broker
+  connection of its own (client id ``{service's}-ingest-{k}``), ``ModbusDeviceDriver`` on the
+  devices' own TCP connections;
 - writes **every** reading to the store process over its own link (``IngestWriter``), and a
   batch is acknowledged only once committed, as the service's own writer does;
 - sends the service, ``ingest_latest_hz`` times a second, each point's newest reading, every
   change of a device's health, and its drivers' counters.
 
 In the service each such device has a :class:`RemoteDevice`: its health, counters and commands
-(a point write goes out on the service's own broker connection, as before). The newest
+(an MQTT device's point write goes out on the service's own broker connection, as before; a
+Modbus device a worker reads has no commands). The newest
 readings go on the readings bus to every consumer except the store (and there is no InfluxDB
 mirror with workers: the configuration refuses it), so the live view, alarms, maintenance,
 early warning and the node link see a point at most ``ingest_latest_hz`` times a second.
@@ -26,9 +28,13 @@ are offline, with the reason. A service that dies closes the link, and the worke
 Backpressure: when ``queue_size`` readings wait for the store, the drivers' own queues fill and
 then drop, counted, as in the service.
 
-Only devices of the ``base=`` kind (third-party sensors mapped by their profile) go to
-workers: a ``node=`` device's health follows another node's birth and will, and axes, Modbus
-machinery, lighting and audio stay in the service's loop.
+Which devices go to workers (:func:`eligible`): third-party MQTT devices mapped by their
+profile (``base=``), and Modbus TCP devices whose profile has no commands and that are not
+axes: polled telemetry. A ``node=`` device's health follows another node's birth and will;
+axes (cycled and supervised), commanded Modbus devices, RTU buses (one serial port, one owner),
+lighting and audio stay in the service's loop. Maintenance counters and early warning see a
+worker's device at ``ingest_latest_hz``: a state that lasts less than one period between two
+feeds is not counted (docs/telemetry.md, "Ingest workers").
 """
 
 from __future__ import annotations
@@ -40,17 +46,20 @@ import operator
 import shutil
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import Backoff, HealthSink, StopFlag
+from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import (
+    CommandError,
     Device,
     DriverStats,
     Health,
     HealthState,
+    ModbusTcpTransport,
     MqttTransport,
     Reading,
     Value,
@@ -80,24 +89,61 @@ BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
 _ROW = operator.attrgetter("device", "point", "value", "ts_mono", "ts_wall", "quality")
 
 
-def eligible(device: Device) -> bool:
-    """A device an ingest worker may read: a third-party MQTT device mapped by its profile."""
-    return isinstance(device.transport, MqttTransport) and device.transport.base is not None
+def eligible(
+    device: Device, axes: Collection[str] = (), protocols: Collection[str] = ("mqtt", "modbus")
+) -> bool:
+    """A device an ingest worker may read: a third-party MQTT device mapped by its profile, or
+    a Modbus TCP device with no commands that is not one of the supervised ``axes``, of the
+    ``protocols`` asked for."""
+    t = device.transport
+    if isinstance(t, MqttTransport):
+        return "mqtt" in protocols and t.base is not None
+    return (
+        "modbus" in protocols
+        and isinstance(t, ModbusTcpTransport)
+        and not device.profile.commands
+        and device.id not in axes
+    )
 
 
-def assign(devices: Sequence[Device], workers: int) -> list[list[Device]]:
-    """The eligible ``devices`` spread over ``workers`` shares of about as many points each
-    (largest first, each to the lightest share); shares keep the venue's order."""
-    shares: list[list[Device]] = [[] for _ in range(workers)]
-    load = [0] * workers
+def assign(
+    devices: Sequence[Device],
+    workers: int,
+    axes: Collection[str] = (),
+    protocols: Collection[str] = ("mqtt", "modbus"),
+) -> list[list[Device]]:
+    """The eligible ``devices`` shared out over at most ``workers`` workers.
+
+    With workers enough, MQTT and Modbus devices go to separate workers, as many for each as
+    its share of the points (at least one): in one event loop a hundred pollers' callbacks
+    would make the broker's socket wait its turn behind them. Within a protocol, each device
+    (largest first) goes to the worker with the fewest points. Shares keep the venue's order."""
+    chosen = [d for d in devices if eligible(d, axes, protocols)]
+    groups = [
+        [d for d in chosen if isinstance(d.transport, MqttTransport)],
+        [d for d in chosen if not isinstance(d.transport, MqttTransport)],
+    ]
+    groups = [g for g in groups if g]
+    if len(groups) > workers:
+        groups = [chosen]  # fewer workers than protocols: mixed
+    points = [sum(len(d.profile.points) for d in g) for g in groups]
+    counts = [1] * len(groups)
+    for _ in range(workers - len(groups)):  # each spare worker to the most points per worker
+        open_ = [i for i in range(len(groups)) if counts[i] < len(groups[i])]
+        if not open_:
+            break  # a worker per device already
+        counts[max(open_, key=lambda i: points[i] / counts[i])] += 1
     order = {d.id: i for i, d in enumerate(devices)}
-    for dev in sorted((d for d in devices if eligible(d)), key=lambda d: -len(d.profile.points)):
-        k = load.index(min(load))
-        shares[k].append(dev)
-        load[k] += len(dev.profile.points)
-    for share in shares:
-        share.sort(key=lambda d: order[d.id])
-    return [s for s in shares if s]
+    out: list[list[Device]] = []
+    for group, n in zip(groups, counts, strict=True):
+        shares: list[list[Device]] = [[] for _ in range(n)]
+        load = [0] * n
+        for dev in sorted(group, key=lambda d: -len(d.profile.points)):
+            k = load.index(min(load))
+            shares[k].append(dev)
+            load[k] += len(dev.profile.points)
+        out += [sorted(s, key=lambda d: order[d.id]) for s in shares if s]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +166,7 @@ class WorkerSpec:
 class RemoteDevice:
     """The service's driver of a device an ingest worker reads (a ``DeviceDriver``)."""
 
-    def __init__(self, device: Device, worker: int, commander: MqttDeviceDriver) -> None:
+    def __init__(self, device: Device, worker: int, commander: MqttDeviceDriver | None) -> None:
         self.device = device
         self.worker = worker
         self.stats = DriverStats()
@@ -143,6 +189,11 @@ class RemoteDevice:
         self._stop.set()
 
     async def command(self, name: str, args: Mapping[str, Any]) -> list[tuple[str, Value]]:
+        if self._commander is None:  # a Modbus device with no commands: refused with the reason
+            self.device.profile.resolve_command(name, args)
+            raise CommandError(
+                f"{self.device.id} is read by an ingest worker and takes no commands"
+            )
         return await self._commander.command(name, args)
 
 
@@ -167,13 +218,13 @@ class IngestWorkers:
     def __init__(
         self,
         specs: Sequence[WorkerSpec],
-        commanders: Mapping[str, MqttDeviceDriver],
+        commanders: Mapping[str, MqttDeviceDriver | None],
         publish: Callable[[list[Reading]], Awaitable[None]],
         on_health: HealthSink,
     ) -> None:
         self.specs = list(specs)
         self.devices: dict[str, RemoteDevice] = {
-            d.id: RemoteDevice(d, s.index, commanders[d.id]) for s in specs for d in s.devices
+            d.id: RemoteDevice(d, s.index, commanders.get(d.id)) for s in specs for d in s.devices
         }
         self.workers = [WorkerState(s.index, [d.id for d in s.devices]) for s in specs]
         self._publish = publish
@@ -310,7 +361,13 @@ def for_service(service: Service, stored: Sequence[Subscription[Reading]]) -> In
     store = service.store
     if not isinstance(store, StoreProcess):  # the configuration refuses it
         raise TypeError('ingest workers need [telemetry] writer = "process"')
-    shares = assign(list(service.devices.values()), cfg.telemetry.ingest_workers)
+    axes = service.supervisor.axes if service.supervisor is not None else ()
+    shares = assign(
+        list(service.devices.values()),
+        cfg.telemetry.ingest_workers,
+        axes,
+        cfg.telemetry.ingest_protocols,
+    )
     if not shares:
         return None
     hub = service.mqtt.hub
@@ -327,10 +384,11 @@ def for_service(service: Service, stored: Sequence[Subscription[Reading]]) -> In
         )
         for k, share in enumerate(shares)
     ]
-    commanders = {
+    commanders: dict[str, MqttDeviceDriver | None] = {
         d.id: MqttDeviceDriver(d, hub, cfg.venue.id, _no_readings)
         for spec in specs
         for d in spec.devices
+        if isinstance(d.transport, MqttTransport)
     }
     skip = frozenset(stored)
     readings = service.readings
@@ -399,10 +457,15 @@ class _Worker:
             await store.write(batch)
             self.written += len(batch)
 
-    async def feed(self, link: asyncio.StreamWriter, drivers: Sequence[MqttDeviceDriver]) -> None:
+    async def feed(
+        self, link: asyncio.StreamWriter, drivers: Sequence[MqttDeviceDriver | ModbusDeviceDriver]
+    ) -> None:
         latest, self.latest = self.latest, {}
         healths, self.healths = self.healths, []
-        stats = {d.device.id: (d.stats, d.report()) for d in drivers}
+        stats = {
+            d.device.id: (d.stats, d.report() if isinstance(d, MqttDeviceDriver) else {})
+            for d in drivers
+        }
         counters = {"written": self.written, "queued": len(self.pending)}
         rows = list(map(_ROW, latest.values()))
         await send_frame(link, ("feed", rows, healths, stats, counters))
@@ -416,11 +479,15 @@ class _Worker:
             await send_frame(link, ("fatal", f"cannot reach the store process: {exc}"))
             return 3
         hub = MqttHub(spec.broker, name=f"ingest-{spec.index}")
-        drivers = [
+        drivers: list[MqttDeviceDriver | ModbusDeviceDriver] = [
             MqttDeviceDriver(d, hub, spec.venue, self.sink, self.on_health)
+            if isinstance(d.transport, MqttTransport)
+            else ModbusDeviceDriver(d, self.sink, self.on_health)
             for d in spec.devices
         ]
-        hub_task = asyncio.create_task(hub.run())
+        # A broker connection only for a share with MQTT devices.
+        mqtt = any(isinstance(d, MqttDeviceDriver) for d in drivers)
+        hub_task = asyncio.create_task(hub.run()) if mqtt else None
         driver_tasks = [asyncio.create_task(d.run()) for d in drivers]
         writes = asyncio.create_task(self.write_loop(store))
         told = asyncio.create_task(receive_frame(reader))  # "stop", or the link's end
@@ -450,8 +517,9 @@ class _Worker:
             with contextlib.suppress(ConnectionError, OSError):
                 await self.feed(link, drivers)  # the last values and the drivers' "stopped"
             hub.stop()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(hub_task, 5)
+            if hub_task is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hub_task, 5)
             told.cancel()
             await asyncio.gather(told, return_exceptions=True)  # "stop", or the link's end
             await store.close()

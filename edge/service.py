@@ -288,13 +288,6 @@ class Service:
                 )
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
-                stored = [sub for sub in (store_sub, influx_sub) if sub is not None]
-                self.ingest = edge_ingest.for_service(self, stored)
-                ingest_task = (
-                    tg.create_task(self.ingest.run(), name="ingest-workers")
-                    if self.ingest is not None
-                    else None
-                )
                 if cfg.alarms.enabled:  # after the MQTT link (it notifies through it)
                     self.alarms = await stack.enter_async_context(edge_alarms.for_service(self))
                 # counters and early warning, before the drivers start (no reading missed)
@@ -305,6 +298,14 @@ class Service:
                 lighting_task = (
                     tg.create_task(self.lighting.run(), name="lighting")
                     if self.lighting is not None
+                    else None
+                )
+                # Telemetry devices read in processes of their own, if asked (not the axes).
+                stored = [sub for sub in (store_sub, influx_sub) if sub is not None]
+                self.ingest = edge_ingest.for_service(self, stored)
+                ingest_task = (
+                    tg.create_task(self.ingest.run(), name="ingest-workers")
+                    if self.ingest is not None
                     else None
                 )
                 driver_tasks = [

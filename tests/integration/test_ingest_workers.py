@@ -1,8 +1,9 @@
 """Ingest workers (edge/ingest.py) in a real service, with a real Mosquitto and store process.
 
-Mapped MQTT sensors are read by two worker processes: every reading published reaches the
-store exactly once; the live view, health and counters reach the service; a command still
-goes out on the service's own connection; a worker killed with ``kill -9`` is said, its
+Mapped MQTT sensors and a polled Modbus device (a hoist's status block, served by the
+simulators) are read by three worker processes: every reading published reaches the store
+exactly once; the live view, health and counters reach the service; a command still goes out
+on the service's own connection, and the Modbus device (no commands) refuses one; a worker killed with ``kill -9`` is said, its
 devices go offline with the reason, and it is restarted and reads again; the store process's
 ingest link refuses anything but a write, and a hostile frame ends only that link.
 """
@@ -30,7 +31,8 @@ from edge.config import TelemetryConfig
 from edge.ingest import RemoteDevice, assign
 from edge.service import Service
 from edge.store_process import IngestWriter, StoreProcess, StoreProcessError, receive_frame
-from tests.conftest import RealServer, run_service, wait_until
+from benchmarks.bench_ingest import status_profile_toml
+from tests.conftest import RealServer, free_port, run_service, simulators, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +64,7 @@ writes = [{ point = "level", arg = "level" }]
 """
 
 
-def venue_text(port: int, workers: int = 2) -> str:
+def venue_text(port: int, modbus: int, workers: int = 3) -> str:
     text = (
         'version = 1\nprofile_dirs = ["profiles"]\n[venue]\nid = "test"\n[[nodes]]\nid = "stage"\n'
         '[api]\nhost = "127.0.0.1"\nport = 0\n[auth]\nenabled = false\n'
@@ -75,16 +77,36 @@ def venue_text(port: int, workers: int = 2) -> str:
             f'[[devices]]\nid = "s-{i}"\nprofile = "ingest_sensor"\npoll_hz = 10\n'
             f'transport = {{ kind = "mqtt", base = "test/s-{i}" }}\n'
         )
+    text += (
+        '[[devices]]\nid = "mb-0"\nprofile = "hoist_status"\npoll_hz = 10\n'
+        f'transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {modbus}, unit = 1 }}\n'
+    )
     return text
+
+
+SIM_VENUE = """
+version = 1
+[venue]
+id = "sim"
+[[devices]]
+id = "mb-0"
+profile = "hoist"
+transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {port}, unit = 1 }}
+simulate = {{ model = "hoist", start_position_mm = 1234 }}
+"""
 
 
 @contextlib.asynccontextmanager
 async def ingest_service(tmp_path: Path, port: int) -> AsyncIterator[Service]:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "ingest_sensor.toml").write_text(PROFILE)
+    (tmp_path / "profiles" / "hoist_status.toml").write_text(status_profile_toml())
+    modbus = free_port()
+    sims = tmp_path / "sims.toml"
+    sims.write_text(SIM_VENUE.format(port=modbus))
     venue = tmp_path / "venue.toml"
-    venue.write_text(venue_text(port))
-    async with run_service(venue) as svc:
+    venue.write_text(venue_text(port, modbus))
+    async with simulators(sims), run_service(venue) as svc:
         yield svc
 
 
@@ -130,14 +152,20 @@ async def test_workers_read_store_feed_command_and_survive_a_kill(
         stack.callback(task.cancel)
         ingest = svc.ingest
         assert ingest is not None and isinstance(svc.store, StoreProcess)
-        assert [len(w.devices) for w in ingest.workers] == [3, 2]  # the shares
-        for i in range(SENSORS):
-            assert isinstance(svc.drivers[f"s-{i}"], RemoteDevice)
+        # The shares: MQTT and Modbus apart, then by points (3 a sensor).
+        assert [w.devices for w in ingest.workers] == [
+            ["s-0", "s-2", "s-4"],
+            ["s-1", "s-3"],
+            ["mb-0"],
+        ]
+        for dev in ("mb-0", *(f"s-{i}" for i in range(SENSORS))):
+            assert isinstance(svc.drivers[dev], RemoteDevice)
         pids = {w.pid for w in ingest.workers}
         assert os.getpid() not in pids and None not in pids
 
         def all_online() -> bool:
-            return all(svc.health[f"s-{i}"].state is HealthState.ONLINE for i in range(SENSORS))
+            devices = ("mb-0", *(f"s-{i}" for i in range(SENSORS)))
+            return all(svc.health[d].state is HealthState.ONLINE for d in devices)
 
         await until(all_online, 15, "every sensor online, judged by its worker")
         # The live view: the newest values, sent by the workers.
@@ -146,6 +174,8 @@ async def test_workers_read_store_feed_command_and_survive_a_kill(
         )
         t = svc.live[("s-1", "t")]
         assert isinstance(t, Reading) and 21.0 <= float(t.value or 0) < 22.0
+        await until(lambda: ("mb-0", "position") in svc.live, 10, "the hoist's position, polled")
+        assert svc.live[("mb-0", "position")].value == pytest.approx(1234, abs=1)
         # Counters from the workers' drivers.
         await until(lambda: svc.drivers["s-0"].stats.requests > 0, 5, "driver counters")
 
@@ -160,6 +190,8 @@ async def test_workers_read_store_feed_command_and_survive_a_kill(
             async with asyncio.timeout(5):
                 msg = await anext(aiter(sub.messages))
             assert json.loads(msg.payload) == {"level": 42}  # type: ignore[arg-type]
+            r = await api.post("/api/v1/devices/mb-0/commands/move_to", json={"target": 1})
+            assert r.status_code in (400, 404, 422) and "move_to" in r.text, r.text
             m = await api.get("/metrics")
             assert "flytower_ingest_worker_running" in m.text
 
@@ -239,10 +271,10 @@ def test_ingest_workers_need_the_store_process_and_no_influx_mirror() -> None:
         TelemetryConfig(ingest_workers=-1, writer="process")
     with pytest.raises(ValidationError):
         TelemetryConfig(ingest_workers=1, writer="process", ingest_latest_hz=float("nan"))
-    assert TelemetryConfig(ingest_workers=2, writer="process").ingest_latest_hz == 4.0
+    assert TelemetryConfig(ingest_workers=2, writer="process").ingest_latest_hz == 2.0
 
 
-def test_devices_are_shared_by_points_and_only_mapped_ones() -> None:
+def test_devices_are_shared_by_points_and_only_telemetry_ones() -> None:
     from drivers.model import Device, MqttTransport, parse_profile
 
     def dev(i: int, points: int, transport: dict[str, str]) -> Device:
@@ -260,4 +292,31 @@ def test_devices_are_shared_by_points_and_only_mapped_ones() -> None:
     devices += [dev(3, 20, {"base": "c"}), dev(4, 25, {"base": "d"})]
     shares = assign(devices, 2)
     assert [[d.id for d in s] for s in shares] == [["d-1"], ["d-0", "d-3", "d-4"]]
+    # a worker a device at most
     assert [[d.id for d in s] for s in assign(devices, 8)] == [["d-1"], ["d-4"], ["d-3"], ["d-0"]]
+
+    # Modbus: a TCP device with no commands, not an axis; never RTU nor one with commands.
+    from drivers.model import PROFILE_DIR, ModbusRtuTransport, ModbusTcpTransport, load_profile
+    from edge.ingest import eligible
+
+    hoist = load_profile(PROFILE_DIR / "hoist.toml")
+    status = hoist.model_copy(update={"commands": {}})
+    tcp = ModbusTcpTransport(kind="modbus-tcp", host="127.0.0.1", port=502, unit=1)
+    rtu = ModbusRtuTransport(kind="modbus-rtu", port="/dev/ttyUSB0", unit=1)
+    assert eligible(Device("m", status, tcp, 10.0))
+    assert not eligible(Device("m", status, tcp, 10.0), axes={"m"})
+    assert not eligible(Device("m", hoist, tcp, 10.0))
+    assert not eligible(Device("m", status, rtu, 10.0))
+
+    # MQTT and Modbus apart when there are workers enough; spare workers by points.
+    mb = [Device(f"m-{i}", status, tcp, 10.0) for i in range(3)]  # 11+ points each
+    mixed = devices + mb
+    split = [[d.id for d in s] for s in assign(mixed, 3)]
+    assert all(len({x[0] for x in share}) == 1 for share in split), split
+    assert sorted(x for share in split for x in share) == sorted(d.id for d in mixed if eligible(d))
+    assert len(assign(mixed, 1)) == 1  # one worker: both protocols in it
+    assert [[d.id for d in s] for s in assign(mixed, 4, protocols=["modbus"])] == [
+        ["m-0"],
+        ["m-1"],
+        ["m-2"],
+    ]
