@@ -191,7 +191,8 @@ class Service:
         return self.readings.subscribe(name, Overflow.LATEST, LIVE_FEED_POINTS, reading_key)
 
     def links(self) -> dict[str, dict[str, Any]]:
-        """Health and counters of the service's own links (not devices): OSC, MQTT."""
+        """Health and counters of the service's own links (not devices): OSC, MQTT, DMX ports,
+        ingest workers."""
         out: dict[str, dict[str, Any]] = {}
         if self.osc is not None:
             h = self.osc.health
@@ -212,6 +213,13 @@ class Service:
             }
         if self.dmx is not None:
             out.update(self.dmx.status())
+        if self.ingest is not None:
+            for w in self.ingest.status():
+                out[f"ingest-{w['index']}"] = {
+                    "state": "online" if w["running"] else "offline",
+                    "reason": w["reason"],
+                    **w,
+                }
         return out
 
     def _on_health(self, h: Health) -> None:

@@ -3,9 +3,10 @@
 Mapped MQTT sensors and a polled Modbus device (a hoist's status block, served by the
 simulators) are read by three worker processes: every reading published reaches the store
 exactly once; the live view, health and counters reach the service; a command still goes out
-on the service's own connection, and the Modbus device (no commands) refuses one; a worker killed with ``kill -9`` is said, its
-devices go offline with the reason, and it is restarted and reads again; the store process's
-ingest link refuses anything but a write, and a hostile frame ends only that link.
+on the service's own connection, and the Modbus device (no commands) refuses one; a worker
+killed with ``kill -9`` is said, its devices go offline with the reason, and it is restarted
+and reads again; the store process's ingest link refuses anything but a write, and a hostile
+frame ends only that link.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from benchmarks.bench_ingest import status_profile_toml
 from drivers.model import HealthState, Reading
 from edge.config import TelemetryConfig
 from edge.ingest import RemoteDevice, assign
 from edge.service import Service
 from edge.store_process import IngestWriter, StoreProcess, StoreProcessError, receive_frame
-from benchmarks.bench_ingest import status_profile_toml
 from tests.conftest import RealServer, free_port, run_service, simulators, wait_until
 
 pytestmark = pytest.mark.integration
@@ -192,6 +193,9 @@ async def test_workers_read_store_feed_command_and_survive_a_kill(
             assert json.loads(msg.payload) == {"level": 42}  # type: ignore[arg-type]
             r = await api.post("/api/v1/devices/mb-0/commands/move_to", json={"target": 1})
             assert r.status_code in (400, 404, 422) and "move_to" in r.text, r.text
+            h = (await api.get("/api/v1/health")).json()
+            assert h["links"]["ingest-2"]["devices"] == ["mb-0"]
+            assert h["links"]["ingest-2"]["state"] == "online"
             m = await api.get("/metrics")
             assert "flytower_ingest_worker_running" in m.text
 
