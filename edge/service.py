@@ -131,7 +131,8 @@ class Service:
         # the safety supervisor of the node's machinery axes (edge/machinery.py)
         self.supervisor: Supervisor | None = None
         self.timecode: ServiceTimecode | None = None  # the chased timecode (edge/timecode.py)
-        self.run_simulators = simulators
+        # Only a venue that declares simulated devices has simulators to start.
+        self.run_simulators = simulators and any(d.simulate is not None for d in cfg.devices)
         self.run_lighting = lighting  # False: the DMX ports open, nothing renders into them
         self.devices: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
         self.readings: Bus[Reading] = Bus("readings")

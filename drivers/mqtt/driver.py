@@ -96,15 +96,25 @@ class Requester:
         if future is not None and not future.done():  # late and duplicate replies: ignored
             future.set_result(reply)
 
-    async def request(self, topic: str, args: Mapping[str, Any], timeout_s: float) -> CommandReply:
+    async def request(
+        self,
+        topic: str,
+        args: Mapping[str, Any],
+        timeout_s: float,
+        at_wall: float | None = None,
+    ) -> CommandReply:
+        """Send a command and wait for its reply; ``at_wall`` (epoch s, the node's clock) has
+        the node run it then, and the reply says when it started (``started_us``). The wait
+        for the reply is ``timeout_s`` past that time."""
         await self._ensure_subscribed()
         request_id = uuid.uuid4().hex
         future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            payload = encode_command(request_id, args, time.time(), self.inbox)
+            payload = encode_command(request_id, args, time.time(), self.inbox, at_wall)
             await self.hub.publish(topic, payload, qos=1, timeout_s=timeout_s)
-            return await asyncio.wait_for(future, timeout_s)
+            ahead = max(0.0, at_wall - time.time()) if at_wall is not None else 0.0
+            return await asyncio.wait_for(future, timeout_s + ahead)
         finally:
             del self._waiting[request_id]
 

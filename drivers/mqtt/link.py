@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -63,24 +64,43 @@ from drivers.mqtt.schema import (
     DeviceState,
     NodeState,
     SchemaError,
+    TimeReply,
     command_filter,
     decode_command,
+    decode_time_request,
     device_state_topic,
     encode_device_state,
     encode_node_state,
     encode_reply,
+    encode_time_reply,
     encode_value,
     ms,
     node_state_topic,
     point_topic,
     reply_error,
     reply_ok,
+    time_topic,
+    us,
 )
 
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[str, str, Mapping[str, Any]], Awaitable[Any]]
 PUBLISH_WINDOW = 256  # readings in flight at once: pipelining, not one round trip each
+
+
+SPIN_S = 0.002  # the last stretch before a scheduled command, in loop turns (see _until)
+
+
+async def _until(at_wall: float) -> None:
+    """Return at ``at_wall`` (epoch s), not before. The loop's timers wake up to a
+    millisecond late (epoll's timeout is in ms) and a loaded loop later still, so the last
+    ``SPIN_S`` is spent yielding a loop turn at a time: other tasks run meanwhile, and the
+    command starts within a turn of its time, not within a timer's tick."""
+    if (ahead := at_wall - time.time()) > SPIN_S:
+        await asyncio.sleep(ahead - SPIN_S)
+    while time.time() < at_wall:  # noqa: ASYNC110 (a deadline to the µs, not an event)
+        await asyncio.sleep(0)
 
 
 class EndOfFeed(Exception):
@@ -98,6 +118,7 @@ class LinkStats:
     malformed: int = 0
     last_malformed: str = ""
     dropped_readings: int = 0
+    clock_probes: int = 0
     latencies_s: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=256)
     )
@@ -116,6 +137,7 @@ class LinkStats:
             "malformed": self.malformed,
             "last_malformed": self.last_malformed,
             "dropped_readings": self.dropped_readings,
+            "clock_probes": self.clock_probes,
             "command_p50_ms": pct(0.5),
             "command_p99_ms": pct(0.99),
         }
@@ -140,6 +162,7 @@ class MqttNodeLink:
         mqtt5: bool = False,
         session_expiry_s: int = 3600,
         command_max_age_s: float = 30.0,
+        command_max_ahead_s: float = 60.0,
         command_timeout_s: float = 30.0,
         max_commands_in_flight: int = 256,
         dedup_size: int = 1024,
@@ -156,6 +179,7 @@ class MqttNodeLink:
         self.profiles = dict(profiles or {})
         self.command_handler = command_handler
         self.command_max_age_s = command_max_age_s
+        self.command_max_ahead_s = command_max_ahead_s
         self.command_timeout_s = command_timeout_s
         self.goodbye_timeout_s = goodbye_timeout_s
         self.drain_timeout_s = drain_timeout_s
@@ -303,6 +327,9 @@ class MqttNodeLink:
         are answered, and the node has said ``offline``. Stopping by closing the feed, not by
         cancelling, means a cancel can never be mistaken for a broker failure.
         """
+        # The node's clock answers probes (a controller's offset to it), QoS 0: a late answer
+        # is a useless one, and the probe is simply sent again.
+        await self.hub.subscribe(time_topic(self.venue, self.node), self._on_time, qos=0)
         if self.command_handler is not None:
             for device in self.devices:
                 await self.hub.subscribe(
@@ -470,6 +497,14 @@ class MqttNodeLink:
             r = reply_error(req.id, "expired", why, time.time())
             self._spawn(self._send_reply(req.reply_to, r, correlation))
             return
+        if req.at_us is not None and req.at_us / 1e6 - time.time() > self.command_max_ahead_s:
+            why = (
+                f"'at' is {req.at_us / 1e6 - time.time():.1f} s ahead; "
+                f"limit {self.command_max_ahead_s:g} s"
+            )
+            r = reply_error(req.id, "bad_request", why, time.time())
+            self._spawn(self._send_reply(req.reply_to, r, correlation))
+            return
         future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
         self._replies[key] = future
         while len(self._replies) > self._dedup_size:
@@ -481,8 +516,13 @@ class MqttNodeLink:
         self, req: CommandRequest, future: asyncio.Future[CommandReply], correlation: Any
     ) -> None:
         assert self.command_handler is not None
+        started: float | None = None
         t0 = time.monotonic()
         try:
+            if req.at_us is not None:  # a scheduled command: wait for its time on this clock
+                await _until(req.at_us / 1e6)
+                started = time.time()  # late if the request came after its time: said below
+            t0 = time.monotonic()
             # asyncio.timeout, not wait_for: no extra task per command (3.11).
             async with asyncio.timeout(self.command_timeout_s):
                 result = await self.command_handler(req.device, req.name, req.args)
@@ -503,8 +543,28 @@ class MqttNodeLink:
         self.stats.latencies_s.append(time.monotonic() - t0)
         if not reply.ok:
             self.stats.command_errors += 1
+        if started is not None:
+            reply = dataclasses.replace(reply, started_us=us(started))
         future.set_result(reply)
         await self._send_reply(req.reply_to, reply, correlation)
+
+    def _on_time(self, msg: aiomqtt.Message) -> None:
+        """A clock probe: answer with when it arrived and when the answer leaves."""
+        arrived = time.time()
+        payload = msg.payload if isinstance(msg.payload, bytes) else b""
+        try:
+            req = decode_time_request(payload)
+        except SchemaError as exc:
+            self._malformed(msg.topic.value, str(exc))
+            return
+        self.stats.clock_probes += 1
+
+        async def answer() -> None:
+            reply = TimeReply(req.id, req.t0_us, us(arrived), us(time.time()))
+            with contextlib.suppress(BrokerUnavailable):
+                await self.hub.publish(req.reply_to, encode_time_reply(reply), qos=0)
+
+        self._spawn(answer())
 
     async def _answer_again(
         self, req: CommandRequest, earlier: asyncio.Future[CommandReply], correlation: Any

@@ -34,6 +34,8 @@ ROOT = "flytower"
 STATE = "$state"
 CMD = "cmd"
 REPLY = "$reply"
+TIME = "$time"  # a node's clock, probed NTP-style over the broker
+CLOCK = "$clock"  # a requester's inbox for the answers of clock probes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _COMMAND = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _REQUEST_ID = re.compile(r"^[!-~]{1,128}$")  # printable ASCII, no spaces
@@ -121,6 +123,16 @@ def default_reply_topic(command_topic: str) -> str:
     return f"{command_topic}/reply"
 
 
+def time_topic(venue: str, node: str) -> str:
+    """Where a node answers clock probes (``{"id", "t0", "reply_to"}``, §5.4)."""
+    return f"{_node_prefix(venue, node)}/{TIME}"
+
+
+def clock_inbox(venue: str, requester: str) -> str:
+    """The topic a requester's clock probes are answered on."""
+    return f"{ROOT}/{_segment('venue', venue)}/{_segment('requester', requester)}/{CLOCK}"
+
+
 def reply_inbox(venue: str, requester: str) -> str:
     """The reply topic a Flytower requester (a node or controller) subscribes to."""
     return f"{ROOT}/{_segment('venue', venue)}/{_segment('requester', requester)}/{REPLY}"
@@ -177,6 +189,13 @@ def _ts(doc: Mapping[str, Any], key: str = "ts") -> int:
     return ts
 
 
+def _us(doc: Mapping[str, Any], key: str) -> int:
+    t = doc.get(key)
+    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**53:
+        raise SchemaError(f"'{key}' must be epoch microseconds as a non-negative integer")
+    return t
+
+
 def _scalar(where: str, v: Any) -> Value | None:
     if v is not None and not isinstance(v, bool | int | float | str):
         raise SchemaError(f"{where} must be a number, boolean, string or null")
@@ -197,6 +216,10 @@ def _dumps(doc: Mapping[str, Any]) -> bytes:
 
 def ms(ts_wall: float) -> int:
     return round(ts_wall * 1000)
+
+
+def us(ts_wall: float) -> int:
+    return round(ts_wall * 1_000_000)
 
 
 # --- point messages ------------------------------------------------------------------------
@@ -325,16 +348,25 @@ class CommandRequest:
     args: dict[str, Value | None]
     reply_to: str
     ts_ms: int
+    at_us: int | None = None  # run at this time of the node's clock (epoch µs), not at once
 
 
 def encode_command(
-    request_id: str, args: Mapping[str, Any], ts_wall: float, reply_to: str | None = None
+    request_id: str,
+    args: Mapping[str, Any],
+    ts_wall: float,
+    reply_to: str | None = None,
+    at_wall: float | None = None,
 ) -> bytes:
+    """A command request; ``at_wall`` (epoch seconds, the node's clock) asks the node to run
+    it at that time rather than at once."""
     if not _REQUEST_ID.fullmatch(request_id):
         raise SchemaError("'id' must be 1 to 128 printable ASCII characters without spaces")
     doc: dict[str, Any] = {"id": request_id, "args": dict(args), "ts": ms(ts_wall)}
     if reply_to is not None:
         doc["reply_to"] = check_reply_to(reply_to)
+    if at_wall is not None:
+        doc["at"] = us(at_wall)
     try:
         return _dumps(doc)
     except (ValueError, TypeError) as exc:
@@ -370,8 +402,9 @@ def decode_command(topic: str, payload: bytes, response_topic: str | None = None
     try:
         if not id_ok:
             raise SchemaError("'id' must be 1 to 128 printable ASCII characters without spaces")
-        _check_keys(doc, {"id", "args", "reply_to", "ts"}, {"id", "ts"})
+        _check_keys(doc, {"id", "args", "reply_to", "ts", "at"}, {"id", "ts"})
         ts = _ts(doc)
+        at = _us(doc, "at") if "at" in doc else None
         args = doc.get("args", {})
         if not isinstance(args, dict):
             raise SchemaError("'args' must be a JSON object")
@@ -381,7 +414,7 @@ def decode_command(topic: str, payload: bytes, response_topic: str | None = None
             str(exc), request_id=request_id if id_ok else None, reply_to=reply_to
         ) from None
     assert isinstance(request_id, str)
-    return CommandRequest(venue, node, device, name, request_id, checked, reply_to, ts)
+    return CommandRequest(venue, node, device, name, request_id, checked, reply_to, ts, at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +426,7 @@ class CommandReply:
     error: str = ""
     code: str = "ok"
     extra: dict[str, Any] = field(default_factory=dict)
+    started_us: int | None = None  # when the node began to run it (epoch µs, its clock)
 
 
 def reply_ok(request_id: str, result: Any, ts_wall: float) -> CommandReply:
@@ -412,6 +446,8 @@ def encode_reply(r: CommandReply) -> bytes:
         doc["error"] = r.error
     doc["code"] = r.code
     doc["ts"] = r.ts_ms
+    if r.started_us is not None:
+        doc["started"] = r.started_us
     try:
         return _dumps(doc)
     except (ValueError, TypeError) as exc:
@@ -430,10 +466,65 @@ def decode_reply(payload: bytes) -> CommandReply:
     if code not in REPLY_CODES or (code == "ok") != ok:
         raise SchemaError(f"'code' must be one of {list(REPLY_CODES)} and 'ok' only with ok")
     if ok:
-        _check_keys(doc, {"id", "ok", "result", "code", "ts"}, {"id", "ok", "ts"})
-        return CommandReply(request_id, True, _ts(doc), result=doc.get("result"))
-    _check_keys(doc, {"id", "ok", "error", "code", "ts"}, {"id", "ok", "error", "ts"})
+        _check_keys(doc, {"id", "ok", "result", "code", "ts", "started"}, {"id", "ok", "ts"})
+        started = _us(doc, "started") if "started" in doc else None
+        return CommandReply(
+            request_id, True, _ts(doc), result=doc.get("result"), started_us=started
+        )
+    _check_keys(doc, {"id", "ok", "error", "code", "ts", "started"}, {"id", "ok", "error", "ts"})
     error = doc["error"]
     if not isinstance(error, str):
         raise SchemaError("'error' must be a string")
-    return CommandReply(request_id, False, _ts(doc), error=error, code=code)
+    started = _us(doc, "started") if "started" in doc else None
+    return CommandReply(request_id, False, _ts(doc), error=error, code=code, started_us=started)
+
+
+# --- clock probes: flytower/{venue}/{node}/$time ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRequest:
+    id: str
+    t0_us: int  # the requester's clock when it sent the probe
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimeReply:
+    id: str
+    t0_us: int  # echoed
+    t1_us: int  # the node's clock when the probe arrived
+    t2_us: int  # the node's clock when it answered
+
+
+def encode_time_request(request_id: str, t0_wall: float, reply_to: str) -> bytes:
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise SchemaError("'id' must be 1 to 128 printable ASCII characters without spaces")
+    return _dumps({"id": request_id, "t0": us(t0_wall), "reply_to": check_reply_to(reply_to)})
+
+
+def decode_time_request(payload: bytes) -> TimeRequest:
+    doc = _load_object(payload, "clock probe")
+    _check_keys(doc, {"id", "t0", "reply_to"}, {"id", "t0", "reply_to"})
+    request_id, reply_to = doc["id"], doc["reply_to"]
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise SchemaError("'id' must be 1 to 128 printable ASCII characters without spaces")
+    if not isinstance(reply_to, str):
+        raise SchemaError("'reply_to' must be a string")
+    return TimeRequest(request_id, _us(doc, "t0"), check_reply_to(reply_to))
+
+
+def encode_time_reply(r: TimeReply) -> bytes:
+    return _dumps({"id": r.id, "t0": r.t0_us, "t1": r.t1_us, "t2": r.t2_us})
+
+
+def decode_time_reply(payload: bytes) -> TimeReply:
+    doc = _load_object(payload, "clock reply")
+    _check_keys(doc, {"id", "t0", "t1", "t2"}, {"id", "t0", "t1", "t2"})
+    request_id = doc["id"]
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise SchemaError("'id' must be 1 to 128 printable ASCII characters without spaces")
+    t1, t2 = _us(doc, "t1"), _us(doc, "t2")
+    if t2 < t1:
+        raise SchemaError("'t2' (answered) must not be before 't1' (arrived)")
+    return TimeReply(request_id, _us(doc, "t0"), t1, t2)

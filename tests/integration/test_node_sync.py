@@ -1,0 +1,196 @@
+"""Three edge nodes, each a real ``flytower run`` process on a real Mosquitto, and a controller
+(this test) that measures each node's clock over the broker and has the three run a command at
+one shared time.
+
+What is measured and printed: each node's clock offset (and its error bound, half the best
+round trip), and over 20 rounds the spread of the three nodes' start times (the ``started``
+each node's reply gives, on its own clock, here the same clock) and how late each started.
+Asserted: the offsets within their error bound of zero (one machine, one clock); no start
+before its time; the median spread within 5 ms (issue 10's target, measured on a quiet machine
+by ``benchmarks/bench_node_sync.py``). A command scheduled too
+far ahead is refused with the reason, and a hostile clock probe is counted, not answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from drivers.mqtt.clock import ClockProbe
+from drivers.mqtt.driver import Requester
+from drivers.mqtt.hub import BrokerSettings, MqttHub
+from drivers.mqtt.schema import command_topic, time_topic
+from tests.conftest import RealServer
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+NODES = ("a", "b", "c")
+LAMP = """
+id = "sync_lamp"
+vendor = "Test"
+model = "Mapped lamp"
+device_class = "light"
+protocol = "mqtt"
+[points.on]
+dtype = "bool"
+access = "rw"
+mqtt = { topic = "state", field = "on", set_topic = "set", set_field = "on" }
+[commands.turn_on]
+writes = [{ point = "on", value = true }]
+"""
+
+
+def venue_text(port: int) -> str:
+    text = (
+        'version = 1\nprofile_dirs = ["profiles"]\n[venue]\nid = "sync"\n'
+        + "".join(f'[[nodes]]\nid = "{n}"\n' for n in NODES)
+        + '[api]\nhost = "127.0.0.1"\nport = 0\n[auth]\nenabled = false\n'
+        f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {port}\n'
+        '[telemetry]\nstore = "telemetry-{node}.sqlite3"\n'
+    )
+    for n in NODES:
+        text += (
+            f'[[devices]]\nid = "lamp-{n}"\nprofile = "sync_lamp"\nnode = "{n}"\n'
+            f'transport = {{ kind = "mqtt", base = "sync/lamp-{n}" }}\n'
+        )
+    return text
+
+
+@contextlib.contextmanager
+def nodes(tmp_path: Path, port: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "sync_lamp.toml").write_text(LAMP)
+    procs = []
+    try:
+        for n in NODES:
+            folder = tmp_path / n  # a store of its own per node
+            folder.mkdir()
+            (folder / "profiles").symlink_to(tmp_path / "profiles")
+            venue = folder / "venue.toml"
+            venue.write_text(venue_text(port).replace("{node}", n))
+            log = (folder / "node.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "edge.cli",
+                        "run",
+                        str(venue),
+                        "--node",
+                        n,
+                        "--no-simulators",
+                    ],
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+async def births(port: int, timeout_s: float = 30) -> None:
+    """Until every node's retained ``$state`` says online."""
+    online: set[str] = set()
+    async with aiomqtt.Client("127.0.0.1", port, identifier="sync-births") as c:
+        await c.subscribe("flytower/sync/+/$state", qos=1)
+        async with asyncio.timeout(timeout_s):
+            async for msg in c.messages:
+                state = json.loads(msg.payload)  # type: ignore[arg-type]
+                node = msg.topic.value.split("/")[2]
+                if state.get("state") == "online":
+                    online.add(node)
+                if online >= set(NODES):
+                    return
+
+
+@contextlib.asynccontextmanager
+async def controller(port: int) -> AsyncIterator[MqttHub]:
+    hub = MqttHub(BrokerSettings("127.0.0.1", port, client_id="sync-controller"))
+    task = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 10)
+        yield hub
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_three_nodes_start_a_scheduled_command_together(
+    tmp_path: Path, mosquitto: RealServer
+) -> None:
+    with nodes(tmp_path, mosquitto.port) as procs:
+        try:
+            await births(mosquitto.port)
+        except TimeoutError:
+            logs = {n: (tmp_path / n / "node.log").read_text()[-2000:] for n in NODES}
+            pytest.fail(f"the nodes did not come online: {logs}")
+        async with controller(mosquitto.port) as hub:
+            probe = ClockProbe(hub, "sync", "ctrl")
+            for n in NODES:
+                est = await probe.measure(n, samples=16)
+                print(f"node {n}: clock offset {est.as_dict()}")
+                assert est.samples >= 12
+                # One machine, one clock: zero, within the measurement's own bound.
+                assert abs(est.offset_s) <= est.error_s + 0.0005, est
+
+            requester = Requester(hub, "sync", "ctrl")
+            spreads, late = [], []
+            for _ in range(20):
+                at = time.time() + 0.25
+                replies = await asyncio.gather(
+                    *(
+                        requester.request(
+                            command_topic("sync", n, f"lamp-{n}", "turn_on"), {}, 5.0, at
+                        )
+                        for n in NODES
+                    )
+                )
+                assert all(r.ok for r in replies), replies
+                starts = [r.started_us / 1e6 for r in replies if r.started_us is not None]
+                assert len(starts) == 3
+                spreads.append(max(starts) - min(starts))
+                late += [s - at for s in starts]
+                await asyncio.sleep(0.05)
+            ms = [x * 1000 for x in spreads]
+            print(
+                f"start spread of 3 nodes over 20 rounds: median {statistics.median(ms):.2f} ms, "
+                f"max {max(ms):.2f} ms; lateness median "
+                f"{statistics.median(late) * 1000:.2f} ms, max {max(late) * 1000:.2f} ms"
+            )
+            assert min(late) >= 0, "a node ran a scheduled command before its time"
+            # The figure (issue 10: within 5 ms) is bench_node_sync's, on a quiet machine;
+            # here, beside the rest of the suite, most rounds and not a stray one.
+            assert statistics.median(ms) <= 5.0 and max(ms) <= 100.0
+
+            # Too far ahead: refused with the reason, not run.
+            far = await requester.request(
+                command_topic("sync", "a", "lamp-a", "turn_on"), {}, 5.0, time.time() + 3600
+            )
+            assert not far.ok and far.code == "bad_request" and "ahead" in far.error, far
+
+            # A hostile clock probe is not answered; the node goes on answering good ones.
+            await hub.publish(time_topic("sync", "b"), b'{"id":"x","t0":-1}', qos=0)
+            await hub.publish(time_topic("sync", "b"), b"\xff\xfe", qos=0)
+            assert (await probe.measure("b", samples=4)).samples >= 3
+        assert all(p.poll() is None for p in procs), "a node exited"
