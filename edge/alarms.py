@@ -1127,7 +1127,7 @@ def for_service(service: Service) -> contextlib.AbstractAsyncContextManager[Alar
     )
     return running(
         cfg.alarms,
-        service.devices.values(),
+        service.own.values(),  # each node alarms its own devices
         service.venue.resolve(cfg.alarms.store),
         readings=service.readings,
         journal=service.journal,

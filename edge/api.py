@@ -333,6 +333,12 @@ def create_app(service: Service) -> FastAPI:
             "queues": {s.name: len(s) for s in service.readings.subscriptions},
         }
 
+    @app.get("/api/v1/nodes", tags=["service"])
+    async def list_nodes() -> list[dict[str, Any]]:
+        """The venue's nodes: role, state from their births and wills, devices, and, seen
+        from a controller, each one's clock offset (docs/distributed.md)."""
+        return service.nodes.status()
+
     @app.get("/api/v1/devices", tags=["devices"])
     async def list_devices() -> list[DeviceOut]:
         return [device_out(d) for d in service.devices.values()]

@@ -61,6 +61,7 @@ from controller.show import Catalogue, ShowError, load_show, parse_show, save_sh
 from controller.show.file import show_data
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, ConfigError, DmxTransport
+from drivers.mqtt.driver import MqttDeviceDriver
 from edge.api_auth import origin_of
 from edge.audio import ServiceAudio
 
@@ -107,9 +108,23 @@ class ServiceDevices:
         return driver
 
     async def execute(
-        self, device: str, command: str, args: Mapping[str, Any], origin: Origin
+        self,
+        device: str,
+        command: str,
+        args: Mapping[str, Any],
+        origin: Origin,
+        *,
+        at: float | None = None,
     ) -> Any:
-        return await self.service.command(self._driver(device), command, args, origin)
+        return await self.service.command(self._driver(device), command, args, origin, at=at)
+
+    def lead(self, device: str) -> float:
+        """A device of another node (on a controller): its commands are sent this far ahead
+        with their start time (the controller node's ``lead_ms``)."""
+        driver = self.service.drivers.get(device)
+        if isinstance(driver, MqttDeviceDriver) and driver.transport.node is not None:
+            return self.service.lead_s
+        return 0.0
 
     async def write(self, device: str, point: str, value: float, origin: Origin) -> Any:
         driver = self._driver(device)
@@ -182,7 +197,8 @@ def start(service: Service, tg: asyncio.TaskGroup) -> asyncio.Task[None]:
     """Build the cue engine, load the venue's show (a bad show is logged and not loaded: the
     service runs, and a fixed show can be PUT), and start the device feed."""
     show = None
-    if service.venue.config.show is not None:
+    # An edge node runs what it is sent; the venue's show runs on its controller(s).
+    if service.venue.config.show is not None and service.role != "edge":
         try:
             show = load_show(show_path(service), catalogue(service))
         except ShowError as exc:

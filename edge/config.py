@@ -63,9 +63,19 @@ class VenueInfo(_Strict):
     name: str = ""
 
 
+NodeRole = Literal["both", "edge", "controller"]
+
+
 class NodeConfig(_Strict):
     id: DeviceId
     name: str = ""
+    # "both" (the default): runs its own devices and a show, as a single-node venue does.
+    # "edge": runs its devices and executes what it is sent. "controller": runs the show and
+    # reaches every other node's devices over MQTT (docs/distributed.md).
+    role: NodeRole = "both"
+    # On a controller: how far ahead a cue's commands to other nodes are sent with their
+    # start time, so that every node starts them together (the broker's round trip and more)
+    lead_ms: float = Field(default=20.0, ge=0, le=1000, allow_inf_nan=False)
 
 
 class ApiConfig(_Strict):

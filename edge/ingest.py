@@ -363,7 +363,7 @@ def for_service(service: Service, stored: Sequence[Subscription[Reading]]) -> In
         raise TypeError('ingest workers need [telemetry] writer = "process"')
     axes = service.supervisor.axes if service.supervisor is not None else ()
     shares = assign(
-        list(service.devices.values()),
+        list(service.own.values()),
         cfg.telemetry.ingest_workers,
         axes,
         cfg.telemetry.ingest_protocols,

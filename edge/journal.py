@@ -563,14 +563,19 @@ async def device_command(
     driver: DeviceDriver,
     name: str,
     args: Mapping[str, Any],
+    *,
+    at: float | None = None,
 ) -> list[tuple[str, Value]]:
     """A device command from REST, OSC or MQTT: executed by its driver and journalled as
-    ``device.{name}`` on the device, with ``origin`` — durable before the caller hears back."""
+    ``device.{name}`` on the device, with ``origin`` — durable before the caller hears back.
+    ``at``: the start time to send with it (a device of another node's driver takes it)."""
     return await journalled(
         journal,
         origin,
         f"device.{name}",
-        lambda: driver.command(name, args),
+        (lambda: driver.command(name, args, at_wall=at))  # type: ignore[call-arg]
+        if at is not None
+        else (lambda: driver.command(name, args)),
         targets=(driver.device.id,),
         args=args,
     )

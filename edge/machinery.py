@@ -134,7 +134,7 @@ class CycleIO:
 def build(service: Service) -> Supervisor | None:
     """The node's supervisor over its cycled axes (None when the node has no axes)."""
     cfg = service.venue.config.machinery
-    mine = {d.id: d for d in service.devices.values() if supervised(d)}
+    mine = {d.id: d for d in service.own.values() if supervised(d)}
     if not mine:
         return None
     limits, problems = resolve_limits(cfg, {k: d.profile for k, d in mine.items()})

@@ -751,7 +751,7 @@ async def for_service(service: Any) -> Any:
     from edge.early_warning import EarlyWarning
 
     cfg = service.venue.config.maintenance
-    devices = list(service.devices.values())
+    devices = list(service.own.values())  # each node counts its own devices
     feed = service.readings.subscribe("maintenance", Overflow.DROP_OLDEST, maxsize=FEED_SIZE)
     ew_feed = service.readings.subscribe("early-warning", Overflow.DROP_OLDEST, maxsize=FEED_SIZE)
     early = EarlyWarning(devices, on_warning=warning_to_alarm(service))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -55,7 +56,7 @@ from drivers.model import (
     reading_key,
 )
 from drivers.mqtt.driver import MqttDeviceDriver
-from drivers.mqtt.link import EndOfFeed, MqttNodeLink
+from drivers.mqtt.link import EndOfFeed, MqttNodeLink, until_wall
 from drivers.osc import OscServer
 from drivers.osc.device import OscDeviceDriver
 from edge import acoustics as edge_acoustics
@@ -74,6 +75,7 @@ from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
 from edge.early_warning import EarlyWarning
 from edge.journal import JournalStore, device_command, journal_path
+from edge.nodes import NodeDirectory
 from edge.store import StoreSettings, TelemetryStore, point_types
 from edge.store_process import StoreProcess
 from edge.timecode import ServiceTimecode
@@ -134,7 +136,13 @@ class Service:
         # Only a venue that declares simulated devices has simulators to start.
         self.run_simulators = simulators and any(d.simulate is not None for d in cfg.devices)
         self.run_lighting = lighting  # False: the DMX ports open, nothing renders into them
-        self.devices: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
+        me = next(n for n in cfg.nodes if n.id == self.node)
+        self.role = me.role
+        self.lead_s = me.lead_ms / 1000  # commands to other nodes' devices, sent this far ahead
+        # The node's own devices, which it drives, supervises, alarms and publishes ...
+        self.own: dict[str, Device] = {d.id: d for d in venue.devices_of(self.node)}
+        # ... and, on a controller, every other node's, reached over MQTT (docs/distributed.md)
+        self.devices: dict[str, Device] = {**self.own, **self._remote_devices()}
         self.readings: Bus[Reading] = Bus("readings")
         self.live: dict[tuple[str, str], Reading] = {}
         self.health: dict[str, Health] = {}
@@ -149,11 +157,12 @@ class Service:
         self.alarms: edge_alarms.AlarmEngine | None = None  # [alarms] (edge/alarms.py)
         self.maintenance: edge_maintenance.Maintenance | None = None  # [maintenance]
         self.early_warning: EarlyWarning | None = None  # set by edge_maintenance.for_service
-        edge_alarms.check(cfg.alarms, self.devices.values())  # a bad rule fails here
+        edge_alarms.check(cfg.alarms, self.own.values())  # a bad rule fails here
         self.journal = JournalStore(journal_path(venue.store_path))
         self.mqtt: MqttNodeLink | None = None
         # mapped MQTT devices read in processes of their own ([telemetry] ingest_workers)
         self.ingest: edge_ingest.IngestWorkers | None = None
+        self.nodes = NodeDirectory(self)  # the venue's nodes, as seen from here
         self._mqtt_feed: Subscription[Reading] | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -162,6 +171,26 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _remote_devices(self) -> dict[str, Device]:
+        """On a controller, every other node's device as an MQTT device of that node: its
+        readings, health and commands come over the broker from the node that drives it."""
+        if self.role != "controller":
+            return {}
+        cfg = self.venue.config
+        if cfg.mqtt.mode == "off":
+            raise ValueError(
+                f"node '{self.node}' is a controller: it reaches the other nodes over MQTT, "
+                "so [mqtt] mode cannot be off"
+            )
+        out = {}
+        for n in cfg.nodes:
+            if n.id != self.node:
+                for d in self.venue.devices_of(n.id):
+                    out[d.id] = dataclasses.replace(
+                        d, transport=MqttTransport(kind="mqtt", node=n.id)
+                    )
+        return out
 
     @staticmethod
     def freeze_startup_heap() -> None:
@@ -258,7 +287,7 @@ class Service:
                         self.venue.resolve(influx_cfg.queue),
                         cfg.venue.id,
                         self.node,
-                        edge_influx.device_types(self.devices),
+                        edge_influx.device_types(self.own),
                         on_alarm=edge_alarms.on_influx_queue(self),
                     )
                 )
@@ -297,6 +326,7 @@ class Service:
                 )
                 tg.create_task(self._live_view(live_sub), name="live-view")
                 mqtt_task = self._start_mqtt(tg)
+                nodes_task = tg.create_task(self.nodes.run(), name="nodes")
                 if cfg.alarms.enabled:  # after the MQTT link (it notifies through it)
                     self.alarms = await stack.enter_async_context(edge_alarms.for_service(self))
                 # counters and early warning, before the drivers start (no reading missed)
@@ -388,6 +418,7 @@ class Service:
                     self._mqtt_feed.close()  # the link drains, says offline, and returns
                     await _finish([mqtt_task], 3.0)
                 stop.cancel()
+                nodes_task.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
     def _start_supervisor(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
@@ -497,18 +528,23 @@ class Service:
             self.mqtt_port,
             cfg.venue.id,
             self.node,
-            sorted(self.devices),
+            sorted(self.own),  # a controller publishes and serves its own devices only
             command_handler=self._mqtt_command,
-            profiles={d.id: d.profile.id for d in self.devices.values()},
+            profiles={d.id: d.profile.id for d in self.own.values()},
             telemetry_rate=cfg.mqtt.telemetry_rate,
             **edge_mqtt.credentials(cfg.mqtt, self.venue),
         )
 
+        own = self.own if len(self.own) < len(self.devices) else None
+
         async def next_batch() -> list[Reading]:
             try:
-                return await sub.get_batch()
+                batch = await sub.get_batch()
             except Closed:
                 raise EndOfFeed from None
+            if own is not None:  # a controller: other nodes publish their devices themselves
+                batch = [r for r in batch if r.device in own]
+            return batch
 
         return tg.create_task(link.run(next_batch), name="mqtt-link")
 
@@ -521,15 +557,26 @@ class Service:
         return {"writes": [[point, value] for point, value in writes]}
 
     async def command(
-        self, driver: DeviceDriver, name: str, args: Mapping[str, Any], origin: Origin
+        self,
+        driver: DeviceDriver,
+        name: str,
+        args: Mapping[str, Any],
+        origin: Origin,
+        *,
+        at: float | None = None,
     ) -> list[tuple[str, Value]]:
         """A device command from any front end (REST, OSC, MQTT, a cue's ``device.command``):
         what moves machinery goes through the safety supervisor; the rest to the driver. Both
-        are journalled before the caller hears back."""
+        are journalled before the caller hears back. ``at`` (epoch s): a device of another
+        node runs it then (docs/distributed.md); any other waits for it here."""
+        remote = isinstance(driver, MqttDeviceDriver) and driver.transport.node is not None
+        if at is not None and not remote:
+            await until_wall(at)
+            at = None
         supervised = await edge_machinery.gate(self, driver, name, args, origin)
         if supervised is not None:
             return supervised
-        return await device_command(self.journal, origin, driver, name, args)
+        return await device_command(self.journal, origin, driver, name, args, at=at)
 
     async def _open_journal(self, stack: contextlib.AsyncExitStack) -> None:
         """The journal opens before any command can arrive and closes after the last one;

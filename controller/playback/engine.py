@@ -611,10 +611,20 @@ class Playback:
             return list(preset.levels) if preset is not None else []
         return []
 
+    def _lead(self, action: Action) -> float:
+        """How far ahead ``action`` must be sent to start on time: a device command on
+        another node goes there with its start time (``Devices.lead``); 0 for the rest, and
+        for a ``Devices`` port that has no such notion."""
+        lead = getattr(self.devices, "lead", None)
+        return float(lead(action.device)) if isinstance(action, DeviceCommand) and lead else 0.0
+
     def _start(self, run: _ListRun, index: int, origin: Origin) -> _RunningCue:
         cue = run.cl.cues[index]
         self._seq += 1
         rc = _RunningCue(self._seq, index, cue, run.lclock.now(), origin)
+        # A cue that reaches other nodes starts everywhere at once, the lead after its GO:
+        # long enough for its commands to reach them; its own actions wait as long.
+        lead = max((self._lead(a) for _, _, a in cue.all_actions()), default=0.0)
         lighting_fades = [
             a.duration_s - a.delay_s
             for _, _, a in cue.all_actions()
@@ -641,7 +651,9 @@ class Playback:
             else:
                 duration = 0.0
             rc.actions.append(
-                _RunningAction(i, part, action, rc.go_at + part_delay + action.delay_s, duration)
+                _RunningAction(
+                    i, part, action, rc.go_at + lead + part_delay + action.delay_s, duration
+                )
             )
         if not run.paused:  # GO -> wire: lighting that starts now is set before any task runs
             for ra in rc.actions:
@@ -737,7 +749,7 @@ class Playback:
 
     async def _run_action(self, run: _ListRun, rc: _RunningCue, ra: _RunningAction) -> None:
         lc = run.lclock
-        await lc.sleep(ra.starts_at - lc.now())
+        await lc.sleep(ra.starts_at - self._lead(ra.action) - lc.now())
         ra.state = "running"
         ra.started = lc.now()
         self._notify()
@@ -799,7 +811,11 @@ class Playback:
             if errors:
                 raise PlaybackError("; ".join(errors))
         elif isinstance(a, DeviceCommand):
-            await self.devices.execute(a.device, a.command, dict(a.args), origin)
+            if self._lead(a) > 0:  # on another node: it starts there at this wall time
+                at = self.clock.wall() + (ra.starts_at - lc.now())
+                await self.devices.execute(a.device, a.command, dict(a.args), origin, at=at)
+            else:
+                await self.devices.execute(a.device, a.command, dict(a.args), origin)
         elif isinstance(a, AudioLevels):
             for lv in a.levels:
                 await self.devices.write(lv.device, lv.point, lv.value, origin)

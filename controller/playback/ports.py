@@ -101,8 +101,21 @@ class Lighting(Protocol):
 
 class Devices(Protocol):
     async def execute(
-        self, device: str, command: str, args: Mapping[str, Any], origin: Origin
-    ) -> Any: ...
+        self,
+        device: str,
+        command: str,
+        args: Mapping[str, Any],
+        origin: Origin,
+        *,
+        at: float | None = None,
+    ) -> Any:
+        """Run a device command; ``at`` (epoch s) is when it must start, for a device whose
+        ``lead`` is above 0 (on another node), passed only then."""
+        ...
+
+    # Optional: ``lead(device) -> float``, how many seconds ahead a command for ``device``
+    # must be sent to start on time (a device of another node: docs/distributed.md). A port
+    # without it runs every command when it is due.
 
     async def write(self, device: str, point: str, value: float, origin: Origin) -> Any: ...
 

@@ -340,8 +340,11 @@ class MqttDeviceDriver:
 
     # --- commands ---------------------------------------------------------------------------
 
-    async def command(self, name: str, args: Mapping[str, Any]) -> list[tuple[str, Value]]:
-        """Validate against the profile, then execute on the device.
+    async def command(
+        self, name: str, args: Mapping[str, Any], *, at_wall: float | None = None
+    ) -> list[tuple[str, Value]]:
+        """Validate against the profile, then execute on the device; ``at_wall`` (epoch s):
+        a device of another node runs it at that time of that node's clock.
 
         CommandError: refused (by the profile here, or by the remote node, with its reason);
         DeviceUnavailable: no broker, no reply in time, or the device cannot act now.
@@ -350,7 +353,7 @@ class MqttDeviceDriver:
         t0 = time.monotonic()
         try:
             if self.transport.node is not None:
-                done = await self._remote(name, args, writes)
+                done = await self._remote(name, args, writes, at_wall)
             else:
                 done = await self._write_points(name, writes)
         except DeviceUnavailable as exc:
@@ -360,14 +363,22 @@ class MqttDeviceDriver:
         return done
 
     async def _remote(
-        self, name: str, args: Mapping[str, Any], writes: list[tuple[PointSpec, Value]]
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        writes: list[tuple[PointSpec, Value]],
+        at_wall: float | None = None,
     ) -> list[tuple[str, Value]]:
         assert self.transport.node is not None
+        if self._node_online is False:  # its will or goodbye: nobody would run it
+            raise DeviceUnavailable(
+                f"{self.device.id}: node {self.transport.node} is offline ({self._node_reason})"
+            )
         if self._requester is None:
             self._requester = Requester(self.hub, self.venue)
         topic = command_topic(self.venue, self.transport.node, self.device.id, name)
         try:
-            reply = await self._requester.request(topic, args, self.command_timeout_s)
+            reply = await self._requester.request(topic, args, self.command_timeout_s, at_wall)
         except BrokerUnavailable as exc:
             raise DeviceUnavailable(f"{self.device.id}: {exc}") from exc
         except TimeoutError:

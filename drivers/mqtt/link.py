@@ -92,7 +92,7 @@ PUBLISH_WINDOW = 256  # readings in flight at once: pipelining, not one round tr
 SPIN_S = 0.002  # the last stretch before a scheduled command, in loop turns (see _until)
 
 
-async def _until(at_wall: float) -> None:
+async def until_wall(at_wall: float) -> None:
     """Return at ``at_wall`` (epoch s), not before. The loop's timers wake up to a
     millisecond late (epoll's timeout is in ms) and a loaded loop later still, so the last
     ``SPIN_S`` is spent yielding a loop turn at a time: other tasks run meanwhile, and the
@@ -520,7 +520,7 @@ class MqttNodeLink:
         t0 = time.monotonic()
         try:
             if req.at_us is not None:  # a scheduled command: wait for its time on this clock
-                await _until(req.at_us / 1e6)
+                await until_wall(req.at_us / 1e6)
                 started = time.time()  # late if the request came after its time: said below
             t0 = time.monotonic()
             # asyncio.timeout, not wait_for: no extra task per command (3.11).

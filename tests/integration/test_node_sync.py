@@ -42,6 +42,8 @@ vendor = "Test"
 model = "Mapped lamp"
 device_class = "light"
 protocol = "mqtt"
+[health]
+kind = "lwt"
 [points.on]
 dtype = "bool"
 access = "rw"
@@ -194,3 +196,158 @@ async def test_three_nodes_start_a_scheduled_command_together(
             await hub.publish(time_topic("sync", "b"), b"\xff\xfe", qos=0)
             assert (await probe.measure("b", samples=4)).samples >= 3
         assert all(p.poll() is None for p in procs), "a node exited"
+
+
+CONTROLLED = ("a", "b", "ctrl")
+
+
+SHOW = """
+version = 1
+[show]
+title = "Both lamps at once"
+venue = "sync"
+[[lists]]
+id = "main"
+name = "Main"
+[[lists.cues]]
+number = 1
+actions = [
+    { kind = "device.command", device = "lamp-a", command = "turn_on" },
+    { kind = "device.command", device = "lamp-b", command = "turn_on" },
+]
+"""
+
+
+def start_node(folder: Path, node: str, venue: str, api: int) -> subprocess.Popen[bytes]:
+    """``flytower run`` for ``node`` in a folder of its own (its stores), the controller on
+    the API port ``api``."""
+    mine = folder / node
+    mine.mkdir()
+    (mine / "profiles").symlink_to(folder / "profiles")
+    (mine / "venue.toml").write_text(venue)
+    (mine / "show.toml").write_text(SHOW)
+    args = ["run", str(mine / "venue.toml"), "--node", node, "--no-simulators"]
+    args += ["--port", str(api)] if node == "ctrl" else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", *args],
+        cwd=REPO,
+        stdout=(mine / "node.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def group_venue(port: int) -> str:
+    """Two edge nodes with a lamp each, and a controller that has none of its own."""
+    text = (
+        'version = 1\nshow = "show.toml"\nprofile_dirs = ["profiles"]\n[venue]\nid = "sync"\n'
+        '[[nodes]]\nid = "a"\nrole = "edge"\n[[nodes]]\nid = "b"\nrole = "edge"\n'
+        '[[nodes]]\nid = "ctrl"\nrole = "controller"\n'
+        '[api]\nhost = "127.0.0.1"\nport = 0\n[auth]\nenabled = false\n'
+        f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {port}\n'
+        '[telemetry]\nstore = "telemetry.sqlite3"\n'
+    )
+    for n in ("a", "b"):
+        text += (
+            f'[[devices]]\nid = "lamp-{n}"\nprofile = "sync_lamp"\nnode = "{n}"\n'
+            f'transport = {{ kind = "mqtt", base = "sync/lamp-{n}" }}\n'
+        )
+    return text
+
+
+async def test_a_controller_reaches_the_edge_nodes_devices(
+    tmp_path: Path, mosquitto: RealServer
+) -> None:
+    import httpx
+
+    from tests.conftest import free_port, wait_until
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "sync_lamp.toml").write_text(LAMP)
+    api = free_port()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for n in CONTROLLED:
+            procs[n] = start_node(tmp_path, n, group_venue(mosquitto.port), api)
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{api}", timeout=5) as c,
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="sync-watch") as watch,
+        ):
+            await watch.subscribe("sync/+/set", qos=1)
+            await watch.subscribe("flytower/sync/ctrl/#", qos=1)
+            for n in ("a", "b"):  # each lamp's state, as the lamp keeps it on the broker
+                await watch.publish(f"sync/lamp-{n}/state", b'{"on":false}', qos=1, retain=True)
+
+            async def health() -> dict[str, str]:
+                try:
+                    r = await c.get("/api/v1/health")
+                except httpx.TransportError:
+                    return {}
+                return dict(r.json()["devices"]) if r.status_code == 200 else {}
+
+            async def both_online() -> bool:
+                h = await health()
+                return h.get("lamp-a") == "online" and h.get("lamp-b") == "online"
+
+            await wait_until(both_online, 30, "the edge nodes' lamps online at the controller")
+            devices = {d["id"] for d in (await c.get("/api/v1/devices")).json()}
+            assert devices == {"lamp-a", "lamp-b"}
+
+            async def clocks() -> bool:
+                nodes = {n["id"]: n for n in (await c.get("/api/v1/nodes")).json()}
+                return all(nodes[n]["clock"] is not None for n in ("a", "b"))
+
+            await wait_until(clocks, 20, "the controller's clock probes of both edge nodes")
+            nodes = {n["id"]: n for n in (await c.get("/api/v1/nodes")).json()}
+            assert nodes["ctrl"]["self"] and nodes["ctrl"]["role"] == "controller"
+            for n in ("a", "b"):
+                assert nodes[n]["state"] == "online" and nodes[n]["devices"] == [f"lamp-{n}"]
+                assert abs(nodes[n]["clock"]["offset_ms"]) <= nodes[n]["clock"]["error_ms"] + 0.5
+            print("nodes, seen from the controller:", json.dumps(list(nodes.values())))
+
+            # A command at the controller runs on the node that drives the lamp.
+            r = await c.post("/api/v1/devices/lamp-b/commands/turn_on", json={})
+            assert r.status_code == 200, r.text
+            async with asyncio.timeout(5):
+                async for msg in watch.messages:
+                    if msg.topic.value == "sync/lamp-b/set":
+                        assert json.loads(msg.payload) == {"on": True}  # type: ignore[arg-type]
+                        break
+                    # The controller publishes only its own node's state: no device of a or b.
+                    assert "lamp-" not in msg.topic.value, msg.topic.value
+
+            # A cue on the controller with a command to each node's lamp: sent ahead with one
+            # start time, the two lamps are switched together.
+            arrived: dict[str, float] = {}
+            r = await c.post("/api/v1/playback/go", json={"list": "main"})
+            assert r.status_code == 200, r.text
+            async with asyncio.timeout(5):
+                async for msg in watch.messages:
+                    if msg.topic.value.endswith("/set"):
+                        arrived[msg.topic.value] = time.time()
+                        if len(arrived) == 2:
+                            break
+            spread = abs(arrived["sync/lamp-a/set"] - arrived["sync/lamp-b/set"]) * 1000
+            print(f"cue on the controller: the two nodes' lamps switched {spread:.2f} ms apart")
+            assert spread <= 25.0  # 20 ms lead; the figure is bench_node_sync's
+
+            # kill -9 of an edge node: the broker's will makes its devices offline there.
+            procs["a"].kill()
+
+            async def a_lost() -> bool:
+                nodes = {n["id"]: n for n in (await c.get("/api/v1/nodes")).json()}
+                return nodes["a"]["state"] == "offline" and (await health())["lamp-a"] == "offline"
+
+            await wait_until(a_lost, 10, "node a offline at the controller, with its lamp")
+            nodes = {n["id"]: n for n in (await c.get("/api/v1/nodes")).json()}
+            assert nodes["a"]["reason"] == "lost" and nodes["b"]["state"] == "online"
+            r = await c.post("/api/v1/devices/lamp-a/commands/turn_on", json={})
+            assert r.status_code == 503, r.text  # said, not queued for a dead node
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
