@@ -14,128 +14,25 @@ far ahead is refused with the reason, and a hostile clock probe is counted, not 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from benchmarks.bench_node_sync import LAMP, NODES, births, controller, nodes
 from drivers.mqtt.clock import ClockProbe
 from drivers.mqtt.driver import Requester
-from drivers.mqtt.hub import BrokerSettings, MqttHub
 from drivers.mqtt.schema import command_topic, time_topic
 from tests.conftest import RealServer
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-NODES = ("a", "b", "c")
-LAMP = """
-id = "sync_lamp"
-vendor = "Test"
-model = "Mapped lamp"
-device_class = "light"
-protocol = "mqtt"
-[health]
-kind = "lwt"
-[points.on]
-dtype = "bool"
-access = "rw"
-mqtt = { topic = "state", field = "on", set_topic = "set", set_field = "on" }
-[commands.turn_on]
-writes = [{ point = "on", value = true }]
-"""
-
-
-def venue_text(port: int) -> str:
-    text = (
-        'version = 1\nprofile_dirs = ["profiles"]\n[venue]\nid = "sync"\n'
-        + "".join(f'[[nodes]]\nid = "{n}"\n' for n in NODES)
-        + '[api]\nhost = "127.0.0.1"\nport = 0\n[auth]\nenabled = false\n'
-        f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {port}\n'
-        '[telemetry]\nstore = "telemetry-{node}.sqlite3"\n'
-    )
-    for n in NODES:
-        text += (
-            f'[[devices]]\nid = "lamp-{n}"\nprofile = "sync_lamp"\nnode = "{n}"\n'
-            f'transport = {{ kind = "mqtt", base = "sync/lamp-{n}" }}\n'
-        )
-    return text
-
-
-@contextlib.contextmanager
-def nodes(tmp_path: Path, port: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "sync_lamp.toml").write_text(LAMP)
-    procs = []
-    try:
-        for n in NODES:
-            folder = tmp_path / n  # a store of its own per node
-            folder.mkdir()
-            (folder / "profiles").symlink_to(tmp_path / "profiles")
-            venue = folder / "venue.toml"
-            venue.write_text(venue_text(port).replace("{node}", n))
-            log = (folder / "node.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "edge.cli",
-                        "run",
-                        str(venue),
-                        "--node",
-                        n,
-                        "--no-simulators",
-                    ],
-                    cwd=REPO,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        yield procs
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-
-async def births(port: int, timeout_s: float = 30) -> None:
-    """Until every node's retained ``$state`` says online."""
-    online: set[str] = set()
-    async with aiomqtt.Client("127.0.0.1", port, identifier="sync-births") as c:
-        await c.subscribe("flytower/sync/+/$state", qos=1)
-        async with asyncio.timeout(timeout_s):
-            async for msg in c.messages:
-                state = json.loads(msg.payload)  # type: ignore[arg-type]
-                node = msg.topic.value.split("/")[2]
-                if state.get("state") == "online":
-                    online.add(node)
-                if online >= set(NODES):
-                    return
-
-
-@contextlib.asynccontextmanager
-async def controller(port: int) -> AsyncIterator[MqttHub]:
-    hub = MqttHub(BrokerSettings("127.0.0.1", port, client_id="sync-controller"))
-    task = asyncio.create_task(hub.run())
-    try:
-        await asyncio.wait_for(hub.connected.wait(), 10)
-        yield hub
-    finally:
-        hub.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_three_nodes_start_a_scheduled_command_together(
