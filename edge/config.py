@@ -537,6 +537,12 @@ class VenueConfig(_Strict):
         nodes = [n.id for n in self.nodes]
         if len(set(nodes)) != len(nodes):
             raise ValueError(f"nodes: duplicate node id in {nodes}")
+        for n in self.nodes:
+            if n.role == "controller" and self.mqtt.mode == "off":
+                raise ValueError(
+                    f"nodes.{n.id}: a controller reaches the other nodes over MQTT, "
+                    "so mqtt.mode cannot be off"
+                )
         seen: set[str] = set()
         for dev in self.devices:
             if dev.id in seen:

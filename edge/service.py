@@ -160,7 +160,7 @@ class Service:
         edge_alarms.check(cfg.alarms, self.own.values())  # a bad rule fails here
         self.journal = JournalStore(journal_path(venue.store_path))
         self.mqtt: MqttNodeLink | None = None
-        # mapped MQTT devices read in processes of their own ([telemetry] ingest_workers)
+        # telemetry devices read in processes of their own ([telemetry] ingest_workers)
         self.ingest: edge_ingest.IngestWorkers | None = None
         self.nodes = NodeDirectory(self)  # the venue's nodes, as seen from here
         self._mqtt_feed: Subscription[Reading] | None = None
@@ -177,12 +177,7 @@ class Service:
         readings, health and commands come over the broker from the node that drives it."""
         if self.role != "controller":
             return {}
-        cfg = self.venue.config
-        if cfg.mqtt.mode == "off":
-            raise ValueError(
-                f"node '{self.node}' is a controller: it reaches the other nodes over MQTT, "
-                "so [mqtt] mode cannot be off"
-            )
+        cfg = self.venue.config  # a controller has MQTT: the venue's validation says so
         out = {}
         for n in cfg.nodes:
             if n.id != self.node:

@@ -248,3 +248,18 @@ async def test_a_controller_reaches_the_edge_nodes_devices(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+
+
+def test_a_controller_needs_mqtt(tmp_path: Path) -> None:
+    from edge.config import ConfigError, load_venue
+
+    venue = tmp_path / "venue.toml"
+    venue.write_text(
+        'version = 1\n[venue]\nid = "v"\n[[nodes]]\nid = "a"\nrole = "edge"\n'
+        '[[nodes]]\nid = "c"\nrole = "controller"\n[mqtt]\nmode = "off"\n'
+    )
+    with pytest.raises(ConfigError, match="controller reaches the other nodes over MQTT"):
+        load_venue(venue)
+    venue.write_text(venue.read_text().replace('role = "controller"', 'role = "boss"'))
+    with pytest.raises(ConfigError, match="role"):
+        load_venue(venue)
