@@ -183,7 +183,8 @@ async def measure(port: int, rounds: int) -> None:
             if at is None:
                 return 0.0, arrived, []
             starts = [r.started_us / 1e6 for r in replies if r.started_us is not None]
-            return max(starts) - min(starts), arrived, [s - at for s in starts]
+            sent_at = round(at * 1e6) / 1e6  # ``at`` travels in whole µs
+            return max(starts) - min(starts), arrived, [s - sent_at for s in starts]
 
         started, arrived, late, ref = [], [], [], []
         for i in range(rounds):

@@ -46,6 +46,7 @@ import operator
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -85,6 +86,7 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 15.0  # a worker's last batches and its farewell
 START_WAIT_S = 30.0  # the service waits this long for its workers before it says started
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 10.0
+STABLE_S = 30.0  # a worker that ran this long is restarted after the shortest back-off
 # A reading as the worker sends it (Reading(*row) in the service): tuples pickle cheaply.
 _ROW = operator.attrgetter("device", "point", "value", "ts_mono", "ts_wall", "quality")
 
@@ -279,6 +281,7 @@ class IngestWorkers:
                 continue
             state.pid, state.running, state.reason = proc.pid, True, "running"
             state.starts += 1
+            started = time.monotonic()
             self._tried_start(spec.index)
             log.info(
                 "ingest worker %d: process %d, %d device(s)",
@@ -314,9 +317,9 @@ class IngestWorkers:
             log.error("%s", why)
             state.reason = why
             self._offline(spec, why)
+            if time.monotonic() - started > STABLE_S:
+                backoff.reset()  # it ran a while: a crash now is not a crash loop
             await self._stop.sleep(backoff.next_delay())
-            if proc.exitcode == 0:
-                backoff.reset()
 
     async def _serve(self, state: WorkerState, reader: asyncio.StreamReader) -> str:
         """Take the worker's frames until its link closes; what it said of its end, if any."""

@@ -69,7 +69,8 @@ async def test_three_nodes_start_a_scheduled_command_together(
                 starts = [r.started_us / 1e6 for r in replies if r.started_us is not None]
                 assert len(starts) == 3
                 spreads.append(max(starts) - min(starts))
-                late += [s - at for s in starts]
+                # ``at`` travels in whole µs: lateness against what the nodes were sent
+                late += [s - round(at * 1e6) / 1e6 for s in starts]
                 await asyncio.sleep(0.05)
             ms = [x * 1000 for x in spreads]
             print(
