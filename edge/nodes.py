@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+NODE_ALARM = "node-offline"  # the alarm a controller raises for a node that is offline
 CLOCK_EVERY_S = 10.0
 CLOCK_WARN_S = 0.002  # NTP on a venue LAN keeps well within 1 ms; PTP within µs
 
@@ -87,6 +88,24 @@ class NodeDirectory:
             view.devices = list(st.devices)
         else:
             view.clock = None
+        self._alarm(view)
+
+    def _alarm(self, view: NodeView) -> None:
+        """On a controller, a node that is offline is an alarm (its own engine cannot say
+        it): major when the broker published its will, a warning when it said goodbye."""
+        engine = self.service.alarms
+        if engine is None or self.service.role != "controller":
+            return
+        if view.state == "online":
+            engine.clear(NODE_ALARM, view.id)
+            return
+        lost = view.reason == "lost"
+        severity = "major" if lost else "warning"
+        what = "lost (the broker published its will)" if lost else f"offline ({view.reason})"
+        n = len(view.devices)
+        engine.raise_alarm(
+            NODE_ALARM, view.id, None, severity, f"node {view.id} {what}: {n} device(s) unreachable"
+        )
 
     async def run(self) -> None:
         """Follow the nodes' states; as a controller, measure their clocks."""

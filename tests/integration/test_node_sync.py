@@ -238,6 +238,9 @@ async def test_a_controller_reaches_the_edge_nodes_devices(
             await wait_until(a_lost, 10, "node a offline at the controller, with its lamp")
             nodes = {n["id"]: n for n in (await c.get("/api/v1/nodes")).json()}
             assert nodes["a"]["reason"] == "lost" and nodes["b"]["state"] == "online"
+            # ... and an alarm at the controller: the dead node cannot raise its own.
+            alarms = (await c.get("/api/v1/alarms", params={"rule": "node-offline"})).json()
+            assert [(a["device"], a["severity"]) for a in alarms["alarms"]] == [("a", "major")]
             r = await c.post("/api/v1/devices/lamp-a/commands/turn_on", json={})
             assert r.status_code == 503, r.text  # said, not queued for a dead node
     finally:
