@@ -122,7 +122,7 @@ class ServiceDevices:
         """A device of another node (on a controller): its commands are sent this far ahead
         with their start time (the controller node's ``lead_ms``)."""
         driver = self.service.drivers.get(device)
-        if isinstance(driver, MqttDeviceDriver) and driver.transport.node is not None:
+        if isinstance(driver, MqttDeviceDriver) and driver.remote:
             return self.service.lead_s
         return 0.0
 

@@ -131,31 +131,14 @@ class ServiceCollector(Collector):
         if ingest is None:
             return
         fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-            "running": GaugeMetricFamily(
-                "flytower_ingest_worker_running",
-                "1 while the worker process runs",
-                labels=["worker"],
-            ),
-            "starts": CounterMetricFamily(
-                "flytower_ingest_worker_starts",
-                "times the worker process started",
-                labels=["worker"],
-            ),
-            "written": CounterMetricFamily(
-                "flytower_ingest_worker_written",
-                "readings the worker's batches committed since it started",
-                labels=["worker"],
-            ),
-            "queued": GaugeMetricFamily(
-                "flytower_ingest_worker_queued",
-                "readings waiting in the worker for the store",
-                labels=["worker"],
-            ),
-            "published": CounterMetricFamily(
-                "flytower_ingest_worker_published",
-                "newest readings the worker sent the service",
-                labels=["worker"],
-            ),
+            name: kind(f"flytower_ingest_worker_{name}", text, labels=["worker"])
+            for name, kind, text in (
+                ("running", GaugeMetricFamily, "1 while the worker process runs"),
+                ("starts", CounterMetricFamily, "times the worker process started"),
+                ("written", CounterMetricFamily, "readings its batches committed since it started"),
+                ("queued", GaugeMetricFamily, "readings waiting in the worker for the store"),
+                ("published", CounterMetricFamily, "newest readings it sent the service"),
+            )
         }
         for w in ingest.workers:
             for name, fam in fams.items():

@@ -242,7 +242,6 @@ class Service:
             for w in self.ingest.status():
                 out[f"ingest-{w['index']}"] = {
                     "state": "online" if w["running"] else "offline",
-                    "reason": w["reason"],
                     **w,
                 }
         return out
@@ -565,8 +564,7 @@ class Service:
         what moves machinery goes through the safety supervisor; the rest to the driver. Both
         are journalled before the caller hears back. ``at`` (epoch s): a device of another
         node runs it then (docs/distributed.md); any other waits for it here."""
-        remote = isinstance(driver, MqttDeviceDriver) and driver.transport.node is not None
-        if at is not None and not remote:
+        if at is not None and not (isinstance(driver, MqttDeviceDriver) and driver.remote):
             await until_wall(at)
             at = None
         supervised = await edge_machinery.gate(self, driver, name, args, origin)

@@ -142,6 +142,72 @@ async def spawn_linked(
     return proc, reader, writer
 
 
+class _Caller:
+    """The requesting end of a link to the store process: calls are numbered frames, each
+    answered by a reply with its number, in any order. Once the link is gone (``fail``),
+    every waiting and later call raises why. Shared by the service (``StoreProcess``) and the
+    ingest workers (``IngestWriter``), which differ only in what they make of the link's end."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_counters: Callable[[Mapping[str, Any] | None], None] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.gone: StoreProcessError | None = None
+        self._on_counters = on_counters
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._ids = 0
+
+    def fail(self, error: StoreProcessError) -> None:
+        if self.gone is None:
+            self.gone = error
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(self.gone)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        if self.gone is not None:
+            raise self.gone
+        self._ids += 1
+        call = self._ids
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[call] = fut
+        try:
+            await send_frame(self.writer, (call, method, args))
+        except (ConnectionError, OSError) as exc:
+            self._waiting.pop(call, None)
+            self.fail(StoreProcessError(f"the store process is unreachable: {exc}"))
+            raise StoreProcessError(f"the store process is unreachable: {exc}") from None
+        except BaseException:  # not sent (an argument that does not pickle): nothing waits
+            self._waiting.pop(call, None)
+            raise
+        return await fut
+
+    async def dispatch(self) -> None:
+        """Hand each reply to its call until the link ends, raising why it ended: the
+        stream's end, or a frame that does not unpickle."""
+        while True:
+            call, ok, payload, counters = await receive_frame(self.reader)
+            if self._on_counters is not None:
+                self._on_counters(counters)
+            fut = self._waiting.pop(call, None)
+            if fut is None or fut.done():
+                continue
+            if ok:
+                fut.set_result(payload)
+            else:
+                fut.set_exception(payload)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
 class StoreProcess:
     """A :class:`~edge.store.TelemetryStore` run in a process of its own; use as
     ``async with StoreProcess(path, settings, dtypes=...) as store``."""
@@ -164,12 +230,8 @@ class StoreProcess:
         self.pid: int | None = None
         self._proc: Any = None  # multiprocessing's SpawnProcess
         self._folder: Path | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._link: _Caller | None = None
         self._replies: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._ids = 0
-        self._gone: StoreProcessError | None = None
         self._closing = False  # the link's end is expected: not an error
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -185,15 +247,16 @@ class StoreProcess:
 
     async def _start(self) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="flytower-store-"))  # 0700
-        self._proc, self._reader, self._writer = await spawn_linked(
+        self._proc, reader, writer = await spawn_linked(
             serve,
             (str(self.path), self.settings, self._dtypes, str(self.ingest_path)),
             self._folder / "store.sock",
             "flytower-store",
         )
         self.pid = self._proc.pid
+        self._link = _Caller(reader, writer, self._mirror)
         try:
-            ready = await asyncio.wait_for(receive_frame(self._reader), START_TIMEOUT_S)
+            ready = await asyncio.wait_for(receive_frame(reader), START_TIMEOUT_S)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as exc:
             raise StoreProcessError(f"the store process did not open {self.path}: {exc}") from None
         _, ok, payload, counters = ready
@@ -210,7 +273,7 @@ class StoreProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         try:
-            if self._gone is None and self._writer is not None:
+            if self._link is not None and self._link.gone is None:
                 self._closing = True
                 with contextlib.suppress(StoreProcessError):
                     await asyncio.wait_for(self._call("close"), CLOSE_TIMEOUT_S)
@@ -219,10 +282,8 @@ class StoreProcess:
 
     async def _end(self) -> None:
         """Close the link, reap the process (killed if it does not exit), remove the folder."""
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
+        if self._link is not None:
+            await self._link.close()
         if self._replies is not None:
             self._replies.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -245,26 +306,13 @@ class StoreProcess:
                 setattr(self, name, counters[name])
 
     def _fail(self, error: StoreProcessError) -> None:
-        if self._gone is None:
-            self._gone = error
-        waiting, self._waiting = self._waiting, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(self._gone)
+        if self._link is not None:
+            self._link.fail(error)
 
     async def _read_replies(self) -> None:
-        assert self._reader is not None
+        assert self._link is not None
         try:
-            while True:
-                call, ok, payload, counters = await receive_frame(self._reader)
-                self._mirror(counters)
-                fut = self._waiting.pop(call, None)
-                if fut is None or fut.done():
-                    continue
-                if ok:
-                    fut.set_result(payload)
-                else:
-                    fut.set_exception(payload)
+            await self._link.dispatch()
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             if self._closing:
                 self._fail(StoreProcessError("the store is closed"))
@@ -283,27 +331,12 @@ class StoreProcess:
         except Exception as exc:  # a frame that does not unpickle: the link cannot be trusted
             log.exception("telemetry store %s: bad reply", self.path)
             self._fail(StoreProcessError(f"bad reply from the store process: {exc}"))
-            if self._writer is not None:
-                self._writer.close()
+            self._link.writer.close()
 
     async def _call(self, method: str, *args: Any) -> Any:
-        if self._gone is not None:
-            raise self._gone
-        assert self._writer is not None, "the store is not open"
-        self._ids += 1
-        call = self._ids
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[call] = fut
-        try:
-            await send_frame(self._writer, (call, method, args))
-        except (ConnectionError, OSError) as exc:
-            self._waiting.pop(call, None)
-            self._fail(StoreProcessError(f"the store process is unreachable: {exc}"))
-            raise StoreProcessError(f"the store process is unreachable: {exc}") from None
-        except BaseException:  # not sent (an argument that does not pickle): nothing waits
-            self._waiting.pop(call, None)
-            raise
-        return await fut
+        if self._link is None:
+            raise StoreProcessError("the store is not open")
+        return await self._link.call(method, *args)
 
     # --- TelemetryStore's interface ----------------------------------------------------------
 
@@ -485,11 +518,7 @@ class IngestWriter:
     is gone (the store closed or died)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._ids = 0
-        self._waiting: dict[int, asyncio.Future[int]] = {}
-        self._gone: StoreProcessError | None = None
+        self._link = _Caller(reader, writer)
         self._replies = asyncio.create_task(self._read_replies(), name="ingest-writer-replies")
 
     @classmethod
@@ -500,44 +529,20 @@ class IngestWriter:
     async def _read_replies(self) -> None:
         why = "the store closed the link"
         try:
-            while True:
-                call, ok, payload, _ = await receive_frame(self._reader)
-                fut = self._waiting.pop(call, None)
-                if fut is not None and not fut.done():
-                    if ok:
-                        fut.set_result(int(payload))
-                    else:
-                        fut.set_exception(payload)
+            await self._link.dispatch()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except Exception as exc:
             why = f"bad reply from the store process: {exc}"
-        self._gone = StoreProcessError(why)
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(self._gone)
-        self._waiting.clear()
+        self._link.fail(StoreProcessError(why))
 
     async def write(self, readings: Sequence[Reading]) -> int:
-        if self._gone is not None:
-            raise self._gone
         if not readings:
             return 0
-        self._ids += 1
-        call = self._ids
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting[call] = fut
-        try:
-            await send_frame(self._writer, (call, "write_wire", (to_wire(readings),)))
-        except (ConnectionError, OSError) as exc:
-            self._waiting.pop(call, None)
-            raise StoreProcessError(f"the store process is unreachable: {exc}") from None
-        return await fut
+        return int(await self._link.call("write_wire", to_wire(readings)))
 
     async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        await self._link.close()
         self._replies.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._replies

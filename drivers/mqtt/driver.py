@@ -186,6 +186,12 @@ class MqttDeviceDriver:
     def health(self) -> Health:
         return self._tracker.health
 
+    @property
+    def remote(self) -> bool:
+        """A device of another Flytower node (``node=``): its commands run there, and may be
+        scheduled (``at_wall``)."""
+        return self.transport.node is not None
+
     def report(self) -> dict[str, Any]:
         """Statistics with what this driver adds: malformed, ignored and dropped counts."""
         return {

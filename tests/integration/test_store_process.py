@@ -102,7 +102,7 @@ async def test_errors_come_back_as_themselves(tmp_path: Path) -> None:
             await store._call("_write", [])  # only the store's public calls are served
         with pytest.raises(Exception, match="pickle"):  # pickle's own error
             await store._call("history", lambda: None)  # never sent: nothing half-written
-        assert not store._waiting
+        assert store._link is not None and not store._link._waiting  # nothing left waiting
         assert await store.write([Reading("d", "p", 1.0, 0.0, time.time())]) == 1  # still fine
 
 
