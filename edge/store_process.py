@@ -434,7 +434,6 @@ async def _serve(
         await send_frame(writer, (0, False, _portable(exc), None))
         writer.close()
         return
-    await send_frame(writer, (0, True, None, _counters(store)))
     writes: asyncio.Queue[tuple[_Peer, int, Any] | None] = asyncio.Queue()
 
     async def run(peer: _Peer, call: int, method: str, args: tuple[Any, ...]) -> None:
@@ -479,6 +478,8 @@ async def _serve(
         if ingest_sock is not None
         else None
     )
+    # Ready only now: an ingest worker started once the store is open finds its socket.
+    await send_frame(writer, (0, True, None, _counters(store)))
     closing: int | None = None
     try:
         while True:
