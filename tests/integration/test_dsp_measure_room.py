@@ -66,7 +66,7 @@ BANDS = (125, 250, 500, 1000, 2000, 4000)
 
 @pytest.fixture(scope="module")
 def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
-    with JackServer(tmp_path_factory.mktemp("jack"), period=256) as server:
+    with JackServer(tmp_path_factory.mktemp("jack")) as server:
         yield server
 
 

@@ -103,7 +103,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer]:
-    with JackServer(tmp_path_factory.mktemp("jack"), period=256) as server:
+    with JackServer(tmp_path_factory.mktemp("jack")) as server:
         yield server
 
 
