@@ -339,6 +339,25 @@ def create_app(service: Service) -> FastAPI:
         from a controller, each one's clock offset (docs/distributed.md)."""
         return service.nodes.status()
 
+    @app.get("/api/v1/control", tags=["service"])
+    async def control_status() -> dict[str, Any]:
+        """Which controller runs the show, and this one's part in it: holder, term, the
+        commands sent to or applied from the other, the last takeover (docs/distributed.md)."""
+        return service.control.status()
+
+    @app.post("/api/v1/control/takeover", tags=["service"])
+    async def control_takeover(request: Request) -> dict[str, Any]:
+        """This standby controller takes the show: a planned switch, or the fail-back to a
+        primary that came back. Journalled; the other controller yields."""
+        seat = service.control
+        if not seat.enabled:
+            raise HTTPException(409, "this node has no standby controller to share the show with")
+        if seat.active:
+            raise HTTPException(409, f"this controller ({seat.node}) already runs the show")
+        who = api_auth.origin_of(request).source
+        await seat.claim(f"asked by {who}", "control.failback")
+        return seat.status()
+
     @app.get("/api/v1/devices", tags=["devices"])
     async def list_devices() -> list[DeviceOut]:
         return [device_out(d) for d in service.devices.values()]

@@ -42,6 +42,7 @@ P = Permission
 RUN_OR_MAINTAIN = frozenset({P.RUN, P.MAINTAIN})
 RULES: dict[tuple[str, str], frozenset[Permission]] = {
     ("POST", "/api/v1/devices/{device_id}/commands/{command}"): RUN_OR_MAINTAIN,
+    ("POST", "/api/v1/control/takeover"): frozenset({P.RUN}),
     ("POST", "/api/v1/playback/go"): frozenset({P.RUN}),
     ("POST", "/api/v1/playback/back"): frozenset({P.RUN}),
     ("POST", "/api/v1/playback/stop"): frozenset({P.STOP}),

@@ -115,8 +115,12 @@ class ServiceDevices:
         origin: Origin,
         *,
         at: float | None = None,
+        request_id: str | None = None,
     ) -> Any:
-        return await self.service.command(self._driver(device), command, args, origin, at=at)
+        driver = self._driver(device)
+        return await self.service.command(
+            driver, command, args, origin, at=at, request_id=request_id
+        )
 
     def lead(self, device: str) -> float:
         """A device of another node (on a controller): its commands are sent this far ahead

@@ -537,6 +537,12 @@ class VenueConfig(_Strict):
         nodes = [n.id for n in self.nodes]
         if len(set(nodes)) != len(nodes):
             raise ValueError(f"nodes: duplicate node id in {nodes}")
+        controllers = [n.id for n in self.nodes if n.role == "controller"]
+        if len(controllers) > 2:
+            raise ValueError(
+                f"nodes: {len(controllers)} controllers ({', '.join(controllers)}); a venue has "
+                "one, or two: a primary and its hot standby"
+            )
         for n in self.nodes:
             if n.role == "controller" and self.mqtt.mode == "off":
                 raise ValueError(

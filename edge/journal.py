@@ -565,16 +565,18 @@ async def device_command(
     args: Mapping[str, Any],
     *,
     at: float | None = None,
+    request_id: str | None = None,
 ) -> list[tuple[str, Value]]:
     """A device command from REST, OSC or MQTT: executed by its driver and journalled as
     ``device.{name}`` on the device, with ``origin`` — durable before the caller hears back.
-    ``at``: the start time to send with it (a device of another node's driver takes it)."""
+    ``at`` and ``request_id``: the start time and the request id to send with it (a device
+    of another node's driver takes them)."""
     return await journalled(
         journal,
         origin,
         f"device.{name}",
-        (lambda: driver.command(name, args, at_wall=at))  # type: ignore[call-arg]
-        if at is not None
+        (lambda: driver.command(name, args, at_wall=at, request_id=request_id))  # type: ignore[call-arg]
+        if at is not None or request_id is not None
         else (lambda: driver.command(name, args)),
         targets=(driver.device.id,),
         args=args,

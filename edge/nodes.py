@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,8 @@ class NodeDirectory:
         me = self.nodes[service.node]
         me.state, me.devices, me.since = "online", sorted(service.own), time.time()
         self.malformed = 0
+        # called with a node's view when its state changes (the control seat's takeover)
+        self.listeners: list[Callable[[NodeView], None]] = []
 
     def _on_state(self, msg: aiomqtt.Message) -> None:
         node = msg.topic.value.split("/")[2]
@@ -89,6 +92,11 @@ class NodeDirectory:
         else:
             view.clock = None
         self._alarm(view)
+        for listener in list(self.listeners):
+            try:
+                listener(view)
+            except Exception:
+                log.exception("node state listener failed")
 
     def _alarm(self, view: NodeView) -> None:
         """On a controller, a node that is offline is an alarm (its own engine cannot say

@@ -73,6 +73,7 @@ from edge import realtime
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
+from edge.control import ControlSeat
 from edge.early_warning import EarlyWarning
 from edge.journal import JournalStore, device_command, journal_path
 from edge.nodes import NodeDirectory
@@ -163,6 +164,7 @@ class Service:
         # telemetry devices read in processes of their own ([telemetry] ingest_workers)
         self.ingest: edge_ingest.IngestWorkers | None = None
         self.nodes = NodeDirectory(self)  # the venue's nodes, as seen from here
+        self.control = ControlSeat(self)  # which controller runs the show (edge/control.py)
         self._mqtt_feed: Subscription[Reading] | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -328,6 +330,10 @@ class Service:
                 await stack.enter_async_context(edge_maintenance.for_service(self))
                 supervisor_task = self._start_supervisor(tg)
                 playback_feed = self._start_playback(tg)
+                if self.playback is not None:  # request ids unique to this run of this node
+                    self.playback.chain_prefix = f"{self.node}-{int(self.started_at * 1000)}"
+                # a standby's engine tracks, sending nothing, before any command can arrive
+                control_task = tg.create_task(self.control.run(), name="control")
                 timecode_task = self._start_timecode(tg)
                 lighting_task = (
                     tg.create_task(self.lighting.run(), name="lighting")
@@ -414,6 +420,7 @@ class Service:
                     await _finish([mqtt_task], 3.0)
                 stop.cancel()
                 nodes_task.cancel()
+                control_task.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
     def _start_supervisor(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
@@ -559,18 +566,24 @@ class Service:
         origin: Origin,
         *,
         at: float | None = None,
+        request_id: str | None = None,
     ) -> list[tuple[str, Value]]:
         """A device command from any front end (REST, OSC, MQTT, a cue's ``device.command``):
         what moves machinery goes through the safety supervisor; the rest to the driver. Both
         are journalled before the caller hears back. ``at`` (epoch s): a device of another
-        node runs it then (docs/distributed.md); any other waits for it here."""
-        if at is not None and not (isinstance(driver, MqttDeviceDriver) and driver.remote):
+        node runs it then (docs/distributed.md); any other waits for it here. ``request_id``:
+        the id a device of another node gets it with (its node runs an id once)."""
+        remote = isinstance(driver, MqttDeviceDriver) and driver.remote
+        if at is not None and not remote:
             await until_wall(at)
             at = None
         supervised = await edge_machinery.gate(self, driver, name, args, origin)
         if supervised is not None:
             return supervised
-        return await device_command(self.journal, origin, driver, name, args, at=at)
+        return await device_command(
+            self.journal, origin, driver, name, args, at=at,
+            request_id=request_id if remote else None,
+        )  # fmt: skip
 
     async def _open_journal(self, stack: contextlib.AsyncExitStack) -> None:
         """The journal opens before any command can arrive and closes after the last one;

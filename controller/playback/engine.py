@@ -20,10 +20,13 @@ value the previous cues set that it does not set itself, so they fall back to wh
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
+import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -73,6 +76,11 @@ log = logging.getLogger(__name__)
 PANIC_FADE_S = 1.0
 ARRIVAL_TOLERANCE = 5.0  # a machinery move is complete within this of its target (axis unit)
 SYSTEM = Origin(SourceKind.SYSTEM, "playback")
+# Actions that reach outside the engine: a standby controller (``live`` False) tracks them and
+# sends nothing (docs/distributed.md, "Hot standby").
+_SENDS = (DeviceCommand, AudioLevels, AudioSoundfield, AudioPlay, MachineryStop)
+_MIRRORING: contextvars.ContextVar[bool] = contextvars.ContextVar("mirroring", default=False)
+TRACKED_KEEP = 512  # a standby's tracked device commands kept for a takeover's resend
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,20 @@ class _ListClock:
             remaining -= self.now() - start
 
 
+@dataclass(frozen=True)
+class Tracked:
+    """A device command a standby controller did not send: sent at its takeover if recent."""
+
+    wall: float  # when it was (or would have been) sent
+    device: str
+    command: str
+    args: dict[str, Any]
+    at: float | None  # its start time on another node
+    request_id: str
+    cue_list: str
+    cue: str
+
+
 @dataclass
 class _RunningAction:
     index: int
@@ -163,6 +185,11 @@ class _RunningCue:
     cue: Cue
     go_at: float  # list time
     origin: Origin
+    # The operator command this cue descends from, and how many follows / auto-continues /
+    # list.starts away: the same on a primary and on its standby, so a device command gets
+    # the same request id on both and a node runs it once (``command_id``).
+    chain: str = ""
+    hop: int = 0
     actions: list[_RunningAction] = field(default_factory=list)
     state: str = "running"
     task: asyncio.Task[None] | None = None
@@ -186,6 +213,14 @@ class _ListRun:
 
     def number(self, index: int | None) -> str | None:
         return None if index is None else format_cue_number(self.cl.cues[index].number)
+
+
+def _request_id(run: _ListRun, rc: _RunningCue, ra: _RunningAction) -> str:
+    """The request id of a cue's device command: the same on a primary and its standby."""
+    text = f"{rc.chain}/{rc.hop}/{run.cl.id}/{format_cue_number(rc.cue.number)}/{ra.index}"
+    if len(text) <= 128 and text.isascii() and text.isprintable() and " " not in text:
+        return text
+    return "cue-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 def _cue_number(cue: Any) -> Decimal:
@@ -230,6 +265,16 @@ class Playback:
         self._listeners: list[Callable[[], None]] = []
         self._seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Hot standby (edge/control.py): a standby's engine tracks the primary's show, with
+        # ``live`` False (lighting renders, nothing is sent) and operator commands refused
+        # with ``refusal``; the primary's accepted commands reach ``mirror`` through the
+        # ``accepted`` listeners. ``chain_prefix`` makes request ids unique per session.
+        self.live = True
+        self.refusal: str | None = None
+        self.accepted: list[Callable[[dict[str, Any]], None]] = []
+        self.chain_prefix = "c"
+        self._chains = 0
+        self.tracked: collections.deque[Tracked] = collections.deque(maxlen=TRACKED_KEEP)
         if show is not None:
             self._install(show)
 
@@ -306,6 +351,17 @@ class Playback:
         requested = self.clock.wall()
         t0 = self.clock.now()
         result, reason, out = Result.OK, "", {}
+        refusal = self.refusal
+        if (
+            refusal is not None
+            and not _MIRRORING.get()
+            and origin.kind not in (SourceKind.FOLLOW, SourceKind.WAIT)
+        ):
+
+            async def refuse() -> dict[str, Any]:
+                raise Refused(refusal)
+
+            call = refuse
         cue_text = str(cue) if cue is not None else None
         try:
             out = await call()
@@ -338,6 +394,112 @@ class Playback:
             )
         return out
 
+    def _replicate(self, event: dict[str, Any]) -> None:
+        """An operator command was accepted: tell the ``accepted`` listeners (a primary's
+        control seat sends it to its standby), unless it is itself a mirrored one."""
+        if _MIRRORING.get() or not self.accepted:
+            return
+        event["wall"] = self.clock.wall()
+        for cb in list(self.accepted):
+            try:
+                cb(event)
+            except Exception:
+                log.exception("playback replication listener failed")
+
+    async def mirror(self, event: Mapping[str, Any], origin: Origin) -> dict[str, Any]:
+        """Apply a command the primary controller accepted (``_replicate``'s event) to this
+        standby's engine: its cues start with the primary's chain, so their device commands
+        carry the same request ids. Journalled like any command, with ``origin``."""
+        token = _MIRRORING.set(True)
+        try:
+            op = event.get("op")
+            lid, cue = event.get("list"), event.get("cue")
+            if op in ("go", "start"):
+
+                async def do() -> dict[str, Any]:
+                    run = self._run_of(lid)
+                    index = self._index(run, cue)
+                    standby = run.standby
+                    if op == "go":
+                        run.last_go, run.last_go_wall = self.clock.now(), self.clock.wall()
+                    self._start(run, index, origin, chain=str(event.get("chain") or ""))
+                    if op == "start" and event.get("keep_standby"):
+                        run.standby = standby
+                    return {"list": run.cl.id, "cue": run.number(index)}
+
+                return await self._command(str(op), origin, lid, cue, do)
+            if op == "standby":
+                return await self.standby(lid, cue, origin)
+            if op == "back":
+                return await self.back(lid, origin)
+            if op == "stop":
+                return await self.stop(lid, cue, origin)
+            if op in ("pause", "resume"):
+                return await self._pause(lid, origin, op == "pause")
+            if op == "release":
+                return await self.release(lid, float(event.get("fade_s") or 0.0), origin)
+            if op == "panic":
+                return await self.panic(origin)
+            raise NotFound(f"cannot mirror '{op}'")
+        finally:
+            _MIRRORING.reset(token)
+
+    def positions(self) -> dict[str, dict[str, str | None]]:
+        """Each list's current and standby cue (a standby that joins late starts from the
+        primary's, ``set_positions``)."""
+        return {
+            lid: {"current": run.number(run.current), "standby": run.number(run.standby)}
+            for lid, run in self.lists.items()
+        }
+
+    def set_positions(self, positions: Mapping[str, Mapping[Any, Any]]) -> None:
+        for lid, pos in positions.items():
+            run = self.lists.get(lid)
+            if run is None:
+                continue
+            for key in ("current", "standby"):
+                number = pos.get(key)
+                try:
+                    index = None if number is None else self._index(run, number)
+                except NotFound:
+                    continue
+                setattr(run, key, index)
+        self._notify()
+
+    async def go_live(self, window_s: float, origin: Origin) -> int:
+        """This standby takes over: from now on its cues send what they do, and the device
+        commands it tracked in the last ``window_s`` are sent now with their request ids (a
+        node that already ran one from the primary answers it again and does not run it)."""
+        self.live, self.refusal = True, None
+        now = self.clock.wall()
+        recent = [t for t in self.tracked if t.wall >= now - window_s]
+        self.tracked.clear()
+
+        async def send(t: Tracked) -> None:
+            at = t.at if t.at is not None and t.at > self.clock.wall() else None
+            try:
+                await self.devices.execute(
+                    t.device, t.command, t.args, origin, at=at, request_id=t.request_id
+                )
+            except Exception as exc:
+                await self._append(
+                    JournalEvent(
+                        kind=origin.kind,
+                        source=origin.source,
+                        command="action.device.command",
+                        result=Result.FAILED,
+                        requested=self.clock.wall(),
+                        reason=f"resent at takeover: {exc}"[:1000],
+                        cue_list=t.cue_list,
+                        cue=t.cue,
+                    )
+                )
+
+        for t in recent:
+            self._spawn(send(t), f"resend:{t.request_id}")
+        self._notify()
+        return len(recent)
+
     async def _append(self, event: JournalEvent) -> None:
         try:
             await asyncio.shield(self.journal.append(event))
@@ -369,7 +531,10 @@ class Playback:
                 raise Refused(f"list '{run.cl.id}' has no cue on standby (end of the list)")
             run.last_go = now
             run.last_go_wall = self.clock.wall()
-            self._start(run, index, origin)
+            rc = self._start(run, index, origin)
+            self._replicate(
+                {"op": "go", "list": run.cl.id, "cue": run.number(index), "chain": rc.chain}
+            )
             return {"list": run.cl.id, "cue": run.number(index)}
 
         return await self._command("go", origin, list_id, cue, do)
@@ -386,9 +551,18 @@ class Playback:
             if index is None:
                 raise Refused(f"list '{run.cl.id}' has no cues")
             standby = run.standby
-            self._start(run, index, origin)
+            rc = self._start(run, index, origin)
             if keep_standby:
                 run.standby = standby
+            self._replicate(
+                {
+                    "op": "start",
+                    "list": run.cl.id,
+                    "cue": run.number(index),
+                    "chain": rc.chain,
+                    "keep_standby": keep_standby,
+                }
+            )
             return {"list": run.cl.id, "cue": run.number(index)}
 
         return await self._command("start", origin, list_id, cue, do)
@@ -402,6 +576,7 @@ class Playback:
             run = self._run_of(list_id)
             run.standby = self._index(run, cue)
             self._notify()
+            self._replicate({"op": "standby", "list": run.cl.id, "cue": run.number(run.standby)})
             return {"list": run.cl.id, "cue": run.number(run.standby)}
 
         return await self._command("standby", origin, list_id, cue, do)
@@ -418,6 +593,7 @@ class Playback:
                 raise Refused(f"list '{run.cl.id}' is at its first cue")
             run.standby = at - 1
             self._notify()
+            self._replicate({"op": "back", "list": run.cl.id})
             return {"list": run.cl.id, "cue": run.number(run.standby)}
 
         return await self._command("back", origin, list_id, None, do)
@@ -435,16 +611,20 @@ class Playback:
                 stopped = 0
                 for run in self.lists.values():
                     stopped += await self._stop_list(run, origin)
+                self._replicate({"op": "stop"})
                 return {"stopped": stopped}
             run = self._run_of(list_id)
             if cue is None:
-                return {"list": run.cl.id, "stopped": await self._stop_list(run, origin)}
+                stopped = await self._stop_list(run, origin)
+                self._replicate({"op": "stop", "list": run.cl.id})
+                return {"list": run.cl.id, "stopped": stopped}
             index = self._index(run, cue)
             hits = [rc for rc in run.running.values() if rc.index == index]
             if not hits:
                 raise Refused(f"cue {run.number(index)} of list '{run.cl.id}' is not running")
             for rc in hits:
                 await self._stop_cue(run, rc, origin)
+            self._replicate({"op": "stop", "list": run.cl.id, "cue": run.number(index)})
             return {"list": run.cl.id, "cue": run.number(index), "stopped": len(hits)}
 
         return await self._command("stop", origin, list_id, cue, do)
@@ -486,6 +666,7 @@ class Playback:
                     axes.extend(ra.targets)
                 failures.update(await self._hold_moves(moves, pause, origin))
             self._notify()
+            self._replicate({"op": "pause" if pause else "resume", "list": list_id})
             if failures:
                 raise RuntimeError(
                     ("pause: " if pause else "resume: ")
@@ -552,6 +733,7 @@ class Playback:
             if self.lighting is not None:
                 n = self.lighting.release(run.cl.id, run.cl.priority, fade_s=float(fade_s))
             self._notify()
+            self._replicate({"op": "release", "list": run.cl.id, "fade_s": float(fade_s)})
             return {"list": run.cl.id, "released": n}
 
         return await self._command("release", origin, list_id, None, do)
@@ -578,6 +760,7 @@ class Playback:
                     failures[getattr(hook, "__qualname__", "hook")] = f"{type(exc).__name__}: {exc}"
             self.panicked = True
             self._notify()
+            self._replicate({"op": "panic"})
             if failures:
                 raise RuntimeError(
                     "panic: " + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
@@ -598,7 +781,8 @@ class Playback:
     # --- running cues ---------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
+        # A context of its own: a cue started by ``mirror`` must not run as a mirrored command.
+        task = asyncio.create_task(coro, name=name, context=contextvars.Context())
         self._tasks.add(task)  # a strong reference: the loop keeps only weak ones
         task.add_done_callback(self._tasks.discard)
         return task
@@ -618,10 +802,15 @@ class Playback:
         lead = getattr(self.devices, "lead", None)
         return float(lead(action.device)) if isinstance(action, DeviceCommand) and lead else 0.0
 
-    def _start(self, run: _ListRun, index: int, origin: Origin) -> _RunningCue:
+    def _start(
+        self, run: _ListRun, index: int, origin: Origin, *, chain: str = "", hop: int = 0
+    ) -> _RunningCue:
         cue = run.cl.cues[index]
         self._seq += 1
-        rc = _RunningCue(self._seq, index, cue, run.lclock.now(), origin)
+        if not chain:
+            self._chains += 1
+            chain = f"{self.chain_prefix}.{self._chains}"
+        rc = _RunningCue(self._seq, index, cue, run.lclock.now(), origin, chain, hop)
         # A cue that reaches other nodes starts everywhere at once, the lead after its GO:
         # long enough for its commands to reach them; its own actions wait as long.
         lead = max((self._lead(a) for _, _, a in cue.all_actions()), default=0.0)
@@ -702,7 +891,8 @@ class Playback:
         if rc.cue.follow:
             nxt = run.cl.next_of(rc.index)
             if nxt is not None:
-                await self._scheduled(run, nxt, Origin(SourceKind.FOLLOW, f"follow of {name}"))
+                origin = Origin(SourceKind.FOLLOW, f"follow of {name}")
+                await self._scheduled(run, nxt, origin, rc.chain, rc.hop + 1)
 
     async def _auto_continue(self, run: _ListRun, rc: _RunningCue) -> None:
         assert rc.cue.auto_continue_s is not None
@@ -710,11 +900,14 @@ class Playback:
         nxt = run.cl.next_of(rc.index)
         if nxt is not None:
             name = f"{run.cl.id}/{format_cue_number(rc.cue.number)}"
-            await self._scheduled(run, nxt, Origin(SourceKind.WAIT, f"auto-continue of {name}"))
+            origin = Origin(SourceKind.WAIT, f"auto-continue of {name}")
+            await self._scheduled(run, nxt, origin, rc.chain, rc.hop + 1)
 
-    async def _scheduled(self, run: _ListRun, index: int, origin: Origin) -> None:
+    async def _scheduled(
+        self, run: _ListRun, index: int, origin: Origin, chain: str, hop: int
+    ) -> None:
         async def do() -> dict[str, Any]:
-            self._start(run, index, origin)
+            self._start(run, index, origin, chain=chain, hop=hop)
             return {"list": run.cl.id, "cue": run.number(index)}
 
         with contextlib.suppress(PlaybackError):
@@ -755,7 +948,7 @@ class Playback:
         self._notify()
         origin = self._cue_origin(run, rc)
         try:
-            await self._act(run, ra, origin)
+            await self._act(run, rc, ra, origin)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -779,9 +972,28 @@ class Playback:
         ra.state = "done"
         self._notify()
 
-    async def _act(self, run: _ListRun, ra: _RunningAction, origin: Origin) -> None:
+    async def _act(
+        self, run: _ListRun, rc: _RunningCue, ra: _RunningAction, origin: Origin
+    ) -> None:
         a = ra.action
         lc = run.lclock
+        if not self.live and isinstance(a, _SENDS):  # a standby: tracked, not sent
+            if isinstance(a, DeviceCommand) and self._lead(a) > 0:
+                self.tracked.append(
+                    Tracked(
+                        self.clock.wall(),
+                        a.device,
+                        a.command,
+                        dict(a.args),
+                        self.clock.wall() + (ra.starts_at - lc.now()),
+                        _request_id(run, rc, ra),
+                        run.cl.id,
+                        format_cue_number(rc.cue.number),
+                    )
+                )
+            elif isinstance(a, AudioLevels | AudioSoundfield):
+                await lc.sleep(ra.duration or 0.0)
+            return
         if isinstance(a, LightingLevels | LightingPreset):
             if not ra.lit:
                 self._light(run, a)
@@ -813,7 +1025,10 @@ class Playback:
         elif isinstance(a, DeviceCommand):
             if self._lead(a) > 0:  # on another node: it starts there at this wall time
                 at = self.clock.wall() + (ra.starts_at - lc.now())
-                await self.devices.execute(a.device, a.command, dict(a.args), origin, at=at)
+                await self.devices.execute(
+                    a.device, a.command, dict(a.args), origin, at=at,
+                    request_id=_request_id(run, rc, ra),
+                )  # fmt: skip
             else:
                 await self.devices.execute(a.device, a.command, dict(a.args), origin)
         elif isinstance(a, AudioLevels):
@@ -868,7 +1083,9 @@ class Playback:
             if not target.cl.cues:
                 raise PlaybackError(f"list '{a.list}' has no cues")
             name = f"list.start of {origin.source.removeprefix('cue ')}"
-            await self._scheduled(target, index, Origin(SourceKind.WAIT, name))
+            await self._scheduled(
+                target, index, Origin(SourceKind.WAIT, name), rc.chain, rc.hop + 1
+            )
         elif isinstance(a, ListStop):
             await self._stop_list(self._run_of(a.list), origin)
         else:  # pragma: no cover - the model's union is closed
@@ -947,7 +1164,8 @@ class Playback:
             return min(parts) if parts else None
 
         ra.progress_fn = progress
-        self._watch_abort(ra, await self.machinery.move_many(targets, origin))
+        if self.live:  # a standby only follows the axes' positions
+            self._watch_abort(ra, await self.machinery.move_many(targets, origin))
         tol = self.config.arrival_tolerance
         arrivals = asyncio.ensure_future(
             asyncio.gather(

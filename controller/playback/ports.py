@@ -108,9 +108,12 @@ class Devices(Protocol):
         origin: Origin,
         *,
         at: float | None = None,
+        request_id: str | None = None,
     ) -> Any:
         """Run a device command; ``at`` (epoch s) is when it must start, for a device whose
-        ``lead`` is above 0 (on another node), passed only then."""
+        ``lead`` is above 0 (on another node), passed only then, with ``request_id``: the same
+        for the same command of a cue on a primary and on its standby controller, so the node
+        runs it once."""
         ...
 
     # Optional: ``lead(device) -> float``, how many seconds ahead a command for ``device``

@@ -109,6 +109,9 @@ class _DatagramOutput:
         self._last: dict[int, tuple[bytes, float]] = {}
         self._stop = StopFlag()
         self._task: asyncio.Task[None] | None = None
+        # A standby controller's Art-Net output sends nothing until it takes over (Art-Net has
+        # no priority to let a receiver choose between two consoles).
+        self.muted = False
 
     def _socket_error(self, exc: Exception) -> None:
         self.tracker.failed(f"send failed: {exc}")
@@ -183,6 +186,8 @@ class _DatagramOutput:
 
     def _sendto(self, packet: bytes, addr: tuple[str, int]) -> None:
         assert self._transport is not None
+        if self.muted:
+            return
         try:
             self._transport.sendto(packet, addr)
         except OSError as exc:  # a bad address; kernel errors arrive in error_received
@@ -455,6 +460,7 @@ class EnttecProOutput:
         # Frames may come from the fixed-rate loop and from an early frame's task at once: a
         # write that has to wait for the device must finish before the next message starts.
         self._writing = asyncio.Lock()
+        self.muted = False  # a standby controller's: silent until it takes over
 
     @property
     def stats(self) -> DriverStats:
@@ -503,6 +509,8 @@ class EnttecProOutput:
     async def send_frame(self, frame: Mapping[int, FrameData]) -> None:
         if len(frame) != 1:
             raise ValueError(f"{self.name} drives one universe; got {len(frame)}")
+        if self.muted:
+            return
         (data,) = frame.values()
         raw = slots(data)
         message = enttec.SendDmx(raw.ljust(enttec.MIN_SEND_SLOTS, b"\x00")).message().encode()

@@ -102,12 +102,16 @@ class Requester:
         args: Mapping[str, Any],
         timeout_s: float,
         at_wall: float | None = None,
+        request_id: str | None = None,
     ) -> CommandReply:
         """Send a command and wait for its reply; ``at_wall`` (epoch s, the node's clock) has
         the node run it then, and the reply says when it started (``started_us``). The wait
-        for the reply is ``timeout_s`` past that time."""
+        for the reply is ``timeout_s`` past that time. ``request_id`` (default: a new one):
+        a node runs a request id once, and answers a repeat from its cache."""
         await self._ensure_subscribed()
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
+        if request_id in self._waiting:
+            raise ValueError(f"request {request_id} is already waiting for its reply")
         future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
@@ -347,10 +351,16 @@ class MqttDeviceDriver:
     # --- commands ---------------------------------------------------------------------------
 
     async def command(
-        self, name: str, args: Mapping[str, Any], *, at_wall: float | None = None
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        *,
+        at_wall: float | None = None,
+        request_id: str | None = None,
     ) -> list[tuple[str, Value]]:
         """Validate against the profile, then execute on the device; ``at_wall`` (epoch s):
-        a device of another node runs it at that time of that node's clock.
+        a device of another node runs it at that time of that node's clock; ``request_id``:
+        sent with it (a node runs an id once).
 
         CommandError: refused (by the profile here, or by the remote node, with its reason);
         DeviceUnavailable: no broker, no reply in time, or the device cannot act now.
@@ -359,7 +369,7 @@ class MqttDeviceDriver:
         t0 = time.monotonic()
         try:
             if self.transport.node is not None:
-                done = await self._remote(name, args, writes, at_wall)
+                done = await self._remote(name, args, writes, at_wall, request_id)
             else:
                 done = await self._write_points(name, writes)
         except DeviceUnavailable as exc:
@@ -374,6 +384,7 @@ class MqttDeviceDriver:
         args: Mapping[str, Any],
         writes: list[tuple[PointSpec, Value]],
         at_wall: float | None = None,
+        request_id: str | None = None,
     ) -> list[tuple[str, Value]]:
         assert self.transport.node is not None
         if self._node_online is False:  # its will or goodbye: nobody would run it
@@ -384,7 +395,9 @@ class MqttDeviceDriver:
             self._requester = Requester(self.hub, self.venue)
         topic = command_topic(self.venue, self.transport.node, self.device.id, name)
         try:
-            reply = await self._requester.request(topic, args, self.command_timeout_s, at_wall)
+            reply = await self._requester.request(
+                topic, args, self.command_timeout_s, at_wall, request_id
+            )
         except BrokerUnavailable as exc:
             raise DeviceUnavailable(f"{self.device.id}: {exc}") from exc
         except TimeoutError:

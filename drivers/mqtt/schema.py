@@ -8,6 +8,7 @@
     flytower/{venue}/{node}/{device}/cmd/{name}       {"id", "args", "reply_to", "ts"}
     {reply_to}  (default …/cmd/{name}/reply)          {"id", "ok", "result" | "error", "code", "ts"}
     flytower/{venue}/{requester}/$reply               inbox of a Flytower requester
+    flytower/{venue}/$control/{active|events|positions}  the hot standby's (edge/control.py)
 
 Every decoder checks everything a receiver relies on and raises ``SchemaError`` with a reason a
 person can act on; nothing else escapes, whatever the bytes (the unit tests fuzz this). Encoders
@@ -36,6 +37,7 @@ CMD = "cmd"
 REPLY = "$reply"
 TIME = "$time"  # a node's clock, probed NTP-style over the broker
 CLOCK = "$clock"  # a requester's inbox for the answers of clock probes
+CONTROL = "$control"  # which controller holds the show, and what it sends its standby
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _COMMAND = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _REQUEST_ID = re.compile(r"^[!-~]{1,128}$")  # printable ASCII, no spaces
@@ -131,6 +133,13 @@ def time_topic(venue: str, node: str) -> str:
 def clock_inbox(venue: str, requester: str) -> str:
     """The topic a requester's clock probes are answered on."""
     return f"{ROOT}/{_segment('venue', venue)}/{_segment('requester', requester)}/{CLOCK}"
+
+
+def control_topic(venue: str, what: Literal["active", "events", "positions"]) -> str:
+    """The venue's control seat (docs/distributed.md, "Hot standby"): ``active`` (retained)
+    names the controller that holds the show, ``events`` carries the commands it accepted to
+    its standby, ``positions`` (retained) each cue list's current and standby cue."""
+    return f"{ROOT}/{_segment('venue', venue)}/{CONTROL}/{what}"
 
 
 def reply_inbox(venue: str, requester: str) -> str:

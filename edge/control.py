@@ -1,0 +1,429 @@
+"""The control seat: which controller runs the show, and its hot standby (docs/distributed.md).
+
+A venue with two ``[[nodes]] role = "controller"`` has a primary (the first listed, by
+preference) and a standby. Both load the show and reach every node's devices; one **holds the
+seat** at a time. Everything between them goes over the broker (``$control`` topics,
+``drivers.mqtt.schema.control_topic``):
+
+- ``active`` (retained): ``{"node", "term", "since", "reason"}``, the holder. A claim has a term
+  one above the highest seen; a holder that sees a claim of a higher term (or of the same term
+  by a controller listed earlier) yields. The holder publishes its claim again after every
+  reconnect, so a broker that lost its retained messages learns it again.
+- ``events``: every operator command the holder's cue engine accepted (GO, stop, pause, ...,
+  ``Playback.accepted``), numbered. The standby applies each to its own engine
+  (``Playback.mirror``): its cues run **tracking**, their lighting rendered into its own DMX
+  outputs and nothing else sent (``Playback.live`` False). Follows and auto-continues it runs
+  itself, from the same GO.
+- ``positions`` (retained): each list's current and standby cue, so a standby that starts
+  while the show runs puts its lists where the holder's are.
+
+**Takeover.** The standby takes the seat when the holder's node goes offline: at once when
+the broker publishes its will (a crash closes its connection; a hang is noticed after the
+keepalive, 1.5 × ``[mqtt] keepalive_s``), or when it says goodbye. It claims the next term,
+goes live (``Playback.go_live``): the device commands it tracked in the last
+``RESEND_WINDOW_S`` are sent with their request ids, so a node that already ran one from the
+old holder answers it again and does not run it twice; one the old holder never sent now runs.
+Cues that had not reached their commands yet send them when they do. Its sACN outputs go from
+the standby priority (one below the configured one) to the configured one, and its Art-Net
+and ENTTEC outputs, silent on a standby (they cannot be merged by priority), start sending.
+
+**Fail-back is explicit**: a controller that comes back finds the seat held and stays the
+standby until an operator asks it to take the seat (``POST /api/v1/control/takeover``). Every
+claim, takeover and yield is journalled, with the time from the old holder's death to the
+claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from controller.journal import JournalEvent, Origin, Result, SourceKind
+from drivers.dmx.output import SacnOutput
+from drivers.mqtt.schema import control_topic
+
+if TYPE_CHECKING:
+    from edge.nodes import NodeView
+    from edge.service import Service
+
+log = logging.getLogger(__name__)
+
+RESEND_WINDOW_S = 5.0  # tracked device commands this recent are sent at a takeover
+JOIN_WAIT_S = 1.0  # at start, for the retained claim and the nodes' states to arrive
+PREFERRED_GRACE_S = 2.0  # at start with no holder: how long the standby leaves the primary
+MAX_PAYLOAD = 64 * 1024
+
+_Id = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_Text = Annotated[StrictStr, Field(max_length=100)]
+_Term = Annotated[StrictInt, Field(ge=1, lt=2**53)]
+_Wall = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Claim(_Strict):
+    node: _Id
+    term: _Term
+    since: _Wall
+    reason: Annotated[StrictStr, Field(max_length=300)] = ""
+
+
+class MirroredCommand(_Strict):
+    """One command the holder's engine accepted (``Playback._replicate``'s event)."""
+
+    op: Literal["go", "start", "standby", "back", "stop", "pause", "resume", "release", "panic"]
+    wall: _Wall
+    list: _Text | None = None
+    cue: _Text | None = None
+    chain: Annotated[StrictStr, Field(max_length=128, pattern=r"^[!-~]*$")] = ""
+    keep_standby: StrictBool = False
+    fade_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.0
+
+
+class Event(_Strict):
+    node: _Id
+    term: _Term
+    seq: Annotated[StrictInt, Field(ge=1, lt=2**53)]
+    command: MirroredCommand
+
+
+class Positions(_Strict):
+    node: _Id
+    term: _Term
+    lists: Annotated[
+        dict[_Text, dict[Literal["current", "standby"], _Text | None]], Field(max_length=1000)
+    ]
+
+
+M = TypeVar("M", bound=_Strict)
+
+
+def _decode(model: type[M], msg: aiomqtt.Message) -> M:
+    payload = msg.payload if isinstance(msg.payload, bytes) else b""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return model.model_validate_json(payload)
+
+
+class ControlSeat:
+    def __init__(self, service: Service) -> None:
+        cfg = service.venue.config
+        self.service = service
+        self.node = service.node
+        self.venue = cfg.venue.id
+        self.controllers = [n.id for n in cfg.nodes if n.role == "controller"]
+        # Only a venue with a second controller has a seat to share.
+        self.enabled = service.role == "controller" and len(self.controllers) > 1
+        self.holder: str | None = None
+        self.term = 0
+        self.since: float | None = None
+        self.reason = ""
+        self.sent = self.applied = self.malformed = self.refused = 0
+        self.last_takeover: dict[str, Any] | None = None
+        self._seq = 0
+        self._last_applied: tuple[str, int, int] | None = None  # holder, term, seq
+        self._joined = False
+        self._claim_seen = asyncio.Event()
+        self._claiming = False
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Event] = asyncio.Queue()  # applied in order, one at a time
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sacn_priority: dict[int, int] = {}  # each sACN output's configured priority
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return not self.enabled or self.holder == self.node
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "node": self.node,
+            "controllers": self.controllers,
+            "active": self.active,
+            "state": ("active" if self.active else "standby") if self._joined else "joining",
+            "holder": self.holder if self.enabled else self.node,
+            "term": self.term,
+            "since": self.since,
+            "reason": self.reason,
+            "events_sent": self.sent,
+            "events_applied": self.applied,
+            "malformed": self.malformed,
+            "last_takeover": self.last_takeover,
+        }
+
+    def _ports(self) -> list[Any]:
+        dmx = self.service.dmx
+        return [] if dmx is None else list(dmx.ports)
+
+    def _output(self, live: bool) -> None:
+        """Live: every DMX output sends at its configured priority. Standby: sACN one below
+        it (a receiver takes the holder's and falls back to ours when the holder's source
+        times out), Art-Net and ENTTEC silent (no priority to merge by)."""
+        for port in self._ports():
+            if isinstance(port, SacnOutput):
+                base = self._sacn_priority.get(id(port), port.priority)
+                port.priority = base if live else max(0, base - 1)
+            elif hasattr(port, "muted"):
+                port.muted = not live
+        playback = self.service.playback
+        if playback is not None:
+            playback.live = live
+            playback.refusal = None if live else self._refusal()
+
+    def _refusal(self) -> str:
+        where = f"controller {self.holder}" if self.holder else "no controller yet"
+        return f"this controller ({self.node}) is the standby: the show is run by {where}"
+
+    async def _journal(self, command: str, reason: str, requested: float) -> None:
+        now = time.time()
+        event = JournalEvent(
+            SourceKind.SYSTEM, f"control {self.node}", command, Result.OK, requested, now,
+            max(0.0, now - requested), reason[:1000],
+        )  # fmt: skip
+        try:
+            await self.service.journal.append(event)
+        except Exception:
+            log.exception("control: journal append failed for %s", command)
+
+    # --- run ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        link = self.service.mqtt
+        if not self.enabled or link is None:
+            return
+        hub = link.hub
+        self._sacn_priority = {
+            id(p): p.priority for p in self._ports() if isinstance(p, SacnOutput)
+        }
+        try:
+            await self._run(hub)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, hub: Any) -> None:
+        self._output(False)
+        playback = self.service.playback
+        if playback is not None:
+            playback.accepted.append(self._accepted)
+        hub.on_connect(self._reclaim)
+        self.service.nodes.listeners.append(self._on_node)
+        await hub.subscribe(control_topic(self.venue, "active"), self._on_claim)
+        await hub.subscribe(control_topic(self.venue, "events"), self._on_event)
+        await hub.subscribe(control_topic(self.venue, "positions"), self._on_positions)
+        self._spawn(self._apply_loop())
+        await hub.connected.wait()
+        await asyncio.sleep(JOIN_WAIT_S)  # the retained claim and the nodes' births
+        if self.holder is None and self.node != self.controllers[0]:
+            # the primary by preference claims first, if it is there
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_seen.wait(), PREFERRED_GRACE_S)
+        self._joined = True
+        if self.holder is None:
+            await self.claim("no controller held the show", "control.claim")
+        elif self.holder == self.node:
+            await self.claim("this controller held the show before its restart", "control.claim")
+        elif self._holder_offline():
+            await self.claim(f"{self.holder} is offline", "control.takeover")
+        else:
+            await self._journal("control.standby", f"the show is run by {self.holder}", time.time())
+            log.info("control: standby; the show is run by %s (term %d)", self.holder, self.term)
+        while True:
+            payload = await self._outbox.get()
+            try:
+                await hub.publish(control_topic(self.venue, "events"), payload, qos=1)
+            except Exception as exc:  # the standby learns the positions again at reconnect
+                log.warning("control: a command could not reach the standby: %s", exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # a strong reference: the loop keeps only weak ones
+        task.add_done_callback(self._tasks.discard)
+
+    def _rank(self, node: str | None) -> int:
+        return self.controllers.index(node) if node in self.controllers else len(self.controllers)
+
+    def _holder_offline(self) -> bool:
+        view = self.service.nodes.nodes.get(self.holder or "")
+        return view is not None and view.state == "offline"
+
+    async def claim(self, reason: str, command: str, *, lost_at: float | None = None) -> None:
+        """Take the seat: the next term, published retained, then live."""
+        if self._claiming:
+            return
+        self._claiming = True
+        started = time.time()
+        try:
+            previous = self.holder
+            self.term += 1
+            self.holder, self.since, self.reason = self.node, started, reason
+            self._output(True)
+            playback = self.service.playback
+            resent = 0
+            if playback is not None and previous not in (None, self.node):
+                origin = Origin(SourceKind.SYSTEM, f"takeover from {previous}")
+                resent = await playback.go_live(RESEND_WINDOW_S, origin)
+            await self._publish_claim()
+            self._publish_positions()
+            claimed = time.time()
+            detail = f"{reason}; term {self.term}"
+            if command == "control.takeover":
+                self.last_takeover = {
+                    "from": previous,
+                    "term": self.term,
+                    "at": claimed,
+                    "after_death_ms": None if lost_at is None else (claimed - lost_at) * 1000,
+                    "resent": resent,
+                }
+                if lost_at is not None:
+                    detail += f"; seat taken {(claimed - lost_at) * 1000:.0f} ms after the death"
+                detail += f"; {resent} tracked command(s) resent"
+            log.warning("control: %s: %s", command, detail)
+            await self._journal(command, detail, started)
+        finally:
+            self._claiming = False
+
+    async def _publish_claim(self) -> None:
+        link = self.service.mqtt
+        if link is None:
+            return
+        claim = Claim(node=self.node, term=self.term, since=self.since or time.time(),
+                      reason=self.reason[:300])  # fmt: skip
+        try:
+            await link.hub.publish(
+                control_topic(self.venue, "active"), claim.model_dump_json().encode(),
+                qos=1, retain=True,
+            )  # fmt: skip
+        except Exception as exc:  # the reconnect publishes it again
+            log.warning("control: the claim could not be published: %s", exc)
+
+    async def _reclaim(self) -> None:
+        if self._joined and self.active:
+            await self._publish_claim()
+
+    def _on_claim(self, msg: aiomqtt.Message) -> None:
+        try:
+            claim = _decode(Claim, msg)
+        except (ValidationError, ValueError) as exc:
+            self.malformed += 1
+            log.warning("control: a malformed claim ignored: %s", str(exc)[:300])
+            return
+        if claim.node not in self.controllers:
+            self.malformed += 1
+            log.warning("control: a claim by %s, not a controller of the venue", claim.node)
+            return
+        if claim.node == self.node and claim.term == self.term:
+            return  # our own
+        # The higher term wins; at the same term (two claims at once), the one listed first.
+        if self.holder is not None and (claim.term, -self._rank(claim.node)) <= (
+            self.term,
+            -self._rank(self.holder),
+        ):
+            if self.active and self._joined:  # a stale claim, retained from before: ours wins
+                self._spawn(self._publish_claim())
+            return
+        was_active = self.active and self._joined
+        self._claim_seen.set()
+        self.term, self.holder = claim.term, claim.node
+        self.since, self.reason = claim.since, claim.reason
+        if claim.node == self.node:
+            return  # a retained claim of ours from before a restart: run() claims again
+        self._output(False)
+        if was_active:
+            reason = f"{claim.node} claimed the show (term {claim.term}): {claim.reason}"
+            log.warning("control: control.yield: %s", reason)
+            self._spawn(self._journal("control.yield", reason, time.time()))
+
+    def _on_node(self, view: NodeView) -> None:
+        """A node's state changed: the holder's death is the standby's cue to take over."""
+        if self._joined and not self.active and view.id == self.holder and view.state == "offline":
+            lost = view.reason == "lost"
+            what = "was lost (the broker published its will)" if lost else "said goodbye"
+            self._spawn(self.claim(f"{view.id} {what}", "control.takeover", lost_at=time.time()))
+
+    # --- mirroring ------------------------------------------------------------------------
+
+    def _accepted(self, event: dict[str, Any]) -> None:
+        """The holder's engine accepted an operator command: to the standby, in order."""
+        if not (self.active and self._joined):
+            return
+        self._seq += 1
+        try:
+            command = MirroredCommand.model_validate(event)
+        except ValidationError as exc:  # an engine bug, not a reason to stop the show
+            log.error("control: command not mirrored: %s", exc)
+            return
+        ev = Event(node=self.node, term=self.term, seq=self._seq, command=command)
+        self._outbox.put_nowait(ev.model_dump_json().encode())
+        self.sent += 1
+        self._publish_positions()
+
+    def _publish_positions(self) -> None:
+        playback, link = self.service.playback, self.service.mqtt
+        if playback is None or link is None:
+            return
+        pos = Positions(node=self.node, term=max(1, self.term), lists=playback.positions())
+        topic = control_topic(self.venue, "positions")
+
+        async def send() -> None:
+            try:
+                await link.hub.publish(topic, pos.model_dump_json().encode(), qos=1, retain=True)
+            except Exception as exc:
+                log.debug("control: positions not published: %s", exc)
+
+        self._spawn(send())
+
+    def _on_event(self, msg: aiomqtt.Message) -> None:
+        try:
+            ev = _decode(Event, msg)
+        except (ValidationError, ValueError) as exc:
+            self.malformed += 1
+            log.warning("control: a malformed command ignored: %s", str(exc)[:300])
+            return
+        if ev.node == self.node or ev.node != self.holder or self.active:
+            return  # ours, or from a controller that does not hold the seat
+        key = (ev.node, ev.term, ev.seq)
+        if self._last_applied is not None and key <= self._last_applied:
+            return  # a QoS 1 repeat
+        self._last_applied = key
+        self._inbox.put_nowait(ev)
+
+    async def _apply_loop(self) -> None:
+        while True:
+            ev = await self._inbox.get()
+            playback = self.service.playback
+            if playback is None or self.active:
+                continue
+            self.applied += 1
+            try:
+                await playback.mirror(
+                    ev.command.model_dump(), Origin(SourceKind.SYSTEM, f"mirror of {ev.node}")
+                )
+            except Exception as exc:  # journalled by the engine; the standby goes on tracking
+                self.refused += 1
+                log.warning("control: mirrored %s not applied: %s", ev.command.op, exc)
+
+    def _on_positions(self, msg: aiomqtt.Message) -> None:
+        try:
+            pos = _decode(Positions, msg)
+        except (ValidationError, ValueError) as exc:
+            self.malformed += 1
+            log.warning("control: malformed positions ignored: %s", str(exc)[:300])
+            return
+        playback = self.service.playback
+        if self._joined or pos.node == self.node or playback is None:
+            return  # only a standby that joins late starts from the holder's positions
+        if any(run.running for run in playback.lists.values()):
+            return
+        playback.set_positions(pos.lists)

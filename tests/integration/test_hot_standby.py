@@ -1,0 +1,268 @@
+"""A hot standby controller: two edge nodes with a lamp each and two controllers, all real
+``flytower run`` processes on a real Mosquitto (docs/distributed.md, "Hot standby").
+
+The show: cue 1 switches both lamps on and follows into cue 2, whose commands switch them off
+1.5 s later and which follows into cue 3, on again 1.5 s after that. The primary is killed
+(``kill -9``) while cue 2 waits for its commands. What must hold:
+
+- the standby takes the seat within 1 s of the death (its journal says how long);
+- every lamp's ``set`` messages are exactly on, off, on: no command lost (cue 2 and 3 run on
+  the standby), none repeated (the standby sends the tracked commands of cue 1 again at its
+  takeover, with the primary's request ids, and the nodes answer them from their cache);
+- the standby refused a GO while the primary held the show, with the reason;
+- the primary, started again, stays the standby until asked (fail-back is explicit), then takes
+  the show back when asked, and the other yields; both journal it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+from tests.conftest import RealServer, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+VENUE_ID = "hs"
+EDGES = ("a", "b")
+CONTROLLERS = ("ctl-1", "ctl-2")
+
+LAMP = """
+id = "hs_lamp"
+vendor = "Test"
+model = "Mapped lamp"
+device_class = "light"
+protocol = "mqtt"
+[health]
+kind = "lwt"
+[points.on]
+dtype = "bool"
+access = "rw"
+mqtt = { topic = "state", field = "on", set_topic = "set", set_field = "on" }
+[commands.turn_on]
+writes = [{ point = "on", value = true }]
+[commands.turn_off]
+writes = [{ point = "on", value = false }]
+"""
+
+SHOW = """
+version = 1
+[show]
+title = "On, off, on"
+venue = "hs"
+[[lists]]
+id = "main"
+name = "Main"
+[[lists.cues]]
+number = 1
+follow = true
+actions = [
+    { kind = "device.command", device = "lamp-a", command = "turn_on" },
+    { kind = "device.command", device = "lamp-b", command = "turn_on" },
+]
+[[lists.cues]]
+number = 2
+follow = true
+actions = [
+    { kind = "device.command", device = "lamp-a", command = "turn_off", delay_s = 1.5 },
+    { kind = "device.command", device = "lamp-b", command = "turn_off", delay_s = 1.5 },
+]
+[[lists.cues]]
+number = 3
+actions = [
+    { kind = "device.command", device = "lamp-a", command = "turn_on", delay_s = 1.5 },
+    { kind = "device.command", device = "lamp-b", command = "turn_on", delay_s = 1.5 },
+]
+"""
+
+
+def venue_text(port: int) -> str:
+    text = (
+        'version = 1\nshow = "show.toml"\nprofile_dirs = ["profiles"]\n'
+        f'[venue]\nid = "{VENUE_ID}"\n'
+        + "".join(f'[[nodes]]\nid = "{n}"\nrole = "edge"\n' for n in EDGES)
+        + "".join(f'[[nodes]]\nid = "{n}"\nrole = "controller"\n' for n in CONTROLLERS)
+        + '[api]\nhost = "127.0.0.1"\nport = 0\n[auth]\nenabled = false\n'
+        f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {port}\n'
+        '[telemetry]\nstore = "telemetry.sqlite3"\n'
+    )
+    for n in EDGES:
+        text += (
+            f'[[devices]]\nid = "lamp-{n}"\nprofile = "hs_lamp"\nnode = "{n}"\n'
+            f'transport = {{ kind = "mqtt", base = "hs/lamp-{n}" }}\n'
+        )
+    return text
+
+
+class Venue:
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port = folder, port
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.api = {n: free_port() for n in CONTROLLERS}
+        (folder / "profiles").mkdir()
+        (folder / "profiles" / "hs_lamp.toml").write_text(LAMP)
+
+    def start(self, node: str) -> None:
+        mine = self.folder / node
+        if not mine.exists():
+            mine.mkdir()
+            (mine / "profiles").symlink_to(self.folder / "profiles")
+            (mine / "venue.toml").write_text(venue_text(self.port))
+            (mine / "show.toml").write_text(SHOW)
+        args = ["run", str(mine / "venue.toml"), "--node", node, "--no-simulators"]
+        args += ["--port", str(self.api[node])] if node in self.api else []
+        self.procs[node] = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", *args],
+            cwd=REPO,
+            stdout=(mine / "node.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self, node: str) -> str:
+        return (self.folder / node / "node.log").read_text()[-3000:]
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+async def control(c: httpx.AsyncClient) -> dict[str, Any]:
+    try:
+        r = await c.get("/api/v1/control")
+    except httpx.TransportError:
+        return {}
+    return dict(r.json()) if r.status_code == 200 else {}
+
+
+async def system_events(c: httpx.AsyncClient, command: str) -> list[dict[str, Any]]:
+    events = (await c.get("/api/v1/journal", params={"source": "system"})).json()["events"]
+    return [e for e in events if e["command"] == command]
+
+
+async def test_the_standby_takes_the_show_when_the_primary_dies_mid_cue(
+    tmp_path: Path, mosquitto: RealServer
+) -> None:
+    venue = Venue(tmp_path, mosquitto.port)
+    sets: dict[str, list[tuple[float, bool]]] = {f"lamp-{n}": [] for n in EDGES}
+    try:
+        for n in (*EDGES, *CONTROLLERS):
+            venue.start(n)
+        one, two = (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{venue.api[n]}", timeout=5)
+            for n in CONTROLLERS
+        )
+        async with (
+            one,
+            two,
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="hs-watch") as watch,
+        ):
+            await watch.subscribe("hs/+/set", qos=1)
+            for n in EDGES:  # each lamp's state, as the lamp keeps it on the broker
+                await watch.publish(f"hs/lamp-{n}/state", b'{"on":false}', qos=1, retain=True)
+
+            async def record() -> None:
+                async for msg in watch.messages:
+                    lamp = msg.topic.value.split("/")[1]
+                    sets[lamp].append((time.time(), json.loads(msg.payload)["on"]))  # type: ignore[arg-type]
+
+            recorder = asyncio.create_task(record())
+
+            async def seated() -> bool:
+                a, b = await control(one), await control(two)
+                return a.get("state") == "active" and b.get("state") == "standby"
+
+            try:
+                await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
+            except AssertionError:
+                pytest.fail(f"ctl-1: {venue.log('ctl-1')}\nctl-2: {venue.log('ctl-2')}")
+
+            async def lamps_online(c: httpx.AsyncClient) -> bool:
+                try:
+                    h = (await c.get("/api/v1/health")).json()["devices"]
+                except (httpx.TransportError, KeyError, ValueError):
+                    return False
+                return all(h.get(f"lamp-{n}") == "online" for n in EDGES)
+
+            for c in (one, two):
+                await wait_until(lambda c=c: lamps_online(c), 30, "the lamps at both controllers")
+
+            # The standby refuses to run the show while the primary holds it.
+            r = await two.post("/api/v1/playback/go", json={"list": "main"})
+            assert r.status_code == 409 and "standby" in r.json()["detail"], r.text
+
+            r = await one.post("/api/v1/playback/go", json={"list": "main"})
+            assert r.status_code == 200, r.text
+            gone = 0.0
+
+            async def mirrored() -> bool:
+                snap = (await two.get("/api/v1/playback")).json()
+                return snap["lists"][0]["current"] is not None
+
+            await wait_until(mirrored, 5, "the standby tracking the GO")
+            await asyncio.sleep(0.6)  # cue 2 runs: its commands are 1.5 s after its start
+            venue.procs["ctl-1"].kill()  # kill -9, mid-cue
+            gone = time.time()
+
+            async def took_over() -> bool:
+                return (await control(two)).get("active") is True
+
+            await wait_until(took_over, 5, "ctl-2 taking the show")
+            status = await control(two)
+            takeover = status["last_takeover"]
+            print(f"takeover: {json.dumps(takeover)}; seen by the test {time.time() - gone:.3f} s")
+            assert takeover["from"] == "ctl-1" and takeover["after_death_ms"] <= 1000
+            assert status["term"] >= 2 and takeover["resent"] >= 2
+
+            async def all_sets() -> bool:
+                return all(len(v) >= 3 for v in sets.values())
+
+            await wait_until(all_sets, 10, "on, off, on at both lamps")
+            await asyncio.sleep(1.0)  # nothing more arrives
+            for lamp, seen in sets.items():
+                print(lamp, [(round(t - gone, 3), on) for t, on in seen])
+                assert [on for _, on in seen] == [True, False, True], (lamp, seen)
+            events = await system_events(two, "control.takeover")
+            assert any("ms after the death" in e["reason"] for e in events), events
+
+            # The primary comes back: the show stays with ctl-2 until someone asks.
+            venue.start("ctl-1")
+
+            async def back_as_standby() -> bool:
+                return (await control(one)).get("state") == "standby"
+
+            await wait_until(back_as_standby, 40, "ctl-1 back, as the standby")
+            await asyncio.sleep(0.5)
+            assert (await control(two))["active"] is True
+            r = await one.post("/api/v1/control/takeover")
+            assert r.status_code == 200, r.text
+            r = await one.post("/api/v1/control/takeover")
+            assert r.status_code == 409, r.text  # it holds the show already
+
+            async def failed_back() -> bool:
+                a, b = await control(one), await control(two)
+                return a.get("active") is True and b.get("active") is False
+
+            await wait_until(failed_back, 5, "ctl-1 holding the show again, ctl-2 yielded")
+            assert await system_events(two, "control.yield")
+            assert await system_events(one, "control.failback")
+            recorder.cancel()
+    finally:
+        venue.stop()
