@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 RESEND_WINDOW_S = 5.0  # tracked device commands this recent are sent at a takeover
 JOIN_WAIT_S = 1.0  # at start, for the retained claim and the nodes' states to arrive
 PREFERRED_GRACE_S = 2.0  # at start with no holder: how long the standby leaves the primary
+# A will can also mean the broker is going down (Mosquitto publishes every client's will as
+# it stops): the standby takes over only if its own connection is still up this much later.
+CONFIRM_S = 0.25
+# After our own reconnect, how long the holder has to be born again before it is taken for dead
+RECONNECT_GRACE_S = 10.0
 MAX_PAYLOAD = 64 * 1024
 
 _Id = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -239,12 +244,19 @@ class ControlSeat:
         else:
             await self._journal("control.standby", f"the show is run by {self.holder}", time.time())
             log.info("control: standby; the show is run by %s (term %d)", self.holder, self.term)
-        while True:
+        topic = control_topic(self.venue, "events")
+        while True:  # in order; one that cannot go now goes after the reconnect
             payload = await self._outbox.get()
-            try:
-                await hub.publish(control_topic(self.venue, "events"), payload, qos=1)
-            except Exception as exc:  # the standby learns the positions again at reconnect
-                log.warning("control: a command could not reach the standby: %s", exc)
+            while True:
+                try:
+                    await hub.publish(topic, payload, qos=1)
+                    break
+                except Exception as exc:
+                    log.warning(
+                        "control: a command waits for the broker to reach the standby: %s", exc
+                    )
+                    await hub.connected.wait()
+                    await asyncio.sleep(0.1)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -309,8 +321,14 @@ class ControlSeat:
             log.warning("control: the claim could not be published: %s", exc)
 
     async def _reclaim(self) -> None:
-        if self._joined and self.active:
+        """After every (re)connect: a holder says its claim again (a restarted broker may have
+        lost it); a standby gives a holder that the broker called dead time to come back."""
+        if not self._joined:
+            return
+        if self.active:
             await self._publish_claim()
+        elif self._holder_offline():
+            self._spawn(self._confirm_death(self.holder or "", time.time(), RECONNECT_GRACE_S))
 
     def _on_claim(self, msg: aiomqtt.Message) -> None:
         try:
@@ -348,9 +366,26 @@ class ControlSeat:
     def _on_node(self, view: NodeView) -> None:
         """A node's state changed: the holder's death is the standby's cue to take over."""
         if self._joined and not self.active and view.id == self.holder and view.state == "offline":
-            lost = view.reason == "lost"
-            what = "was lost (the broker published its will)" if lost else "said goodbye"
-            self._spawn(self.claim(f"{view.id} {what}", "control.takeover", lost_at=time.time()))
+            self._spawn(self._confirm_death(view.id, time.time(), CONFIRM_S))
+
+    async def _confirm_death(self, node: str, lost_at: float, wait_s: float) -> None:
+        """Take over from ``node`` if, ``wait_s`` later, it is still offline, still holds the
+        seat, and our own connection is up (else the broker went away, not the holder)."""
+        await asyncio.sleep(wait_s)
+        link = self.service.mqtt
+        view = self.service.nodes.nodes.get(node)
+        if link is None or view is None or self.active or self.holder != node:
+            return
+        if not link.hub.connected.is_set():
+            log.warning(
+                "control: %s's will came as the broker went away: not taken as its death", node
+            )
+            return
+        if view.state != "offline":
+            return
+        lost = view.reason == "lost"
+        what = "was lost (the broker published its will)" if lost else "said goodbye"
+        await self.claim(f"{node} {what}", "control.takeover", lost_at=lost_at)
 
     # --- mirroring ------------------------------------------------------------------------
 
@@ -427,3 +462,28 @@ class ControlSeat:
         if any(run.running for run in playback.lists.values()):
             return
         playback.set_positions(pos.lists)
+
+
+PARTITION_POLL_S = 0.05
+
+
+async def guard_partition(service: Service) -> None:
+    """An edge node cut off from the broker stops its axes that are moving: whoever moved
+    them can no longer see or stop them (docs/distributed.md, "Partitions"). Its lighting
+    holds its last look, its drivers go on, and what its controller sent while it was away
+    is refused when it arrives late (``command_max_late_s``, ``command_max_age_s``)."""
+    link, supervisor = service.mqtt, service.supervisor
+    if link is None or supervisor is None or service.role != "edge":
+        return
+    hub = link.hub
+    origin = Origin(SourceKind.SYSTEM, f"node {service.node}: cut off from the broker")
+    while True:
+        await hub.connected.wait()
+        while hub.connected.is_set():  # noqa: ASYNC110 (the hub has no event for a lost link)
+            await asyncio.sleep(PARTITION_POLL_S)
+        moving = [a for a in supervisor.axes if supervisor.busy(a)]
+        if moving:
+            log.warning("cut off from the broker: stopping %s", ", ".join(moving))
+            failures = await supervisor.stop_all(origin)
+            if failures:
+                log.error("cut off from the broker: stops failed: %s", failures)

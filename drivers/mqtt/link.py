@@ -27,7 +27,8 @@ docs/interfaces/mqtt.md:
   seen before — QoS 1 redelivers after a lost PUBACK, and a persistent session redelivers after
   a reconnect — is answered from a cache and **never executed twice**: for machinery a second
   "move" is not harmless. A request older than ``command_max_age_s`` (queued for an offline node)
-  is refused as ``expired`` rather than executed late.
+  is refused as ``expired`` rather than executed late, and so is a scheduled one (``at``) that
+  arrives more than ``command_max_late_s`` after its start time.
 - **Goodbye.** When the feed ends (``EndOfFeed``) the link publishes what it holds, says each
   device and then the node ``offline`` (reason ``shutdown``) and disconnects. If the goodbye is
   not acknowledged, the hub disconnects with *Disconnect with Will Message*, so the broker
@@ -163,6 +164,7 @@ class MqttNodeLink:
         session_expiry_s: int = 3600,
         command_max_age_s: float = 30.0,
         command_max_ahead_s: float = 60.0,
+        command_max_late_s: float = 1.0,
         command_timeout_s: float = 30.0,
         max_commands_in_flight: int = 256,
         dedup_size: int = 1024,
@@ -180,6 +182,9 @@ class MqttNodeLink:
         self.command_handler = command_handler
         self.command_max_age_s = command_max_age_s
         self.command_max_ahead_s = command_max_ahead_s
+        # A scheduled command that arrives this long after its start time is stale (held in
+        # the node's session while it was cut off): refused, never replayed late.
+        self.command_max_late_s = command_max_late_s
         self.command_timeout_s = command_timeout_s
         self.goodbye_timeout_s = goodbye_timeout_s
         self.drain_timeout_s = drain_timeout_s
@@ -494,6 +499,14 @@ class MqttNodeLink:
         if abs(age_s) > self.command_max_age_s:
             what = "old" if age_s > 0 else "in the future (clock skew)"
             why = f"request is {abs(age_s):.1f} s {what}; limit {self.command_max_age_s:g} s"
+            r = reply_error(req.id, "expired", why, time.time())
+            self._spawn(self._send_reply(req.reply_to, r, correlation))
+            return
+        if req.at_us is not None and time.time() - req.at_us / 1e6 > self.command_max_late_s:
+            why = (
+                f"its start time passed {time.time() - req.at_us / 1e6:.1f} s ago; "
+                f"limit {self.command_max_late_s:g} s (not replayed late)"
+            )
             r = reply_error(req.id, "expired", why, time.time())
             self._spawn(self._send_reply(req.reply_to, r, correlation))
             return

@@ -266,3 +266,107 @@ async def test_the_standby_takes_the_show_when_the_primary_dies_mid_cue(
             recorder.cancel()
     finally:
         venue.stop()
+
+
+async def test_a_broker_restart_mid_show_keeps_one_controller_and_the_show_going(
+    tmp_path: Path,
+) -> None:
+    """The broker is restarted (without persistence: every retained message is gone) while
+    a cue waits for its commands. Afterwards one controller holds the show and the other
+    tracks it, every node is back at both, and the show goes on: the cue's commands run once
+    when they can, and a GO after the restart runs on both lamps once."""
+    from tests.conftest import _stop, start_mosquitto
+
+    port = free_port()
+    broker = start_mosquitto(tmp_path / "broker", port)
+    venue = Venue(tmp_path, port)
+    sets: dict[str, list[tuple[float, bool]]] = {f"lamp-{n}": [] for n in EDGES}
+    try:
+        for n in (*EDGES, *CONTROLLERS):
+            venue.start(n)
+        one, two = (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{venue.api[n]}", timeout=5)
+            for n in CONTROLLERS
+        )
+        async with one, two:
+
+            async def seated() -> bool:
+                a, b = await control(one), await control(two)
+                return a.get("state") == "active" and b.get("state") == "standby"
+
+            await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
+
+            async def lamps(c: httpx.AsyncClient) -> bool:
+                try:
+                    h = (await c.get("/api/v1/health")).json()["devices"]
+                except (httpx.TransportError, KeyError, ValueError):
+                    return False
+                return all(h.get(f"lamp-{n}") == "online" for n in EDGES)
+
+            async def watched() -> None:
+                # A watcher that reconnects across the restart, as the lamps themselves would.
+                while True:
+                    try:
+                        async with aiomqtt.Client("127.0.0.1", port, identifier="hs-w2") as w:
+                            await w.subscribe("hs/+/set", qos=1)
+                            for n in EDGES:
+                                await w.publish(
+                                    f"hs/lamp-{n}/state", b'{"on":false}', qos=1, retain=True
+                                )
+                            async for msg in w.messages:
+                                lamp = msg.topic.value.split("/")[1]
+                                on = json.loads(msg.payload)["on"]  # type: ignore[arg-type]
+                                sets[lamp].append((time.time(), on))
+                    except aiomqtt.MqttError:
+                        await asyncio.sleep(0.2)
+
+            watcher = asyncio.create_task(watched())
+            for c in (one, two):
+                await wait_until(lambda c=c: lamps(c), 30, "the lamps at both controllers")
+            r = await one.post("/api/v1/playback/go", json={"list": "main"})
+            assert r.status_code == 200, r.text
+            await asyncio.sleep(0.3)
+            _stop(broker)  # mid-show: cue 2 waits for its commands
+            await asyncio.sleep(2.0)
+            broker = start_mosquitto(tmp_path / "broker", port)
+            for c in (one, two):
+                await wait_until(lambda c=c: lamps(c), 30, "the lamps back at both controllers")
+            await asyncio.sleep(4.0)  # cue 3's commands are due 3 s after cue 2's start
+            a, b = await control(one), await control(two)
+            print("after the restart:", json.dumps(a), json.dumps(b))
+            # The wills Mosquitto publishes as it stops are not taken for ctl-1's death.
+            assert (a["state"], b["state"], b["last_takeover"]) == ("active", "standby", None)
+            holder, standby = one, two
+            for lamp, seen in sets.items():
+                print(lamp, [on for _, on in seen])
+                # Every command of the show ran once at most: on, (off, on once the broker
+                # is back, or failed and journalled while it was away).
+                assert seen and seen[0][1] is True and len(seen) <= 3, (lamp, seen)
+            failed = (await holder.get("/api/v1/journal", params={"source": "wait"})).json()
+            print("failed while the broker was away:", [e["reason"] for e in failed["events"]])
+
+            # The show goes on: GO at the holder from the top; both lamps once, tracked.
+            before = {k: len(v) for k, v in sets.items()}
+            await holder.post("/api/v1/playback/standby", json={"list": "main", "cue": "3"})
+            r = await holder.post("/api/v1/playback/go", json={"list": "main"})
+            assert r.status_code == 200, r.text
+
+            async def cue3_done() -> bool:
+                return all(len(sets[k]) == before[k] + 1 for k in sets)
+
+            await wait_until(cue3_done, 10, "cue 3 on both lamps")
+            await asyncio.sleep(0.5)
+            assert all(len(sets[k]) == before[k] + 1 for k in sets), sets
+
+            async def tracked() -> bool:
+                snap = (await standby.get("/api/v1/playback")).json()
+                return (
+                    snap["lists"][0]["current"] == {"number": "3", "label": ""}
+                    or (snap["lists"][0]["current"] or {}).get("number") == "3"
+                )
+
+            await wait_until(tracked, 5, "the standby tracking the GO after the restart")
+            watcher.cancel()
+    finally:
+        venue.stop()
+        _stop(broker)

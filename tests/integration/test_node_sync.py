@@ -89,6 +89,12 @@ async def test_three_nodes_start_a_scheduled_command_together(
             )
             assert not far.ok and far.code == "bad_request" and "ahead" in far.error, far
 
+            # Past its start time (held while the node was cut off): refused, not run late.
+            stale = await requester.request(
+                command_topic("sync", "a", "lamp-a", "turn_on"), {}, 5.0, time.time() - 5
+            )
+            assert not stale.ok and stale.code == "expired" and "passed" in stale.error, stale
+
             # A hostile clock probe is not answered; the node goes on answering good ones.
             await hub.publish(time_topic("sync", "b"), b'{"id":"x","t0":-1}', qos=0)
             await hub.publish(time_topic("sync", "b"), b"\xff\xfe", qos=0)
