@@ -224,3 +224,50 @@ def test_hostile_claims_and_positions_are_rejected(payload: bytes) -> None:
         Claim.model_validate_json(payload)
     with pytest.raises(ValidationError):
         Positions.model_validate_json(payload)
+
+
+async def test_an_edge_node_cut_off_from_the_broker_stops_its_moving_axes() -> None:
+    """The partition guard's logic (edge.control.guard_partition) with an in-memory hub and
+    supervisor: a lost connection stops the busy axes once, with the reason; idle axes and a
+    node that is not an edge are left alone."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from edge.control import PARTITION_POLL_S, guard_partition
+
+    class Supervisor:
+        def __init__(self) -> None:
+            self.axes = {"hoist-1": None, "hoist-2": None}
+            self.moving = {"hoist-1"}
+            self.stops: list[str] = []
+
+        def busy(self, axis: str) -> bool:
+            return axis in self.moving
+
+        async def stop_all(self, origin: Origin) -> dict[str, str]:
+            self.stops.append(origin.source)
+            self.moving.clear()
+            return {}
+
+    for role, expected in (("edge", 1), ("controller", 0)):
+        hub = SimpleNamespace(connected=asyncio.Event())
+        sup = Supervisor()
+        service = SimpleNamespace(
+            mqtt=SimpleNamespace(hub=hub), supervisor=sup, role=role, node="n1"
+        )
+        task = asyncio.create_task(guard_partition(service))  # type: ignore[arg-type]
+        hub.connected.set()
+        await asyncio.sleep(3 * PARTITION_POLL_S)
+        assert sup.stops == []  # connected: nothing happens
+        hub.connected.clear()  # cut off
+        await asyncio.sleep(3 * PARTITION_POLL_S)
+        assert len(sup.stops) == expected, (role, sup.stops)
+        if expected:
+            assert "cut off from the broker" in sup.stops[0]
+        hub.connected.set()
+        await asyncio.sleep(3 * PARTITION_POLL_S)
+        hub.connected.clear()  # cut off again, nothing moving: no stop
+        await asyncio.sleep(3 * PARTITION_POLL_S)
+        assert len(sup.stops) == expected
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
