@@ -90,7 +90,7 @@ class MirroredCommand(_Strict):
     cue: _Text | None = None
     chain: Annotated[StrictStr, Field(max_length=128, pattern=r"^[!-~]*$")] = ""
     keep_standby: StrictBool = False
-    fade_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.0
+    fade_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 0.0  # as the API
 
 
 class Event(_Strict):

@@ -187,7 +187,7 @@ class _RunningCue:
     origin: Origin
     # The operator command this cue descends from, and how many follows / auto-continues /
     # list.starts away: the same on a primary and on its standby, so a device command gets
-    # the same request id on both and a node runs it once (``command_id``).
+    # the same request id on both and a node runs it once (``_request_id``).
     chain: str = ""
     hop: int = 0
     actions: list[_RunningAction] = field(default_factory=list)
