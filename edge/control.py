@@ -45,6 +45,7 @@ import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from controller.journal import JournalEvent, Origin, Result, SourceKind
+from controller.motion.supervisor import StopKind
 from drivers.dmx.output import SacnOutput
 from drivers.mqtt.schema import control_topic
 
@@ -487,3 +488,83 @@ async def guard_partition(service: Service) -> None:
             failures = await supervisor.stop_all(origin)
             if failures:
                 log.error("cut off from the broker: stops failed: %s", failures)
+
+
+CONTROLLER_WATCHDOG_S = 1.0  # an edge node's moves outlive the controller's death this long
+
+
+class ControllerWatch:
+    """On an edge node with axes: a move commanded over the broker (a controller's cue or
+    command, ``SourceKind.MQTT``) goes on only while a controller holds the show.
+
+    When the holder's node goes offline (its will, or a goodbye), the node waits
+    ``CONTROLLER_WATCHDOG_S`` for a controller's claim (the standby's takeover takes ~0.25 s).
+    With one, the moves go on and the new holder's cue sees them arrive; without, every axis in
+    such a move gets a controlled stop, journalled with the reason. Moves of the node's own
+    operators (its console, OSC) are theirs and go on. A venue with one controller has no
+    claims: its controller's death stops them after the same time.
+    """
+
+    def __init__(self, service: Service) -> None:
+        cfg = service.venue.config
+        self.service = service
+        self.venue = cfg.venue.id
+        self.controllers = [n.id for n in cfg.nodes if n.role == "controller"]
+        self.holder: str | None = self.controllers[0] if len(self.controllers) == 1 else None
+        self.term = 0
+        self.stopped: list[str] = []  # the axes it stopped, last time (status, tests)
+        self._timer: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        link, sup = self.service.mqtt, self.service.supervisor
+        if self.service.role != "edge" or not self.controllers or link is None or sup is None:
+            return
+        self.service.nodes.listeners.append(self._on_node)
+        await link.hub.subscribe(control_topic(self.venue, "active"), self._on_claim)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _on_claim(self, msg: aiomqtt.Message) -> None:
+        try:
+            claim = _decode(Claim, msg)
+        except (ValidationError, ValueError):
+            return  # the controllers count and log malformed claims
+        if claim.node not in self.controllers or claim.term < self.term:
+            return
+        self.term, self.holder = claim.term, claim.node
+        view = self.service.nodes.nodes.get(claim.node)
+        if self._timer is not None and (view is None or view.state != "offline"):
+            self._timer.cancel()
+            self._timer = None
+            log.warning(
+                "controller %s took the show over: moves commanded over MQTT go on", claim.node
+            )
+
+    def _on_node(self, view: NodeView) -> None:
+        if view.id != self.holder or view.state != "offline" or self._timer is not None:
+            return
+        self._timer = asyncio.get_running_loop().create_task(self._expire(view.id))
+
+    async def _expire(self, lost: str) -> None:
+        await asyncio.sleep(CONTROLLER_WATCHDOG_S)
+        self._timer = None
+        sup = self.service.supervisor
+        if sup is None:
+            return
+        axes = sorted(
+            {a for m in sup.moves.values() if m.origin.kind is SourceKind.MQTT for a in m.axes}
+        )
+        if not axes:
+            return
+        why = (
+            f"controller {lost} is gone and none took the show within "
+            f"{CONTROLLER_WATCHDOG_S:g} s: its moves stopped"
+        )
+        log.warning("%s: %s", why, ", ".join(axes))
+        self.stopped = axes
+        failures = await sup.stop(axes, Origin(SourceKind.SYSTEM, why), StopKind.CONTROLLED)
+        if failures:
+            log.error("controller watchdog: stops failed: %s", failures)

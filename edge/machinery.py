@@ -11,7 +11,10 @@ writes its setpoint and heartbeat and reads its status, which goes straight to t
   refused while the E-stop is latched, without a live enable, or while the axis moves;
   ``reset_fault`` only while the axis stands still;
 - an axis that cannot be cycled (Modbus RTU) is not supervised, so its motion commands are
-  refused with that reason.
+  refused with that reason;
+- on a controller, an axis of another node passes through to that node (its supervisor, its
+  enable, its limits decide there), where a move commanded over the broker lives only as long
+  as a controller holds the show (``edge.control.ControllerWatch``).
 
 At start the supervisor learns from the telemetry store what each axis has shown (velocity and
 load history of the last ``LEARN_DAYS``).
@@ -40,6 +43,7 @@ from drivers.modbus.cycle import AxisStatus as CycleStatus
 from drivers.modbus.cycle import StopKind as CycleStop
 from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import CommandError, Device, ModbusTcpTransport, Quality, Value
+from drivers.mqtt.driver import MqttDeviceDriver
 from edge.journal import JournalQuery
 
 if TYPE_CHECKING:
@@ -241,6 +245,8 @@ async def gate(
         return None
     sup = service.supervisor
     axis = device.id
+    if isinstance(driver, MqttDeviceDriver) and driver.remote:
+        return None  # another node's axis: that node's supervisor decides
     if sup is None or axis not in sup.axes:
         if spec.moves_machinery:
             raise CommandError(

@@ -73,7 +73,7 @@ from edge import realtime
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
-from edge.control import ControlSeat, guard_partition
+from edge.control import ControllerWatch, ControlSeat, guard_partition
 from edge.early_warning import EarlyWarning
 from edge.journal import JournalStore, device_command, journal_path
 from edge.nodes import NodeDirectory
@@ -335,6 +335,7 @@ class Service:
                 # a standby's engine tracks, sending nothing, before any command can arrive
                 control_task = tg.create_task(self.control.run(), name="control")
                 partition_task = tg.create_task(guard_partition(self), name="partition-guard")
+                watch_task = tg.create_task(ControllerWatch(self).run(), name="controller-watch")
                 timecode_task = self._start_timecode(tg)
                 lighting_task = (
                     tg.create_task(self.lighting.run(), name="lighting")
@@ -423,6 +424,7 @@ class Service:
                 nodes_task.cancel()
                 control_task.cancel()
                 partition_task.cancel()
+                watch_task.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
     def _start_supervisor(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:

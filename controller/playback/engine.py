@@ -684,6 +684,8 @@ class Playback:
         """Stop (pause) or restart (resume) the axes of running moves; the axes that failed,
         with why. A move that cannot restart fails its action, with the reason."""
         failures: dict[str, str] = {}
+        if not self.live:  # a standby's pause and resume move nothing: the holder's do
+            return failures
         if pause:
             calls = [(dev, self.machinery.stop(dev, origin)) for ra in moves for dev in ra.targets]
             results = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
@@ -750,8 +752,10 @@ class Playback:
                     self.lighting.panic(self.config.panic_fade_s)
                 except Exception as exc:
                     failures["lighting"] = f"{type(exc).__name__}: {exc}"
-            failures.update(await self.machinery.stop_all(origin))
-            for hook in list(self.on_panic):
+            hooks = list(self.on_panic) if self.live else []  # a standby stops nothing itself
+            if self.live:
+                failures.update(await self.machinery.stop_all(origin))
+            for hook in hooks:
                 try:
                     await hook(origin)
                 except Refused:
@@ -931,7 +935,7 @@ class Playback:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         run.running.pop(rc.seq, None)
-        if stop_axes and moving:
+        if stop_axes and moving and self.live:
             results = await asyncio.gather(
                 *(self.machinery.stop(d, origin) for d in dict.fromkeys(moving)),
                 return_exceptions=True,

@@ -370,3 +370,127 @@ async def test_a_broker_restart_mid_show_keeps_one_controller_and_the_show_going
     finally:
         venue.stop()
         _stop(broker)
+
+
+def run_node(venue: Path, node: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    args = ["run", str(venue), "--node", node, "--no-simulators", "--port", str(port)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", *args],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def machinery_venue(port: int, modbus: int) -> str:
+    """A stage node with a simulated hoist, and the two controllers."""
+    return (
+        'version = 1\n[venue]\nid = "hsm"\n'
+        '[[nodes]]\nid = "stage"\nrole = "edge"\n'
+        + "".join(f'[[nodes]]\nid = "{n}"\nrole = "controller"\n' for n in CONTROLLERS)
+        + '[api]\nhost = "127.0.0.1"\nport = 0\n[auth]\nenabled = false\n'
+        f'[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = {port}\n'
+        '[telemetry]\nstore = "telemetry.sqlite3"\n'
+        '[[devices]]\nid = "hoist-1"\nprofile = "hoist"\nnode = "stage"\npoll_hz = 20\n'
+        f'transport = {{ kind = "modbus-tcp", host = "127.0.0.1", port = {modbus}, unit = 1, '
+        "timeout_s = 0.3 }\n"
+        'simulate = { model = "hoist", start_position_mm = 1000, watchdog_ms_default = 200 }\n'
+    )
+
+
+async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_over(
+    tmp_path: Path, mosquitto: RealServer, simulator_process: Any
+) -> None:
+    """A move of a stage node's hoist commanded at the primary (the stage's operator holds
+    the enable there) goes on when the primary is killed: the standby takes the show within
+    the node's controller watchdog (1 s), and the hoist arrives. A move commanded at the
+    standby, which is then killed too, is stopped by the stage node once no controller has
+    taken the show within that second."""
+    from tests.conftest import hold_enable
+
+    modbus = free_port()
+    venue_file = tmp_path / "venue.toml"
+    venue_file.write_text(machinery_venue(mosquitto.port, modbus))
+    simulator_process(venue_file)
+    api = {n: free_port() for n in ("stage", *CONTROLLERS)}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for n, port in api.items():
+            procs[n] = run_node(venue_file, n, port, tmp_path / f"{n}.log")
+        stage, one, two = (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{api[n]}", timeout=5)
+            for n in ("stage", *CONTROLLERS)
+        )
+        async with stage, one, two:
+
+            async def seated() -> bool:
+                a, b = await control(one), await control(two)
+                return a.get("state") == "active" and b.get("state") == "standby"
+
+            await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
+
+            async def hoist() -> dict[str, Any]:
+                try:
+                    r = await stage.get("/api/v1/devices/hoist-1/points")
+                except httpx.TransportError:
+                    return {}
+                return {p["name"]: p["value"] for p in r.json()} if r.status_code == 200 else {}
+
+            async def ready() -> bool:
+                h = (await one.get("/api/v1/health")).json()["devices"]
+                return h.get("hoist-1") == "online" and (await hoist()).get("position") is not None
+
+            await wait_until(ready, 30, "the hoist online at the stage and at ctl-1")
+            async with hold_enable(stage, "stage manager"):
+                r = await one.post(
+                    "/api/v1/devices/hoist-1/commands/move_to",
+                    json={"position": 6000, "speed": 1000, "acceleration": 1000},
+                )
+                assert r.status_code == 200, r.text
+
+                async def moving() -> bool:
+                    return bool((await hoist()).get("moving"))
+
+                await wait_until(moving, 5, "the hoist moving for ctl-1")
+                procs["ctl-1"].kill()  # mid-move
+
+                async def arrived() -> bool:
+                    h = await hoist()
+                    return bool(h.get("in_position")) and abs(float(h["position"]) - 6000) <= 1
+
+                await wait_until(arrived, 15, "the hoist at 6000 mm: ctl-2 took over in time")
+                assert (await control(two))["state"] == "active"
+
+                async def settled() -> bool:
+                    return not (await stage.get("/api/v1/machinery")).json()["moves"]
+
+                await wait_until(settled, 5, "the move done at the stage")
+
+                # Now the last controller dies mid-move: the stage node stops the hoist.
+                r = await two.post(
+                    "/api/v1/devices/hoist-1/commands/move_to",
+                    json={"position": 1000, "speed": 1000, "acceleration": 1000},
+                )
+                assert r.status_code == 200, r.text
+                await wait_until(moving, 5, "the hoist moving for ctl-2")
+                procs["ctl-2"].kill()
+                killed = time.time()
+
+                async def stopped() -> bool:
+                    h = await hoist()
+                    return h.get("moving") is False and float(h["position"]) > 1100
+
+                await wait_until(stopped, 10, "the stage node stopping the hoist")
+                print(f"hoist stopped {time.time() - killed:.2f} s after the last controller died")
+            log = (tmp_path / "stage.log").read_text()
+            assert "none took the show" in log, log[-2000:]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
