@@ -494,3 +494,125 @@ async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_o
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+
+
+async def test_a_node_cut_off_stops_its_machinery_and_replays_nothing_stale(
+    tmp_path: Path, mosquitto: RealServer, simulator_process: Any
+) -> None:
+    """The stage node reaches the broker only through a relay, which is cut while the hoist
+    moves for the controller (a partition): the stage node stops the hoist at once; the
+    controller sees the node lost and refuses its commands at once; a scheduled move sent to
+    the node while it is away waits in its session and, delivered at the reconnect 3 s later,
+    is refused as stale and moves nothing. After the reconnect the controller sees the node
+    and its hoist again."""
+    from drivers.mqtt.driver import Requester
+    from drivers.mqtt.hub import BrokerSettings, MqttHub
+    from drivers.mqtt.schema import command_topic
+    from tests.conftest import hold_enable
+    from tests.peers.relay import CuttableRelay
+
+    modbus = free_port()
+    venue_file = tmp_path / "venue.toml"
+    venue_file.write_text(machinery_venue(mosquitto.port, modbus))
+    simulator_process(venue_file)
+    api = {"stage": free_port(), "ctl-1": free_port()}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    async with CuttableRelay(mosquitto.port) as relay:
+        stage_file = tmp_path / "stage.toml"  # the same venue, its broker through the relay
+        stage_file.write_text(
+            machinery_venue(relay.port, modbus).replace('[[nodes]]\nid = "ctl-2"\n'
+                                                        'role = "controller"\n', "")
+        )  # fmt: skip
+        venue_file.write_text(stage_file.read_text().replace(str(relay.port), str(mosquitto.port)))
+        try:
+            procs["stage"] = run_node(stage_file, "stage", api["stage"], tmp_path / "stage.log")
+            procs["ctl-1"] = run_node(venue_file, "ctl-1", api["ctl-1"], tmp_path / "ctl-1.log")
+            stage, ctl = (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{api[n]}", timeout=5)
+                for n in ("stage", "ctl-1")
+            )
+            hub = MqttHub(BrokerSettings("127.0.0.1", mosquitto.port, client_id="hsm-test"))
+            hub_task = asyncio.create_task(hub.run())
+            async with stage, ctl:
+
+                async def hoist() -> dict[str, Any]:
+                    try:
+                        r = await stage.get("/api/v1/devices/hoist-1/points")
+                    except httpx.TransportError:
+                        return {}
+                    return {p["name"]: p["value"] for p in r.json()} if r.is_success else {}
+
+                async def online_at_ctl() -> bool:
+                    try:
+                        h = (await ctl.get("/api/v1/health")).json()["devices"]
+                    except (httpx.TransportError, KeyError, ValueError):
+                        return False
+                    return h.get("hoist-1") == "online"
+
+                async def ready() -> bool:
+                    return await online_at_ctl() and (await hoist()).get("position") is not None
+
+                await wait_until(ready, 40, "the hoist online at the stage and the controller")
+                async with hold_enable(stage, "stage manager"):
+                    r = await ctl.post(
+                        "/api/v1/devices/hoist-1/commands/move_to",
+                        json={"position": 9000, "speed": 500, "acceleration": 1000},
+                    )
+                    assert r.status_code == 200, r.text
+
+                    async def moving() -> bool:
+                        return bool((await hoist()).get("moving"))
+
+                    await wait_until(moving, 5, "the hoist moving for the controller")
+                    await relay.cut()
+                    cut = time.time()
+
+                    async def stopped() -> bool:
+                        h = await hoist()
+                        return h.get("moving") is False and float(h["position"]) < 8000
+
+                    await wait_until(stopped, 5, "the stage node stopping its hoist")
+                    print(f"hoist stopped {time.time() - cut:.2f} s after the cut")
+                    where = float((await hoist())["position"])
+
+                    async def lost() -> bool:
+                        nodes = {n["id"]: n for n in (await ctl.get("/api/v1/nodes")).json()}
+                        return nodes["stage"]["state"] == "offline"
+
+                    await wait_until(lost, 5, "the controller seeing the stage node lost")
+                    r = await ctl.post(
+                        "/api/v1/devices/hoist-1/commands/move_to", json={"position": 2000}
+                    )
+                    assert r.status_code == 503 and "offline" in r.text, r.text
+
+                    # A scheduled move sent to the node while it is cut off waits in its
+                    # session on the broker ...
+                    await hub.connected.wait()
+                    requester = Requester(hub, "hsm", "hsm-test")
+                    topic = command_topic("hsm", "stage", "hoist-1", "move_to")
+                    late = asyncio.create_task(
+                        requester.request(topic, {"position": 2000}, 15.0, time.time() + 0.05)
+                    )
+                    await asyncio.sleep(3.0)
+                    await relay.restore()  # ... and arrives 3 s late at the reconnect
+                    reply = await late
+                    print(f"the move held while cut off: {reply.code}: {reply.error}")
+                    assert not reply.ok and reply.code == "expired", reply
+                    await wait_until(online_at_ctl, 20, "the hoist back at the controller")
+                    await asyncio.sleep(0.5)
+                    h = await hoist()
+                    assert h["moving"] is False and float(h["position"]) == pytest.approx(
+                        where, abs=1
+                    )
+            hub.stop()
+            await asyncio.gather(hub_task, return_exceptions=True)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs.values():
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
