@@ -45,6 +45,7 @@ from drivers.modbus.driver import ModbusDeviceDriver
 from drivers.model import (
     AudioTransport,
     Device,
+    DmxTransport,
     Health,
     HealthState,
     ModbusRtuTransport,
@@ -184,6 +185,11 @@ class Service:
         for n in cfg.nodes:
             if n.id != self.node:
                 for d in self.venue.devices_of(n.id):
+                    if n.role == "controller" and isinstance(d.transport, DmxTransport):
+                        # The other controller's fixtures: rendered here too, into this
+                        # node's outputs, so a standby's DMX is the same look (edge/control.py).
+                        out[d.id] = d
+                        continue
                     out[d.id] = dataclasses.replace(
                         d, transport=MqttTransport(kind="mqtt", node=n.id)
                     )
@@ -297,7 +303,12 @@ class Service:
                 )
             if cfg.mqtt.mode == "embedded":
                 await stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, self.mqtt_port))
-            if cfg.dmx.outputs or cfg.dmx.input is not None:
+            # An edge node without fixtures leaves the venue's DMX outputs to the nodes that
+            # render into them (its frames would be an empty source on every universe).
+            fixtures = any(isinstance(d.transport, DmxTransport) for d in self.devices.values())
+            if (cfg.dmx.outputs or cfg.dmx.input is not None) and (
+                self.role != "edge" or fixtures
+            ):
                 self.dmx = await edge_dmx.open_dmx(cfg.dmx, cfg.venue.id, self.node, stack)
                 if cfg.dmx.outputs and self.run_lighting:
                     self.lighting = _lighting_engine(self.dmx, cfg.dmx, self.devices.values())

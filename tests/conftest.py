@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,21 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 5) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 15) -> None:
+    """SIGTERM to every one first (they stop together, as a venue's nodes do), then wait for
+    each; SIGKILL what has not exited within ``timeout_s``."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
 
 
 async def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import aiomqtt
 import httpx
 import pytest
 
-from tests.conftest import RealServer, free_port, wait_until
+from tests.conftest import RealServer, free_port, stop_all, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,15 +132,7 @@ class Venue:
         return (self.folder / node / "node.log").read_text()[-3000:]
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_all(self.procs.values())
 
 
 async def control(c: httpx.AsyncClient) -> dict[str, Any]:
@@ -382,6 +373,32 @@ def run_node(venue: Path, node: str, port: int, log: Path) -> subprocess.Popen[b
     )
 
 
+class Stage:
+    """The stage node's hoist, seen through the stage node's API."""
+
+    def __init__(self, api: httpx.AsyncClient) -> None:
+        self.api = api
+
+    async def hoist(self) -> dict[str, Any]:
+        try:
+            r = await self.api.get("/api/v1/devices/hoist-1/points")
+        except httpx.TransportError:
+            return {}
+        return {p["name"]: p["value"] for p in r.json()} if r.is_success else {}
+
+    async def moving(self) -> bool:
+        return bool((await self.hoist()).get("moving"))
+
+    async def move(self, via: httpx.AsyncClient, position: float, speed: float) -> None:
+        """A move of the hoist commanded at the controller ``via``; returns once it moves."""
+        r = await via.post(
+            "/api/v1/devices/hoist-1/commands/move_to",
+            json={"position": position, "speed": speed, "acceleration": 1000},
+        )
+        assert r.status_code == 200, r.text
+        await wait_until(self.moving, 5, f"the hoist moving to {position}")
+
+
 def machinery_venue(port: int, modbus: int) -> str:
     """A stage node with a simulated hoist, and the two controllers."""
     return (
@@ -422,6 +439,7 @@ async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_o
             for n in ("stage", *CONTROLLERS)
         )
         async with stage, one, two:
+            hoist = Stage(stage).hoist
 
             async def seated() -> bool:
                 a, b = await control(one), await control(two)
@@ -429,29 +447,13 @@ async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_o
 
             await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
 
-            async def hoist() -> dict[str, Any]:
-                try:
-                    r = await stage.get("/api/v1/devices/hoist-1/points")
-                except httpx.TransportError:
-                    return {}
-                return {p["name"]: p["value"] for p in r.json()} if r.status_code == 200 else {}
-
             async def ready() -> bool:
                 h = (await one.get("/api/v1/health")).json()["devices"]
                 return h.get("hoist-1") == "online" and (await hoist()).get("position") is not None
 
             await wait_until(ready, 30, "the hoist online at the stage and at ctl-1")
             async with hold_enable(stage, "stage manager"):
-                r = await one.post(
-                    "/api/v1/devices/hoist-1/commands/move_to",
-                    json={"position": 6000, "speed": 1000, "acceleration": 1000},
-                )
-                assert r.status_code == 200, r.text
-
-                async def moving() -> bool:
-                    return bool((await hoist()).get("moving"))
-
-                await wait_until(moving, 5, "the hoist moving for ctl-1")
+                await Stage(stage).move(one, 6000, 1000)
                 procs["ctl-1"].kill()  # mid-move
 
                 async def arrived() -> bool:
@@ -467,12 +469,7 @@ async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_o
                 await wait_until(settled, 5, "the move done at the stage")
 
                 # Now the last controller dies mid-move: the stage node stops the hoist.
-                r = await two.post(
-                    "/api/v1/devices/hoist-1/commands/move_to",
-                    json={"position": 1000, "speed": 1000, "acceleration": 1000},
-                )
-                assert r.status_code == 200, r.text
-                await wait_until(moving, 5, "the hoist moving for ctl-2")
+                await Stage(stage).move(two, 1000, 1000)
                 procs["ctl-2"].kill()
                 killed = time.time()
 
@@ -485,15 +482,7 @@ async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_o
             log = (tmp_path / "stage.log").read_text()
             assert "none took the show" in log, log[-2000:]
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_all(procs.values())
 
 
 async def test_a_node_cut_off_stops_its_machinery_and_replays_nothing_stale(
@@ -534,13 +523,7 @@ async def test_a_node_cut_off_stops_its_machinery_and_replays_nothing_stale(
             hub = MqttHub(BrokerSettings("127.0.0.1", mosquitto.port, client_id="hsm-test"))
             hub_task = asyncio.create_task(hub.run())
             async with stage, ctl:
-
-                async def hoist() -> dict[str, Any]:
-                    try:
-                        r = await stage.get("/api/v1/devices/hoist-1/points")
-                    except httpx.TransportError:
-                        return {}
-                    return {p["name"]: p["value"] for p in r.json()} if r.is_success else {}
+                hoist = Stage(stage).hoist
 
                 async def online_at_ctl() -> bool:
                     try:
@@ -554,16 +537,7 @@ async def test_a_node_cut_off_stops_its_machinery_and_replays_nothing_stale(
 
                 await wait_until(ready, 40, "the hoist online at the stage and the controller")
                 async with hold_enable(stage, "stage manager"):
-                    r = await ctl.post(
-                        "/api/v1/devices/hoist-1/commands/move_to",
-                        json={"position": 9000, "speed": 500, "acceleration": 1000},
-                    )
-                    assert r.status_code == 200, r.text
-
-                    async def moving() -> bool:
-                        return bool((await hoist()).get("moving"))
-
-                    await wait_until(moving, 5, "the hoist moving for the controller")
+                    await Stage(stage).move(ctl, 9000, 500)
                     await relay.cut()
                     cut = time.time()
 
@@ -607,12 +581,87 @@ async def test_a_node_cut_off_stops_its_machinery_and_replays_nothing_stale(
             hub.stop()
             await asyncio.gather(hub_task, return_exceptions=True)
         finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs.values():
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+            stop_all(procs.values())
+
+
+LIGHT_SHOW = """
+version = 1
+[show]
+title = "A look"
+venue = "hsl"
+[[lists]]
+id = "main"
+[[lists.cues]]
+number = 1
+actions = [{ kind = "lighting.levels", levels = [{ fixture = "par-1", level = 60 }] }]
+"""
+
+
+async def test_dmx_hands_over_by_sacn_priority_without_a_blackout(tmp_path: Path) -> None:
+    """Both controllers render the look into sACN universe 1: the primary at its configured
+    priority 100, the standby at 99. A receiver on real UDP (our E1.31 merge: highest priority
+    wins, a source silent for 2.5 s is dropped) sees both sources, and through the primary's
+    kill -9 its merged level never leaves the look; after the takeover the standby sends at 100."""
+    from drivers.dmx import SacnInput
+    from tests.conftest import _stop, start_mosquitto
+
+    sacn_port = free_port()
+    venue_file = tmp_path / "venue.toml"
+    venue_file.write_text(
+        'version = 1\nshow = "show.toml"\n[venue]\nid = "hsl"\n'
+        + "".join(f'[[nodes]]\nid = "{n}"\nrole = "controller"\n' for n in CONTROLLERS)
+        + '[api]\nhost = "127.0.0.1"\nport = 0\n[auth]\nenabled = false\n'
+        '[mqtt]\nmode = "external"\nhost = "127.0.0.1"\nport = MQTT\n'
+        '[telemetry]\nstore = "telemetry.sqlite3"\n'
+        '[[dmx.outputs]]\nprotocol = "sacn"\nuniverses = [1]\ntargets = ["127.0.0.1"]\n'
+        f"priority = 100\nudp_port = {sacn_port}\n"
+        '[[devices]]\nid = "par-1"\nprofile = "led_par_rgbw"\nnode = "ctl-1"\n'
+        'transport = { kind = "dmx", universe = 1, address = 1 }\n'
+    )
+    (tmp_path / "show.toml").write_text(LIGHT_SHOW)
+    api = {n: free_port() for n in CONTROLLERS}
+    broker_port = free_port()
+    broker = start_mosquitto(tmp_path / "broker", broker_port)
+    venue_file.write_text(venue_file.read_text().replace("MQTT", str(broker_port)))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        async with SacnInput(universes=[1], bind=("127.0.0.1", sacn_port)) as rx:
+            for n in CONTROLLERS:
+                procs[n] = run_node(venue_file, n, api[n], tmp_path / f"{n}.log")
+            one, two = (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{api[n]}", timeout=5)
+                for n in CONTROLLERS
+            )
+            async with one, two:
+
+                async def seated() -> bool:
+                    a, b = await control(one), await control(two)
+                    return a.get("state") == "active" and b.get("state") == "standby"
+
+                await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
+                r = await one.post("/api/v1/playback/go", json={"list": "main"})
+                assert r.status_code == 200, r.text
+
+                def level() -> bytes:
+                    merged = rx.merged(1)
+                    return b"" if merged is None else bytes(merged)[:16]  # par-1's channels
+
+                async def both_sources_lit() -> bool:
+                    sources = sorted(s.priority for s in rx.sources(1))
+                    return sources == [99, 100] and any(level())
+
+                await wait_until(both_sources_lit, 10, "the look from both, at 100 and 99")
+                look = level()
+                procs["ctl-1"].kill()
+                levels = []
+                for _ in range(40):  # 4 s: past the 2.5 s source loss and the takeover
+                    await asyncio.sleep(0.1)
+                    levels.append(level())
+                print(f"look {look.hex()}; frames through the failover: {len(set(levels))} kind(s)")
+                assert all(v == look for v in levels), levels
+                (source,) = rx.sources(1)
+                assert source.priority == 100  # the standby, now holding the show
+                assert (await control(two))["state"] == "active"
+    finally:
+        stop_all(procs.values())
+        _stop(broker)

@@ -28,7 +28,7 @@ from benchmarks.bench_node_sync import LAMP, NODES, births, controller, nodes
 from drivers.mqtt.clock import ClockProbe
 from drivers.mqtt.driver import Requester
 from drivers.mqtt.schema import command_topic, time_topic
-from tests.conftest import RealServer
+from tests.conftest import RealServer, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -252,14 +252,7 @@ async def test_a_controller_reaches_the_edge_nodes_devices(
             r = await c.post("/api/v1/devices/lamp-a/commands/turn_on", json={})
             assert r.status_code == 503, r.text  # said, not queued for a dead node
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_all(procs.values())
 
 
 def test_a_controller_needs_mqtt(tmp_path: Path) -> None:
