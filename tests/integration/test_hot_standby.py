@@ -143,6 +143,16 @@ async def control(c: httpx.AsyncClient) -> dict[str, Any]:
     return dict(r.json()) if r.status_code == 200 else {}
 
 
+async def seated(one: httpx.AsyncClient, two: httpx.AsyncClient) -> None:
+    """Wait until ctl-1 holds the show and ctl-2 is its standby."""
+
+    async def both() -> bool:
+        a, b = await control(one), await control(two)
+        return a.get("state") == "active" and b.get("state") == "standby"
+
+    await wait_until(both, 40, "ctl-1 holding the show and ctl-2 its standby")
+
+
 async def system_events(c: httpx.AsyncClient, command: str) -> list[dict[str, Any]]:
     events = (await c.get("/api/v1/journal", params={"source": "system"})).json()["events"]
     return [e for e in events if e["command"] == command]
@@ -176,13 +186,9 @@ async def test_the_standby_takes_the_show_when_the_primary_dies_mid_cue(
 
             recorder = asyncio.create_task(record())
 
-            async def seated() -> bool:
-                a, b = await control(one), await control(two)
-                return a.get("state") == "active" and b.get("state") == "standby"
-
             try:
-                await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
-            except AssertionError:
+                await seated(one, two)
+            except pytest.fail.Exception:
                 pytest.fail(f"ctl-1: {venue.log('ctl-1')}\nctl-2: {venue.log('ctl-2')}")
 
             async def lamps_online(c: httpx.AsyncClient) -> bool:
@@ -280,12 +286,7 @@ async def test_a_broker_restart_mid_show_keeps_one_controller_and_the_show_going
             for n in CONTROLLERS
         )
         async with one, two:
-
-            async def seated() -> bool:
-                a, b = await control(one), await control(two)
-                return a.get("state") == "active" and b.get("state") == "standby"
-
-            await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
+            await seated(one, two)
 
             async def lamps(c: httpx.AsyncClient) -> bool:
                 try:
@@ -441,11 +442,7 @@ async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_o
         async with stage, one, two:
             hoist = Stage(stage).hoist
 
-            async def seated() -> bool:
-                a, b = await control(one), await control(two)
-                return a.get("state") == "active" and b.get("state") == "standby"
-
-            await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
+            await seated(one, two)
 
             async def ready() -> bool:
                 h = (await one.get("/api/v1/health")).json()["devices"]
@@ -633,12 +630,7 @@ async def test_dmx_hands_over_by_sacn_priority_without_a_blackout(tmp_path: Path
                 for n in CONTROLLERS
             )
             async with one, two:
-
-                async def seated() -> bool:
-                    a, b = await control(one), await control(two)
-                    return a.get("state") == "active" and b.get("state") == "standby"
-
-                await wait_until(seated, 40, "ctl-1 holding the show and ctl-2 its standby")
+                await seated(one, two)
                 r = await one.post("/api/v1/playback/go", json={"list": "main"})
                 assert r.status_code == 200, r.text
 
