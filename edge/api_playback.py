@@ -57,7 +57,7 @@ from controller.playback import (
     PlaybackError,
     PointValue,
 )
-from controller.show import Catalogue, ShowError, load_show, parse_show, save_show
+from controller.show import Catalogue, Show, ShowError, load_show, parse_show, save_show
 from controller.show.file import show_data
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, ConfigError, DmxTransport
@@ -184,6 +184,12 @@ def catalogue(service: Service) -> Catalogue:
         universes=routed | fixtures_u,
         media_dir=show_path(service).parent,
     )
+
+
+def use_groups(pb: Playback, show: Show) -> None:
+    """A newly loaded show's ``[groups]`` become the lighting engine's."""
+    if isinstance(pb.lighting, EngineLighting):
+        pb.lighting.groups.update({k: tuple(v) for k, v in show.groups.items()})
 
 
 def show_path(service: Service) -> Path:
@@ -362,6 +368,8 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(422, f"show: {exc}") from exc
         if validate_only:
             return {"ok": True, "valid": True, "title": show.show.title}
+        if pb.refusal is not None:  # a standby: its show comes from the holder's
+            raise HTTPException(409, pb.refusal)
         if any(r["running"] for r in pb.snapshot()["lists"]):
             raise HTTPException(409, "cues are running: stop them before loading a show")
         try:
@@ -371,8 +379,8 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(422, exc.problems) from exc
         except PlaybackError as exc:
             raise HTTPException(exc.status, exc.reason) from exc
-        if isinstance(pb.lighting, EngineLighting):
-            pb.lighting.groups.update({k: tuple(v) for k, v in show.groups.items()})
+        use_groups(pb, show)
+        service.control.share_show(show_data(show))  # to the standby, if there is one
         return {"ok": True, "title": show.show.title, "file": path.name}
 
     return api

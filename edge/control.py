@@ -46,6 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from controller.journal import JournalEvent, Origin, Result, SourceKind
 from controller.motion.supervisor import StopKind
+from controller.show import save_show
+from controller.show.file import show_data
 from drivers.dmx.output import SacnOutput
 from drivers.mqtt.schema import control_topic
 
@@ -64,6 +66,7 @@ CONFIRM_S = 0.25
 # After our own reconnect, how long the holder has to be born again before it is taken for dead
 RECONNECT_GRACE_S = 10.0
 MAX_PAYLOAD = 64 * 1024
+MAX_SHOW = 8 * 1024 * 1024  # a show file's data, as JSON
 
 _Id = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 _Text = Annotated[StrictStr, Field(max_length=100)]
@@ -112,10 +115,18 @@ class Positions(_Strict):
 M = TypeVar("M", bound=_Strict)
 
 
-def _decode(model: type[M], msg: aiomqtt.Message) -> M:
+class SharedShow(_Strict):
+    """The show the holder loaded (``PUT /api/v1/show``), as the show file's data."""
+
+    node: _Id
+    term: _Term
+    show: dict[str, Any]
+
+
+def _decode(model: type[M], msg: aiomqtt.Message, limit: int = MAX_PAYLOAD) -> M:
     payload = msg.payload if isinstance(msg.payload, bytes) else b""
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    if len(payload) > limit:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {limit}")
     return model.model_validate_json(payload)
 
 
@@ -228,6 +239,7 @@ class ControlSeat:
         await hub.subscribe(control_topic(self.venue, "active"), self._on_claim)
         await hub.subscribe(control_topic(self.venue, "events"), self._on_event)
         await hub.subscribe(control_topic(self.venue, "positions"), self._on_positions)
+        await hub.subscribe(control_topic(self.venue, "show"), self._on_show)
         self._spawn(self._apply_loop())
         await hub.connected.wait()
         await asyncio.sleep(JOIN_WAIT_S)  # the retained claim and the nodes' births
@@ -449,6 +461,56 @@ class ControlSeat:
             except Exception as exc:  # journalled by the engine; the standby goes on tracking
                 self.refused += 1
                 log.warning("control: mirrored %s not applied: %s", ev.command.op, exc)
+
+    def share_show(self, data: dict[str, Any]) -> None:
+        """The holder loaded a show: retained for its standby (now, or when it starts)."""
+        link = self.service.mqtt
+        if not (self.enabled and self.active and self._joined) or link is None:
+            return
+        payload = SharedShow(node=self.node, term=self.term, show=data).model_dump_json()
+        topic = control_topic(self.venue, "show")
+
+        async def send() -> None:
+            try:
+                await link.hub.publish(topic, payload.encode(), qos=1, retain=True)
+            except Exception as exc:
+                log.warning("control: the show could not reach the standby: %s", exc)
+
+        self._spawn(send())
+
+    def _on_show(self, msg: aiomqtt.Message) -> None:
+        try:
+            shared = _decode(SharedShow, msg, MAX_SHOW)
+        except (ValidationError, ValueError) as exc:
+            self.malformed += 1
+            log.warning("control: a malformed show ignored: %s", str(exc)[:300])
+            return
+        if shared.node == self.node or self.active:
+            return
+        self._spawn(self._load_shared(shared))
+
+    async def _load_shared(self, shared: SharedShow) -> None:
+        """A standby loads the holder's show, checked against its own catalogue, and keeps it
+        in its show file (atomically), so a restart finds it too."""
+        from edge import api_playback  # it imports the service's types
+
+        playback = self.service.playback
+        if playback is None or (
+            playback.show is not None and show_data(playback.show) == shared.show
+        ):
+            return
+        path = api_playback.show_path(self.service)
+        try:
+            show = await asyncio.to_thread(
+                save_show, path, shared.show, api_playback.catalogue(self.service)
+            )
+            await playback.mirror_load(show, Origin(SourceKind.SYSTEM, f"mirror of {shared.node}"))
+            api_playback.use_groups(playback, show)
+        except Exception as exc:  # journalled by the engine when it refused
+            self.refused += 1
+            log.error("control: the show of %s was not loaded here: %s", shared.node, exc)
+            return
+        log.info("control: loaded %s's show '%s'", shared.node, show.show.title)
 
     def _on_positions(self, msg: aiomqtt.Message) -> None:
         try:

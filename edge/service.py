@@ -306,9 +306,7 @@ class Service:
             # An edge node without fixtures leaves the venue's DMX outputs to the nodes that
             # render into them (its frames would be an empty source on every universe).
             fixtures = any(isinstance(d.transport, DmxTransport) for d in self.devices.values())
-            if (cfg.dmx.outputs or cfg.dmx.input is not None) and (
-                self.role != "edge" or fixtures
-            ):
+            if (cfg.dmx.outputs or cfg.dmx.input is not None) and (self.role != "edge" or fixtures):
                 self.dmx = await edge_dmx.open_dmx(cfg.dmx, cfg.venue.id, self.node, stack)
                 if cfg.dmx.outputs and self.run_lighting:
                     self.lighting = _lighting_engine(self.dmx, cfg.dmx, self.devices.values())

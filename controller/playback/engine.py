@@ -444,6 +444,14 @@ class Playback:
         finally:
             _MIRRORING.reset(token)
 
+    async def mirror_load(self, show: Show, origin: Origin) -> None:
+        """Load the show the primary controller loaded (a standby's ``load``)."""
+        token = _MIRRORING.set(True)
+        try:
+            await self.load(show, origin)
+        finally:
+            _MIRRORING.reset(token)
+
     def positions(self) -> dict[str, dict[str, str | None]]:
         """Each list's current and standby cue (a standby that joins late starts from the
         primary's, ``set_positions``)."""

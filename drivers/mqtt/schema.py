@@ -8,7 +8,7 @@
     flytower/{venue}/{node}/{device}/cmd/{name}       {"id", "args", "reply_to", "ts"}
     {reply_to}  (default …/cmd/{name}/reply)          {"id", "ok", "result" | "error", "code", "ts"}
     flytower/{venue}/{requester}/$reply               inbox of a Flytower requester
-    flytower/{venue}/$control/{active|events|positions}  the hot standby's (edge/control.py)
+    flytower/{venue}/$control/{active|events|positions|show}  the hot standby's (control.py)
 
 Every decoder checks everything a receiver relies on and raises ``SchemaError`` with a reason a
 person can act on; nothing else escapes, whatever the bytes (the unit tests fuzz this). Encoders
@@ -135,10 +135,11 @@ def clock_inbox(venue: str, requester: str) -> str:
     return f"{ROOT}/{_segment('venue', venue)}/{_segment('requester', requester)}/{CLOCK}"
 
 
-def control_topic(venue: str, what: Literal["active", "events", "positions"]) -> str:
+def control_topic(venue: str, what: Literal["active", "events", "positions", "show"]) -> str:
     """The venue's control seat (docs/distributed.md, "Hot standby"): ``active`` (retained)
     names the controller that holds the show, ``events`` carries the commands it accepted to
-    its standby, ``positions`` (retained) each cue list's current and standby cue."""
+    its standby, ``positions`` (retained) each cue list's current and standby cue, ``show``
+    (retained) the show it last loaded."""
     return f"{ROOT}/{_segment('venue', venue)}/{CONTROL}/{what}"
 
 

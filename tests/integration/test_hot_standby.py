@@ -615,7 +615,6 @@ async def test_dmx_hands_over_by_sacn_priority_without_a_blackout(tmp_path: Path
         '[[devices]]\nid = "par-1"\nprofile = "led_par_rgbw"\nnode = "ctl-1"\n'
         'transport = { kind = "dmx", universe = 1, address = 1 }\n'
     )
-    (tmp_path / "show.toml").write_text(LIGHT_SHOW)
     api = {n: free_port() for n in CONTROLLERS}
     broker_port = free_port()
     broker = start_mosquitto(tmp_path / "broker", broker_port)
@@ -623,14 +622,35 @@ async def test_dmx_hands_over_by_sacn_priority_without_a_blackout(tmp_path: Path
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         async with SacnInput(universes=[1], bind=("127.0.0.1", sacn_port)) as rx:
-            for n in CONTROLLERS:
-                procs[n] = run_node(venue_file, n, api[n], tmp_path / f"{n}.log")
+            for n in CONTROLLERS:  # each with its own show file, as on machines of their own
+                mine = tmp_path / f"{n}-show"
+                mine.mkdir()
+                (mine / "venue.toml").write_text(venue_file.read_text())
+                (mine / "show.toml").write_text(LIGHT_SHOW)
+                procs[n] = run_node(mine / "venue.toml", n, api[n], tmp_path / f"{n}.log")
             one, two = (
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{api[n]}", timeout=5)
                 for n in CONTROLLERS
             )
             async with one, two:
                 await seated(one, two)
+                # The show edited at the holder reaches the standby (and its show file); the
+                # standby's own edit is refused, and its file left as it was.
+                edited = (await one.get("/api/v1/show")).json()
+                edited["show"]["title"] = "Another look"
+                edited["lists"][0]["cues"][0]["actions"][0]["levels"][0]["level"] = 40
+                r = await one.put("/api/v1/show", json=edited)
+                assert r.status_code == 200, r.text
+
+                async def shared() -> bool:
+                    r = await two.get("/api/v1/show")
+                    return r.is_success and r.json()["show"]["title"] == "Another look"
+
+                await wait_until(shared, 10, "the edited show at the standby")
+                assert "Another look" in (tmp_path / "ctl-2-show" / "show.toml").read_text()
+                r = await two.put("/api/v1/show", json=edited | {"show": {"title": "Mine"}})
+                assert r.status_code == 409 and "standby" in r.text, r.text
+                assert "Mine" not in (tmp_path / "ctl-2-show" / "show.toml").read_text()
                 r = await one.post("/api/v1/playback/go", json={"list": "main"})
                 assert r.status_code == 200, r.text
 
