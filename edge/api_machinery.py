@@ -142,10 +142,28 @@ def router(service: Service) -> APIRouter:
 
     @api.post("/estop")
     async def estop(request: Request, body: EstopIn | None = None) -> dict[str, Any]:
-        sup = _supervisor(service)
+        """E-stop this node's machinery; on a controller, every node's (a venue E-stop over
+        the broker: each node latches its own, and is reset there)."""
         reason = body.reason if body is not None else "software E-stop"
-        failures = await sup.estop(origin_of(request), reason)
-        return {"latched": True, "failed": failures}
+        origin = origin_of(request)
+        out: dict[str, Any] = {"latched": False, "failed": {}}
+        if service.role == "controller" and service.mqtt is not None:
+            try:
+                await service.safety.send_estop(f"{reason} (by {origin.source})")
+            except Exception as exc:  # said, and this node's own machinery still stops
+                out["venue_error"] = str(exc)
+            else:
+                out["venue"] = True
+        if service.supervisor is not None:
+            out["failed"] = await service.supervisor.estop(origin, reason)
+            out["latched"] = True
+        elif "venue" not in out:
+            if "venue_error" in out:
+                raise HTTPException(
+                    503, f"the E-stop did not reach the nodes: {out['venue_error']}"
+                )
+            _supervisor(service)  # 404: no machinery here, and no other node to reach
+        return out
 
     @api.post("/estop/reset")
     async def estop_reset(request: Request) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -49,7 +50,8 @@ from controller.motion.supervisor import StopKind
 from controller.show import save_show
 from controller.show.file import show_data
 from drivers.dmx.output import SacnOutput
-from drivers.mqtt.schema import control_topic
+from drivers.mqtt.hub import BrokerUnavailable
+from drivers.mqtt.schema import control_topic, safety_topic
 
 if TYPE_CHECKING:
     from edge.nodes import NodeView
@@ -630,3 +632,91 @@ class ControllerWatch:
         failures = await sup.stop(axes, Origin(SourceKind.SYSTEM, why), StopKind.CONTROLLED)
         if failures:
             log.error("controller watchdog: stops failed: %s", failures)
+
+
+SAFETY_EVERY_S = 0.1  # how often a node looks for a change of its safety state to publish
+ESTOP_MAX_AGE_S = 5.0  # a venue E-stop older than this (held while a node was away) is stale
+
+
+class VenueEstop(_Strict):
+    node: _Id
+    reason: Annotated[StrictStr, Field(max_length=300)] = "software E-stop"
+    ts: _Wall
+
+
+class SafetyShare:
+    """The machinery's safety state across nodes (docs/distributed.md, "Safety").
+
+    A node with axes publishes its safety state, retained, on ``…/{node}/$safety`` whenever it
+    changes (E-stop latched and why, a hold-to-run enable held), so every controller (the
+    holder and its standby alike) shows it live (``GET /api/v1/nodes``). And it latches its
+    E-stop on a controller's venue E-stop (``$control/estop``), which is not older than
+    ``ESTOP_MAX_AGE_S``; the reset stays at the node, where the machinery can be seen."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.venue = service.venue.config.venue.id
+        self.received = 0
+
+    def state(self) -> dict[str, Any] | None:
+        sup = self.service.supervisor
+        if sup is None:
+            return None
+        return {
+            "estop": sup.estop_latched,
+            "reason": sup.estop_reason if sup.estop_latched else "",
+            "enabled": sup.enabled(),
+            "axes": sorted(sup.axes),
+        }
+
+    async def send_estop(self, reason: str) -> None:
+        """A controller's E-stop, for every node's machinery."""
+        link = self.service.mqtt
+        if link is None:
+            raise BrokerUnavailable("no broker: the E-stop cannot reach the other nodes")
+        doc = VenueEstop(node=self.service.node, reason=reason[:300], ts=time.time())
+        await link.hub.publish(
+            control_topic(self.venue, "estop"), doc.model_dump_json().encode(), qos=1, timeout_s=2
+        )
+
+    async def run(self) -> None:
+        link, sup = self.service.mqtt, self.service.supervisor
+        if link is None or sup is None:
+            return
+        await link.hub.subscribe(control_topic(self.venue, "estop"), self._on_estop)
+        topic = safety_topic(self.venue, self.service.node)
+        sent: dict[str, Any] | None = None
+        while True:
+            await link.hub.connected.wait()
+            now = self.state()
+            if now != sent:
+                try:
+                    payload = json.dumps({**(now or {}), "ts": round(time.time() * 1000)})
+                    await link.hub.publish(topic, payload.encode(), qos=1, retain=True)
+                    sent = now
+                except BrokerUnavailable:
+                    pass
+            await asyncio.sleep(SAFETY_EVERY_S)
+
+    def _on_estop(self, msg: aiomqtt.Message) -> None:
+        try:
+            doc = _decode(VenueEstop, msg)
+        except (ValidationError, ValueError) as exc:
+            log.warning("a malformed venue E-stop ignored: %s", str(exc)[:300])
+            return
+        age = time.time() - doc.ts
+        if age > ESTOP_MAX_AGE_S:
+            log.warning("a venue E-stop from %s %.1f s old ignored (stale)", doc.node, age)
+            return
+        sup = self.service.supervisor
+        if sup is None:
+            return
+        self.received += 1
+        origin = Origin(SourceKind.MQTT, f"venue E-stop from {doc.node}")
+        log.warning("venue E-stop from %s: %s", doc.node, doc.reason)
+        task = asyncio.get_running_loop().create_task(sup.estop(origin, doc.reason))
+        _PENDING.add(task)
+        task.add_done_callback(_PENDING.discard)
+
+
+_PENDING: set[asyncio.Task[Any]] = set()

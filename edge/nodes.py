@@ -12,6 +12,7 @@ actions start on each node's own clock.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from drivers.mqtt.clock import ClockEstimate, ClockProbe
-from drivers.mqtt.schema import SchemaError, decode_node_state, node_state_topic
+from drivers.mqtt.schema import SchemaError, decode_node_state, node_state_topic, safety_topic
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -45,6 +46,7 @@ class NodeView:
     since: float | None = None  # when this node learned the state (epoch s)
     clock: ClockEstimate | None = None
     clock_error: str = ""
+    safety: dict[str, Any] | None = None  # its machinery's, as it publishes it (edge/control.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class NodeView:
             "since": self.since,
             "clock": self.clock.as_dict() if self.clock is not None else None,
             "clock_error": self.clock_error,
+            "safety": self.safety,
         }
 
 
@@ -98,6 +101,24 @@ class NodeDirectory:
             except Exception:
                 log.exception("node state listener failed")
 
+    def _on_safety(self, msg: aiomqtt.Message) -> None:
+        view = self.nodes.get(msg.topic.value.split("/")[2])
+        if view is None or view.self:
+            return
+        try:
+            doc = json.loads(msg.payload if isinstance(msg.payload, bytes) else b"")
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("estop"), bool):
+            self.malformed += 1
+            return
+        view.safety = {
+            "estop": doc["estop"],
+            "reason": str(doc.get("reason", ""))[:300],
+            "enabled": doc.get("enabled") is True,
+            "ts": doc.get("ts") if isinstance(doc.get("ts"), int) else None,
+        }
+
     def _alarm(self, view: NodeView) -> None:
         """On a controller, a node that is offline is an alarm (its own engine cannot say
         it): major when the broker published its will, a warning when it said goodbye."""
@@ -123,6 +144,7 @@ class NodeDirectory:
         for n in self.nodes.values():
             if not n.self:
                 await link.hub.subscribe(node_state_topic(self.venue, n.id), self._on_state)
+                await link.hub.subscribe(safety_topic(self.venue, n.id), self._on_safety)
         if self.service.role != "controller":
             return
         probe = ClockProbe(link.hub, self.venue, f"{self.service.node}-clock")
@@ -147,4 +169,6 @@ class NodeDirectory:
             await asyncio.sleep(CLOCK_EVERY_S)
 
     def status(self) -> list[dict[str, Any]]:
+        me = self.nodes[self.service.node]
+        me.safety = self.service.safety.state()
         return [n.as_dict() for n in self.nodes.values()]

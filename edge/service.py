@@ -74,7 +74,7 @@ from edge import realtime
 from edge.broker import EmbeddedBroker
 from edge.bus import Bus, Closed, Overflow, Subscription
 from edge.config import DmxConfig, Venue
-from edge.control import ControllerWatch, ControlSeat, guard_partition
+from edge.control import ControllerWatch, ControlSeat, SafetyShare, guard_partition
 from edge.early_warning import EarlyWarning
 from edge.journal import JournalStore, device_command, journal_path
 from edge.nodes import NodeDirectory
@@ -166,6 +166,7 @@ class Service:
         self.ingest: edge_ingest.IngestWorkers | None = None
         self.nodes = NodeDirectory(self)  # the venue's nodes, as seen from here
         self.control = ControlSeat(self)  # which controller runs the show (edge/control.py)
+        self.safety = SafetyShare(self)  # the machinery's safety state across nodes
         self._mqtt_feed: Subscription[Reading] | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -345,6 +346,7 @@ class Service:
                 control_task = tg.create_task(self.control.run(), name="control")
                 partition_task = tg.create_task(guard_partition(self), name="partition-guard")
                 watch_task = tg.create_task(ControllerWatch(self).run(), name="controller-watch")
+                safety_task = tg.create_task(self.safety.run(), name="safety-share")
                 timecode_task = self._start_timecode(tg)
                 lighting_task = (
                     tg.create_task(self.lighting.run(), name="lighting")
@@ -434,6 +436,7 @@ class Service:
                 control_task.cancel()
                 partition_task.cancel()
                 watch_task.cancel()
+                safety_task.cancel()
         log.info("flytower stopped; %d readings stored this run", self.store.written)
 
     def _start_supervisor(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:

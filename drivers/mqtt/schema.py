@@ -135,11 +135,18 @@ def clock_inbox(venue: str, requester: str) -> str:
     return f"{ROOT}/{_segment('venue', venue)}/{_segment('requester', requester)}/{CLOCK}"
 
 
-def control_topic(venue: str, what: Literal["active", "events", "positions", "show"]) -> str:
+def safety_topic(venue: str, node: str) -> str:
+    """A node's machinery safety state, retained (E-stop latched and why, an enable held)."""
+    return f"{_node_prefix(venue, node)}/$safety"
+
+
+def control_topic(
+    venue: str, what: Literal["active", "events", "positions", "show", "estop"]
+) -> str:
     """The venue's control seat (docs/distributed.md, "Hot standby"): ``active`` (retained)
     names the controller that holds the show, ``events`` carries the commands it accepted to
     its standby, ``positions`` (retained) each cue list's current and standby cue, ``show``
-    (retained) the show it last loaded."""
+    (retained) the show it last loaded; ``estop`` a controller's E-stop for every node."""
     return f"{ROOT}/{_segment('venue', venue)}/{CONTROL}/{what}"
 
 

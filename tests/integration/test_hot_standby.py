@@ -575,6 +575,21 @@ async def test_a_node_cut_off_stops_its_machinery_and_replays_nothing_stale(
                     assert h["moving"] is False and float(h["position"]) == pytest.approx(
                         where, abs=1
                     )
+
+                    # An E-stop at the controller latches every node's, and the controller
+                    # sees it; the reset is the node's, where the machinery can be seen.
+                    r = await ctl.post("/api/v1/machinery/estop", json={"reason": "test"})
+                    assert r.status_code == 200 and r.json()["venue"] is True, r.text
+
+                    async def latched() -> bool:
+                        nodes = {n["id"]: n for n in (await ctl.get("/api/v1/nodes")).json()}
+                        safety = nodes["stage"]["safety"] or {}
+                        return safety.get("estop") is True and "test" in safety["reason"]
+
+                    await wait_until(latched, 5, "the stage's E-stop latched, seen at ctl-1")
+                    assert (await stage.get("/api/v1/machinery")).json()["estop"]["latched"]
+                    r = await ctl.post("/api/v1/machinery/estop/reset")
+                    assert r.status_code == 404, r.text
             hub.stop()
             await asyncio.gather(hub_task, return_exceptions=True)
         finally:

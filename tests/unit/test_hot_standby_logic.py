@@ -18,7 +18,7 @@ from controller.lighting import LightingEngine, Patch
 from controller.playback import EngineLighting, Playback, PointValue, VirtualClock
 from controller.show import loads_show
 from drivers.model import PROFILE_DIR, DmxTransport, load_profile
-from edge.control import Claim, Event, Positions
+from edge.control import Claim, Event, Positions, VenueEstop
 from tests.unit.test_playback import Journal
 
 USER = Origin(SourceKind.USER, "test")
@@ -224,6 +224,9 @@ def test_hostile_claims_and_positions_are_rejected(payload: bytes) -> None:
         Claim.model_validate_json(payload)
     with pytest.raises(ValidationError):
         Positions.model_validate_json(payload)
+    with pytest.raises(ValidationError):
+        VenueEstop.model_validate_json(payload)
+    assert VenueEstop.model_validate_json(b'{"node":"c","ts":1}').reason == "software E-stop"
 
 
 async def test_an_edge_node_cut_off_from_the_broker_stops_its_moving_axes() -> None:
