@@ -28,6 +28,7 @@ import aiomqtt
 import httpx
 import pytest
 
+from benchmarks.bench_node_sync import LAMP as SYNC_LAMP
 from tests.conftest import RealServer, free_port, stop_all, wait_until
 
 pytestmark = pytest.mark.integration
@@ -37,23 +38,10 @@ VENUE_ID = "hs"
 EDGES = ("a", "b")
 CONTROLLERS = ("ctl-1", "ctl-2")
 
-LAMP = """
-id = "hs_lamp"
-vendor = "Test"
-model = "Mapped lamp"
-device_class = "light"
-protocol = "mqtt"
-[health]
-kind = "lwt"
-[points.on]
-dtype = "bool"
-access = "rw"
-mqtt = { topic = "state", field = "on", set_topic = "set", set_field = "on" }
-[commands.turn_on]
-writes = [{ point = "on", value = true }]
-[commands.turn_off]
-writes = [{ point = "on", value = false }]
-"""
+LAMP = (
+    SYNC_LAMP.replace('id = "sync_lamp"', 'id = "hs_lamp"')
+    + '[commands.turn_off]\nwrites = [{ point = "on", value = false }]\n'
+)
 
 SHOW = """
 version = 1
@@ -128,6 +116,16 @@ class Venue:
             stderr=subprocess.STDOUT,
         )
 
+    def start_all(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        """Every node; a client of each controller's API."""
+        for n in (*EDGES, *CONTROLLERS):
+            self.start(n)
+        one, two = (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api[n]}", timeout=5)
+            for n in CONTROLLERS
+        )
+        return one, two
+
     def log(self, node: str) -> str:
         return (self.folder / node / "node.log").read_text()[-3000:]
 
@@ -164,12 +162,7 @@ async def test_the_standby_takes_the_show_when_the_primary_dies_mid_cue(
     venue = Venue(tmp_path, mosquitto.port)
     sets: dict[str, list[tuple[float, bool]]] = {f"lamp-{n}": [] for n in EDGES}
     try:
-        for n in (*EDGES, *CONTROLLERS):
-            venue.start(n)
-        one, two = (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{venue.api[n]}", timeout=5)
-            for n in CONTROLLERS
-        )
+        one, two = venue.start_all()
         async with (
             one,
             two,
@@ -279,12 +272,7 @@ async def test_a_broker_restart_mid_show_keeps_one_controller_and_the_show_going
     venue = Venue(tmp_path, port)
     sets: dict[str, list[tuple[float, bool]]] = {f"lamp-{n}": [] for n in EDGES}
     try:
-        for n in (*EDGES, *CONTROLLERS):
-            venue.start(n)
-        one, two = (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{venue.api[n]}", timeout=5)
-            for n in CONTROLLERS
-        )
+        one, two = venue.start_all()
         async with one, two:
             await seated(one, two)
 

@@ -289,10 +289,13 @@ async def test_a_command_sent_while_the_node_is_away_is_delivered_on_reconnect(
         await stop_process(broker)
         broker = await asyncio.to_thread(start_mosquitto, folder, port, True)
         assert machine.calls == []
-        async with MosquittoSub.run(port, default_reply_topic(topic), 1) as s:
-            await asyncio.sleep(0.2)
-            async with serving(node_link(port, venue, machine)):
-                reply = json.loads((await s.message())[2])
+        # Subscribed (SUBACK) before the node comes back: a CI run on a busy machine saw a
+        # mosquitto_sub given 0.2 s to subscribe miss the reply.
+        async with aiomqtt.Client("127.0.0.1", port, identifier=f"{venue}-away") as sub:
+            await sub.subscribe(default_reply_topic(topic), qos=1)
+            async with serving(node_link(port, venue, machine)), asyncio.timeout(10):
+                msg = await anext(sub.messages)
+        reply = json.loads(msg.payload)  # type: ignore[arg-type]
         assert reply["id"] == "while-away" and reply["ok"] is True
         assert machine.calls == [("hoist-1", "stop", {})]
     finally:
