@@ -36,9 +36,13 @@ from tests.conftest import (
 pytestmark = pytest.mark.hil
 LO = "127.0.0.1"
 
+# stale_cycles 15 (300 ms at 50 Hz, not the default 100 ms): two CI runs on a busy machine
+# saw an axis's status late by more than 100 ms, and the supervisor rightly refused or aborted
+# a move that these tests are not about. Lost telemetry still aborts (test_lost_telemetry_...).
 MACHINERY = """
 [machinery]
 enable_timeout_s = 0.5
+stale_cycles = 15
 [machinery.axes.hoist-1]
 max_load = 400
 min_load = 50
