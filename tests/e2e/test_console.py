@@ -43,6 +43,10 @@ def venue(tmp_path: Path, simulator_process: Callable[[Path], subprocess.Popen[b
             {"id": "hoist-2", "port": port, "unit": 2, "start": 7000, "watchdog_ms": 1000},
         ],
     )
+    # And a 300 ms staleness limit (not 100 ms): a CI run saw the move aborted for "stale
+    # telemetry" on a busy machine before the console could show it moving.
+    text = path.read_text()
+    path.write_text(text.replace("[telemetry]", "[machinery]\nstale_cycles = 15\n\n[telemetry]", 1))
     simulator_process(path)
     wait_for_port(port)
     return path
