@@ -321,19 +321,22 @@ class ControlSeat:
         finally:
             self._claiming = False
 
-    async def _publish_claim(self) -> None:
+    async def _retain(self, what: Literal["active", "positions", "show"], message: _Strict) -> None:
+        """Publish ``message`` retained on ``$control/{what}``; a failure is logged (the next
+        change, or the reconnect for a claim, publishes it again)."""
         link = self.service.mqtt
         if link is None:
             return
-        claim = Claim(node=self.node, term=self.term, since=self.since or time.time(),
-                      reason=self.reason[:300])  # fmt: skip
+        topic = control_topic(self.venue, what)
         try:
-            await link.hub.publish(
-                control_topic(self.venue, "active"), claim.model_dump_json().encode(),
-                qos=1, retain=True,
-            )  # fmt: skip
-        except Exception as exc:  # the reconnect publishes it again
-            log.warning("control: the claim could not be published: %s", exc)
+            await link.hub.publish(topic, message.model_dump_json().encode(), qos=1, retain=True)
+        except Exception as exc:
+            log.warning("control: %s not published: %s", what, exc)
+
+    async def _publish_claim(self) -> None:
+        since = self.since or time.time()
+        claim = Claim(node=self.node, term=self.term, since=since, reason=self.reason[:300])
+        await self._retain("active", claim)
 
     async def _reclaim(self) -> None:
         """After every (re)connect: a holder says its claim again (a restarted broker may have
@@ -420,19 +423,11 @@ class ControlSeat:
         self._publish_positions()
 
     def _publish_positions(self) -> None:
-        playback, link = self.service.playback, self.service.mqtt
-        if playback is None or link is None:
+        playback = self.service.playback
+        if playback is None:
             return
         pos = Positions(node=self.node, term=max(1, self.term), lists=playback.positions())
-        topic = control_topic(self.venue, "positions")
-
-        async def send() -> None:
-            try:
-                await link.hub.publish(topic, pos.model_dump_json().encode(), qos=1, retain=True)
-            except Exception as exc:
-                log.debug("control: positions not published: %s", exc)
-
-        self._spawn(send())
+        self._spawn(self._retain("positions", pos))
 
     def _on_event(self, msg: aiomqtt.Message) -> None:
         try:
@@ -466,19 +461,8 @@ class ControlSeat:
 
     def share_show(self, data: dict[str, Any]) -> None:
         """The holder loaded a show: retained for its standby (now, or when it starts)."""
-        link = self.service.mqtt
-        if not (self.enabled and self.active and self._joined) or link is None:
-            return
-        payload = SharedShow(node=self.node, term=self.term, show=data).model_dump_json()
-        topic = control_topic(self.venue, "show")
-
-        async def send() -> None:
-            try:
-                await link.hub.publish(topic, payload.encode(), qos=1, retain=True)
-            except Exception as exc:
-                log.warning("control: the show could not reach the standby: %s", exc)
-
-        self._spawn(send())
+        if self.enabled and self.active and self._joined:
+            self._spawn(self._retain("show", SharedShow(node=self.node, term=self.term, show=data)))
 
     def _on_show(self, msg: aiomqtt.Message) -> None:
         try:
@@ -657,6 +641,7 @@ class SafetyShare:
         self.service = service
         self.venue = service.venue.config.venue.id
         self.received = 0
+        self._tasks: set[asyncio.Task[Any]] = set()  # the E-stops it is latching
 
     def state(self) -> dict[str, Any] | None:
         sup = self.service.supervisor
@@ -715,8 +700,5 @@ class SafetyShare:
         origin = Origin(SourceKind.MQTT, f"venue E-stop from {doc.node}")
         log.warning("venue E-stop from %s: %s", doc.node, doc.reason)
         task = asyncio.get_running_loop().create_task(sup.estop(origin, doc.reason))
-        _PENDING.add(task)
-        task.add_done_callback(_PENDING.discard)
-
-
-_PENDING: set[asyncio.Task[Any]] = set()
+        self._tasks.add(task)  # a strong reference: the loop keeps only weak ones
+        task.add_done_callback(self._tasks.discard)

@@ -64,6 +64,7 @@ from drivers.mqtt.schema import (
     CommandRequest,
     DeviceState,
     NodeState,
+    ReplyCode,
     SchemaError,
     TimeReply,
     command_filter,
@@ -490,32 +491,9 @@ class MqttNodeLink:
             self.stats.duplicates += 1
             self._spawn(self._answer_again(req, earlier, correlation))
             return
-        if self._closing or self._in_flight >= self._max_in_flight:
-            why = "node is shutting down" if self._closing else "too many commands in flight"
-            r = reply_error(req.id, "busy", why, time.time())
-            self._spawn(self._send_reply(req.reply_to, r, correlation))
-            return
-        age_s = time.time() - req.ts_ms / 1000
-        if abs(age_s) > self.command_max_age_s:
-            what = "old" if age_s > 0 else "in the future (clock skew)"
-            why = f"request is {abs(age_s):.1f} s {what}; limit {self.command_max_age_s:g} s"
-            r = reply_error(req.id, "expired", why, time.time())
-            self._spawn(self._send_reply(req.reply_to, r, correlation))
-            return
-        if req.at_us is not None and time.time() - req.at_us / 1e6 > self.command_max_late_s:
-            why = (
-                f"its start time passed {time.time() - req.at_us / 1e6:.1f} s ago; "
-                f"limit {self.command_max_late_s:g} s (not replayed late)"
-            )
-            r = reply_error(req.id, "expired", why, time.time())
-            self._spawn(self._send_reply(req.reply_to, r, correlation))
-            return
-        if req.at_us is not None and req.at_us / 1e6 - time.time() > self.command_max_ahead_s:
-            why = (
-                f"'at' is {req.at_us / 1e6 - time.time():.1f} s ahead; "
-                f"limit {self.command_max_ahead_s:g} s"
-            )
-            r = reply_error(req.id, "bad_request", why, time.time())
+        refusal = self._refusal(req)
+        if refusal is not None:
+            r = reply_error(req.id, *refusal, time.time())
             self._spawn(self._send_reply(req.reply_to, r, correlation))
             return
         future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
@@ -524,6 +502,36 @@ class MqttNodeLink:
             self._replies.popitem(last=False)
         self._in_flight += 1
         self._spawn(self._execute(req, future, correlation))
+
+    def _refusal(self, req: CommandRequest) -> tuple[ReplyCode, str] | None:
+        """Why a new request is not run (its reply's code and reason), or None."""
+        if self._closing or self._in_flight >= self._max_in_flight:
+            return (
+                "busy",
+                "node is shutting down" if self._closing else "too many commands in flight",
+            )
+        now = time.time()
+        age_s = now - req.ts_ms / 1000
+        if abs(age_s) > self.command_max_age_s:
+            what = "old" if age_s > 0 else "in the future (clock skew)"
+            return (
+                "expired",
+                f"request is {abs(age_s):.1f} s {what}; limit {self.command_max_age_s:g} s",
+            )
+        if req.at_us is None:
+            return None
+        ahead_s = req.at_us / 1e6 - now
+        if -ahead_s > self.command_max_late_s:
+            return "expired", (
+                f"its start time passed {-ahead_s:.1f} s ago; "
+                f"limit {self.command_max_late_s:g} s (not replayed late)"
+            )
+        if ahead_s > self.command_max_ahead_s:
+            return (
+                "bad_request",
+                f"'at' is {ahead_s:.1f} s ahead; limit {self.command_max_ahead_s:g} s",
+            )
+        return None
 
     async def _execute(
         self, req: CommandRequest, future: asyncio.Future[CommandReply], correlation: Any
