@@ -26,6 +26,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -279,6 +280,8 @@ class Service:
             else None
         )
         async with contextlib.AsyncExitStack() as stack:
+            # The API's port first: a port taken fails the start before anything connects.
+            api_socket = stack.enter_context(_listen(self.api_host, self.api_port))
             sims = await self._start_simulators() if self.run_simulators else None
             if sims is not None:
                 stack.push_async_callback(_stop_process, sims)
@@ -370,7 +373,7 @@ class Service:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.ingest.ready.wait(), edge_ingest.START_WAIT_S)
                 server = self._api_server()
-                api_task = tg.create_task(server.serve(), name="api")
+                api_task = tg.create_task(server.serve([api_socket]), name="api")
                 while not server.started and not api_task.done():  # noqa: ASYNC110 (no event to wait on)
                     await asyncio.sleep(0.01)
                 self.bound_api_port = _bound_port(server)
@@ -726,6 +729,18 @@ async def _finish(tasks: list[asyncio.Task[None]], grace_s: float) -> None:
         log.warning("%s did not stop within %.1f s; cancelling it", t.get_name(), grace_s)
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket, or an OSError that says which address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise OSError(
+            f"the API cannot listen on {host}:{port}: {os.strerror(exc.errno or 0)}; "
+            "choose another port with [api] port or --port"
+        ) from exc
 
 
 def _bound_port(server: uvicorn.Server) -> int | None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import getpass
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,7 +43,36 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def _ephemeral_floor() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
+_EPHEMERAL = _ephemeral_floor()
+_handed: set[int] = set()
+_pick = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
 def free_port() -> int:
+    """A loopback port free for TCP and UDP, below the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to 0) is one it also picks for outgoing connections: a
+    test's MQTT or HTTP client could take it before the server the test starts binds it (seen
+    in CI: a controller whose API port was taken exited at start). Ports below the range are
+    never picked that way, and none is handed out twice in a session."""
+    for _ in range(200):
+        port = _pick.randrange(10000, max(_EPHEMERAL, 10100))
+        if port in _handed:
+            continue
+        try:
+            with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -126,8 +126,9 @@ class Venue:
         )
         return one, two
 
-    def log(self, node: str) -> str:
-        return (self.folder / node / "node.log").read_text()[-3000:]
+    def logs(self) -> dict[str, Path]:
+        """The controllers' log files."""
+        return {n: self.folder / n / "node.log" for n in CONTROLLERS}
 
     def stop(self) -> None:
         stop_all(self.procs.values())
@@ -141,14 +142,19 @@ async def control(c: httpx.AsyncClient) -> dict[str, Any]:
     return dict(r.json()) if r.status_code == 200 else {}
 
 
-async def seated(one: httpx.AsyncClient, two: httpx.AsyncClient) -> None:
-    """Wait until ctl-1 holds the show and ctl-2 is its standby."""
+async def seated(one: httpx.AsyncClient, two: httpx.AsyncClient, logs: dict[str, Path]) -> None:
+    """Wait until ctl-1 holds the show and ctl-2 is its standby; fail with the controllers'
+    logs (``logs``: each controller's log file) if they do not get there."""
 
     async def both() -> bool:
         a, b = await control(one), await control(two)
         return a.get("state") == "active" and b.get("state") == "standby"
 
-    await wait_until(both, 40, "ctl-1 holding the show and ctl-2 its standby")
+    try:
+        await wait_until(both, 40, "ctl-1 holding the show and ctl-2 its standby")
+    except pytest.fail.Exception as e:
+        tails = "".join(f"\n--- {n} ---\n{p.read_text()[-3000:]}" for n, p in logs.items())
+        pytest.fail(f"{e}{tails}")
 
 
 async def system_events(c: httpx.AsyncClient, command: str) -> list[dict[str, Any]]:
@@ -179,10 +185,7 @@ async def test_the_standby_takes_the_show_when_the_primary_dies_mid_cue(
 
             recorder = asyncio.create_task(record())
 
-            try:
-                await seated(one, two)
-            except pytest.fail.Exception:
-                pytest.fail(f"ctl-1: {venue.log('ctl-1')}\nctl-2: {venue.log('ctl-2')}")
+            await seated(one, two, venue.logs())
 
             async def lamps_online(c: httpx.AsyncClient) -> bool:
                 try:
@@ -274,7 +277,7 @@ async def test_a_broker_restart_mid_show_keeps_one_controller_and_the_show_going
     try:
         one, two = venue.start_all()
         async with one, two:
-            await seated(one, two)
+            await seated(one, two, venue.logs())
 
             async def lamps(c: httpx.AsyncClient) -> bool:
                 try:
@@ -430,7 +433,7 @@ async def test_a_controllers_move_outlives_its_death_only_if_the_standby_takes_o
         async with stage, one, two:
             hoist = Stage(stage).hoist
 
-            await seated(one, two)
+            await seated(one, two, {n: tmp_path / f"{n}.log" for n in CONTROLLERS})
 
             async def ready() -> bool:
                 h = (await one.get("/api/v1/health")).json()["devices"]
@@ -636,7 +639,7 @@ async def test_dmx_hands_over_by_sacn_priority_without_a_blackout(tmp_path: Path
                 for n in CONTROLLERS
             )
             async with one, two:
-                await seated(one, two)
+                await seated(one, two, {n: tmp_path / f"{n}.log" for n in CONTROLLERS})
                 # The show edited at the holder reaches the standby (and its show file); the
                 # standby's own edit is refused, and its file left as it was.
                 edited = (await one.get("/api/v1/show")).json()

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import free_port
+
 EXE = "victoria-metrics"
 
 
@@ -42,12 +43,6 @@ def available() -> str | None:
     if shutil.which(EXE) is None:
         return "victoria-metrics is not installed (apt; `make test` installs it)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -70,7 +65,7 @@ class VictoriaMetrics:
         basic_auth: tuple[str, str] | None = None,
     ) -> None:
         self.folder = folder
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.dedup = dedup
         self.basic_auth = basic_auth
         self.proc: subprocess.Popen[bytes] | None = None
