@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # System packages the test suite's real peers need (REAL-PEERS.md).
 TEST_SYSTEM_PACKAGES := mosquitto mosquitto-clients chromium ola ola-python mbpoll socat jackd2 libportaudio2 openssl victoria-metrics
 
-.PHONY: run test lint bench bench-audio-long hil system-deps clean
+.PHONY: run test lint bench bench-audio-long hil system-deps clean chaos fuzz
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -36,6 +36,14 @@ test: $(VENV)/.installed-test system-deps
 	@$(BIN)/pytest -n auto tests/unit; unit=$$?; \
 	  $(BIN)/pytest tests --ignore=tests/unit; rest=$$?; \
 	  exit $$(( unit != 0 || rest != 0 ))
+
+# The chaos suite at full length (a 30 s outage where `make test` has 5 s).
+chaos: $(VENV)/.installed-test system-deps
+	FLYTOWER_CHAOS_FULL=1 $(BIN)/pytest -m chaos tests/chaos
+
+# Schemathesis on the running demo venue's API: 100 cases per operation and phase.
+fuzz: $(VENV)/.installed-test system-deps
+	FLYTOWER_FUZZ_EXAMPLES=100 $(BIN)/pytest tests/integration/test_api_fuzz.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
