@@ -15,6 +15,8 @@ something the journal could lose.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,6 +26,8 @@ from typing import Any, Protocol, TypeVar
 
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -110,6 +114,11 @@ class JournalEvent:
         object.__setattr__(self, "result", Result(self.result))
 
 
+class JournalHeld(RuntimeError):
+    """The event is not yet durable: the journal's file takes no writes now (the reason is in
+    the message). It is held in memory and written when it can be: late, not lost."""
+
+
 class JournalSink(Protocol):
     """Where events go. ``append`` returns the event's sequence number once it is durable."""
 
@@ -177,7 +186,11 @@ async def journalled(
         result, reason = classify(exc)
         # A refusal never reached the device: no execution time. A failure may have.
         executed = None if result is Result.REFUSED else time.time()
-        await asyncio.shield(sink.append(event(result, reason, executed)))
+        with contextlib.suppress(JournalHeld):  # held, written later: the outcome stands
+            await asyncio.shield(sink.append(event(result, reason, executed)))
         raise
-    await sink.append(event(Result.OK, "", time.time()))
+    try:
+        await sink.append(event(Result.OK, "", time.time()))
+    except JournalHeld as held:  # the command was carried out; its record is late, not lost
+        log.warning("%s: %s", command, held)
     return out

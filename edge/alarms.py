@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import ValidationError
 
-from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
+from controller.journal import JournalEvent, JournalHeld, JournalSink, Origin, Result, SourceKind
 from drivers.model import (
     Device,
     Health,
@@ -358,7 +358,8 @@ class AlarmStore:
                 )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                c.execute("ROLLBACK")
             raise
 
     async def write(self, events: list[AlarmEvent]) -> None:
@@ -966,12 +967,14 @@ class AlarmEngine:
                 except Exception:  # a notifier's bug never stops the alarms
                     log.exception("alarms: a notifier failed")
         if self.journal is not None:
-            try:
-                for e in events:
+            for e in events:  # each on its own: a held event does not keep the next out
+                try:
                     await self.journal.append(_journal_event(e))
-            except Exception:
-                self.store_errors += 1
-                log.exception("alarms: events could not be journalled")
+                except JournalHeld:  # written when the journal can: late, not lost
+                    pass
+                except Exception:
+                    self.store_errors += 1
+                    log.exception("alarms: an event could not be journalled")
 
     async def run(self, feed: Subscription[Reading] | None) -> None:
         """Consume the feed, tick the timers, flush events; until cancelled or the feed closes."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import re
 import secrets
@@ -37,6 +38,8 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD = 10
@@ -359,7 +362,10 @@ class AuthStore:
                 # Not worth an fsync on the show's event loop (a power cut may lose it; the
                 # next change to the store makes it durable).
                 db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (now, cid))
+                try:
+                    db.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (now, cid))
+                except sqlite3.OperationalError as exc:  # a full disk: sign-ins still work
+                    log.debug("auth: last use of credential %s not recorded: %s", cid, exc)
                 db.execute("PRAGMA synchronous=FULL")
         until = float(expires) if expires is not None else math.inf
         if kind == "session":

@@ -60,6 +60,10 @@ class Subscription(Generic[T]):
         self.delivered = 0
         self.dropped = 0  # DROP_OLDEST: discarded; LATEST: replaced before being read
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def __len__(self) -> int:
         return len(self._latest) if self.policy is Overflow.LATEST else len(self._items)
 

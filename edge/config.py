@@ -333,6 +333,9 @@ class TelemetryConfig(_Strict):
     retention_days: float = Field(default=30, gt=0)
     batch_max: int = Field(default=2000, ge=1, le=100_000)
     queue_size: int = Field(default=10_000, ge=1)
+    # While the store takes no writes (a full disk): readings held in memory at most, the
+    # oldest dropped and counted beyond (docs/telemetry.md, "A full disk").
+    hold_max_readings: int = Field(default=500_000, ge=0)
     # Where the store's writer runs: a thread of the service, or a process of its own
     # (edge/store_process.py), which takes its work off the service's GIL at high rates.
     writer: Literal["thread", "process"] = "thread"

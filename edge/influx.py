@@ -410,7 +410,8 @@ class DiskQueue:
                 dropped += n
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             self._refresh()
             raise
         if dropped:
@@ -457,7 +458,8 @@ class DiskQueue:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             self._refresh()
             raise
         oldest = conn.execute("SELECT enqueued FROM chunk ORDER BY id LIMIT 1").fetchone()

@@ -36,6 +36,12 @@ queries use, so both paths print an event identically.
 Schema versions (``PRAGMA user_version``): a newer file is refused untouched; a schema-1 file is
 migrated on open, in one transaction (the side table is rebuilt from ``journal``; ``journal``
 itself, its sequence numbers and its triggers are not touched).
+
+**A file that takes no writes** (a full disk, an I/O error): appended events are held in memory,
+in order, retried every ``RETRY_S``, and written once the file takes writes again; their
+callers hear :class:`JournalHeld` rather than wait on (the command was
+carried out; its record is late, not lost). Beyond ``HELD_MAX`` held events the oldest are
+dropped and counted; held events left at close are lost and said (docs/journal.md, "A full disk").
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -55,14 +62,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind, journalled
+from controller.journal import (
+    JournalEvent,
+    JournalHeld,
+    JournalSink,
+    Origin,
+    Result,
+    SourceKind,
+    journalled,
+)
 from drivers.base import DeviceDriver
 from drivers.model import Value
 
+log = logging.getLogger(__name__)
 R = TypeVar("R")
+RETRY_S = 1.0  # a file that takes no writes is tried again this often
+HELD_WAIT_S = 2.0  # how long an append waits on a file that takes no writes
+HELD_MAX = 100_000  # events held in memory at most
 SCHEMA_VERSION = 2
 QUERY_LIMIT_MAX = 10_000
 EXPORT_CHUNK = 5_000
+
+
 _ID = re.compile(r"[^\x00-\x1f\x7f]{1,1000}")
 
 _TRIGGERS = """
@@ -305,6 +326,12 @@ class JournalStore:
         self._flushing: asyncio.Task[None] | None = None
         self.appended = 0  # this run
         self.commits = 0  # this run: appended / commits is the group-commit factor
+        # Why the file takes no writes now (None: it does), and who hears of it (the alarm).
+        self.failing: str | None = None
+        self.on_state: Callable[[str | None, int], None] | None = None
+        self.held_max = HELD_MAX
+        self.dropped = 0  # held events dropped this run
+        self._closing = False
 
     async def __aenter__(self) -> JournalStore:
         try:
@@ -316,6 +343,7 @@ class JournalStore:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing = True  # a flush that cannot write gives up instead of retrying
         if self._flushing is not None:  # whatever was appended is committed before closing
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self._on(self._writer, self._close_conn, "_wconn")
@@ -418,7 +446,8 @@ class JournalStore:
             seqs = self._insert(conn, events)
             conn.execute("COMMIT")  # durable from here on: only now may a caller hear back
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a COMMIT refused for a full disk has rolled back itself
+                conn.execute("ROLLBACK")
             raise
         self.appended += len(events)
         self.commits += 1
@@ -445,16 +474,36 @@ class JournalStore:
     # --- appends, awaited from the loop ----------------------------------------------------
 
     async def append(self, event: JournalEvent) -> int:
-        """Journal ``event``; return its sequence number once it survives a crash."""
+        """Journal ``event``; return its sequence number once it survives a crash.
+
+        While the file cannot be written (a full disk, an I/O error) the event is held in
+        memory, in order, and written when the file takes writes again; the caller gets
+        :class:`JournalHeld` at once (or within ``HELD_WAIT_S``, as the failure is found)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         # If the caller is cancelled, nobody reads the outcome: mark it retrieved.
         future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         self._pending.append((event, future))
+        if len(self._pending) > self.held_max:  # the oldest held go: counted and said
+            over = len(self._pending) - self.held_max
+            for _, f in self._pending[:over]:
+                if not f.done():
+                    f.set_exception(JournalHeld(f"dropped: more than {self.held_max} held"))
+            del self._pending[:over]
+            self.dropped += over
+            log.error("journal: %d held event(s) dropped (more than %d held)", over, self.held_max)
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush(), name="journal-flush")
-        # Shielded: a cancelled caller does not cancel the commit of the others' events.
-        return await asyncio.shield(future)
+        # asyncio.wait never cancels the future: a cancelled caller does not cancel the
+        # commit of the others' events.
+        while self.failing is None:
+            done, _ = await asyncio.wait({future}, timeout=HELD_WAIT_S)
+            if done:
+                return future.result()
+        raise JournalHeld(
+            f"the journal cannot write ({self.failing}); the event is held in memory "
+            "and written when it can be"
+        )
 
     async def append_many(self, events: Sequence[JournalEvent]) -> list[int]:
         """Journal a batch in one transaction (imports, benchmarks); sequence numbers back."""
@@ -468,6 +517,16 @@ class JournalStore:
                 batch, self._pending = self._pending, []
                 try:
                     seqs = await self._on(self._writer, self._write, [e for e, _ in batch])
+                except sqlite3.OperationalError as exc:  # the file, not the events: hold them
+                    self._pending[:0] = batch
+                    if self._closing:
+                        self._give_up(exc)
+                        return
+                    if self.failing is None:  # once: /metrics has the state as it lasts
+                        log.error("journal: cannot write (%s): events held in memory", exc)
+                        self.failing = str(exc)
+                        self._said()
+                    await asyncio.sleep(RETRY_S)
                 except Exception as exc:
                     for _, f in batch:
                         if not f.done():
@@ -476,8 +535,29 @@ class JournalStore:
                     for (_, f), seq in zip(batch, seqs, strict=True):
                         if not f.done():
                             f.set_result(seq)
+                    if self.failing is not None and not self._pending:
+                        log.warning("journal: writing again; the held events are written")
+                        self.failing = None
+                        self._said()
         finally:
             self._flushing = None
+
+    def _said(self) -> None:
+        if self.on_state is not None:
+            self.on_state(self.failing, len(self._pending))
+
+    def _give_up(self, exc: Exception) -> None:
+        """Closing while the file takes no writes: what is held is lost, and said."""
+        log.error(
+            "journal: closing with %d event(s) that could not be written (%s)",
+            len(self._pending),
+            exc,
+        )
+        for _, f in self._pending:
+            if not f.done():
+                f.set_exception(exc)
+        self.dropped += len(self._pending)
+        self._pending = []
 
     async def prune(self, before: float, *, who: str) -> int:
         """The retention/admin path (docs/journal.md), never called by a normal role: delete

@@ -7,7 +7,8 @@ counted twice and a scrape costs nothing between scrapes:
 - devices: health state (one series per state, 1 for the current one), requests, errors,
   reconnects, poll cycles and missed cycles, request latency p50/p99;
 - queues: every readings-bus subscription's depth, delivered and dropped;
-- store: readings written, refused by reason, flagged by reason;
+- store: readings written, refused by reason, flagged by reason; held in memory and dropped
+  while it takes no writes (and the journal's likewise);
 - InfluxDB sink (when configured): queue depth and bytes, lag, delivered, write failures,
   quarantined, dropped;
 - lighting output: frames, late / skipped frames, send errors, interval jitter p50/p99;
@@ -125,6 +126,29 @@ class ServiceCollector(Collector):
             for reason, n in sorted(dict(getattr(store, name, {}) or {}).items()):
                 fam.add_metric([str(reason)], n)
             yield fam
+        svc = self.service
+        yield GaugeMetricFamily(
+            "flytower_store_failing",
+            "1 while the store takes no writes (a full disk): readings are held in memory",
+            value=int(svc.store_failing is not None),
+        )
+        yield GaugeMetricFamily(
+            "flytower_store_held", "readings held in memory for the store", value=svc.store_held
+        )
+        yield CounterMetricFamily(
+            "flytower_store_dropped",
+            "held readings dropped: more than hold_max_readings, or lost at a stop",
+            value=svc.store_dropped,
+        )
+        journal = svc.journal
+        yield GaugeMetricFamily(
+            "flytower_journal_failing",
+            "1 while the journal's file takes no writes: events are held in memory",
+            value=int(journal.failing is not None),
+        )
+        yield CounterMetricFamily(
+            "flytower_journal_dropped", "held journal events dropped", value=journal.dropped
+        )
 
     def _ingest(self) -> Iterator[Metric]:
         ingest = self.service.ingest

@@ -20,6 +20,7 @@ embedded broker and the simulators stop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import gc
@@ -36,7 +37,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from controller.journal import JournalEvent, Origin, Result, SourceKind
+from controller.journal import JournalEvent, JournalHeld, Origin, Result, SourceKind
 from controller.lighting import LightingEngine, Patch
 from controller.motion.supervisor import Supervisor
 from controller.playback import Playback
@@ -94,6 +95,7 @@ class SimulatorsFailed(RuntimeError):
 # C-level getter rather than a Python function (it was 8 % of a saturated loop, bench_ingest).
 
 
+STORE_RETRY_S = 1.0  # a store that takes no writes is tried again this often
 SIMULATORS_READY_S = 120.0  # a large venue is ready in seconds; computing room IRs takes longer
 LIVE_FEED_POINTS = 100_000  # a LATEST feed holds one slot per point: room for a large venue
 
@@ -158,6 +160,10 @@ class Service:
         )
         self.influx: edge_influx.InfluxSink | None = None  # [telemetry.influxdb] mirror
         self.alarms: edge_alarms.AlarmEngine | None = None  # [alarms] (edge/alarms.py)
+        # The store while it takes no writes (_store_writer): why, readings held, dropped.
+        self.store_failing: str | None = None
+        self.store_held = 0
+        self.store_dropped = 0
         self.maintenance: edge_maintenance.Maintenance | None = None  # [maintenance]
         self.early_warning: EarlyWarning | None = None  # set by edge_maintenance.for_service
         edge_alarms.check(cfg.alarms, self.own.values())  # a bad rule fails here
@@ -209,10 +215,82 @@ class Service:
     # --- consumers -------------------------------------------------------------------------
 
     async def _store_writer(self, sub: Subscription[Reading]) -> None:
-        batch_max = self.venue.config.telemetry.batch_max
-        with contextlib.suppress(Closed):
+        """Readings into the store. A write the store refuses (a full disk, an I/O error) is
+        held in memory with what follows, in order, and tried again every ``STORE_RETRY_S``:
+        the pollers never wait on a store that takes no writes. Beyond ``hold_max_readings``
+        the oldest held go, counted. An alarm says so while it lasts."""
+        cfg = self.venue.config.telemetry
+        held: collections.deque[Reading] = collections.deque()
+        try:
             while True:
-                await self.store.write(await sub.get_batch(batch_max))
+                if held:
+                    batch = [held.popleft() for _ in range(min(len(held), cfg.batch_max))]
+                else:
+                    batch = await sub.get_batch(cfg.batch_max)
+                try:
+                    await self.store.write(batch)
+                except Exception as exc:
+                    held.extendleft(reversed(batch))
+                    self._store_failing(str(exc), held)
+                    # Wait, taking what comes meanwhile, so the bus never fills behind us.
+                    until = time.monotonic() + STORE_RETRY_S
+                    while time.monotonic() < until:
+                        held.extend(sub.get_nowait())
+                        self._hold_at_most(held, cfg.hold_max_readings)
+                        self.store_held = len(held)
+                        await asyncio.sleep(0.05)
+                        if sub.closed:
+                            raise Closed(sub.name) from None
+                else:
+                    self.store_held = len(held)
+                    if self.store_failing is not None and not held:
+                        self._store_failing(None, held)
+        except Closed:
+            if held:  # a last try at the stop; what still cannot be written is said
+                try:
+                    await self.store.write(list(held))
+                except Exception as exc:
+                    log.error(
+                        "telemetry: %d held reading(s) lost at the stop: the store still "
+                        "takes no writes (%s)",
+                        len(held),
+                        exc,
+                    )
+                    self.store_dropped += len(held)
+
+    def _journal_state(self, why: str | None, held: int) -> None:
+        """The journal's file takes no writes (``why``), or does again (None): the alarm
+        ``journal:{node}``."""
+        if self.alarms is None:
+            return
+        if why is None:
+            self.alarms.clear("journal", self.node)
+        else:
+            text = f"journal cannot write ({why}): events held in memory"
+            self.alarms.raise_alarm("journal", self.node, None, "major", text, held)
+
+    def _hold_at_most(self, held: collections.deque[Reading], limit: int) -> None:
+        over = len(held) - limit
+        if over > 0:
+            for _ in range(over):
+                held.popleft()
+            self.store_dropped += over
+
+    def _store_failing(self, why: str | None, held: collections.deque[Reading]) -> None:
+        """The store's state for the log, the alarm (``telemetry-store:{node}``) and
+        ``/metrics``: ``why`` it takes no writes (None: it does again)."""
+        was, self.store_failing, self.store_held = self.store_failing, why, len(held)
+        alarms = self.alarms
+        if why is None:
+            log.warning("telemetry store: writing again; the held readings are stored")
+            if alarms is not None:
+                alarms.clear("telemetry-store", self.node)
+            return
+        if was is None:  # once: /metrics has the count held as it grows
+            log.error("telemetry store: cannot write (%s): readings held in memory", why)
+            if alarms is not None:
+                text = f"telemetry store cannot write ({why}): readings held in memory"
+                alarms.raise_alarm("telemetry-store", self.node, None, "major", text, len(held))
 
     async def _live_view(self, sub: Subscription[Reading]) -> None:
         live = self.live
@@ -337,6 +415,7 @@ class Service:
                 mqtt_task = self._start_mqtt(tg)
                 if cfg.alarms.enabled:  # after the MQTT link (it notifies through it)
                     self.alarms = await stack.enter_async_context(edge_alarms.for_service(self))
+                    self.journal.on_state = self._journal_state
                 # the other nodes' states (after the alarms: a dead node is one)
                 nodes_task = tg.create_task(self.nodes.run(), name="nodes")
                 # counters and early warning, before the drivers start (no reading missed)
@@ -612,9 +691,12 @@ class Service:
         async def system(command: str) -> None:
             now = time.time()
             origin = f"node {self.node} pid {os.getpid()}"
-            await self.journal.append(
-                JournalEvent(SourceKind.SYSTEM, origin, command, Result.OK, now, now)
-            )
+            try:
+                await self.journal.append(
+                    JournalEvent(SourceKind.SYSTEM, origin, command, Result.OK, now, now)
+                )
+            except JournalHeld as held:  # a start or stop on a full disk goes on
+                log.warning("%s: %s", command, held)
 
         await system("service.start")
         stack.push_async_callback(system, "service.stop")

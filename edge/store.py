@@ -767,7 +767,8 @@ class TelemetryStore:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             conn.close()
             raise
         for sid, d, p in conn.execute("SELECT id, device, point FROM series"):
@@ -938,7 +939,8 @@ class TelemetryStore:
             top = int(conn.execute("SELECT max(rowid) FROM inbox").fetchone()[0] or 0)
             conn.execute("COMMIT")  # durable from here on: only now may the caller hear back
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             # Series created in the rolled-back transaction do not exist: forget them.
             for key in list(self._series)[known:]:
                 del self._series[key]
@@ -1037,7 +1039,8 @@ class TelemetryStore:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             raise
         with self._view_lock:  # in ``readings`` now
             for sid, _ in chunk:
@@ -1061,7 +1064,8 @@ class TelemetryStore:
             ).rowcount
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             raise
         return int(n)
 
@@ -1078,7 +1082,8 @@ class TelemetryStore:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             raise
 
     def _prune_step(self, tier: str, cutoff: float, after_sid: int) -> tuple[int, int | None]:
@@ -1120,7 +1125,8 @@ class TelemetryStore:
                 last = sid
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a refused COMMIT (a full disk) rolled back already
+                conn.execute("ROLLBACK")
             raise
         self.pruned[tier] += deleted
         return deleted, last

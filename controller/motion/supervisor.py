@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
+from controller.journal import JournalEvent, JournalHeld, JournalSink, Origin, Result, SourceKind
 from controller.motion.config import USE_CASES, AxisLimits, MachineryConfig
 from controller.motion.learning import Learning
 from controller.motion.planner import Kinematics, Plan, PlanError, State, plan_move
@@ -314,6 +314,8 @@ class Supervisor:
                     args=dict(args or {}),
                 )
             )
+        except JournalHeld as held:  # written when the journal can: late, not lost
+            log.warning("%s: %s", command, held)
         except Exception:  # the journal must never stop a stop
             log.exception("journal append failed for %s", command)
 

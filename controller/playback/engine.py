@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
+from controller.journal import JournalEvent, JournalHeld, JournalSink, Origin, Result, SourceKind
 from controller.show.model import (
     Action,
     AudioLevels,
@@ -513,6 +513,8 @@ class Playback:
             await asyncio.shield(self.journal.append(event))
         except asyncio.CancelledError:
             raise
+        except JournalHeld as held:  # written when the journal can: late, not lost
+            log.warning("%s: %s", event.command, held)
         except Exception:  # the journal failing must not stop the show; it is logged
             log.exception("journal append failed for %s", event.command)
 
