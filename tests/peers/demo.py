@@ -8,6 +8,7 @@ never meet. Its show and sounds are copied beside it; its state (``var/``) is th
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ class Demo:
     venue: Path
     ports: dict[int, int]
     proc: subprocess.Popen[bytes] | None = None
+    sims: subprocess.Popen[bytes] | None = None
 
     @property
     def api(self) -> str:
@@ -42,11 +44,36 @@ class Demo:
     def log(self) -> Path:
         return self.folder / "flytower.log"
 
+    @property
+    def sim(self) -> str:
+        """The simulators' control endpoint (ground truth, faults)."""
+        return f"http://127.0.0.1:{self.ports[18890]}/sim/v1"
+
+    def start_simulators(self) -> subprocess.Popen[bytes]:
+        """The simulated venue as a process of its own (``start(simulators=False)`` then), so
+        that it outlives a killed service, as real machinery does."""
+        args = [str(self.venue), "--control-port", str(self.ports[18890])]
+        with (self.folder / "simulators.log").open("ab") as out:
+            self.sims = subprocess.Popen(
+                [sys.executable, "-m", "simulators", *args],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.sim}/health", timeout=2).status_code == 200:
+                    return self.sims
+            time.sleep(0.2)
+        raise RuntimeError("the simulators did not answer within 60 s")
+
     def start(
         self,
         timeout_s: float = 60,
         verbose: bool = False,
         env: Mapping[str, str] | None = None,
+        simulators: bool = True,
     ) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -57,6 +84,7 @@ class Demo:
                     *(["-v"] if verbose else []),
                     "run",
                     str(self.venue),
+                    *([] if simulators else ["--no-simulators"]),
                 ],
                 cwd=REPO,
                 env=env,
