@@ -34,16 +34,17 @@ system-deps:
 # simulated hardware run one at a time, as their timing needs. Both run; either failing fails.
 test: $(VENV)/.installed-test system-deps
 	@$(BIN)/pytest -n auto tests/unit; unit=$$?; \
-	  $(BIN)/pytest tests --ignore=tests/unit; rest=$$?; \
+	  $(BIN)/pytest tests --ignore=tests/unit --durations=25; rest=$$?; \
 	  exit $$(( unit != 0 || rest != 0 ))
 
 # The chaos suite at full length (a 30 s outage where `make test` has 5 s).
 chaos: $(VENV)/.installed-test system-deps
 	FLYTOWER_CHAOS_FULL=1 $(BIN)/pytest -m chaos tests/chaos
 
-# Schemathesis on the running demo venue's API: 100 cases per operation and phase.
+# Schemathesis on the running demo venue's API: every phase, 100 cases per operation and phase.
 fuzz: $(VENV)/.installed-test system-deps
-	FLYTOWER_FUZZ_EXAMPLES=100 $(BIN)/pytest tests/integration/test_api_fuzz.py
+	FLYTOWER_FUZZ_EXAMPLES=100 FLYTOWER_FUZZ_PHASES=examples,coverage,fuzzing \
+	  $(BIN)/pytest -s tests/integration/test_api_fuzz.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
