@@ -65,11 +65,11 @@ class Enable(threading.Thread):
 def test_kill_9_mid_show_stops_the_hoist_and_loses_nothing(tmp_path: Any) -> None:
     demo = demo_venue(tmp_path / "demo")
     token = admin_token(demo.venue)
-    demo.start_simulators()
-    demo.start(simulators=False)
     headers = {"Authorization": f"Bearer {token}"}
     enable = Enable(demo.api, token)
     try:
+        demo.start_simulators()
+        demo.start(simulators=False)
         with httpx.Client(base_url=demo.api, headers=headers, timeout=10) as c:
             t0 = time.time()
 

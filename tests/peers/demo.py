@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, _stop, free_port
 
 EXAMPLES = REPO / "examples"
 FIXED = (8080, 18830, 53000, 53100, 15568, 16454, 18890, *range(15021, 15028))
@@ -66,6 +66,7 @@ class Demo:
                 if httpx.get(f"{self.sim}/health", timeout=2).status_code == 200:
                     return self.sims
             time.sleep(0.2)
+        _stop(self.sims)
         raise RuntimeError("the simulators did not answer within 60 s")
 
     def start(
@@ -102,6 +103,7 @@ class Demo:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        _stop(self.proc)  # not left running (with its simulators) after a failed start
         raise RuntimeError(f"flytower did not answer within {timeout_s:g} s: {self.tail()}")
 
     def tail(self, chars: int = 4000) -> str:
