@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from controller.journal import JournalEvent, Origin, Result, SourceKind
+from controller.journal import JournalEvent, JournalHeld, Origin, Result, SourceKind
 from controller.motion.supervisor import StopKind
 from controller.show import save_show
 from controller.show.file import show_data
@@ -211,6 +211,8 @@ class ControlSeat:
         )  # fmt: skip
         try:
             await self.service.journal.append(event)
+        except JournalHeld as held:  # written when the journal can: late, not lost
+            log.warning("control: %s: %s", command, held)
         except Exception:
             log.exception("control: journal append failed for %s", command)
 

@@ -223,7 +223,9 @@ class Service:
         held: collections.deque[Reading] = collections.deque()
         try:
             while True:
-                if held:
+                if held:  # what came meanwhile joins the queue: the pollers never wait on it
+                    held.extend(sub.get_nowait())
+                    self._hold_at_most(held, cfg.hold_max_readings)
                     batch = [held.popleft() for _ in range(min(len(held), cfg.batch_max))]
                 else:
                     batch = await sub.get_batch(cfg.batch_max)

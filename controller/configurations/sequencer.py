@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.journal import JournalEvent, JournalSink, Origin, Result, SourceKind
+from controller.journal import JournalEvent, JournalHeld, JournalSink, Origin, Result, SourceKind
 from controller.playback.clock import Clock
 from controller.playback.ports import (
     POSITION_POINT,
@@ -1015,6 +1015,8 @@ class Switcher:
             await asyncio.shield(self.journal.append(event))
         except asyncio.CancelledError:
             raise
+        except JournalHeld as held:  # written when the journal can: late, not lost
+            log.warning("%s: %s", command, held)
         except Exception:  # the journal failing must not leave machinery moving unwatched
             log.exception("journal append failed for %s", command)
 
