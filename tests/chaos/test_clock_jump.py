@@ -87,7 +87,7 @@ def test_a_wall_clock_step_fools_no_timer_and_loses_nothing(tmp_path: Path) -> N
                 10,
             )
             start = truth(demo.sim, "hoist-1")["position_mm"]
-            target = start - 4500 if start > 6000 else start + 4500  # 9 s at 500 mm/s
+            target = start - 3500 if start > 6000 else start + 3500  # 7 s at 500 mm/s
             r = c.post(
                 "/api/v1/devices/hoist-1/commands/move_to",
                 json={"position": target, "speed": 500},
@@ -95,12 +95,12 @@ def test_a_wall_clock_step_fools_no_timer_and_loses_nothing(tmp_path: Path) -> N
             assert r.status_code == 200, r.text
             wait("hoist-1 moving", lambda: truth(demo.sim, "hoist-1")["moving"], 10)
             offset.write_text(str(STEP_S))  # an hour forward
-            time.sleep(3)
+            time.sleep(2)
             assert c.post("/api/v1/playback/go", json={}).status_code == 200
             ahead = live - online()
-            time.sleep(2)
+            time.sleep(1)
             offset.write_text("0")  # and back
-            time.sleep(3)
+            time.sleep(2)
             assert c.post("/api/v1/playback/go", json={}).status_code == 200
             behind = live - online()
             assert not ahead and not behind, (ahead, behind)

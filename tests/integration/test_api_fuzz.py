@@ -7,7 +7,7 @@ with an admin token so that requests reach the routes' own validation. The check
 ``not_a_server_error``: a 5xx answer, or a connection dropped, is a failure, reported with the
 request that reproduces it.
 
-``make test`` runs the fuzzing phase, 5 cases per operation, on a fixed seed; ``make fuzz``
+``make test`` runs the fuzzing phase, 2 cases per operation, on a fixed seed; ``make fuzz``
 runs the examples, coverage and fuzzing phases with 100 (FLYTOWER_FUZZ_PHASES,
 FLYTOWER_FUZZ_EXAMPLES), and FLYTOWER_FUZZ_SEED picks another seed.
 """
@@ -26,7 +26,7 @@ from tests.peers.demo import demo_venue
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("FLYTOWER_FUZZ_EXAMPLES", "5"))
+EXAMPLES = int(os.environ.get("FLYTOWER_FUZZ_EXAMPLES", "2"))
 
 
 SEED = int(os.environ.get("FLYTOWER_FUZZ_SEED", "3382"))
