@@ -27,8 +27,7 @@ import pytest
 from tests.chaos.conftest import full_length
 from tests.chaos.test_disk_full import series_ts, wait
 from tests.conftest import _stop, free_port, start_mosquitto, stop_all
-from tests.integration.test_api_fuzz import admin_token
-from tests.peers.demo import demo_venue
+from tests.peers.demo import admin_token, demo_venue
 
 pytestmark = pytest.mark.chaos
 
@@ -56,9 +55,7 @@ def test_a_broker_restart_mid_show_recovers_on_its_own(
     token = admin_token(demo.venue)
     demo.start()
     try:
-        with httpx.Client(
-            base_url=demo.api, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        ) as c:
+        with demo.client(token) as c:
             wait(
                 "the MQTT devices online",
                 lambda: all(health(c).get(d) == "online" for d in MQTT_DEVICES),

@@ -32,8 +32,7 @@ import pytest
 
 from tests.chaos.conftest import full_length
 from tests.conftest import stop_all
-from tests.integration.test_api_fuzz import admin_token
-from tests.peers.demo import demo_venue
+from tests.peers.demo import admin_token, demo_venue
 
 pytestmark = pytest.mark.chaos
 
@@ -111,9 +110,7 @@ def test_a_full_disk_loses_no_reading_and_no_event(
         token = admin_token(demo.venue)
         demo.start()
         try:
-            with httpx.Client(
-                base_url=demo.api, headers={"Authorization": f"Bearer {token}"}, timeout=10
-            ) as c:
+            with demo.client(token) as c:
                 wait("readings stored", lambda: metric(c, "flytower_store_written_total") > 1000)
                 filler = fill(var)
                 full_at = time.monotonic()

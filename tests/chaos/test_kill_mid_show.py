@@ -29,8 +29,7 @@ import pytest
 
 from tests.chaos.test_disk_full import wait
 from tests.conftest import stop_all
-from tests.integration.test_api_fuzz import admin_token
-from tests.peers.demo import demo_venue
+from tests.peers.demo import admin_token, demo_venue
 
 pytestmark = pytest.mark.chaos
 
@@ -65,12 +64,11 @@ class Enable(threading.Thread):
 def test_kill_9_mid_show_stops_the_hoist_and_loses_nothing(tmp_path: Any) -> None:
     demo = demo_venue(tmp_path / "demo")
     token = admin_token(demo.venue)
-    headers = {"Authorization": f"Bearer {token}"}
     enable = Enable(demo.api, token)
     try:
         demo.start_simulators()
         demo.start(simulators=False)
-        with httpx.Client(base_url=demo.api, headers=headers, timeout=10) as c:
+        with demo.client(token) as c:
             t0 = time.time()
 
             def positions(end: float) -> list[tuple[float, Any]]:
@@ -123,7 +121,7 @@ def test_kill_9_mid_show_stops_the_hoist_and_loses_nothing(tmp_path: Any) -> Non
         )
         demo.start(simulators=False)
         restarted = time.monotonic()
-        with httpx.Client(base_url=demo.api, headers=headers, timeout=10) as c:
+        with demo.client(token) as c:
             wait(
                 "hoist-1 polled again",
                 lambda: (

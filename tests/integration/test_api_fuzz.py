@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, stop_all
-from tests.peers.demo import demo_venue
+from tests.conftest import stop_all
+from tests.peers.demo import admin_token, demo_venue
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +34,6 @@ SEED = int(os.environ.get("FLYTOWER_FUZZ_SEED", "3382"))
 # make fuzz runs it, make test the random phase only.
 PHASES = os.environ.get("FLYTOWER_FUZZ_PHASES", "fuzzing")
 ST = Path(sys.executable).with_name("st")
-
-
-def admin_token(venue: Path) -> str:
-    """A new admin token's secret (``flytower token create`` prints it alone on stdout)."""
-    args = ["token", "create", str(venue), "fuzz", "--role", "admin"]
-    out = subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
 
 
 @pytest.mark.timeout(1800)

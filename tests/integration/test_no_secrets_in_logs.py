@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO, RealServer, stop_all
-from tests.peers.demo import demo_venue
+from tests.conftest import RealServer, stop_all
+from tests.peers.demo import demo_venue, flytower
 from tests.peers.victoria import ScriptedInflux
 
 pytestmark = pytest.mark.integration
@@ -51,18 +49,6 @@ class FailingHook(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
-
-
-def flytower(*args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
-        cwd=REPO,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
 
 
 def test_no_secret_appears_in_the_log_or_the_journal(tmp_path: Path, mosquitto: RealServer) -> None:

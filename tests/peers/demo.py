@@ -106,8 +106,32 @@ class Demo:
         _stop(self.proc)  # not left running (with its simulators) after a failed start
         raise RuntimeError(f"flytower did not answer within {timeout_s:g} s: {self.tail()}")
 
+    def client(self, token: str) -> httpx.Client:
+        """An API client of the running service, signed in with ``token``."""
+        return httpx.Client(
+            base_url=self.api, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def flytower(*args: str, stdin: str | None = None) -> str:
+    """``flytower ARGS`` (the CLI); what it printed on stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def admin_token(venue: Path) -> str:
+    """A new admin token's secret (``flytower token create`` prints it alone on stdout)."""
+    return flytower("token", "create", str(venue), "tests", "--role", "admin")
 
 
 def demo_venue(folder: Path) -> Demo:
