@@ -83,6 +83,7 @@ class ServiceDevices:
     def __init__(self, service: Service) -> None:
         self.service = service
         self._changed = asyncio.Event()
+        self._venue_nodes = frozenset(n.id for n in service.venue.config.nodes)
 
     def signal(self) -> None:
         self._changed.set()
@@ -123,10 +124,17 @@ class ServiceDevices:
         )
 
     def lead(self, device: str) -> float:
-        """A device of another node (on a controller): its commands are sent this far ahead
-        with their start time (the controller node's ``lead_ms``)."""
+        """A device of another Flytower node of the venue (on a controller): its commands are
+        sent this far ahead with their start time (the controller node's ``lead_ms``). A
+        gateway that is not a node of the venue (a vendor's, speaking mqtt.md §5) gets them at
+        once, without ``at``: §5.1 is Flytower's, and such a gateway refuses a key it does not
+        know (found by the soak benchmark: every cue's projector command refused)."""
         driver = self.service.drivers.get(device)
-        if isinstance(driver, MqttDeviceDriver) and driver.remote:
+        if (
+            isinstance(driver, MqttDeviceDriver)
+            and driver.remote
+            and driver.transport.node in self._venue_nodes
+        ):
             return self.service.lead_s
         return 0.0
 

@@ -106,6 +106,8 @@ class HubStats:
     received: int = 0
     published: int = 0
     handler_errors: int = 0
+    subscribes: int = 0  # SUBSCRIBE packets sent while connected (each may carry many filters)
+    subscribe_failures: int = 0  # of those, not acknowledged in time
 
     @property
     def reconnects(self) -> int:
@@ -117,6 +119,12 @@ class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
     handlers: list[Handler] = field(default_factory=list)  # filter ends here
     hash_handlers: list[Handler] = field(default_factory=list)  # filter ends here with '#'
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class TopicRouter:
@@ -187,6 +195,11 @@ class MqttHub:
         self._will = will
         self._farewell = farewell
         self._router = TopicRouter()
+        # Filters added while connected, not yet acknowledged by the broker, in order; one
+        # task sends whatever has gathered as one SUBSCRIBE (see ``subscribe``).
+        self._unsent: dict[str, int] = {}
+        self._unsent_waiters: list[asyncio.Future[None]] = []
+        self._unsent_added = asyncio.Event()
         self._hooks: list[Hook] = []
         self._client: aiomqtt.Client | None = None
         self._stop = StopFlag()
@@ -199,16 +212,48 @@ class MqttHub:
         self._hooks.append(hook)
 
     async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Route messages matching ``topic_filter`` to ``handler``, now and after reconnects."""
-        # A client that exists may be restoring subscriptions from a list taken before this
-        # filter was added: subscribing twice is harmless, missing it is not.
-        client = self._client
-        if self._router.add(topic_filter, handler, qos) and client is not None:
+        """Route messages matching ``topic_filter`` to ``handler``, now and after reconnects.
+
+        While connected, the filters that callers add at once (every device of a venue as
+        the service starts) go to the broker together, as one SUBSCRIBE, and this returns
+        when it is acknowledged. A broker that handles SUBSCRIBE packets one after the other,
+        delivering the retained messages of each before it reads the next (amqtt does), took
+        ~0.5 s a packet with a large venue's retained points: with one packet per device, the
+        last devices heard nothing for two minutes. A SUBACK later than ``timeout_s`` is
+        logged and the caller returns; the broker still has the packet (TCP), and a reconnect
+        restores every filter anyway.
+        """
+        if not self._router.add(topic_filter, handler, qos) or self._client is None:
+            return  # known already, or the next connect restores it with the rest
+        self._unsent[topic_filter] = max(qos, self._unsent.get(topic_filter, 0))
+        waiter = asyncio.get_running_loop().create_future()
+        self._unsent_waiters.append(waiter)
+        self._unsent_added.set()
+        await asyncio.shield(waiter)
+
+    async def _subscriber(self, client: aiomqtt.Client) -> None:
+        """Send the filters added while connected, gathered into one SUBSCRIBE at a time."""
+        while True:
+            await self._unsent_added.wait()
+            self._unsent_added.clear()
+            batch, waiters = self._unsent, self._unsent_waiters
+            self._unsent, self._unsent_waiters = {}, []
+            self.stats.subscribes += 1
             try:
-                await client.subscribe(topic_filter, qos)
+                await client.subscribe(list(batch.items()))
             except aiomqtt.MqttError as exc:
-                # The reconnect that follows restores every filter, this one included.
-                log.debug("%s: subscribe %s: %s", self.name, topic_filter, exc)
+                self.stats.subscribe_failures += 1
+                log.warning(
+                    "%s: the broker did not acknowledge the subscription of %d filter(s) in "
+                    "time: %s",
+                    self.name,
+                    len(batch),
+                    exc,
+                )
+            except Exception:  # a filter paho refuses: loud, and the link goes on
+                log.exception("%s: subscribing %s failed", self.name, list(batch))
+            finally:
+                _release(waiters)
 
     # --- I/O ------------------------------------------------------------------------------
 
@@ -253,6 +298,7 @@ class MqttHub:
                 async with client:
                     client._disconnected.add_done_callback(_retrieve)
                     self._client = client
+                    self._unsent.clear()  # _restore subscribes every filter
                     await self._restore(client)
                     backoff.reset()
                     await self._serve(client)
@@ -266,6 +312,8 @@ class MqttHub:
             finally:
                 self._client = None
                 self.connected.clear()
+                _release(self._unsent_waiters)  # the next connect restores their filters
+                self._unsent_waiters = []
                 self._abandon(client)
             await self._stop.sleep(backoff.next_delay())
         self.tracker.set(HealthState.OFFLINE, "stopped")
@@ -325,6 +373,7 @@ class MqttHub:
     async def _serve(self, client: aiomqtt.Client) -> None:
         receiver = asyncio.create_task(self._receive(client), name=f"{self.name}:receive")
         stop = asyncio.create_task(self._stop.wait(), name=f"{self.name}:stop-wait")
+        subscriber = asyncio.create_task(self._subscriber(client), name=f"{self.name}:subscribe")
         try:
             await asyncio.wait([receiver, stop], return_when=asyncio.FIRST_COMPLETED)
             if stop.done():
@@ -335,9 +384,9 @@ class MqttHub:
             self._disconnect_with_will(client)
             raise
         finally:
-            for task in (receiver, stop):
+            for task in (receiver, stop, subscriber):
                 task.cancel()
-            await asyncio.gather(receiver, stop, return_exceptions=True)
+            await asyncio.gather(receiver, stop, subscriber, return_exceptions=True)
         if not stop.done() and receiver.done() and receiver.exception() is not None:
             raise receiver.exception()  # type: ignore[misc]
 

@@ -61,6 +61,22 @@ def test_a_broker_restart_mid_show_recovers_on_its_own(
                 lambda: all(health(c).get(d) == "online" for d in MQTT_DEVICES),
             )
             assert c.post("/api/v1/playback/go", json={}).status_code == 200
+            # Cue 0.5 powers the projector on, through its gateway ("video", not a node of
+            # the venue): sent at once, without the `at` of mqtt.md §5.1 that a vendor's
+            # gateway refuses (the soak benchmark found every such command refused).
+            wait(
+                "the projector's power_on carried out",
+                lambda: (
+                    [
+                        e["result"]
+                        for e in c.get("/api/v1/journal", params={"device": "projector-1"}).json()[
+                            "events"
+                        ]
+                        if e["command"] == "device.power_on"
+                    ]
+                    == ["ok"]
+                ),
+            )
             before = c.get("/api/v1/journal", params={"limit": 10000}).json()["events"]
             _stop(broker)
             down = time.monotonic()

@@ -415,3 +415,47 @@ async def test_every_message_of_many_publishers_arrives_while_telemetry_flows(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# --- subscriptions while connected ------------------------------------------------------------
+
+
+async def test_filters_added_at_once_go_to_the_broker_together() -> None:
+    """Found running examples/venue-large.toml on the embedded broker: amqtt answers one
+    SUBSCRIBE at a time and sends each one's retained messages before it reads the next; at
+    ~0.5 s a packet, with one packet per device, the last devices stayed offline ("broker not
+    connected") for two minutes. 300 devices subscribing at once must cost a few packets, and
+    each must get its retained messages."""
+    from edge.broker import EmbeddedBroker
+
+    port, venue, count = free_port(), new_venue(), 300
+    async with EmbeddedBroker("127.0.0.1", port):
+        async with aiomqtt.Client("127.0.0.1", port, identifier="retainer") as pub:
+            for i in range(count):  # retained points, as the gear publishes them
+                for point in ("level", "temp", "state"):
+                    await pub.publish(
+                        f"flytower/{venue}/gw/dev-{i:03d}/{point}", b"1", qos=1, retain=True
+                    )
+        hub = MqttHub(BrokerSettings("127.0.0.1", port, client_id="many", timeout_s=2.0))
+        got: set[str] = set()
+        async with running(hub.run(), "hub") as task:
+            await asyncio.wait_for(hub.connected.wait(), 10)
+            t0 = time.monotonic()
+            await asyncio.gather(
+                *(
+                    hub.subscribe(
+                        f"flytower/{venue}/gw/dev-{i:03d}/#", lambda m: got.add(m.topic.value)
+                    )
+                    for i in range(count)
+                )
+            )
+            took = time.monotonic() - t0
+            await wait_until(lambda: _true(len(got) == 3 * count), 30, "every retained point")
+            print(
+                f"{count} filters: {hub.stats.subscribes} SUBSCRIBE(s), acknowledged in "
+                f"{took:.2f} s"
+            )
+            assert hub.stats.subscribes <= 3
+            assert hub.stats.subscribe_failures == 0
+            hub.stop()
+            await asyncio.wait_for(task, 5)
