@@ -124,8 +124,8 @@ async def move(api: httpx.AsyncClient, sim: httpx.AsyncClient, target: float) ->
 @pytest.mark.parametrize(
     ("fault", "params", "model", "code"),
     [
-        ("bearing_wear", {"rate_n_s": 800}, "motor_current", 4),
-        ("brake_wear", {"rate_ms_s": 20}, "brake_release", 6),
+        ("bearing_wear", {"rate_n_s": 1600}, "motor_current", 4),
+        ("brake_wear", {"rate_ms_s": 60}, "brake_release", 6),
     ],
 )
 async def test_drift_is_warned_of_before_the_drive_faults(
