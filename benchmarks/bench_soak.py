@@ -181,15 +181,24 @@ class Run:
     events: int = 0
 
 
-def rss(service: psutil.Process) -> dict[str, float]:
-    """Resident MB of the service and of each of its child processes, by name."""
+def rss(service: psutil.Process, names: dict[int, str]) -> dict[str, float]:
+    """Resident MB of the service and of each of its child processes, by role."""
     out = {"service": service.memory_info().rss / 1e6}
     for child in service.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            name = " ".join(child.cmdline()[-2:]) if child.cmdline() else str(child.pid)
-            key = "writer" if "store" in name else f"child {child.pid}"
-            out[key] = child.memory_info().rss / 1e6
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue  # multiprocessing's bookkeeping, 13 MB, not ours
+            out[names.get(child.pid, "store writer")] = child.memory_info().rss / 1e6
     return out
+
+
+def child_names(health: dict[str, Any]) -> dict[int, str]:
+    """The ingest workers' pids, from the service's health (the other child is the store's)."""
+    return {
+        int(link["pid"]): name.replace("-", " worker ")
+        for name, link in health["links"].items()
+        if name.startswith("ingest-") and link.get("pid")
+    }
 
 
 async def sample(api: int, service: psutil.Process, t0: float) -> Sample:
@@ -203,7 +212,7 @@ async def sample(api: int, service: psutil.Process, t0: float) -> Sample:
     jitter = (lighting["stats"].get("jitter_ms") or {}).get("p99", float("nan"))
     return Sample(
         t=time.monotonic() - t0,
-        rss_mb=rss(service),
+        rss_mb=rss(service, child_names(health)),
         devices_ms=devices_ms,
         jitter_p99_ms=float(jitter),
         written=metric(metrics, "flytower_store_written_total"),
@@ -308,13 +317,13 @@ def report(run: Run) -> None:
         print("   too short a run for a figure: give --minutes above 4")
         return
     total = [(x.t, sum(x.rss_mb.values())) for x in after]
-    main = [(x.t, x.rss_mb["service"]) for x in after]
     mean_total = statistics.fmean(v for _, v in total)
     growth = slope_per_h(total)
+    half = total[len(total) // 2 :]
     print(
         f"   memory (service + children): {mean_total:.0f} MB on average after the warm-up; "
         f"trend {growth:+.1f} MB/h ({100 * growth / mean_total:+.2f} %/h), "
-        f"the service's own {slope_per_h(main):+.1f} MB/h"
+        f"over the last half {slope_per_h(half):+.1f} MB/h"
     )
     mem_first = statistics.fmean(sum(x.rss_mb.values()) for x in first)
     mem_last = statistics.fmean(sum(x.rss_mb.values()) for x in last)
@@ -322,6 +331,14 @@ def report(run: Run) -> None:
         f"   memory, last window against the first: {mem_last:.0f} / {mem_first:.0f} MB"
         f" = {mem_last / mem_first:.3f}x"
     )
+    for key in sorted({k for x in after for k in x.rss_mb}):
+        series = [(x.t, x.rss_mb[key]) for x in after if key in x.rss_mb]
+        was = statistics.fmean(x.rss_mb.get(key, 0.0) for x in first)
+        now = statistics.fmean(x.rss_mb.get(key, 0.0) for x in last)
+        print(
+            f"     {key}: {was:.0f} -> {now:.0f} MB, trend {slope_per_h(series):+.1f} MB/h, "
+            f"over the last half {slope_per_h(series[len(series) // 2 :]):+.1f} MB/h"
+        )
 
     def gos(window: list[Sample]) -> list[float]:
         lo, hi = window[0].t - SAMPLE_S, window[-1].t

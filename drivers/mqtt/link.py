@@ -221,6 +221,7 @@ class MqttNodeLink:
         self._warned_topics: set[str] = set()
         self._closing = False
         self._state_pending: set[str] = set()
+        self._state_dirty: set[str] = set()  # changed while its publisher was busy
 
     # --- compatibility surface used by edge/ and the tests -------------------------------
 
@@ -279,9 +280,17 @@ class MqttNodeLink:
             return
         # One publisher per device at a time, and it waits for the connection: a change that
         # lands while the births are being sent (before ``connected`` is set) must not be lost.
-        if not self._closing and health.device not in self._state_pending:
-            self._state_pending.add(health.device)
-            self._spawn(self._publish_device_state_when_connected(health.device))
+        # A change while it publishes marks the device: the publisher sends the newest state
+        # again when done. Health that changes faster than the broker acknowledges (a loaded
+        # house: its reasons carry timings) costs one publish in flight per device, not a task
+        # per change (the soak benchmark found thousands waiting, and memory growing).
+        if self._closing:
+            return
+        if health.device in self._state_pending:
+            self._state_dirty.add(health.device)
+            return
+        self._state_pending.add(health.device)
+        self._spawn(self._publish_device_state_when_connected(health.device))
 
     async def _publish_device_state(self, device: str, offline_reason: str | None = None) -> None:
         h = self._health.get(device)
@@ -294,11 +303,15 @@ class MqttNodeLink:
 
     async def _publish_device_state_when_connected(self, device: str) -> None:
         try:
-            await self.hub.connected.wait()
+            while True:
+                await self.hub.connected.wait()
+                self._state_dirty.discard(device)  # what is published now is the newest
+                await self._publish_device_state_quietly(device)
+                if device not in self._state_dirty or self._closing:
+                    return
         finally:
-            # Cleared before publishing: a later change starts a publisher of its own.
             self._state_pending.discard(device)
-        await self._publish_device_state_quietly(device)
+            self._state_dirty.discard(device)
 
     async def _publish_device_state_quietly(self, device: str) -> None:
         # The birth after the next reconnect carries the latest health anyway.

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from drivers.model import HealthState, Quality, Reading
+from drivers.model import Health, HealthState, Quality, Reading
 from drivers.mqtt.hub import BrokerSettings, BrokerUnavailable, MqttHub
 from drivers.mqtt.link import EndOfFeed, MqttNodeLink
 from drivers.mqtt.schema import device_state_topic
@@ -459,3 +459,42 @@ async def test_filters_added_at_once_go_to_the_broker_together() -> None:
             assert hub.stats.subscribe_failures == 0
             hub.stop()
             await asyncio.wait_for(task, 5)
+
+
+async def test_health_that_flaps_while_the_broker_lags_costs_one_publisher_per_device(
+    tmp_path: Path,
+) -> None:
+    """Found by the soak benchmark (the opera house on two cores): device health changing
+    faster than the broker acknowledged left a task per change waiting to publish, thousands
+    of them, and memory growing. The broker is frozen (SIGSTOP) while 50 devices change
+    health 40 times each: at most one publisher per device may wait, and once the broker
+    answers, each device's retained ``$state`` is its newest."""
+    port = free_port()
+    broker = await asyncio.to_thread(start_mosquitto, tmp_path / "broker", port)
+    venue = new_venue()
+    devices = [f"dev-{i:02d}" for i in range(50)]
+    link = MqttNodeLink("127.0.0.1", port, venue, NODE, devices)
+    feed = Feed()
+    try:
+        async with running(link.run(feed.next_batch), "mqtt-link") as task:
+            await asyncio.wait_for(link.connected.wait(), 10)
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                for n in range(40):
+                    for d in devices:
+                        link.device_health(Health(d, HealthState.DEGRADED, f"late poll {n}"))
+                    await asyncio.sleep(0.01)
+                waiting = len(link._tasks)
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            assert waiting <= len(devices), f"{waiting} publishers for {len(devices)} devices"
+            await wait_until(lambda: _true(not link._tasks), 20, "the publishers done")
+            states = await retained_device_states(port, venue, len(devices))
+            reasons = {json.loads(p)["reason"] for p in states.values()}
+            assert len(states) == len(devices) and reasons == {"late poll 39"}, reasons
+            feed.close()
+            await asyncio.wait_for(task, 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(broker.pid, signal.SIGCONT)
+        await stop_process(broker)
