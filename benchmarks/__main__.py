@@ -7,6 +7,7 @@ import importlib
 import pkgutil
 import sys
 import time
+import traceback
 
 import benchmarks
 
@@ -16,6 +17,7 @@ def main(argv: list[str]) -> int:
         m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_")
     )
     chosen = [n for n in names if not argv or any(a in n for a in argv)]
+    failed: list[str] = []
     for name in chosen:
         module = importlib.import_module(f"benchmarks.{name}")
         print(
@@ -23,9 +25,15 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         t0 = time.perf_counter()
-        asyncio.run(module.run())
+        try:
+            asyncio.run(module.run())
+        except Exception:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            failed.append(name)
         print(f"   ({time.perf_counter() - t0:.1f} s)\n", flush=True)
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

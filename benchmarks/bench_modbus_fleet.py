@@ -96,7 +96,8 @@ def simulators(folder: Path) -> Iterator[list[tuple[int, int]]]:
             venue.write_text("".join(lines))
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "simulators", str(venue)],
+                    # --control-port 0: the processes must not all want the default 18890
+                    [sys.executable, "-m", "simulators", str(venue), "--control-port", "0"],
                     cwd=REPO,
                     stdout=subprocess.DEVNULL,
                     stderr=open(folder / f"sim-{i}.log", "wb"),  # noqa: SIM115
