@@ -174,7 +174,7 @@ class Sample:
 class Run:
     samples: list[Sample] = field(default_factory=list)
     gos: list[tuple[float, float]] = field(default_factory=list)  # (t, round trip ms)
-    go_refused: list[str] = field(default_factory=list)  # the journal's refused or failed
+    failed_events: list[str] = field(default_factory=list)  # the journal's refused or failed
     wall0: float = field(default_factory=time.time)
     warmup_s: float = WARMUP_S  # a shorter run takes a fifth of itself for each
     window_s: float = WINDOW_S
@@ -284,7 +284,7 @@ async def play(api: int, service: psutil.Process, seconds: float) -> Run:
                         await ft.go("main")
                         run.gos.append((now - t0, (time.perf_counter() - t) * 1000))
                     except FlytowerError as exc:
-                        run.go_refused.append(str(exc))
+                        run.failed_events.append(str(exc))
                     next_go += GO_EVERY_S
                 if now >= next_sample:
                     run.samples.append(await sample(api, service, t0))
@@ -302,7 +302,7 @@ async def play(api: int, service: psutil.Process, seconds: float) -> Run:
                 await asyncio.sleep(min(next_go, next_sample) - time.monotonic())
         events = await ft.journal(since=run.wall0, limit=10_000)
     run.events = len(events)
-    run.go_refused += [
+    run.failed_events += [
         f"{e['command']} {e['result']}: {e.get('reason')}" for e in events if e["result"] != "ok"
     ]
     return run
@@ -361,9 +361,9 @@ def report(run: Run) -> None:
     print(
         f"   {len(run.gos)} GOs; journal: {run.events} events"
         f"{' (the latest 10 000)' if run.events >= 10_000 else ''}, "
-        f"{len(run.go_refused)} refused or failed"
+        f"{len(run.failed_events)} refused or failed"
     )
-    for reason in run.go_refused[:5]:
+    for reason in run.failed_events[:5]:
         print(f"     {reason}")
 
 

@@ -32,7 +32,7 @@ import pytest
 
 from tests.chaos.conftest import full_length
 from tests.chaos.test_disk_full import wait
-from tests.chaos.test_kill_mid_show import Enable, truth
+from tests.chaos.test_kill_mid_show import Enable, fly_hoist, truth
 from tests.conftest import stop_all
 from tests.peers.demo import admin_token, demo_venue
 
@@ -143,12 +143,7 @@ def test_dead_slow_and_dropped_devices_under_the_running_show(
                 lambda: c.get("/api/v1/machinery").json().get("enable", {}).get("live", False),
                 10,
             )
-            start = truth(demo.sim, "hoist-1")["position_mm"]
-            r = c.post(
-                "/api/v1/devices/hoist-1/commands/move_to",
-                json={"position": 2000 if start > 6000 else 10000, "speed": 300},
-            )
-            assert r.status_code == 200, r.text
+            fly_hoist(c, demo.sim)
             wait("hoist-1 moving", lambda: truth(demo.sim, "hoist-1")["moving"], 10)
             fault(demo.sim, "hoist-1", "comms_loss", mode="drop")
             cut = time.monotonic()

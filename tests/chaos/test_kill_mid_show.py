@@ -44,6 +44,16 @@ def truth(sim: str, device: str) -> dict[str, Any]:
     return dict(found)
 
 
+def fly_hoist(c: httpx.Client, sim: str) -> None:
+    """The operator moves hoist-1 well away from where it stands (the enable must be held)."""
+    start = truth(sim, "hoist-1")["position_mm"]
+    r = c.post(
+        "/api/v1/devices/hoist-1/commands/move_to",
+        json={"position": 2000 if start > 6000 else 10000, "speed": 300},
+    )
+    assert r.status_code == 200, r.text
+
+
 class Enable(threading.Thread):
     """The operator's hold-to-run enable, renewed every 0.1 s (through the kill, in vain)."""
 
@@ -91,12 +101,7 @@ def test_kill_9_mid_show_stops_the_hoist_and_loses_nothing(tmp_path: Any) -> Non
                 time.sleep(0.7)  # past the list's GO debounce
             # Cue 3 flies hoist-1 in; if it has arrived already, the operator moves it.
             if not truth(demo.sim, "hoist-1")["moving"]:
-                start = truth(demo.sim, "hoist-1")["position_mm"]
-                r = c.post(
-                    "/api/v1/devices/hoist-1/commands/move_to",
-                    json={"position": 2000 if start > 6000 else 10000, "speed": 300},
-                )
-                assert r.status_code == 200, r.text
+                fly_hoist(c, demo.sim)
             wait("hoist-1 moving", lambda: truth(demo.sim, "hoist-1")["moving"], 10)
             target = truth(demo.sim, "hoist-1")["target_mm"]
             time.sleep(0.5)
