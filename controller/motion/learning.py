@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -28,20 +27,47 @@ MOVING = 1.0  # |velocity| above which the axis counts as moving (its unit/s)
 CACHE_S = 5.0
 
 
+class Window:
+    """The last ``size`` samples of one figure, as float32 in one array allocated at the first
+    sample: 4 bytes a sample where a deque of floats costs 32 (the large venue's 64 axes kept
+    up to 200 MB that way, filling for hours: bench_soak). The order of the samples is not
+    kept; a percentile does not need it."""
+
+    __slots__ = ("_buf", "_i", "_n", "_size")
+
+    def __init__(self, size: int = WINDOW) -> None:
+        self._size = size
+        self._buf: np.ndarray | None = None
+        self._i = self._n = 0
+
+    def append(self, value: float) -> None:
+        if self._buf is None:
+            self._buf = np.empty(self._size, np.float32)
+        self._buf[self._i] = value
+        self._i = (self._i + 1) % self._size
+        self._n = min(self._n + 1, self._size)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def values(self) -> np.ndarray:
+        return np.empty(0) if self._buf is None else self._buf[: self._n].astype(np.float64)
+
+
 @dataclass
 class AxisRecord:
-    acceleration: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    speed: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    following_error: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    load_moving: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    load_static: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    acceleration: Window = field(default_factory=Window)
+    speed: Window = field(default_factory=Window)
+    following_error: Window = field(default_factory=Window)
+    load_moving: Window = field(default_factory=Window)
+    load_static: Window = field(default_factory=Window)
     last: tuple[float, float] | None = None  # (t, velocity) of the last status used
 
 
-def _figure(samples: deque[float]) -> float | None:
+def _figure(samples: Window) -> float | None:
     if len(samples) < MIN_SAMPLES:
         return None
-    return float(np.percentile(np.fromiter(samples, float), PERCENTILE))
+    return float(np.percentile(samples.values(), PERCENTILE))
 
 
 class Learning:

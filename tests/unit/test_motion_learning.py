@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from controller.journal import Origin, SourceKind
-from controller.motion.learning import MIN_SAMPLES, Learning
+from controller.motion.learning import MIN_SAMPLES, WINDOW, Learning, Window
 from controller.motion.planner import Kinematics, State, plan_move
 from tests.unit.test_motion_supervisor import rig
 
@@ -79,3 +79,23 @@ def test_move_maxima_from_the_journal_are_learnt_and_hostile_ones_ignored() -> N
     figure = learn.shown("h")["following_error"]
     assert figure is not None and 12.0 <= figure <= 16.0
     assert learn.shown("h")["speed"] is None  # moves' maxima teach nothing else
+
+
+def test_a_window_keeps_its_last_samples_in_a_fixed_array() -> None:
+    w = Window(size=100)
+    assert len(w) == 0 and w.values().size == 0
+    for i in range(1000):
+        w.append(float(i))
+    assert len(w) == 100
+    assert sorted(w.values()) == [float(i) for i in range(900, 1000)]
+    assert w._buf is not None and w._buf.nbytes == 400  # however long the show runs
+
+
+def test_a_resting_axis_costs_the_same_after_an_hour_of_statuses_as_after_its_window() -> None:
+    learn = Learning()
+    for i in range(2 * WINDOW):  # 50 Hz for 13 minutes, at rest under a constant load
+        learn.observe("h", i / 50, 0.0, 1200.0 + (i % 7), following_error=0.5)
+    rec = learn.axes["h"]
+    assert len(rec.load_static) == len(rec.following_error) == WINDOW
+    assert len(rec.speed) == len(rec.acceleration) == 0  # never moved: nothing allocated
+    assert learn.shown("h")["load_static"] == pytest.approx(1206, abs=0.01)
