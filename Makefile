@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # System packages the test suite's real peers need (REAL-PEERS.md).
 TEST_SYSTEM_PACKAGES := mosquitto mosquitto-clients chromium ola ola-python mbpoll socat jackd2 libportaudio2 openssl victoria-metrics
 
-.PHONY: run test lint bench bench-audio-long hil system-deps clean chaos fuzz
+.PHONY: run test lint bench bench-audio-long hil system-deps clean chaos fuzz audit
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -32,10 +32,16 @@ system-deps:
 
 # Unit tests (pure logic, no timing) run on every core; the tests against real servers and
 # simulated hardware run one at a time, as their timing needs. Both run; either failing fails.
+# Then the dependency audit (tools/audit): a known vulnerability fails; a machine that cannot
+# reach the vulnerability service says so and audits nothing (`make audit` fails then).
 test: $(VENV)/.installed-test system-deps
 	@$(BIN)/pytest -n auto tests/unit; unit=$$?; \
 	  $(BIN)/pytest tests --ignore=tests/unit --durations=25; rest=$$?; \
-	  exit $$(( unit != 0 || rest != 0 ))
+	  $(BIN)/python tools/audit; audit=$$?; \
+	  exit $$(( unit != 0 || rest != 0 || audit != 0 ))
+
+audit: $(VENV)/.installed-test
+	$(BIN)/python tools/audit --required
 
 # The chaos suite at full length (a 30 s outage where `make test` has 5 s).
 chaos: $(VENV)/.installed-test system-deps

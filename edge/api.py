@@ -39,11 +39,13 @@ from fastapi import (
     WebSocket,
     WebSocketDisconnect,
 )
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, Device, Reading
@@ -62,6 +64,7 @@ from edge import (
     ws_topics,
 )
 from edge import metrics as edge_metrics
+from edge.api_docs import allowed_methods, complete, errors
 from edge.auth import RateLimiter
 
 if TYPE_CHECKING:
@@ -156,6 +159,13 @@ def create_app(service: Service) -> FastAPI:
             for err in exc.errors()
         ]
         return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
+        # Starlette names the methods of the first route on the path only.
+        allow = ", ".join(sorted(allowed_methods(app, request.url.path)))
+        exc.headers = {**(exc.headers or {}), "Allow": allow}
+        return await http_exception_handler(request, exc)
 
     def device_or_404(device_id: str) -> Device:
         dev = service.devices.get(device_id)
@@ -345,7 +355,7 @@ def create_app(service: Service) -> FastAPI:
         commands sent to or applied from the other, the last takeover (docs/distributed.md)."""
         return service.control.status()
 
-    @app.post("/api/v1/control/takeover", tags=["service"])
+    @app.post("/api/v1/control/takeover", tags=["service"], responses=errors(409))
     async def control_takeover(request: Request) -> dict[str, Any]:
         """This standby controller takes the show: a planned switch, or the fail-back to a
         primary that came back. Journalled; the other controller yields."""
@@ -362,11 +372,11 @@ def create_app(service: Service) -> FastAPI:
     async def list_devices() -> list[DeviceOut]:
         return [device_out(d) for d in service.devices.values()]
 
-    @app.get("/api/v1/devices/{device_id}", tags=["devices"])
+    @app.get("/api/v1/devices/{device_id}", tags=["devices"], responses=errors(404))
     async def get_device(device_id: str) -> DeviceOut:
         return device_out(device_or_404(device_id))
 
-    @app.get("/api/v1/devices/{device_id}/points", tags=["devices"])
+    @app.get("/api/v1/devices/{device_id}/points", tags=["devices"], responses=errors(404))
     async def get_points(device_id: str) -> list[PointOut]:
         dev = device_or_404(device_id)
         out = []
@@ -388,7 +398,11 @@ def create_app(service: Service) -> FastAPI:
             )
         return out
 
-    @app.get("/api/v1/devices/{device_id}/points/{point}/history", tags=["telemetry"])
+    @app.get(
+        "/api/v1/devices/{device_id}/points/{point}/history",
+        tags=["telemetry"],
+        responses=errors(404),
+    )
     async def get_history(
         device_id: str,
         point: str,
@@ -413,7 +427,11 @@ def create_app(service: Service) -> FastAPI:
             quality=[r.quality.value for r in rows],
         )
 
-    @app.post("/api/v1/devices/{device_id}/commands/{command}", tags=["devices"])
+    @app.post(
+        "/api/v1/devices/{device_id}/commands/{command}",
+        tags=["devices"],
+        responses=errors(404, 503),
+    )
     async def post_command(
         request: Request,
         device_id: str,
@@ -673,4 +691,5 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(api_maintenance.router(service))
     app.include_router(api_alarms.router(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    complete(app)  # the error answers in the OpenAPI document
     return app

@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from controller.journal import journalled
 from controller.playback.ports import PlaybackError, Unavailable
 from edge.api_auth import origin_of
+from edge.api_docs import errors
 
 if TYPE_CHECKING:
     from edge.acoustics import SoundFieldControl
@@ -78,11 +79,15 @@ class AdaptIn(BaseModel):
     level_db: float = Field(default=-30.0, ge=-80, le=-6, allow_inf_nan=False)
 
 
+# 1-based channels, checked by MeasureIn._channels; declared for the OpenAPI document
+_CHANNELS: dict[str, Any] = {"items": {"type": "integer", "minimum": 1, "maximum": 128}}
+
+
 class MeasureIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    outputs: list[int] = Field(min_length=1, max_length=64)
-    inputs: list[int] = Field(min_length=1, max_length=64)
+    outputs: list[int] = Field(min_length=1, max_length=64, json_schema_extra=_CHANNELS)
+    inputs: list[int] = Field(min_length=1, max_length=64, json_schema_extra=_CHANNELS)
     sweeps: int = Field(default=3, ge=1, le=16)
     level_db: float = Field(default=-20.0, ge=-80, le=0, allow_inf_nan=False)
     sweep_s: float = Field(default=2.0, ge=0.1, le=30, allow_inf_nan=False)
@@ -113,7 +118,7 @@ def router(service: Service) -> APIRouter:
             return {"configured": False}
         return {"configured": True, **service.soundfield.snapshot()}
 
-    @api.post("/api/v1/acoustics/recall")
+    @api.post("/api/v1/acoustics/recall", responses=errors(404, 409, 422))
     async def recall(body: RecallIn, request: Request) -> dict[str, Any]:
         sf = service.soundfield
         if sf is None:
@@ -135,7 +140,7 @@ def router(service: Service) -> APIRouter:
         except PlaybackError as exc:
             raise HTTPException(exc.status or 409, str(exc)) from None
 
-    @api.post("/api/v1/acoustics/measure", status_code=202)
+    @api.post("/api/v1/acoustics/measure", status_code=202, responses=errors(404, 409, 422))
     async def measure(body: MeasureIn, request: Request) -> dict[str, Any]:
         sf = service.soundfield
         if sf is None:
@@ -156,7 +161,9 @@ def router(service: Service) -> APIRouter:
         except PlaybackError as exc:
             raise HTTPException(exc.status or 409, str(exc)) from None
 
-    @api.post("/api/v1/acoustics/zones/{zone}/adapt", status_code=202)
+    @api.post(
+        "/api/v1/acoustics/zones/{zone}/adapt", status_code=202, responses=errors(404, 409, 422)
+    )
     async def adapt(zone: str, body: AdaptIn, request: Request) -> dict[str, Any]:
         sf = service.soundfield
         if sf is None:
@@ -186,7 +193,7 @@ def router(service: Service) -> APIRouter:
         except PlaybackError as exc:
             raise HTTPException(exc.status or 409, str(exc)) from None
 
-    @api.post("/api/v1/acoustics/stop")
+    @api.post("/api/v1/acoustics/stop", responses=errors(404))
     async def stop(request: Request) -> dict[str, Any]:
         """Stop the test signal now: the running measurement is aborted and a running
         adaptation cancelled (journalled); nothing running is not an error."""
@@ -224,11 +231,11 @@ def router(service: Service) -> APIRouter:
         except PlaybackError as exc:
             raise HTTPException(exc.status or 404, str(exc)) from None
 
-    @api.get("/api/v1/acoustics/measurements/{run_id}")
+    @api.get("/api/v1/acoustics/measurements/{run_id}", responses=errors(404, 409, 422))
     async def measurement(run_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(_stored, lambda sf: sf.measurement_result(run_id))
 
-    @api.get("/api/v1/acoustics/adaptations/{run_id}")
+    @api.get("/api/v1/acoustics/adaptations/{run_id}", responses=errors(404, 409, 422))
     async def adaptation(run_id: str) -> dict[str, Any]:
         """A finished adaptation's record: its iterations, result and what it played."""
 
@@ -240,7 +247,7 @@ def router(service: Service) -> APIRouter:
     @api.get(
         "/api/v1/acoustics/adaptations/{run_id}/plot",
         response_class=FileResponse,
-        responses={200: {"content": {"image/png": {}}}},
+        responses=errors(404, 409, 422) | {200: {"content": {"image/png": {}}}},
     )
     async def adaptation_plot(run_id: str) -> FileResponse:
         """Its before/after plot (PNG): each metric per band against the target's JND band."""

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from edge.alarms import SEVERITIES, AlarmEngine, AlarmError, State, operator_name
 from edge.api_auth import origin_of
+from edge.api_docs import errors
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -70,7 +71,7 @@ def _fail(exc: AlarmError) -> HTTPException:
 
 
 def router(service: Service) -> APIRouter:
-    api = APIRouter(prefix="/api/v1/alarms", tags=["alarms"])
+    api = APIRouter(prefix="/api/v1/alarms", tags=["alarms"], responses=errors(404))
 
     @api.get("")
     async def alarms(
@@ -110,7 +111,7 @@ def router(service: Service) -> APIRouter:
         )
         return {"events": events, "count": len(events), "truncated": len(events) == limit}
 
-    @api.post("/{alarm_id}/ack")
+    @api.post("/{alarm_id}/ack", responses=errors(409))
     async def ack(
         alarm_id: str, request: Request, body: Annotated[AckIn | None, Body()] = None
     ) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def router(service: Service) -> APIRouter:
         except AlarmError as exc:
             raise _fail(exc) from None
 
-    @api.post("/{alarm_id}/shelve")
+    @api.post("/{alarm_id}/shelve", responses=errors(409))
     async def shelve(alarm_id: str, body: ShelveIn, request: Request) -> dict[str, Any]:
         engine = engine_of(service)
         until = body.until if body.until is not None else engine.clock() + (body.duration_s or 0)
@@ -130,7 +131,7 @@ def router(service: Service) -> APIRouter:
         except AlarmError as exc:
             raise _fail(exc) from None
 
-    @api.post("/{alarm_id}/unshelve")
+    @api.post("/{alarm_id}/unshelve", responses=errors(409))
     async def unshelve(alarm_id: str, request: Request) -> dict[str, Any]:
         who = operator_name(origin_of(request))
         try:

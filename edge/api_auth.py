@@ -20,6 +20,7 @@ from fastapi.requests import HTTPConnection
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from controller.journal import JournalEvent, Origin, Result, SourceKind
+from edge.api_docs import errors
 from edge.auth import (
     GRANTS,
     OPEN,
@@ -29,6 +30,7 @@ from edge.auth import (
     Permission,
     Principal,
     RateLimiter,
+    Role,
     role_of,
 )
 
@@ -248,7 +250,10 @@ class LoginIn(BaseModel):
 class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    role: Annotated[StrictStr, Field(min_length=1, max_length=20)]
+    role: Annotated[  # role_of says which roles there are; the document lists them too
+        StrictStr,
+        Field(min_length=1, max_length=20, json_schema_extra={"enum": [r.value for r in Role]}),
+    ]
 
 
 def router(service: Service, gate: Gate) -> APIRouter:
@@ -265,7 +270,7 @@ def router(service: Service, gate: Gate) -> APIRouter:
             raise HTTPException(404, "access control is off on this node ([auth] enabled)")
         return gate.store
 
-    @api.post("/login")
+    @api.post("/login", responses=errors(401, 404, 429))
     async def login(request: Request, response: Response, body: LoginIn) -> dict[str, Any]:
         """Sign in to the console: sets the session cookie (HttpOnly, SameSite=Strict) and
         returns the session's secret too, for a client that cannot keep cookies."""
@@ -320,15 +325,15 @@ def router(service: Service, gate: Gate) -> APIRouter:
             "permissions": sorted(x.value for x in GRANTS[p.role]),
         }
 
-    @api.get("/users")
+    @api.get("/users", responses=errors(404))
     async def users() -> list[dict[str, Any]]:
         return store().users()
 
-    @api.get("/tokens")
+    @api.get("/tokens", responses=errors(404))
     async def tokens() -> list[dict[str, Any]]:
         return store().tokens()
 
-    @api.post("/tokens")
+    @api.post("/tokens", responses=errors(404))
     async def create_token(request: Request, body: TokenIn) -> dict[str, Any]:
         """A new API token for a script. Its secret is in this answer only."""
         try:
@@ -339,7 +344,7 @@ def router(service: Service, gate: Gate) -> APIRouter:
         await journal(origin_of(request), "auth.token.create", Result.OK, f"{body.label} ({role})")
         return {"id": tid, "label": body.label, "role": role.value, "token": secret}
 
-    @api.delete("/tokens/{token_id}")
+    @api.delete("/tokens/{token_id}", responses=errors(404))
     async def revoke_token(request: Request, token_id: str) -> dict[str, Any]:
         try:
             store().revoke(token_id)

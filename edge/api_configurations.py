@@ -37,6 +37,7 @@ from controller.configurations import Switcher, axis_info
 from controller.journal import Origin
 from controller.playback import LoopClock, PlaybackError
 from edge.api_auth import origin_of
+from edge.api_docs import errors
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -123,7 +124,7 @@ class SwitchIn(BaseModel):
 
 
 def router(service: Service) -> APIRouter:
-    api = APIRouter(tags=["configurations"])
+    api = APIRouter(tags=["configurations"], responses=errors(503))
 
     def engine() -> Switcher:
         sw = switcher(service)
@@ -145,7 +146,7 @@ def router(service: Service) -> APIRouter:
     async def progress() -> dict[str, Any]:
         return engine().progress()
 
-    @api.post("/api/v1/configurations/switch/abort")
+    @api.post("/api/v1/configurations/switch/abort", responses=errors(404, 409))
     async def abort(
         request: Request, body: Annotated[SwitchIn | None, Body()] = None
     ) -> dict[str, Any]:
@@ -155,12 +156,12 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(exc.status, exc.reason) from exc
         return {"ok": True, "progress": out}
 
-    @api.get("/api/v1/configurations/{name}")
+    @api.get("/api/v1/configurations/{name}", responses=errors(404, 409))
     async def plan(name: NamePath) -> dict[str, Any]:
         sw = engine()
         return dict(call(lambda: sw.plan(name)))
 
-    @api.post("/api/v1/configurations/{name}/switch", status_code=202)
+    @api.post("/api/v1/configurations/{name}/switch", status_code=202, responses=errors(404, 409))
     async def switch(
         request: Request, name: NamePath, body: Annotated[SwitchIn | None, Body()] = None
     ) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
+from controller.journal import SourceKind
+from edge.api_docs import csv_or_parquet
 from edge.journal import (
     QUERY_LIMIT_MAX,
     JournalQuery,
@@ -47,8 +49,17 @@ def _query(
 
 _SINCE = Query(None, description="requested at or after, epoch seconds")
 _UNTIL = Query(None, description="requested at or before, epoch seconds")
-_DEVICE = Query(None, description="only events that target this device/fixture/axis id")
-_SOURCE = Query(None, description="only this source kind: user, script, osc, mqtt, …")
+# Checked by JournalQuery, with its own messages; declared here for the OpenAPI document.
+_DEVICE = Query(
+    None,
+    description="only events that target this device/fixture/axis id",
+    json_schema_extra={"minLength": 1, "maxLength": 1000, "pattern": r"^[^\x00-\x1f\x7f]*$"},
+)
+_SOURCE = Query(
+    None,
+    description="only this source kind: user, script, osc, mqtt, …",
+    json_schema_extra={"enum": [k.value for k in SourceKind]},
+)
 
 
 def router(service: Service) -> APIRouter:
@@ -69,7 +80,7 @@ def router(service: Service) -> APIRouter:
         body = '{"events":[' + ",".join(events) + '],"truncated":' + json.dumps(more) + "}"
         return Response(body, media_type="application/json")
 
-    @r.get("/export")
+    @r.get("/export", response_class=StreamingResponse, responses=csv_or_parquet())
     async def export(
         format: Literal["csv", "parquet"] = Query(..., description="csv or parquet"),
         since: float | None = _SINCE,

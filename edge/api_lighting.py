@@ -22,6 +22,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from controller.lighting import LightingEngine, LightingError
+from edge.api_docs import errors
 
 if TYPE_CHECKING:
     from edge.service import Service
@@ -47,7 +48,7 @@ class FixtureIn(BaseModel):
 
 
 def router(service: Service) -> APIRouter:
-    api = APIRouter(prefix="/api/v1/lighting", tags=["lighting"])
+    api = APIRouter(prefix="/api/v1/lighting", tags=["lighting"], responses=errors(404))
 
     def engine() -> LightingEngine:
         if service.lighting is None:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from controller.journal import Origin, Result, SourceKind
 from controller.motion.supervisor import MotionRefused, StopKind, Supervisor
 from edge.api_auth import origin_of
+from edge.api_docs import errors
 from edge.ws_topics import json_safe
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ async def release(sup: Supervisor, holder: str, origin: Origin) -> dict[str, Any
 
 
 def router(service: Service) -> APIRouter:
-    api = APIRouter(prefix="/api/v1/machinery", tags=["machinery"])
+    api = APIRouter(prefix="/api/v1/machinery", tags=["machinery"], responses=errors(404))
 
     @api.get("")
     async def machinery() -> dict[str, Any]:
@@ -105,7 +106,7 @@ def router(service: Service) -> APIRouter:
     async def delete_enable(holder: str, request: Request) -> dict[str, Any]:
         return await release(_supervisor(service), holder, origin_of(request))
 
-    @api.post("/move")
+    @api.post("/move", responses=errors(409))
     async def move(body: MoveIn, request: Request) -> dict[str, Any]:
         sup = _supervisor(service)
         try:
@@ -121,7 +122,7 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(409, str(exc)) from None
         return sup.move_view(m, sup.clock())
 
-    @api.post("/moves/{move_id}/confirm")
+    @api.post("/moves/{move_id}/confirm", responses=errors(409))
     async def confirm(move_id: int, request: Request) -> dict[str, Any]:
         sup = _supervisor(service)
         try:
@@ -140,7 +141,7 @@ def router(service: Service) -> APIRouter:
             raise HTTPException(422, str(exc)) from None
         return {"stopped": axes, "failed": failures}
 
-    @api.post("/estop")
+    @api.post("/estop", responses=errors(503))
     async def estop(request: Request, body: EstopIn | None = None) -> dict[str, Any]:
         """E-stop this node's machinery; on a controller, every node's (a venue E-stop over
         the broker: each node latches its own, and is reset there)."""
@@ -165,7 +166,7 @@ def router(service: Service) -> APIRouter:
             _supervisor(service)  # 404: no machinery here, and no other node to reach
         return out
 
-    @api.post("/estop/reset")
+    @api.post("/estop/reset", responses=errors(409))
     async def estop_reset(request: Request) -> dict[str, Any]:
         sup = _supervisor(service)
         try:

@@ -23,10 +23,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr
 
 from drivers.model import DeviceId
 from edge.api_auth import principal_of
+from edge.api_docs import errors
 from edge.early_warning import EarlyWarning
 from edge.maintenance import Maintenance, MaintenanceError
 
@@ -39,7 +40,7 @@ Name = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[^\x0
 Text = Annotated[StrictStr, Field(max_length=4000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
 Kind = Literal["service", "inspection", "repair", "replacement", "note"]
 Status = Literal["open", "assigned", "done", "cancelled"]
-Epoch = Annotated[StrictFloat | StrictInt, Field(gt=0, lt=4102444800)]  # before 2100
+Epoch = Annotated[StrictFloat, Field(gt=0, lt=4102444800)]  # before 2100; an int is taken too
 
 
 class _In(BaseModel):
@@ -66,6 +67,10 @@ class WorkOrderIn(_In):
 
 
 class WorkOrderPatch(_In):
+    # something to change (``by`` alone is not): checked by the route, declared here
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": [k]} for k in ("status", "assignee", "note")]}
+    )
     status: Status | None = None
     assignee: Name | None = None
     note: Annotated[Text, Field(min_length=1)] | None = None
@@ -118,7 +123,7 @@ _DEVICE = Query(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z
 
 
 def router(service: Service) -> APIRouter:
-    r = APIRouter(prefix="/api/v1/maintenance", tags=["maintenance"])
+    r = APIRouter(prefix="/api/v1/maintenance", tags=["maintenance"], responses=errors(404, 503))
 
     @r.get("")
     async def overview(

@@ -63,6 +63,7 @@ from drivers.base import DeviceUnavailable
 from drivers.model import CommandError, ConfigError, DmxTransport
 from drivers.mqtt.driver import MqttDeviceDriver
 from edge.api_auth import origin_of
+from edge.api_docs import errors
 from edge.audio import ServiceAudio
 
 if TYPE_CHECKING:
@@ -281,7 +282,7 @@ class CommandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     list: ListId | None = None
     cue: CueRef | None = None
-    fade_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 0.0
+    fade_s: Annotated[StrictFloat, Field(ge=0, le=86_400, allow_inf_nan=False)] = 0.0
 
 
 class WsCommand(CommandIn):
@@ -325,7 +326,7 @@ async def run_command(
 
 
 def router(service: Service) -> APIRouter:
-    api = APIRouter(tags=["playback"])
+    api = APIRouter(tags=["playback"], responses=errors(503))
 
     def engine() -> Playback:
         if service.playback is None:
@@ -347,19 +348,21 @@ def router(service: Service) -> APIRouter:
             return {"ok": True, **out}
 
         handler.__name__ = f"playback_{command}"
-        api.post(f"/api/v1/playback/{command}", name=f"playback_{command}")(handler)
+        api.post(
+            f"/api/v1/playback/{command}", name=f"playback_{command}", responses=errors(409, 422)
+        )(handler)
 
     for command in ("go", "back", "stop", "pause", "resume", "panic", "standby", "release"):
         route(command)
 
-    @api.get("/api/v1/show")
+    @api.get("/api/v1/show", responses=errors(404))
     async def get_show() -> dict[str, Any]:
         pb = engine()
         if pb.show is None:
             raise HTTPException(404, "no show is loaded")
         return show_data(pb.show)
 
-    @api.put("/api/v1/show")
+    @api.put("/api/v1/show", responses=errors(409, 422))
     async def put_show(
         request: Request,
         data: Annotated[dict[str, Any], Body()],

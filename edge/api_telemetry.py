@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 
+from edge.api_docs import csv_or_parquet, errors
 from edge.store import (
     LIMIT_MAX,
     POINTS_MAX,
@@ -53,6 +54,10 @@ _RESOLUTION = Query("auto", description="raw, 1s, 1m, or auto (at most ~max_poin
 _AGG = Query("mean", description="the rollup value: mean, min, max or last")
 
 
+class NotOnThisNode(QueryError):
+    """The query names a device or point this node does not have (HTTP 404)."""
+
+
 def _name(v: str) -> str:
     return f"'{v}'" if _ECHO.fullmatch(v) else "(not an id)"
 
@@ -72,12 +77,12 @@ def build_query(
     :class:`QueryError` saying which parameter and why. The CLI's export validates with it too."""
     dev = devices.get(device)
     if dev is None:
-        raise QueryError(f"device: no device {_name(device)} on this node")
+        raise NotOnThisNode(f"device: no device {_name(device)} on this node")
     points = tuple(point) if point else tuple(dev.profile.points)
     unknown = [p for p in points if p not in dev.profile.points]
     if unknown:
         names = ", ".join(_name(p) for p in unknown[:5])
-        raise QueryError(f"point: device {_name(device)} has no point {names}")
+        raise NotOnThisNode(f"point: device {_name(device)} has no point {names}")
     if len(points) > POINTS_MAX:
         raise QueryError(f"point: at most {POINTS_MAX} points a query")
     to = parse_time("to", end, time.time())
@@ -110,13 +115,13 @@ def _query(
             service.devices, device, point, start, end, resolution, agg, max_points, limit
         )
     except QueryError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise HTTPException(404 if isinstance(exc, NotOnThisNode) else 422, str(exc)) from exc
 
 
 def router(service: Service) -> APIRouter:
     r = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
 
-    @r.get("")
+    @r.get("", responses=errors(404))
     async def telemetry(
         device: str = _DEVICE,
         point: list[str] | None = _POINT,
@@ -134,7 +139,9 @@ def router(service: Service) -> APIRouter:
         body = json.dumps(result.as_dict(), separators=(",", ":"), allow_nan=False)
         return Response(body, media_type="application/json")
 
-    @r.get("/export")
+    @r.get(
+        "/export", response_class=StreamingResponse, responses=csv_or_parquet() | errors(404, 503)
+    )
     async def export(
         format: Literal["csv", "parquet"] = Query(..., description="csv or parquet"),
         device: str = _DEVICE,

@@ -15,6 +15,7 @@ from .lighting import EngineLighting
 from .ports import (
     Audio,
     Devices,
+    Incomplete,
     Lighting,
     Machinery,
     NotFound,
@@ -30,6 +31,7 @@ __all__ = [
     "Clock",
     "Devices",
     "EngineLighting",
+    "Incomplete",
     "Lighting",
     "LoopClock",
     "Machinery",

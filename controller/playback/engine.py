@@ -63,6 +63,7 @@ from .ports import (
     POSITION_POINT,
     Audio,
     Devices,
+    Incomplete,
     Lighting,
     Machinery,
     NotFound,
@@ -678,7 +679,7 @@ class Playback:
             self._notify()
             self._replicate({"op": "pause" if pause else "resume", "list": list_id})
             if failures:
-                raise RuntimeError(
+                raise Incomplete(
                     ("pause: " if pause else "resume: ")
                     + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
                 )
@@ -776,7 +777,7 @@ class Playback:
             self._notify()
             self._replicate({"op": "panic"})
             if failures:
-                raise RuntimeError(
+                raise Incomplete(
                     "panic: " + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
                 )
             return {"axes": list(self.machinery.axes)}

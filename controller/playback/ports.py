@@ -47,6 +47,14 @@ class Refused(PlaybackError):
     """Not done, on purpose (debounce, nothing on standby, no show): journalled as refused."""
 
 
+class Incomplete(PlaybackError):
+    """Carried out as far as it could go, but a part of it failed (a device that cannot be
+    reached): journalled as failed, HTTP 503 with what did not happen."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, 503)
+
+
 class NotFound(PlaybackError):
     """An unknown list or cue (422)."""
 

@@ -161,6 +161,34 @@ async def test_openapi_document_is_valid_json_with_the_device_paths(api: Api) ->
     assert "/api/v1/devices/{device_id}/commands/{command}" in doc["paths"]
 
 
+async def test_the_document_lists_the_errors_each_operation_gives(api: Api) -> None:
+    doc = (await api.client.get("/api/v1/openapi.json")).json()
+    ops = doc["paths"]
+    command = ops["/api/v1/devices/{device_id}/commands/{command}"]["post"]["responses"]
+    # its own (404, 503), the body's (400, 422) and the access gate's (401, 403, 429)
+    assert {"400", "401", "403", "404", "422", "429", "503"} <= set(command)
+    assert command["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorOut"
+    }
+    login = ops["/api/v1/auth/login"]["post"]["responses"]  # public: its own 401 and 429
+    assert {"401", "429"} <= set(login) and "403" not in login
+    assert "429" not in ops["/api/v1/playback/stop"]["post"]["responses"]  # stops: no limit
+    export = ops["/api/v1/journal/export"]["get"]["responses"]["200"]["content"]
+    assert "text/csv" in export and "application/json" not in export
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    # the one shape every refusal has: a sentence, or problems with where and what
+    res = await api.client.get("/api/v1/devices/nope")
+    assert res.status_code == 404 and isinstance(res.json()["detail"], str)
+    res = await api.client.get("/api/v1/devices/hoist-1/points/position/history?limit=0")
+    assert res.status_code == 422 and set(res.json()["detail"][0]) == {"loc", "msg"}
+
+
+async def test_a_405_names_every_method_of_the_path(api: Api) -> None:
+    res = await api.client.put("/api/v1/maintenance/work-orders/1")
+    assert res.status_code == 405
+    assert res.headers["allow"] == "GET, PATCH"
+
+
 async def test_console_page_and_its_script_are_served(api: Api) -> None:
     page = await api.client.get("/")
     assert page.status_code == 200

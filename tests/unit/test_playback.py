@@ -15,6 +15,7 @@ from controller.journal import JournalEvent, Origin, Result, SourceKind
 from controller.lighting import LightingEngine, LightingError, Patch
 from controller.playback import (
     EngineLighting,
+    Incomplete,
     Machinery,
     NotFound,
     Playback,
@@ -305,7 +306,7 @@ async def test_a_move_that_cannot_restart_fails_its_action(rig: Rig) -> None:
     await rig.advance(0.1)
     await rig.pb.pause(origin=USER)
     rig.devices.fail.add(("hoist-1", "move_to"))
-    with pytest.raises(RuntimeError, match="resume: hoist-1: hoist-1: hoist-1 refused move_to"):
+    with pytest.raises(Incomplete, match="resume: hoist-1: hoist-1: hoist-1 refused move_to"):
         await rig.pb.resume(origin=USER)
     await rig.advance(0.1)
     failed = [e for e in rig.journal.events if e.command == "action.machinery.move"]
@@ -473,5 +474,5 @@ async def test_panic_calls_its_hooks_and_reports_their_failures(rig: Rig) -> Non
     await rig.pb.panic(origin=USER)
     assert seen == ["test"]
     rig.pb.on_panic.append(broken)
-    with pytest.raises(RuntimeError, match="switch would not stop"):
+    with pytest.raises(Incomplete, match="switch would not stop"):
         await rig.pb.panic(origin=USER)
