@@ -158,8 +158,13 @@ def modbus_load(ports: Sequence[int]) -> Callable[[float], Awaitable[int]]:
 
     async def load(seconds: float) -> int:
         clients = [AsyncModbusTcpClient("127.0.0.1", port=p) for p in ports]
-        for c in clients:
-            await c.connect()
+        # The simulators answer on their control port before every Modbus port listens.
+        deadline = time.monotonic() + 30
+        for c, port in zip(clients, ports, strict=True):
+            while not await c.connect():
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"no Modbus server on port {port} within 30 s")
+                await asyncio.sleep(0.1)
         done = 0
 
         async def axis(client: AsyncModbusTcpClient, unit: int) -> None:

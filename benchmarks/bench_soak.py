@@ -51,6 +51,10 @@ REPO = Path(__file__).resolve().parent.parent
 LARGE = REPO / "examples" / "venue-large.toml"
 PLOT = REPO / "var" / "bench" / "soak.png"
 MINUTES = 10.0
+# Memory is stable when the last window is within 2 % of the first and the run's last half
+# grows less than 2 % an hour: what a ring still filling or a slow leak would exceed.
+STABLE_RATIO = 1.02
+STABLE_TREND = 0.02
 WARMUP_S = 120.0
 SAMPLE_S = 10.0
 GO_EVERY_S = 5.0
@@ -330,6 +334,11 @@ def report(run: Run) -> None:
     print(
         f"   memory, last window against the first: {mem_last:.0f} / {mem_first:.0f} MB"
         f" = {mem_last / mem_first:.3f}x"
+    )
+    stable = mem_last / mem_first <= STABLE_RATIO and slope_per_h(half) <= STABLE_TREND * mean_total
+    print(
+        f"   memory stable: {'yes' if stable else 'NO'} (last window at most {STABLE_RATIO}x "
+        f"the first, and over the last half a trend of at most {STABLE_TREND:.0%} an hour)"
     )
     for key in sorted({k for x in after for k in x.rss_mb}):
         series = [(x.t, x.rss_mb[key]) for x in after if key in x.rss_mb]
