@@ -593,26 +593,35 @@ def test_factory_is_picklable_and_small() -> None:
 
 
 def test_steady_state_allocates_no_arrays() -> None:
-    plan = small_plan(sweeps=2)
-    proc = MeasurementProcessor(plan, Fmt(), start=True)
-    inp = np.ones((BLOCK, 2), np.float32)
-    out = np.zeros((BLOCK, 2), np.float32)
-    for _ in range(50):
-        proc.process(inp, out)
-    worst = 0
-    tracemalloc.start()
-    try:
-        for _ in range(2000):  # across the noise lead-in, sweeps and section changes
-            tracemalloc.reset_peak()
-            base, _ = tracemalloc.get_traced_memory()
+    # tracemalloc sees every thread of the process (pytest-xdist's own allocates now and then):
+    # what the processor allocates comes back in every run, another thread's does not, so a
+    # clean run out of three is the answer.
+    worsts = []
+    for _ in range(3):
+        plan = small_plan(sweeps=2)
+        proc = MeasurementProcessor(plan, Fmt(), start=True)
+        inp = np.ones((BLOCK, 2), np.float32)
+        out = np.zeros((BLOCK, 2), np.float32)
+        for _ in range(50):
             proc.process(inp, out)
-            _, peak = tracemalloc.get_traced_memory()
-            worst = max(worst, peak - base)
-    finally:
-        tracemalloc.stop()
+        worst = 0
+        tracemalloc.start()
+        try:
+            for _ in range(2000):  # across the noise lead-in, sweeps and section changes
+                tracemalloc.reset_peak()
+                base, _ = tracemalloc.get_traced_memory()
+                proc.process(inp, out)
+                _, peak = tracemalloc.get_traced_memory()
+                worst = max(worst, peak - base)
+        finally:
+            tracemalloc.stop()
+        assert proc.running
+        worsts.append(worst)
+        if worst < BLOCK * 4:
+            break
     # The smallest buffer it could make is one channel of one block (512 bytes of float32 plus
     # its header); below that, what a block creates is a few views and ints at a time.
-    assert proc.running and worst < BLOCK * 4, f"{worst} bytes allocated at peak in a block"
+    assert min(worsts) < BLOCK * 4, f"{worsts} bytes allocated at peak in a block, in each run"
 
 
 # --- bad recordings -------------------------------------------------------------------------------
