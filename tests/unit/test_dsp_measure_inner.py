@@ -10,7 +10,6 @@ the callback, inner processor included.
 from __future__ import annotations
 
 import pickle
-import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ from dsp.measure import (
     StartMeasurement,
     plan_measurement,
 )
+from tests.unit.test_dsp_sweep import worst_block_allocation
 
 FS = 48000
 BLOCK = 128
@@ -153,16 +153,6 @@ def test_a_wrapped_measurement_allocates_no_arrays(mute: bool) -> None:
     for _ in range(20):
         proc.process(inp, out)  # idle, through the inner processor
     proc.control(StartMeasurement("m", p))
-    worst = 0
     blocks = -(-p.total_frames // BLOCK) + 20  # through the run, its end and the fade back in
-    tracemalloc.start()
-    try:
-        for _ in range(blocks):
-            tracemalloc.reset_peak()
-            base, _ = tracemalloc.get_traced_memory()
-            proc.process(inp, out)
-            _, peak = tracemalloc.get_traced_memory()
-            worst = max(worst, peak - base)
-    finally:
-        tracemalloc.stop()
+    worst = worst_block_allocation(proc, inp, out, blocks)
     assert worst < BLOCK * 4, f"{worst} bytes allocated at peak in a block"

@@ -592,6 +592,24 @@ def test_factory_is_picklable_and_small() -> None:
     assert isinstance(proc, MeasurementProcessor) and proc.running
 
 
+def worst_block_allocation(
+    proc: MeasurementProcessor, inp: np.ndarray, out: np.ndarray, blocks: int
+) -> int:
+    """The most bytes tracemalloc saw allocated at peak while ``proc`` processed one block."""
+    worst = 0
+    tracemalloc.start()
+    try:
+        for _ in range(blocks):
+            tracemalloc.reset_peak()
+            base, _ = tracemalloc.get_traced_memory()
+            proc.process(inp, out)
+            _, peak = tracemalloc.get_traced_memory()
+            worst = max(worst, peak - base)
+    finally:
+        tracemalloc.stop()
+    return worst
+
+
 def test_steady_state_allocates_no_arrays() -> None:
     # tracemalloc sees every thread of the process (pytest-xdist's own allocates now and then):
     # what the processor allocates comes back in every run, another thread's does not, so a
@@ -604,17 +622,8 @@ def test_steady_state_allocates_no_arrays() -> None:
         out = np.zeros((BLOCK, 2), np.float32)
         for _ in range(50):
             proc.process(inp, out)
-        worst = 0
-        tracemalloc.start()
-        try:
-            for _ in range(2000):  # across the noise lead-in, sweeps and section changes
-                tracemalloc.reset_peak()
-                base, _ = tracemalloc.get_traced_memory()
-                proc.process(inp, out)
-                _, peak = tracemalloc.get_traced_memory()
-                worst = max(worst, peak - base)
-        finally:
-            tracemalloc.stop()
+        # across the noise lead-in, sweeps and section changes
+        worst = worst_block_allocation(proc, inp, out, 2000)
         assert proc.running
         worsts.append(worst)
         if worst < BLOCK * 4:
